@@ -1,0 +1,933 @@
+//! The typed config. [`Config::from_toml`] turns a file's text into values that cannot be wrong:
+//! every mount is a DNS label, every upstream a parsed address, every default names a real mount.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::units::parse_duration;
+use crate::walk::{Errors, Table};
+
+/// The config `edge up` runs with when given no file: project `demo` at
+/// `https://demo.localhost:8443/`, its mounts not yet pointed anywhere.
+pub const EMBEDDED_DEFAULT: &str = r#"# edge's embedded default: project "demo" at https://demo.localhost:8443/
+domain = "localhost"
+routing = "subpath"
+state_dir = "state"
+
+[listen]
+https = "127.0.0.1:8443"
+http = "127.0.0.1:8080"
+admin = "127.0.0.1:9090"
+http_redirect = true
+
+[[projects]]
+name = "demo"
+default = "forge"
+
+  [[projects.routes]]
+  mount = "forge"      # set upstream = "http://127.0.0.1:3000" for Forgejo (ROOT_URL ending in /forge/)
+  prefix = "strip"
+
+  [[projects.routes]]
+  mount = "ci"         # set upstream = "http://127.0.0.1:8000" for Woodpecker (WOODPECKER_HOST ending in /ci)
+  prefix = "keep"
+
+  [[projects.routes]]
+  mount = "staging"    # set root = "./site" for static files, or an upstream
+
+  [[projects.routes]]
+  mount = "chat"
+"#;
+
+/// One problem in a config file, naming its key (`projects[0].routes[1].upstream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in a config file, in document order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "{n} problem{} in the config", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutingMode {
+    /// `https://<project>.<domain>/<mount>/...`
+    Subpath,
+    /// `https://<mount>.<project>.<domain>/...`
+    Subdomain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefixMode {
+    /// `/forge/x` reaches the upstream as `/x` (Forgejo with ROOT_URL ending in `/forge/`).
+    Strip,
+    /// `/ci/x` reaches the upstream as `/ci/x` (Woodpecker with WOODPECKER_HOST ending in `/ci`).
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// HTTP/1.1 to the upstream (WebSocket upgrades included).
+    Http,
+    /// HTTP/2 with prior knowledge, no TLS: gRPC servers such as Woodpecker's agent endpoint.
+    H2c,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    /// `host:port`, as dialled.
+    pub authority: String,
+}
+
+impl Upstream {
+    fn parse(text: &str) -> Result<Upstream, String> {
+        let (scheme, rest) = if let Some(r) = text.strip_prefix("http://") {
+            (Scheme::Http, r)
+        } else if let Some(r) = text.strip_prefix("h2c://") {
+            (Scheme::H2c, r)
+        } else if text.starts_with("https://") {
+            return Err(format!(
+                "{text:?}: TLS to upstreams is not supported yet; use http:// (or h2c://) on loopback or a private network"
+            ));
+        } else {
+            return Err(format!(
+                "{text:?} is not an upstream; write \"http://HOST:PORT\" or \"h2c://HOST:PORT\""
+            ));
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains('/') {
+            return Err(format!(
+                "{text:?}: an upstream has no path; use prefix = \"keep\" to send the mount's prefix"
+            ));
+        }
+        if authority.contains('@') || authority.contains('?') || authority.contains('#') {
+            return Err(format!("{text:?}: an upstream is only scheme://HOST:PORT"));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') && h.contains(':') => {
+                return Err(format!("{text:?}: write IPv6 addresses in brackets, [::1]:{p}"))
+            }
+            Some((h, p)) => (h, p),
+            None => return Err(format!("{text:?}: the port is missing (\"{text}:PORT\")")),
+        };
+        if host.is_empty() {
+            return Err(format!("{text:?}: the host is missing"));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return Err(format!("{text:?}: {port:?} is not a port")),
+        }
+        Ok(Upstream {
+            scheme,
+            authority: authority.to_ascii_lowercase(),
+        })
+    }
+
+    /// The socket address, when the host is an IP literal.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.authority.parse().ok()
+    }
+}
+
+/// Where a mount's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// Nothing configured yet: the gateway answers with a page naming the key to set.
+    Unconfigured,
+    Upstream(Upstream),
+    /// Static files under this directory (relative paths are resolved by the caller).
+    Static(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub mount: String,
+    pub target: RouteTarget,
+    pub prefix: PrefixMode,
+    /// Time allowed for the upstream's response head (504 after it). Not applied to h2c routes'
+    /// streams, nor to WebSockets once upgraded.
+    pub timeout: Duration,
+    /// Largest request body accepted (413 above it); `None` is unlimited.
+    pub max_body: Option<u64>,
+    /// Content from this mount is untrusted (preview builds): responses carry
+    /// `Content-Security-Policy: sandbox ...`, requests lose `Cookie` and `Authorization`, and
+    /// responses lose `Set-Cookie`. Defaults to true for the `staging` mount.
+    pub untrusted: bool,
+    /// Root-level path prefixes also sent to this route unchanged (e.g. `/v2/` for Forgejo's
+    /// container registry, `/proto.Woodpecker/` for Woodpecker's gRPC agents).
+    pub root_paths: Vec<String>,
+    /// The key of this route in the file (`projects[0].routes[1]`), for messages.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub name: String,
+    /// Index into `routes` of the mount that `/` redirects to.
+    pub default: usize,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub https: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    /// true: plain HTTP answers 308 to HTTPS. false: the mounts are served over plain HTTP too
+    /// (behind a TLS-terminating tunnel).
+    pub http_redirect: bool,
+    /// Threads serving traffic; 0 picks one per core.
+    pub workers: usize,
+    /// Send `Strict-Transport-Security` on HTTPS responses.
+    pub hsts: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// A client must send a whole request head within this (slowloris); also the keep-alive idle time.
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    /// A request body that sends nothing for this long is cut off.
+    pub body_idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub h2_max_concurrent_streams: u32,
+    /// How long SIGTERM waits for in-flight requests and open streams.
+    pub shutdown_grace: Duration,
+    pub upstream_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 20_000,
+            max_connections_per_client: 256,
+            h2_max_concurrent_streams: 128,
+            shutdown_grace: Duration::from_secs(30),
+            upstream_idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// One structured line per request (target `edge::access`).
+    pub access: bool,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub domain: String,
+    pub routing: RoutingMode,
+    pub state_dir: PathBuf,
+    /// Hosts that name no project are served as this project; `None` answers them 404.
+    pub fallback_project: Option<usize>,
+    /// The project whose certificate is served to clients that send no SNI (default: the first).
+    pub default_project: usize,
+    pub listen: Listen,
+    pub limits: Limits,
+    pub log: LogConfig,
+    pub projects: Vec<Project>,
+}
+
+/// A DNS label: lower-case letters, digits and inner hyphens, 1 to 63 characters.
+fn check_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} must be a DNS label: lower-case letters, digits and inner hyphens, at most 63 characters"
+        ))
+    }
+}
+
+fn check_domain(s: &str) -> Result<String, String> {
+    let d = s.trim_end_matches('.').to_ascii_lowercase();
+    if d.is_empty() || d.len() > 200 {
+        return Err(format!("{s:?} is not a domain name"));
+    }
+    for label in d.split('.') {
+        check_label(label).map_err(|_| {
+            format!("{s:?} is not a domain name (label {label:?}); wildcards are implied, do not write them")
+        })?;
+    }
+    Ok(d)
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address; write IP:PORT, e.g. \"127.0.0.1:8443\""))
+}
+
+impl Config {
+    /// The embedded default, which always parses.
+    pub fn embedded() -> Config {
+        match Config::from_toml(EMBEDDED_DEFAULT) {
+            Ok(c) => c,
+            Err(e) => unreachable!("the embedded default config is invalid: {e}"),
+        }
+    }
+
+    /// Parses and validates a config file's text. No I/O: relative paths stay relative.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let mut msg = e.message().to_string();
+            if let Some(span) = e.span() {
+                let line = text[..span.start].matches('\n').count() + 1;
+                msg = format!("line {line}: {msg}");
+            }
+            ConfigErrors(vec![ConfigError {
+                key: "(file)".into(),
+                message: format!("not valid TOML: {msg}"),
+            }])
+        })?;
+        let mut errs = Errors(Vec::new());
+        let cfg = read_config(&doc, &mut errs);
+        match (cfg, errs.0.is_empty()) {
+            (Some(cfg), true) => Ok(cfg),
+            _ => Err(ConfigErrors(errs.0)),
+        }
+    }
+
+    /// The public host of a project in the current mode's canonical form (`demo.example.test`).
+    pub fn project_host(&self, project: usize) -> String {
+        format!("{}.{}", self.projects[project].name, self.domain)
+    }
+}
+
+fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
+    let mut top = Table::new("", doc);
+    let domain = match top.str(errs, "domain") {
+        Some(d) => match check_domain(d) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                errs.push("domain", e);
+                None
+            }
+        },
+        None => Some("localhost".to_string()),
+    };
+    let routing = match top.str(errs, "routing") {
+        None | Some("subpath") => RoutingMode::Subpath,
+        Some("subdomain") => RoutingMode::Subdomain,
+        Some(other) => {
+            errs.push(
+                "routing",
+                format!("{other:?} is not a routing mode; use \"subpath\" or \"subdomain\""),
+            );
+            RoutingMode::Subpath
+        }
+    };
+    let state_dir = PathBuf::from(top.str(errs, "state_dir").unwrap_or("state"));
+    if state_dir.as_os_str().is_empty() {
+        errs.push("state_dir", "must not be empty");
+    }
+    let fallback = top.str(errs, "fallback_project");
+    let default_project = top.str(errs, "default_project");
+
+    let listen = read_listen(top.table(errs, "listen"), errs);
+    let limits = read_limits(top.table(errs, "limits"), errs);
+    let log = read_log(top.table(errs, "log"), errs);
+
+    let project_tables = top.tables(errs, "projects");
+    if project_tables.is_empty() && doc.get("projects").is_none() {
+        errs.push("projects", "at least one [[projects]] entry is needed");
+    }
+    let mut projects: Vec<Project> = Vec::new();
+    for pt in project_tables {
+        let key = pt.key("");
+        let key = key.trim_end_matches('.').to_string();
+        if let Some(p) = read_project(pt, &listen, errs) {
+            if projects.iter().any(|q| q.name == p.name) {
+                errs.push(format!("{key}.name"), format!("project {:?} is defined twice", p.name));
+            }
+            projects.push(p);
+        }
+    }
+    let find = |errs: &mut Errors, key: &str, name: Option<&str>| -> Option<usize> {
+        let name = name?;
+        match projects.iter().position(|p| p.name == name) {
+            Some(i) => Some(i),
+            None => {
+                errs.push(key, format!("{name:?} names no project"));
+                None
+            }
+        }
+    };
+    let fallback_project = find(errs, "fallback_project", fallback);
+    let default_project = find(errs, "default_project", default_project).unwrap_or(0);
+    top.finish(errs);
+    Some(Config {
+        domain: domain?,
+        routing,
+        state_dir,
+        fallback_project,
+        default_project,
+        listen,
+        limits,
+        log,
+        projects,
+    })
+}
+
+fn read_listen(t: Option<Table<'_>>, errs: &mut Errors) -> Listen {
+    let mut l = Listen {
+        https: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
+        http: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        admin: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        http_redirect: true,
+        workers: 0,
+        hsts: true,
+    };
+    let Some(mut t) = t else { return l };
+    // An empty string switches a listener off.
+    let addr = |t: &mut Table<'_>, errs: &mut Errors, key: &'static str, slot: &mut Option<SocketAddr>| {
+        if let Some(s) = t.str(errs, key) {
+            *slot = if s.is_empty() {
+                None
+            } else {
+                match parse_addr(s) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        errs.push(t.key(key), e);
+                        None
+                    }
+                }
+            };
+        }
+    };
+    let before = errs.0.len();
+    addr(&mut t, errs, "https", &mut l.https);
+    addr(&mut t, errs, "http", &mut l.http);
+    addr(&mut t, errs, "admin", &mut l.admin);
+    if let Some(b) = t.bool(errs, "http_redirect") {
+        l.http_redirect = b;
+    }
+    if let Some(b) = t.bool(errs, "hsts") {
+        l.hsts = b;
+    }
+    if let Some(w) = t.uint(errs, "workers") {
+        if w > 256 {
+            errs.push(t.key("workers"), format!("{w} is too many; use 0 (one per core) to 256"));
+        } else {
+            l.workers = w as usize;
+        }
+    }
+    let addrs_ok = errs.0.len() == before;
+    if addrs_ok && l.https.is_none() && l.http.is_none() {
+        errs.push(t.key("https"), "neither listen.https nor listen.http is set: nothing would serve");
+    }
+    if addrs_ok && l.https.is_none() && l.http_redirect && l.http.is_some() {
+        errs.push(
+            t.key("http_redirect"),
+            "true redirects to HTTPS, but listen.https is off; set http_redirect = false",
+        );
+    }
+    let addrs = [("https", l.https), ("http", l.http), ("admin", l.admin)];
+    for (i, (ka, a)) in addrs.iter().enumerate() {
+        for (kb, b) in &addrs[i + 1..] {
+            if let (Some(a), Some(b)) = (a, b) {
+                if a == b {
+                    errs.push(t.key(kb), format!("{b} is also listen.{ka}"));
+                }
+            }
+        }
+    }
+    t.finish(errs);
+    l
+}
+
+fn read_limits(t: Option<Table<'_>>, errs: &mut Errors) -> Limits {
+    let mut l = Limits::default();
+    let Some(mut t) = t else { return l };
+    let mut dur = |t: &mut Table<'_>, key: &'static str, slot: &mut Duration| {
+        if let Some(d) = t.parsed(errs, key, parse_duration) {
+            *slot = d;
+        }
+    };
+    dur(&mut t, "header_read_timeout", &mut l.header_read_timeout);
+    dur(&mut t, "tls_handshake_timeout", &mut l.tls_handshake_timeout);
+    dur(&mut t, "body_idle_timeout", &mut l.body_idle_timeout);
+    dur(&mut t, "shutdown_grace", &mut l.shutdown_grace);
+    dur(&mut t, "upstream_idle_timeout", &mut l.upstream_idle_timeout);
+    for (key, d) in [
+        ("header_read_timeout", l.header_read_timeout),
+        ("tls_handshake_timeout", l.tls_handshake_timeout),
+        ("body_idle_timeout", l.body_idle_timeout),
+    ] {
+        if d.is_zero() {
+            errs.push(t.key(key), "must be more than 0s");
+        }
+    }
+    if let Some(n) = t.size(errs, "max_header_bytes") {
+        if !(1024..=1 << 20).contains(&n) {
+            errs.push(t.key("max_header_bytes"), format!("{n} is outside 1KiB..1MiB"));
+        } else {
+            l.max_header_bytes = n as usize;
+        }
+    }
+    let count = |t: &mut Table<'_>, errs: &mut Errors, key: &'static str, max: u64, slot: &mut usize| {
+        if let Some(n) = t.uint(errs, key) {
+            if n == 0 || n > max {
+                errs.push(t.key(key), format!("{n} is outside 1..{max}"));
+            } else {
+                *slot = n as usize;
+            }
+        }
+    };
+    count(&mut t, errs, "max_headers", 1000, &mut l.max_headers);
+    count(&mut t, errs, "max_connections", 1_000_000, &mut l.max_connections);
+    count(&mut t, errs, "max_connections_per_client", 1_000_000, &mut l.max_connections_per_client);
+    let mut streams = l.h2_max_concurrent_streams as usize;
+    count(&mut t, errs, "h2_max_concurrent_streams", 10_000, &mut streams);
+    l.h2_max_concurrent_streams = streams as u32;
+    t.finish(errs);
+    l
+}
+
+fn read_log(t: Option<Table<'_>>, errs: &mut Errors) -> LogConfig {
+    let mut l = LogConfig {
+        access: true,
+        json: false,
+    };
+    let Some(mut t) = t else { return l };
+    if let Some(b) = t.bool(errs, "access") {
+        l.access = b;
+    }
+    match t.str(errs, "format") {
+        None | Some("text") => {}
+        Some("json") => l.json = true,
+        Some(other) => errs.push(t.key("format"), format!("{other:?}: use \"text\" or \"json\"")),
+    }
+    t.finish(errs);
+    l
+}
+
+fn read_project(
+    mut t: Table<'_>,
+    listen: &Listen,
+    errs: &mut Errors,
+) -> Option<Project> {
+    let name = t.str(errs, "name");
+    if !t.has("name") {
+        errs.push(t.key("name"), "every project needs a name");
+    }
+    let name_ok = match name {
+        Some(n) => match check_label(n) {
+            Ok(()) => true,
+            Err(e) => {
+                errs.push(t.key("name"), e);
+                false
+            }
+        },
+        None => false,
+    };
+    let default = t.str(errs, "default");
+    let mut routes: Vec<Route> = Vec::new();
+    for rt in t.tables(errs, "routes") {
+        if let Some(r) = read_route(rt, listen, errs) {
+            if routes.iter().any(|q| q.mount == r.mount) {
+                errs.push(
+                    format!("{}.mount", r.key),
+                    format!("mount {:?} is defined twice in this project", r.mount),
+                );
+            }
+            routes.push(r);
+        }
+    }
+    if routes.is_empty() {
+        errs.push(t.key("routes"), "a project needs at least one [[projects.routes]] entry");
+    }
+    // Root paths may not shadow mounts nor each other.
+    for (i, r) in routes.iter().enumerate() {
+        for (j, p) in r.root_paths.iter().enumerate() {
+            let first = p.trim_start_matches('/').split('/').next().unwrap_or("");
+            if routes.iter().any(|m| m.mount == first) {
+                errs.push(
+                    format!("{}.root_paths[{j}]", r.key),
+                    format!("{p:?} lies under the mount /{first}/"),
+                );
+            }
+            for other in &routes[i + 1..] {
+                for q in &other.root_paths {
+                    if p.starts_with(q.as_str()) || q.starts_with(p.as_str()) {
+                        errs.push(
+                            format!("{}.root_paths[{j}]", r.key),
+                            format!("{p:?} overlaps {q:?} of {}", other.key),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let default_idx = match default {
+        Some(d) => match routes.iter().position(|r| r.mount == d) {
+            Some(i) => i,
+            None => {
+                errs.push(
+                    t.key("default"),
+                    format!(
+                        "{d:?} is not a mount of this project (mounts: {})",
+                        routes.iter().map(|r| r.mount.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                );
+                0
+            }
+        },
+        None => 0,
+    };
+    t.finish(errs);
+    if !name_ok || routes.is_empty() {
+        return None;
+    }
+    Some(Project {
+        name: name?.to_string(),
+        default: default_idx,
+        routes,
+    })
+}
+
+fn read_route(
+    mut t: Table<'_>,
+    listen: &Listen,
+    errs: &mut Errors,
+) -> Option<Route> {
+    let key = t.key("");
+    let key = key.trim_end_matches('.').to_string();
+    let mount = t.str(errs, "mount");
+    let mount_ok = match mount {
+        Some(m) => match check_label(m) {
+            Ok(()) => true,
+            Err(e) => {
+                errs.push(t.key("mount"), e);
+                false
+            }
+        },
+        None => {
+            if !t.has("mount") {
+                errs.push(t.key("mount"), "every route needs a mount (the path segment, e.g. \"forge\")");
+            }
+            false
+        }
+    };
+    let upstream = t.str(errs, "upstream");
+    let root = t.str(errs, "root");
+    let target = match (upstream, root) {
+        (Some(_), Some(_)) => {
+            errs.push(t.key("root"), "a route has either an upstream or a root, not both");
+            RouteTarget::Unconfigured
+        }
+        (Some(u), None) => match Upstream::parse(u) {
+            Ok(up) => {
+                let own = [listen.https, listen.http, listen.admin];
+                if let Some(addr) = up.socket_addr() {
+                    if own.contains(&Some(addr)) {
+                        errs.push(
+                            t.key("upstream"),
+                            format!("{addr} is the gateway's own listen address"),
+                        );
+                    }
+                }
+                RouteTarget::Upstream(up)
+            }
+            Err(e) => {
+                errs.push(t.key("upstream"), e);
+                RouteTarget::Unconfigured
+            }
+        },
+        (None, Some(r)) if r.is_empty() => {
+            errs.push(t.key("root"), "must not be empty");
+            RouteTarget::Unconfigured
+        }
+        (None, Some(r)) => RouteTarget::Static(PathBuf::from(r)),
+        (None, None) => RouteTarget::Unconfigured,
+    };
+    let prefix = match t.str(errs, "prefix") {
+        None | Some("strip") => PrefixMode::Strip,
+        Some("keep") => PrefixMode::Keep,
+        Some(other) => {
+            errs.push(t.key("prefix"), format!("{other:?}: use \"strip\" or \"keep\""));
+            PrefixMode::Strip
+        }
+    };
+    let timeout = t
+        .parsed(errs, "timeout", parse_duration)
+        .unwrap_or(Duration::from_secs(60));
+    if timeout.is_zero() {
+        errs.push(t.key("timeout"), "must be more than 0s");
+    }
+    let max_body = t.size(errs, "max_body");
+    let untrusted = t
+        .bool(errs, "untrusted")
+        .unwrap_or(mount == Some("staging"));
+    let mut root_paths = Vec::new();
+    for (i, p) in t.strings(errs, "root_paths").unwrap_or_default().into_iter().enumerate() {
+        if !p.starts_with('/') || p == "/" || p.contains(['?', '#', ' ']) || p.contains("..") {
+            errs.push(
+                t.key(&format!("root_paths[{i}]")),
+                format!("{p:?} must be a path prefix such as \"/v2/\" (not \"/\")"),
+            );
+        } else {
+            root_paths.push(p.to_string());
+        }
+    }
+    t.finish(errs);
+    if !mount_ok {
+        return None;
+    }
+    Some(Route {
+        mount: mount?.to_string(),
+        target,
+        prefix,
+        timeout,
+        max_body,
+        untrusted,
+        root_paths,
+        key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::from_toml(text) {
+            Ok(_) => panic!("expected errors for:\n{text}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::embedded();
+        assert_eq!(c.domain, "localhost");
+        assert_eq!(c.projects[0].name, "demo");
+        assert_eq!(c.projects[0].routes.len(), 4);
+        assert!(c.projects[0].routes[2].untrusted, "staging is untrusted by default");
+        assert_eq!(c.projects[0].routes[0].target, RouteTarget::Unconfigured);
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let c = Config::from_toml(
+            r#"
+            domain = "example.test"
+            routing = "subpath"
+            state_dir = "state"
+            [listen]
+            https = "127.0.0.1:8443"
+            http = "127.0.0.1:8080"
+            admin = "127.0.0.1:9090"
+            http_redirect = true
+            [[projects]]
+            name = "demo"
+            default = "forge"
+              [[projects.routes]]
+              mount = "forge"
+              upstream = "http://127.0.0.1:3000"
+              prefix = "strip"
+              [[projects.routes]]
+              mount = "ci"
+              upstream = "http://127.0.0.1:8000"
+              prefix = "keep"
+              [[projects.routes]]
+              mount = "staging"
+              root = "./site"
+            "#,
+        )
+        .unwrap();
+        let r = &c.projects[0].routes;
+        assert_eq!(
+            r[0].target,
+            RouteTarget::Upstream(Upstream {
+                scheme: Scheme::Http,
+                authority: "127.0.0.1:3000".into()
+            })
+        );
+        assert_eq!(r[1].prefix, PrefixMode::Keep);
+        assert_eq!(r[2].target, RouteTarget::Static(PathBuf::from("./site")));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key() {
+        let errs = errors(
+            r#"
+            domain = "Exa mple"
+            routing = "sideways"
+            colour = "blue"
+            [listen]
+            https = "nowhere"
+            [[projects]]
+            name = "demo"
+            default = "wiki"
+              [[projects.routes]]
+              mount = "forge"
+              upstream = "ftp://x"
+              [[projects.routes]]
+              mount = "ci"
+              upstream = "http://127.0.0.1:8000/ci"
+              timeout = "soon"
+              prefix = "maybe"
+              [[projects.routes]]
+              mount = "forge"
+              root = "site"
+              upstream = "http://127.0.0.1:1"
+            "#,
+        );
+        let want = [
+            "domain:",
+            "routing:",
+            "colour: unknown key",
+            "listen.https:",
+            "projects[0].default: \"wiki\" is not a mount",
+            "projects[0].routes[0].upstream: \"ftp://x\"",
+            "projects[0].routes[1].upstream:",
+            "projects[0].routes[1].timeout:",
+            "projects[0].routes[1].prefix:",
+            "projects[0].routes[2].root: a route has either",
+            "projects[0].routes[2].mount: mount \"forge\" is defined twice",
+        ];
+        for w in want {
+            assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn upstream_forms() {
+        let ok = [
+            ("http://127.0.0.1:3000", Scheme::Http, "127.0.0.1:3000"),
+            ("http://127.0.0.1:3000/", Scheme::Http, "127.0.0.1:3000"),
+            ("h2c://[::1]:9000", Scheme::H2c, "[::1]:9000"),
+            ("http://Forgejo.internal:3000", Scheme::Http, "forgejo.internal:3000"),
+        ];
+        for (text, scheme, auth) in ok {
+            let u = Upstream::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!((u.scheme, u.authority.as_str()), (scheme, auth));
+        }
+        for bad in [
+            "127.0.0.1:3000",
+            "http://127.0.0.1",
+            "http://127.0.0.1:0",
+            "http://127.0.0.1:99999",
+            "http://:80",
+            "http://a@b:80",
+            "https://x:443",
+            "http://::1:80",
+        ] {
+            assert!(Upstream::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn upstream_pointing_at_the_gateway_itself_is_rejected() {
+        let errs = errors(
+            r#"
+            [[projects]]
+            name = "demo"
+              [[projects.routes]]
+              mount = "forge"
+              upstream = "http://127.0.0.1:8443"
+            "#,
+        );
+        assert_eq!(
+            errs,
+            ["projects[0].routes[0].upstream: 127.0.0.1:8443 is the gateway's own listen address"]
+        );
+    }
+
+    #[test]
+    fn root_paths_may_not_shadow_mounts_or_overlap() {
+        let errs = errors(
+            r#"
+            [[projects]]
+            name = "demo"
+              [[projects.routes]]
+              mount = "forge"
+              root_paths = ["/v2/", "/ci/x", "relative"]
+              [[projects.routes]]
+              mount = "ci"
+              root_paths = ["/v2/blobs/"]
+            "#,
+        );
+        assert!(errs.iter().any(|e| e.starts_with("projects[0].routes[0].root_paths[2]:")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("lies under the mount /ci/")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("overlaps")), "{errs:?}");
+    }
+
+    #[test]
+    fn listeners_are_checked() {
+        let errs = errors(
+            r#"
+            [listen]
+            https = ""
+            http = "127.0.0.1:8080"
+            admin = "127.0.0.1:8080"
+            [[projects]]
+            name = "demo"
+              [[projects.routes]]
+              mount = "forge"
+            "#,
+        );
+        assert!(errs.iter().any(|e| e.starts_with("listen.http_redirect:")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("listen.admin: 127.0.0.1:8080 is also listen.http")), "{errs:?}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_name_the_line() {
+        let errs = errors("domain = \"x\"\n[listen\n");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].contains("line 2"), "{errs:?}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_expected_type() {
+        let errs = errors(
+            r#"
+            [listen]
+            http_redirect = "yes"
+            [[projects]]
+            name = 7
+              [[projects.routes]]
+              mount = "forge"
+            "#,
+        );
+        assert!(errs.contains(&"listen.http_redirect: expected true or false, found a string".to_string()), "{errs:?}");
+        assert!(errs.contains(&"projects[0].name: expected a string, found an integer".to_string()), "{errs:?}");
+    }
+}

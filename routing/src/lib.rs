@@ -1,0 +1,18 @@
+//! The model of edge: the domain, projects, their mounts, the routing mode, and the resolution of
+//! a request's `(host, path)` to a [`Decision`]. Pure: no I/O, no async, so every rule here is
+//! tested with tables.
+//!
+//! [`Config::from_toml`] parses and validates a config file's text, reporting every problem at
+//! once, each naming its key (`projects[0].routes[1].upstream: ...`).
+
+mod config;
+mod units;
+mod resolve;
+mod walk;
+
+pub use config::{
+    Config, ConfigError, ConfigErrors, Limits, Listen, LogConfig, PrefixMode, Project, Route,
+    RouteTarget, RoutingMode, Scheme, Upstream, EMBEDDED_DEFAULT,
+};
+pub use resolve::{normalize_host, Decision, RouteTable};
+pub use units::{parse_duration, parse_size};
