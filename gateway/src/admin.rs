@@ -1,0 +1,90 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and `POST /reload`. Bind it to
+//! loopback (the default): it has no authentication of its own.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::body::ResBody;
+use crate::Shared;
+
+/// Re-reads the config and applies it; `Err` carries the reason it was refused.
+pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+fn text(status: StatusCode, body: String) -> Response<ResBody> {
+    let mut r = Response::new(ResBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+async fn handle(shared: Arc<Shared>, reload: Option<ReloadFn>, req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+        (&Method::GET, "/readyz") => {
+            if shared.draining.load(Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+            } else {
+                text(StatusCode::OK, "ready\n".into())
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = text(StatusCode::OK, shared.metrics.render());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::POST, "/reload") => match &reload {
+            None => text(StatusCode::NOT_IMPLEMENTED, "this edge was started without a config file to re-read\n".into()),
+            Some(f) => {
+                let f = f.clone();
+                match tokio::task::spawn_blocking(move || f()).await {
+                    Ok(Ok(())) => text(StatusCode::OK, "reloaded\n".into()),
+                    Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused, the old config stays:\n{e}\n")),
+                    Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into()),
+                }
+            }
+        },
+        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "admin endpoints: /healthz /readyz /metrics POST /reload\n".into()),
+    };
+    Ok(resp)
+}
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    reload: Option<ReloadFn>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => { tokio::time::sleep(std::time::Duration::from_millis(50)).await; continue; }
+            },
+        };
+        let shared = shared.clone();
+        let reload = reload.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(shared.clone(), reload.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

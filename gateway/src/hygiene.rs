@@ -1,0 +1,237 @@
+//! Header rules, applied before anything else looks at a request and again on the way back.
+//! Pure functions over `HeaderMap`s, tested without a server.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one hop and never cross the proxy (RFC 9110 §7.6.1, plus the
+/// non-standard ones that clients still send).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether a client-supplied header claims forwarding or identity facts that only the gateway
+/// may state. These are dropped before routing, whether or not auth succeeds, and the
+/// forwarding ones are rebuilt from what the gateway saw.
+pub fn is_client_claim(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n.starts_with("x-forwarded-")
+        || n == "forwarded"
+        || n == "x-real-ip"
+        || n == "x-client-ip"
+        || n == "true-client-ip"
+        || n.starts_with("x-auth-request-")
+        || n.starts_with("remote-")
+        || n == "x-remote-user"
+        || n.starts_with("x-webauth-")
+        || n == "x-original-url"
+        || n == "x-rewrite-url"
+        || n == "x-original-uri"
+}
+
+/// Lists the header names in all `Connection` values.
+fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        let Ok(s) = v.to_str() else { continue };
+        for token in s.split(',') {
+            let t = token.trim();
+            if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// Removes hop-by-hop headers, including every header the sender named in `Connection`.
+/// `keep_te_trailers` keeps `TE: trailers`, which gRPC over HTTP/2 requires.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        for name in connection_tokens(headers) {
+            headers.remove(&name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(header::TE) {
+        if !(keep_te_trailers && te.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Removes every client claim (see [`is_client_claim`]).
+pub fn strip_client_claims(headers: &mut HeaderMap) {
+    // Most requests carry none: look before allocating.
+    if !headers.keys().any(is_client_claim) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| is_client_claim(n)).cloned().collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
+/// The facts the gateway states to upstreams, rebuilt for every request.
+#[derive(Debug)]
+pub struct Forwarded<'a> {
+    /// The client's address, pre-rendered once per connection.
+    pub client_ip: &'a HeaderValue,
+    pub client_ip_for: &'a str,
+    pub proto: &'static str,
+    pub host: &'a HeaderValue,
+    /// The mount's prefix (`/forge`) when the route strips it.
+    pub prefix: Option<&'a str>,
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Adds `X-Forwarded-For/Proto/Host/Prefix`, `X-Real-IP` and `Forwarded`. Call after
+/// [`strip_hop_by_hop`] and [`strip_client_claims`], so nothing the client sent survives and a
+/// `Connection: X-Forwarded-For` cannot remove what is added here (CVE-2024-45410).
+pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
+    headers.insert(X_FORWARDED_FOR, f.client_ip.clone());
+    headers.insert(X_REAL_IP, f.client_ip.clone());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
+    headers.insert(X_FORWARDED_HOST, f.host.clone());
+    if let Some(prefix) = f.prefix {
+        if let Ok(v) = HeaderValue::from_str(prefix) {
+            headers.insert(X_FORWARDED_PREFIX, v);
+        }
+    }
+    let host = f.host.to_str().unwrap_or("");
+    let fwd = format!("for={};proto={};host=\"{}\"", f.client_ip_for, f.proto, host);
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.insert(FORWARDED, v);
+    }
+}
+
+/// The `for=` value of RFC 7239: IPv6 addresses are quoted and bracketed.
+pub fn forwarded_for(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// Whether the request asks for a protocol upgrade (WebSocket): `Connection: upgrade` and an
+/// `Upgrade` header.
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers)
+            .iter()
+            .any(|t| t.as_str() == "upgrade")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn client_claims_table() {
+        let claims = [
+            "x-forwarded-for",
+            "x-forwarded-user",
+            "x-forwarded-email",
+            "x-forwarded-groups",
+            "x-forwarded-prefix",
+            "forwarded",
+            "x-real-ip",
+            "x-auth-request-user",
+            "x-auth-request-email",
+            "remote-user",
+            "remote-groups",
+            "x-remote-user",
+            "x-webauth-user",
+            "x-original-url",
+        ];
+        for c in claims {
+            assert!(is_client_claim(&HeaderName::from_static(c)), "{c}");
+        }
+        for ok in ["cookie", "authorization", "x-request-id", "user-agent", "forwarded-x"] {
+            assert!(!is_client_claim(&HeaderName::from_bytes(ok.as_bytes()).unwrap()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn connection_listed_headers_cannot_remove_rebuilt_ones() {
+        // CVE-2024-45410: a client lists X-Forwarded-For in Connection so that a proxy that strips
+        // Connection-listed headers *after* adding its own drops them.
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Forwarded-For, x-real-ip, X-Custom"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-custom", "bye"),
+            ("x-forwarded-user", "admin"),
+            ("te", "gzip"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        strip_client_claims(&mut h);
+        let ip = HeaderValue::from_static("127.0.0.1");
+        let host = HeaderValue::from_static("demo.example.test");
+        add_forwarded(
+            &mut h,
+            &Forwarded {
+                client_ip: &ip,
+                client_ip_for: "127.0.0.1",
+                proto: "https",
+                host: &host,
+                prefix: Some("/forge"),
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-real-ip"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "demo.example.test");
+        assert_eq!(h["x-forwarded-prefix"], "/forge");
+        assert_eq!(h["forwarded"], "for=127.0.0.1;proto=https;host=\"demo.example.test\"");
+        for gone in ["connection", "x-custom", "x-forwarded-user", "te", "keep-alive"] {
+            assert!(!h.contains_key(gone), "{gone} should be gone: {h:?}");
+        }
+    }
+
+    #[test]
+    fn te_trailers_survives_only_when_asked() {
+        let mut h = map(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["te"], "trailers");
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("te"));
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        assert!(is_upgrade_request(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
+        assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
+    }
+
+    #[test]
+    fn forwarded_for_brackets_ipv6() {
+        assert_eq!(forwarded_for("::1".parse().unwrap()), "\"[::1]\"");
+        assert_eq!(forwarded_for("10.1.2.3".parse().unwrap()), "10.1.2.3");
+    }
+}

@@ -1,0 +1,394 @@
+//! The request path, in the order a request lives: hygiene, route, then a static file, an
+//! upstream or the gateway's own answer; then response headers, metrics and the access log.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use edge_routing::Decision;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::{find_body_error, BodyError, ReqBody, ResBody};
+use crate::hygiene::{self, Forwarded};
+use crate::metrics::{RouteMetrics, UpstreamError};
+use crate::pages::{self, esc};
+use crate::runtime::{RouteRt, Runtime, Target};
+use crate::Shared;
+
+/// What the gateway knows about the client's connection, rendered once per connection.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    pub ip: std::net::IpAddr,
+    pub ip_value: HeaderValue,
+    pub ip_for: String,
+    pub tls: bool,
+}
+
+const CSP_SANDBOX: HeaderValue = HeaderValue::from_static("sandbox allow-scripts allow-forms allow-popups");
+const HSTS: HeaderValue = HeaderValue::from_static("max-age=63072000");
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResBody>, Infallible> {
+    let start = Instant::now();
+    let rt = shared.runtime.load_full();
+    // Hygiene before anything else looks at the request.
+    hygiene::strip_client_claims(req.headers_mut());
+
+    let (resp, metrics) = route(&shared, &rt, &conn, req, start).await;
+    let mut resp = resp;
+    if conn.tls && rt.config().listen.hsts {
+        resp.headers_mut().entry(header::STRICT_TRANSPORT_SECURITY).or_insert(HSTS);
+    }
+    metrics.observe(resp.status().as_u16(), start.elapsed());
+    Ok(resp)
+}
+
+fn access_log(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    method: &Method,
+    host: &str,
+    target: &str,
+    status: StatusCode,
+    start: Instant,
+    m: &RouteMetrics,
+) {
+    if rt.config().log.access {
+        // The path only: query strings carry tokens and OAuth codes.
+        let path = target.split('?').next().unwrap_or("");
+        tracing::info!(
+            target: "edge::access",
+            client = %conn.ip,
+            method = %method,
+            host,
+            path,
+            status = status.as_u16(),
+            micros = start.elapsed().as_micros() as u64,
+            route = %m.label(),
+        );
+    }
+}
+
+async fn route(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    start: Instant,
+) -> (Response<ResBody>, Arc<RouteMetrics>) {
+    // HTTP/2 carries the host in :authority; HTTP/1.1 in Host, or in an absolute-form target,
+    // which then wins (RFC 9112 §3.2.2). Either way it is only matched against projects: edge
+    // never dials a host named by the client, so it cannot be used as an open proxy.
+    let host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let Some(host) = host else {
+        return (
+            pages::plain(StatusCode::BAD_REQUEST, "a request needs a Host header\n"),
+            rt.unrouted.clone(),
+        );
+    };
+    let host_str = host.to_str().unwrap_or("").to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string());
+    let method = req.method().clone();
+
+    if method == Method::CONNECT {
+        let r = pages::plain(StatusCode::METHOD_NOT_ALLOWED, "edge is not a forward proxy\n");
+        access_log(rt, conn, &method, &host_str, &target, r.status(), start, &rt.unrouted);
+        return (r, rt.unrouted.clone());
+    }
+    let cfg = rt.config();
+    if !conn.tls && cfg.listen.http_redirect {
+        let (name, _) = edge_routing::normalize_host(&host_str);
+        let port = match shared.https_port {
+            Some(443) | None => String::new(),
+            Some(p) => format!(":{p}"),
+        };
+        let r = pages::redirect(308, &format!("https://{name}{port}{target}"));
+        let m = rt
+            .table
+            .project_of_host(&name)
+            .map(|p| rt.project_metrics[p].clone())
+            .unwrap_or_else(|| rt.unrouted.clone());
+        access_log(rt, conn, &method, &host_str, &target, r.status(), start, &m);
+        return (r, m);
+    }
+    let scheme = if conn.tls { "https" } else { "http" };
+    let decision = rt.table.resolve(scheme, &host_str, &target);
+    let (resp, m) = match decision {
+        Decision::Redirect { status, location } => {
+            let m = match rt.table.project_of_host(&edge_routing::normalize_host(&host_str).0) {
+                Some(p) => rt.project_metrics[p].clone(),
+                None => rt.unrouted.clone(),
+            };
+            (pages::redirect(status, &location), m)
+        }
+        Decision::NotFound { project } => not_found(rt, project, &host_str, &target),
+        Decision::Route {
+            project,
+            route,
+            path,
+        } => {
+            let rrt = &rt.routes[project][route];
+            let rcfg = &cfg.projects[project].routes[route];
+            let mut resp = match &rrt.target {
+                Target::Unconfigured => unconfigured(rt, project, route),
+                Target::Static(root) => {
+                    let mut resp = crate::static_files::serve(root, path, &method, req.headers()).await;
+                    if rcfg.untrusted {
+                        resp.headers_mut().remove(header::SET_COOKIE);
+                    }
+                    resp
+                }
+                Target::Upstream { authority, h2c } => {
+                    let path = path.to_string();
+                    forward(shared, rt, conn, project, route, rrt, authority, *h2c, &path, host, req).await
+                }
+            };
+            if rcfg.untrusted {
+                let h = resp.headers_mut();
+                h.remove(header::SET_COOKIE);
+                h.insert(header::CONTENT_SECURITY_POLICY, CSP_SANDBOX);
+            }
+            (resp, rrt.metrics.clone())
+        }
+    };
+    access_log(rt, conn, &method, &host_str, &target, resp.status(), start, &m);
+    (resp, m)
+}
+
+fn not_found(
+    rt: &Runtime,
+    project: Option<usize>,
+    host: &str,
+    target: &str,
+) -> (Response<ResBody>, Arc<RouteMetrics>) {
+    match project {
+        Some(p) => {
+            let name = &rt.config().projects[p].name;
+            let path = target.split('?').next().unwrap_or("");
+            let body = format!(
+                "<p>Nothing is mounted at <code>{}</code> in project <b>{}</b>. Its mounts are:</p>{}\
+                 <p>Paths outside these mounts never reach an app: if an app links here, it is not \
+                 configured for its subpath (its public URL should end with its mount).</p>",
+                esc(path),
+                esc(name),
+                rt.mount_lists[p]
+            );
+            (
+                pages::page(StatusCode::NOT_FOUND, "Not Found", &body),
+                rt.project_metrics[p].clone(),
+            )
+        }
+        None => {
+            let body = format!("<p>No project is served at <code>{}</code>.</p>", esc(host));
+            (pages::page(StatusCode::NOT_FOUND, "Not Found", &body), rt.unrouted.clone())
+        }
+    }
+}
+
+fn unconfigured(rt: &Runtime, project: usize, route: usize) -> Response<ResBody> {
+    let p = &rt.config().projects[project];
+    let r = &p.routes[route];
+    let body = format!(
+        "<p>The mount <code>/{m}/</code> of project <b>{pn}</b> is not pointed anywhere yet.</p>\
+         <p>Set <code>{key}.upstream</code> (e.g. <code>upstream = \"http://127.0.0.1:3000\"</code>) \
+         or <code>{key}.root</code> (a directory of static files) in the config, then run \
+         <code>edge reload</code>.</p>",
+        m = esc(&r.mount),
+        pn = esc(&p.name),
+        key = esc(&r.key),
+    );
+    pages::page(StatusCode::SERVICE_UNAVAILABLE, "Mount not configured", &body)
+}
+
+fn upstream_failure(
+    rt: &Runtime,
+    project: usize,
+    route: usize,
+    status: StatusCode,
+    what: &str,
+) -> Response<ResBody> {
+    let p = &rt.config().projects[project];
+    let r = &p.routes[route];
+    let body = format!(
+        "<p>The upstream of <code>/{m}/</code> in project <b>{pn}</b> {what}.</p>\
+         <p>The gateway's log has the cause.</p>",
+        m = esc(&r.mount),
+        pn = esc(&p.name),
+    );
+    pages::page(status, status.canonical_reason().unwrap_or("Error"), &body)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: &ConnInfo,
+    project: usize,
+    route: usize,
+    rrt: &RouteRt,
+    authority: &http::uri::Authority,
+    h2c: bool,
+    path: &str,
+    host: HeaderValue,
+    mut req: Request<Incoming>,
+) -> Response<ResBody> {
+    let cfg = rt.config();
+    let rcfg = &cfg.projects[project].routes[route];
+    if let Some(max) = rcfg.max_body {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return too_large(rt, project, route, max);
+        }
+    }
+    let upgrade = req.version() == Version::HTTP_11 && hygiene::is_upgrade_request(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let upgrade_value = if upgrade { parts.headers.get(header::UPGRADE).cloned() } else { None };
+
+    let h = &mut parts.headers;
+    hygiene::strip_hop_by_hop(h, h2c);
+    if rcfg.untrusted {
+        h.remove(header::COOKIE);
+        h.remove(header::AUTHORIZATION);
+    }
+    hygiene::add_forwarded(
+        h,
+        &Forwarded {
+            client_ip: &conn.ip_value,
+            client_ip_for: &conn.ip_for,
+            proto: if conn.tls { "https" } else { "http" },
+            host: &host,
+            prefix: rrt.prefix.as_ref().and_then(|v| v.to_str().ok()),
+        },
+    );
+    // The public Host, as the app's ROOT_URL expects (HTTP/2 clients send :authority instead).
+    h.insert(header::HOST, host);
+    if let Some(u) = upgrade_value {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u);
+    }
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build();
+    parts.uri = match uri {
+        Ok(u) => u,
+        Err(_) => return pages::plain(StatusCode::BAD_REQUEST, "malformed request target\n"),
+    };
+    parts.version = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
+    let body = ReqBody::new(body, rcfg.max_body, cfg.limits.body_idle_timeout);
+    let req = Request::from_parts(parts, body);
+
+    let result = if h2c {
+        // gRPC long-polls (Woodpecker's `Next`) wait as long as they like: no timeout here.
+        shared.h2c.request(req).await
+    } else {
+        match tokio::time::timeout(rcfg.timeout, shared.client.request(req)).await {
+            Ok(r) => r,
+            Err(_) => {
+                rrt.metrics.upstream_error(UpstreamError::Timeout);
+                tracing::warn!(
+                    project = %cfg.projects[project].name, mount = %rcfg.mount,
+                    upstream = %authority, timeout = ?rcfg.timeout,
+                    "upstream did not answer in time"
+                );
+                let what = format!("did not answer within {:?} (<code>{}.timeout</code>)", rcfg.timeout, esc(&rcfg.key));
+                return upstream_failure(rt, project, route, StatusCode::GATEWAY_TIMEOUT, &what);
+            }
+        }
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            match find_body_error(&e) {
+                Some(BodyError::TooLarge(max)) => return too_large(rt, project, route, *max),
+                Some(BodyError::Idle(d)) => {
+                    tracing::info!(client = %conn.ip, idle = ?d, "cut off a request body that stalled");
+                    return pages::plain(StatusCode::REQUEST_TIMEOUT, "the request body stalled\n");
+                }
+                Some(BodyError::Client(_)) => {
+                    return pages::plain(StatusCode::BAD_REQUEST, "the request body broke off\n");
+                }
+                None => {}
+            }
+            let kind = if e.is_connect() { UpstreamError::Connect } else { UpstreamError::Other };
+            rrt.metrics.upstream_error(kind);
+            tracing::warn!(
+                project = %cfg.projects[project].name, mount = %rcfg.mount,
+                upstream = %authority, error = %error_chain(&e),
+                "upstream request failed"
+            );
+            let what = if e.is_connect() {
+                format!("at <code>{authority}</code> refused the connection or could not be reached")
+            } else {
+                format!("at <code>{authority}</code> failed to answer")
+            };
+            return upstream_failure(rt, project, route, StatusCode::BAD_GATEWAY, &what);
+        }
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            rrt.metrics.upstream_error(UpstreamError::Other);
+            return upstream_failure(rt, project, route, StatusCode::BAD_GATEWAY, "switched protocols unasked");
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let metrics = shared.metrics.clone();
+        metrics.open_websockets.fetch_add(1, Relaxed);
+        shared.tracker.spawn(async move {
+            // No idle timeout: WebSockets idle for minutes between messages; TCP keep-alive
+            // finds dead peers, and the apps ping at their own pace.
+            if let (Ok(c), Ok(u)) = tokio::join!(client_upgrade, upstream_upgrade) {
+                let mut c = TokioIo::new(c);
+                let mut u = TokioIo::new(u);
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            }
+            metrics.open_websockets.fetch_sub(1, Relaxed);
+        });
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, ResBody::Empty);
+    }
+    hygiene::strip_hop_by_hop(resp.headers_mut(), false);
+    resp.map(ResBody::Incoming)
+}
+
+fn too_large(rt: &Runtime, project: usize, route: usize, max: u64) -> Response<ResBody> {
+    let r = &rt.config().projects[project].routes[route];
+    let body = format!(
+        "<p>This mount accepts request bodies up to {max} bytes (<code>{}.max_body</code>).</p>",
+        esc(&r.key)
+    );
+    let mut resp = pages::page(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large", &body);
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

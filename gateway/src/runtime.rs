@@ -1,0 +1,123 @@
+//! What one config version needs at request time: the route table plus, per route, the pieces
+//! worked out once (the upstream's authority, the canonical static root, metric handles). A
+//! reload builds a new `Runtime` and swaps it in whole; requests in flight keep the old one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use edge_routing::{Config, ConfigError, RouteTable, RouteTarget};
+use http::uri::Authority;
+use http::HeaderValue;
+
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::pages::esc;
+
+#[derive(Debug)]
+pub(crate) enum Target {
+    Unconfigured,
+    Upstream { authority: Authority, h2c: bool },
+    Static(PathBuf),
+}
+
+#[derive(Debug)]
+pub(crate) struct RouteRt {
+    pub metrics: Arc<RouteMetrics>,
+    pub target: Target,
+    /// `/forge`, sent as `X-Forwarded-Prefix` when the prefix is stripped.
+    pub prefix: Option<HeaderValue>,
+}
+
+#[derive(Debug)]
+pub struct Runtime {
+    pub(crate) table: RouteTable,
+    pub(crate) routes: Vec<Vec<RouteRt>>,
+    /// Per project: requests that matched no mount (redirects, 404s).
+    pub(crate) project_metrics: Vec<Arc<RouteMetrics>>,
+    /// Requests for hosts that name no project.
+    pub(crate) unrouted: Arc<RouteMetrics>,
+    /// Per project: the HTML list of its mounts, for 404 pages.
+    pub(crate) mount_lists: Vec<String>,
+}
+
+impl Runtime {
+    /// Builds the runtime for `config`; relative static roots are resolved against `base_dir`
+    /// and must exist.
+    pub fn build(config: Config, base_dir: &Path, metrics: &Metrics) -> Result<Runtime, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut routes = Vec::new();
+        let mut mount_lists = Vec::new();
+        for p in &config.projects {
+            let mut rts = Vec::new();
+            let mut list = String::from("<ul>");
+            for r in &p.routes {
+                list.push_str(&format!(
+                    "<li><a href=\"/{m}/\">/{m}/</a></li>",
+                    m = esc(&r.mount)
+                ));
+                let target = match &r.target {
+                    RouteTarget::Unconfigured => Target::Unconfigured,
+                    RouteTarget::Upstream(u) => match u.authority.parse::<Authority>() {
+                        Ok(authority) => Target::Upstream {
+                            authority,
+                            h2c: u.scheme == edge_routing::Scheme::H2c,
+                        },
+                        Err(e) => {
+                            errors.push(ConfigError {
+                                key: format!("{}.upstream", r.key),
+                                message: format!("{:?}: {e}", u.authority),
+                            });
+                            Target::Unconfigured
+                        }
+                    },
+                    RouteTarget::Static(root) => {
+                        let path = base_dir.join(root);
+                        match std::fs::canonicalize(&path) {
+                            Ok(real) if real.is_dir() => Target::Static(real),
+                            Ok(_) => {
+                                errors.push(ConfigError {
+                                    key: format!("{}.root", r.key),
+                                    message: format!("{} is not a directory", path.display()),
+                                });
+                                Target::Unconfigured
+                            }
+                            Err(e) => {
+                                errors.push(ConfigError {
+                                    key: format!("{}.root", r.key),
+                                    message: format!("{}: {e}", path.display()),
+                                });
+                                Target::Unconfigured
+                            }
+                        }
+                    }
+                };
+                let prefix = match r.prefix {
+                    edge_routing::PrefixMode::Strip => HeaderValue::from_str(&format!("/{}", r.mount)).ok(),
+                    edge_routing::PrefixMode::Keep => None,
+                };
+                rts.push(RouteRt {
+                    metrics: metrics.route(&p.name, &r.mount),
+                    target,
+                    prefix,
+                });
+            }
+            list.push_str("</ul>");
+            mount_lists.push(list);
+            routes.push(rts);
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let project_metrics = config.projects.iter().map(|p| metrics.route(&p.name, "")).collect();
+        Ok(Runtime {
+            table: RouteTable::new(config),
+            routes,
+            project_metrics,
+            unrouted: metrics.route("", ""),
+            mount_lists,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        self.table.config()
+    }
+}

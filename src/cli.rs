@@ -1,0 +1,186 @@
+//! Command-line interface. Precedence is flag > environment > config file > built-in default.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use edge_routing::{Config, EMBEDDED_DEFAULT};
+
+#[derive(Debug, Parser)]
+#[command(name = "edge", version, about = "One address for a whole software project: forge, CI, staging and agent chat behind one gateway")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (with the embedded default config when no file is given).
+    Up {
+        /// Config file [env: EDGE_CONFIG]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Overrides `state_dir` [env: EDGE_STATE_DIR]
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Ask a running edge to re-read its config (same as sending it SIGHUP).
+    Reload {
+        /// The config file of the running edge, to find its admin address [env: EDGE_CONFIG]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin address, instead of reading it from the config
+        #[arg(long)]
+        admin: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate config files without starting anything; every problem is listed with its key.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the embedded default config, a starting point for your own.
+    Default,
+}
+
+/// An error and the exit code it maps to: 2 for bad arguments or config, 1 for the rest.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    err: anyhow::Error,
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        self.code
+    }
+    pub fn config(err: impl Into<anyhow::Error>) -> Failure {
+        Failure { code: 2, err: err.into() }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if f.alternate() {
+            write!(f, "{:#}", self.err)
+        } else {
+            write!(f, "{}", self.err)
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Failure {
+        Failure { code: 1, err }
+    }
+}
+
+/// A config as loaded: the parsed value and the directory its relative paths start from.
+pub struct Loaded {
+    pub config: Config,
+    pub path: Option<PathBuf>,
+    pub base_dir: PathBuf,
+}
+
+pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("EDGE_CONFIG").map(PathBuf::from))
+}
+
+/// Reads and validates a config file, or the embedded default when `path` is `None`.
+pub fn load(path: Option<&Path>, state_dir_flag: Option<&Path>) -> Result<Loaded, Failure> {
+    let (text, base_dir) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading {}", p.display()))
+                .map_err(Failure::config)?;
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            (text, dir.to_path_buf())
+        }
+        None => (EMBEDDED_DEFAULT.to_string(), PathBuf::from(".")),
+    };
+    let name = path.map(|p| p.display().to_string()).unwrap_or_else(|| "embedded default".into());
+    let mut config = Config::from_toml(&text)
+        .map_err(|e| Failure::config(anyhow::anyhow!("{name}: {e}")))?;
+    let state = state_dir_flag
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("EDGE_STATE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| base_dir.join(&config.state_dir));
+    config.state_dir = state;
+    Ok(Loaded {
+        config,
+        path: path.map(Path::to_path_buf),
+        base_dir,
+    })
+}
+
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Up { config, state_dir } => {
+            let path = config_path(config);
+            let loaded = load(path.as_deref(), state_dir.as_deref())?;
+            crate::up::run(loaded, state_dir)
+        }
+        Command::Config { command: ConfigCommand::Check { files } } => {
+            let mut bad = 0;
+            for f in &files {
+                let text = match std::fs::read_to_string(f) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("{}: {e}", f.display());
+                        bad += 1;
+                        continue;
+                    }
+                };
+                match Config::from_toml(&text) {
+                    Ok(c) => println!(
+                        "{}: ok ({} project{}, {} routing)",
+                        f.display(),
+                        c.projects.len(),
+                        if c.projects.len() == 1 { "" } else { "s" },
+                        match c.routing {
+                            edge_routing::RoutingMode::Subpath => "subpath",
+                            edge_routing::RoutingMode::Subdomain => "subdomain",
+                        }
+                    ),
+                    Err(e) => {
+                        eprintln!("{}: {e}", f.display());
+                        bad += 1;
+                    }
+                }
+            }
+            if bad > 0 {
+                return Err(Failure::config(anyhow::anyhow!("{bad} of {} file(s) failed the check", files.len())));
+            }
+            Ok(())
+        }
+        Command::Config { command: ConfigCommand::Default } => {
+            print!("{EMBEDDED_DEFAULT}");
+            Ok(())
+        }
+        Command::Reload { config, admin } => {
+            let admin = match admin {
+                Some(a) => a,
+                None => {
+                    let loaded = load(config_path(config).as_deref(), None)?;
+                    match loaded.config.listen.admin {
+                        Some(a) => a.to_string(),
+                        None => {
+                            return Err(Failure::config(anyhow::anyhow!(
+                                "listen.admin is off in the config; send SIGHUP to the edge process instead"
+                            )))
+                        }
+                    }
+                }
+            };
+            crate::up::post_reload(&admin)
+        }
+    }
+}

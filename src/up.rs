@@ -1,0 +1,229 @@
+//! `edge up`: issue certificates, build the gateway, bind the listeners, print where things
+//! are, then serve until SIGTERM/SIGINT (drain) while SIGHUP reloads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use edge_certs::{project_names, LocalCa, Store};
+use edge_gateway::{Gateway, ProjectCert, ReloadFn};
+use edge_routing::Config;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{load, Failure, Loaded};
+
+/// Certificates for every project, from the local CA in the state directory.
+fn project_certs(config: &Config) -> anyhow::Result<(Vec<ProjectCert>, Option<PathBuf>)> {
+    if config.listen.https.is_none() {
+        return Ok((Vec::new(), None));
+    }
+    let ca = LocalCa::load_or_create(&config.state_dir, &config.domain)?;
+    let store = Store::new(&config.state_dir);
+    let mut certs = Vec::new();
+    for p in &config.projects {
+        let files = store.get_or_issue(&p.name, &project_names(&p.name, &config.domain), &ca)?;
+        certs.push(ProjectCert {
+            host: format!("{}.{}", p.name, config.domain),
+            chain_pem: files.chain_pem,
+            key_pem: files.key_pem,
+        });
+    }
+    Ok((certs, Some(ca.cert_path())))
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn run(loaded: Loaded, state_dir_flag: Option<PathBuf>) -> Result<(), Failure> {
+    init_tracing(loaded.config.log.json);
+    let workers = match loaded.config.listen.workers {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    };
+    let rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+    .context("starting the runtime")?;
+    rt.block_on(serve(loaded, state_dir_flag, workers))
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, Failure> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding listen.{what} {addr}"))
+        .map_err(Failure::from)
+}
+
+async fn serve(loaded: Loaded, state_dir_flag: Option<PathBuf>, workers: usize) -> Result<(), Failure> {
+    let Loaded { config, path, base_dir } = loaded;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+    let (certs, ca_path) = project_certs(&config).context("preparing certificates")?;
+    let gateway = Gateway::new(config.clone(), &base_dir, &certs).map_err(Failure::config)?;
+
+    let https = match config.listen.https { Some(a) => Some(bind(a, "https").await?), None => None };
+    let http = match config.listen.http { Some(a) => Some(bind(a, "http").await?), None => None };
+    let admin = match config.listen.admin { Some(a) => Some(bind(a, "admin").await?), None => None };
+
+    let reload: Option<ReloadFn> = path.clone().map(|p| {
+        let gw = gateway.clone();
+        let flag = state_dir_flag.clone();
+        let f: ReloadFn = Arc::new(move || reload_from(&gw, &p, flag.as_deref()));
+        f
+    });
+
+    let token = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut https_port = None;
+    if let Some(l) = https {
+        let addr = l.local_addr().context("listener address")?;
+        https_port = Some(addr.port());
+        tracing::info!(%addr, workers, "serving HTTPS (HTTP/1.1 and HTTP/2)");
+        let gw = gateway.clone();
+        let t = token.clone();
+        tasks.spawn(async move {
+            if let Err(e) = gw.serve_https(l, t.cancelled_owned()).await {
+                tracing::error!(error = %e, "HTTPS listener failed");
+            }
+        });
+    }
+    if let Some(l) = http {
+        let addr = l.local_addr().context("listener address")?;
+        if config.listen.http_redirect {
+            tracing::info!(%addr, "serving HTTP: redirects to HTTPS");
+        } else {
+            tracing::info!(%addr, "serving HTTP: the mounts, unencrypted (put a TLS tunnel in front)");
+        }
+        let gw = gateway.clone();
+        let t = token.clone();
+        tasks.spawn(async move { gw.serve_http(l, t.cancelled_owned()).await });
+    }
+    if let Some(l) = admin {
+        let addr = l.local_addr().context("listener address")?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the admin listener is not on loopback and has no authentication");
+        }
+        tracing::info!(%addr, "admin: /healthz /readyz /metrics, POST /reload");
+        let gw = gateway.clone();
+        let t = token.clone();
+        let reload = reload.clone();
+        tasks.spawn(async move { gw.serve_admin(l, reload, t.cancelled_owned()).await });
+    }
+    print_welcome(&config, https_port, ca_path.as_deref());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => match &reload {
+                Some(f) => {
+                    let f = f.clone();
+                    match tokio::task::spawn_blocking(move || f()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!("reload refused, the old config stays: {e}"),
+                        Err(e) => tracing::error!(error = %e, "reload panicked"),
+                    }
+                }
+                None => tracing::warn!("SIGHUP ignored: edge runs the embedded default, there is no file to re-read"),
+            },
+            Some(r) = tasks.join_next() => {
+                if let Err(e) = r { tracing::error!(error = %e, "a listener task failed"); }
+            }
+        }
+    }
+    let grace = gateway.config().limits.shutdown_grace;
+    tracing::info!(?grace, "shutting down: draining in-flight requests");
+    gateway.start_draining();
+    token.cancel();
+    while tasks.join_next().await.is_some() {}
+    if !gateway.wait_streams(grace.min(Duration::from_secs(5)).max(Duration::from_millis(100))).await {
+        tracing::info!("closing open WebSockets");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Re-reads the config file, issues any certificates it needs, and swaps both in.
+fn reload_from(gw: &Gateway, path: &Path, state_dir_flag: Option<&Path>) -> Result<(), String> {
+    let loaded = load(Some(path), state_dir_flag).map_err(|e| format!("{e:#}"))?;
+    let old = gw.config();
+    if old.listen != loaded.config.listen {
+        tracing::warn!("listen.* changed: listeners are re-bound only on restart");
+    }
+    let (certs, _) = project_certs(&loaded.config).map_err(|e| format!("{e:#}"))?;
+    gw.reload(loaded.config, &loaded.base_dir, &certs).map_err(|e| e.to_string())?;
+    tracing::info!(config = %path.display(), "config reloaded");
+    Ok(())
+}
+
+fn print_welcome(config: &Config, https_port: Option<u16>, ca: Option<&Path>) {
+    let port = match https_port {
+        Some(443) | None => String::new(),
+        Some(p) => format!(":{p}"),
+    };
+    let scheme = if https_port.is_some() { "https" } else { "http" };
+    let plain_port = config.listen.http.map(|a| format!(":{}", a.port())).unwrap_or_default();
+    let (scheme, port) = if https_port.is_some() { (scheme, port) } else { ("http", plain_port) };
+    println!();
+    for p in &config.projects {
+        let host = format!("{}.{}", p.name, config.domain);
+        match config.routing {
+            edge_routing::RoutingMode::Subpath => {
+                println!("  project {}: {scheme}://{host}{port}/", p.name);
+                for r in &p.routes {
+                    println!("    {scheme}://{host}{port}/{}/", r.mount);
+                }
+            }
+            edge_routing::RoutingMode::Subdomain => {
+                println!("  project {}: {scheme}://{host}{port}/", p.name);
+                for r in &p.routes {
+                    println!("    {scheme}://{}.{host}{port}/", r.mount);
+                }
+            }
+        }
+    }
+    if let Some(ca) = ca {
+        println!();
+        println!("  Certificates come from a local CA (valid for *.{} only). To trust it:", config.domain);
+        println!("    curl:            curl --cacert {} https://...", ca.display());
+        println!("    Debian/Ubuntu:   sudo cp {} /usr/local/share/ca-certificates/edge-{}.crt && sudo update-ca-certificates", ca.display(), config.domain);
+        println!("    Firefox/Chrome:  import {} as an authority in the browser's certificate settings", ca.display());
+    }
+    println!();
+}
+
+/// `edge reload`: POST /reload on the admin listener.
+pub fn post_reload(admin: &str) -> Result<(), Failure> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).with_context(|| format!("connecting to the admin listener at {admin}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).context("socket")?;
+    write!(s, "POST /reload HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").context("sending")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).context("reading the answer")?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let ok = head.starts_with("HTTP/1.1 200");
+    let body = body.trim();
+    if ok {
+        println!("{body}");
+        Ok(())
+    } else {
+        Err(Failure::config(anyhow::anyhow!("{body}")))
+    }
+}
