@@ -76,6 +76,33 @@ pub enum BodyError {
     Client(#[from] hyper::Error),
 }
 
+/// When a request body last moved, so the route timeout can count the upstream's silence from
+/// the end of an upload rather than from its start (a 1 GiB push outlasts any sane timeout).
+#[derive(Debug)]
+pub struct Progress {
+    base: std::time::Instant,
+    last_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub fn new() -> std::sync::Arc<Progress> {
+        std::sync::Arc::new(Progress {
+            base: std::time::Instant::now(),
+            last_nanos: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let n = self.base.elapsed().as_nanos() as u64;
+        self.last_nanos.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The last time the body moved.
+    pub fn last(&self) -> std::time::Instant {
+        self.base + Duration::from_nanos(self.last_nanos.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The client's request body on its way upstream.
     pub struct ReqBody {
@@ -86,6 +113,7 @@ pin_project_lite::pin_project! {
         idle: Duration,
         // Armed only while the client keeps us waiting, so bodiless requests pay nothing.
         timer: Option<Pin<Box<Sleep>>>,
+        progress: Option<std::sync::Arc<Progress>>,
     }
 }
 
@@ -96,13 +124,19 @@ impl std::fmt::Debug for ReqBody {
 }
 
 impl ReqBody {
-    pub fn new(inner: Incoming, limit: Option<u64>, idle: Duration) -> ReqBody {
+    pub fn new(
+        inner: Incoming,
+        limit: Option<u64>,
+        idle: Duration,
+        progress: Option<std::sync::Arc<Progress>>,
+    ) -> ReqBody {
         ReqBody {
             inner,
             limit,
             seen: 0,
             idle,
             timer: None,
+            progress,
         }
     }
 }
@@ -126,6 +160,9 @@ impl Body for ReqBody {
                 Poll::Ready(Some(Err(BodyError::Idle(idle))))
             }
             Poll::Ready(frame) => {
+                if let Some(p) = this.progress {
+                    p.touch();
+                }
                 if let Some(t) = this.timer.as_mut() {
                     t.as_mut()
                         .reset(tokio::time::Instant::now() + *this.idle);

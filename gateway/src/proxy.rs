@@ -12,7 +12,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{find_body_error, BodyError, ReqBody, ResBody};
+use crate::body::{find_body_error, BodyError, Progress, ReqBody, ResBody};
 use crate::hygiene::{self, Forwarded};
 use crate::metrics::{RouteMetrics, UpstreamError};
 use crate::pages::{self, esc};
@@ -295,16 +295,18 @@ async fn forward(
         Err(_) => return pages::plain(StatusCode::BAD_REQUEST, "malformed request target\n"),
     };
     parts.version = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
-    let body = ReqBody::new(body, rcfg.max_body, cfg.limits.body_idle_timeout);
+    use http_body::Body as _;
+    let progress = (!h2c && !body.is_end_stream()).then(Progress::new);
+    let body = ReqBody::new(body, rcfg.max_body, cfg.limits.body_idle_timeout, progress.clone());
     let req = Request::from_parts(parts, body);
 
     let result = if h2c {
         // gRPC long-polls (Woodpecker's `Next`) wait as long as they like: no timeout here.
         shared.h2c.request(req).await
     } else {
-        match tokio::time::timeout(rcfg.timeout, shared.client.request(req)).await {
-            Ok(r) => r,
-            Err(_) => {
+        match upstream_with_timeout(shared.client.request(req), rcfg.timeout, progress.as_deref()).await {
+            Some(r) => r,
+            None => {
                 rrt.metrics.upstream_error(UpstreamError::Timeout);
                 tracing::warn!(
                     project = %cfg.projects[project].name, mount = %rcfg.mount,
@@ -369,6 +371,32 @@ async fn forward(
     }
     hygiene::strip_hop_by_hop(resp.headers_mut(), false);
     resp.map(ResBody::Incoming)
+}
+
+/// Waits for the upstream's response head, giving up after `timeout` of silence counted from
+/// the later of the request's start and the last movement of its body.
+async fn upstream_with_timeout<F: std::future::Future>(
+    fut: F,
+    timeout: std::time::Duration,
+    progress: Option<&Progress>,
+) -> Option<F::Output> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(timeout, fut).await.ok();
+    };
+    tokio::pin!(fut);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            r = &mut fut => return Some(r),
+            _ = tokio::time::sleep_until(deadline) => {
+                let next = tokio::time::Instant::from_std(progress.last()) + timeout;
+                if next <= tokio::time::Instant::now() {
+                    return None;
+                }
+                deadline = next;
+            }
+        }
+    }
 }
 
 fn too_large(rt: &Runtime, project: usize, route: usize, max: u64) -> Response<ResBody> {
