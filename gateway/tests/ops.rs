@@ -1,0 +1,140 @@
+//! Operations: admin endpoints, metrics, access logs, and reloads that swap the route table
+//! while WebSockets and downloads stay open.
+
+mod common;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::Message;
+
+fn config(forge: std::net::SocketAddr, ws: std::net::SocketAddr, with_live: bool) -> String {
+    let live = if with_live {
+        format!("  [[projects.routes]]\n  mount = \"live\"\n  upstream = \"http://{ws}\"\n")
+    } else {
+        String::new()
+    };
+    // The second config also keeps /forge's prefix, so the swap is visible upstream.
+    let prefix = if with_live { "strip" } else { "keep" };
+    format!(
+        "domain = \"example.test\"\n{listen}\n[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"forge\"\n  upstream = \"http://{forge}\"\n  prefix = \"{prefix}\"\n{live}",
+        listen = listen(false)
+    )
+}
+
+#[tokio::test]
+async fn admin_serves_health_readiness_and_prometheus_metrics() {
+    let echo = echo_upstream().await;
+    let ws = ws_upstream().await;
+    let t = start(&config(echo, ws, true)).await;
+    let _ = send(t.http, get("demo.example.test", "/forge/a")).await;
+    let _ = send(t.http, get("demo.example.test", "/nope")).await;
+    let r = send(t.admin, get("localhost", "/healthz")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
+    let r = send(t.admin, get("localhost", "/readyz")).await;
+    assert_eq!(r.status, 200);
+    let r = send(t.admin, get("localhost", "/metrics")).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    let m = r.text();
+    for want in [
+        "edge_requests_total{project=\"demo\",mount=\"forge\",status=\"200\"} 1",
+        "edge_requests_total{project=\"demo\",mount=\"\",status=\"404\"} 1",
+        "edge_request_duration_seconds_count{project=\"demo\",mount=\"forge\"} 1",
+        "# TYPE edge_open_connections gauge",
+        "# TYPE edge_open_websockets gauge",
+        "# TYPE edge_upstream_errors_total counter",
+    ] {
+        assert!(m.contains(want), "missing {want}:\n{m}");
+    }
+    t.gw.start_draining();
+    let r = send(t.admin, get("localhost", "/readyz")).await;
+    assert_eq!(r.status, 503, "a draining gateway is not ready");
+    let r = send(t.admin, get("localhost", "/reload")).await;
+    assert_eq!(r.status, 405);
+}
+
+#[tokio::test]
+async fn reload_swaps_routes_while_websockets_and_downloads_continue() {
+    let echo = echo_upstream().await;
+    let ws = ws_upstream().await;
+    let t = start(&config(echo, ws, true)).await;
+
+    // A WebSocket and a streaming download, both open across the reload.
+    let tcp = tokio::net::TcpStream::connect(t.http).await.unwrap();
+    let (mut sock, _) = tokio_tungstenite::client_async("ws://demo.example.test/live/x", tcp).await.unwrap();
+    assert_eq!(sock.next().await.unwrap().unwrap(), Message::text("path /x"));
+    let tcp = tokio::net::TcpStream::connect(t.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(get("demo.example.test", "/forge/sse")).await.unwrap();
+    let mut download = resp.into_body();
+    assert_eq!(&download.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"data: 1\n\n");
+
+    // New config: /forge goes elsewhere, /live is gone.
+    t.reload(&config(echo, ws, false));
+
+    let r = send(t.http, get("demo.example.test", "/live/x")).await;
+    assert_eq!(r.status, 404, "the removed mount is gone for new requests");
+    let r = send(t.http, get("demo.example.test", "/forge/x")).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().starts_with("GET /forge/x\n"), "the new route table serves: {}", r.text());
+    // The download finishes and the socket still echoes.
+    assert_eq!(&download.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"data: 2\n\n");
+    sock.send(Message::text("after reload")).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), sock.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(m, Message::text("after reload"));
+    assert!(t.gw.metrics().render().contains("edge_reloads_total 1"));
+}
+
+#[tokio::test]
+async fn a_bad_reload_is_refused_and_the_old_routes_stay() {
+    let echo = echo_upstream().await;
+    let ws = ws_upstream().await;
+    let t = start(&config(echo, ws, true)).await;
+    let mut cfg = edge_routing::Config::from_toml(&config(echo, ws, true).replace("@HTTPS@", "127.0.0.1:1").replace("@HTTP@", "127.0.0.1:2").replace("@ADMIN@", "127.0.0.1:3")).unwrap();
+    cfg.projects[0].routes[0].target = edge_routing::RouteTarget::Static("/nonexistent".into());
+    let err = t.gw.reload(cfg, t.dir.path(), &[]).unwrap_err();
+    assert!(err.to_string().contains("projects[0].routes[0].root"), "{err}");
+    let r = send(t.http, get("demo.example.test", "/forge/x")).await;
+    assert_eq!(r.status, 200, "the old routes still serve");
+    assert!(t.gw.metrics().render().contains("edge_reload_failures_total 1"));
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn access_log_lines_are_structured_and_leave_out_query_strings() {
+    let logs = Captured::default();
+    let w = logs.clone();
+    let sub = tracing_subscriber::fmt().json().with_writer(move || w.clone()).finish();
+    let _g = tracing::subscriber::set_default(sub);
+    let echo = echo_upstream().await;
+    let ws = ws_upstream().await;
+    let t = start(&config(echo, ws, true)).await;
+    let req = http::Request::get("/forge/login?code=SECRETCODE")
+        .header("host", "demo.example.test")
+        .header("cookie", "session=SECRETCOOKIE")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let _ = send(t.http, req).await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text.lines().find(|l| l.contains("edge::access")).unwrap_or_else(|| panic!("no access line in {text}"));
+    for want in ["\"method\":\"GET\"", "\"path\":\"/forge/login\"", "\"status\":200", "\"host\":\"demo.example.test\"", "\"route\":\"demo/forge\"", "\"client\":\"127.0.0.1\""] {
+        assert!(line.contains(want), "missing {want} in {line}");
+    }
+    assert!(!text.contains("SECRETCODE") && !text.contains("SECRETCOOKIE"), "secrets in the log: {text}");
+}
