@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use edge_routing::{Config, EMBEDDED_DEFAULT};
 
 #[derive(Debug, Parser)]
-#[command(name = "edge", version, about = "One address for a whole software project: forge, CI, staging and agent chat behind one gateway")]
+#[command(
+    name = "edge",
+    version,
+    about = "One address for a whole software project: forge, CI, staging and agent chat behind one gateway"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -63,7 +67,10 @@ impl Failure {
         self.code
     }
     pub fn config(err: impl Into<anyhow::Error>) -> Failure {
-        Failure { code: 2, err: err.into() }
+        Failure {
+            code: 2,
+            err: err.into(),
+        }
     }
 }
 
@@ -101,14 +108,19 @@ pub fn load(path: Option<&Path>, state_dir_flag: Option<&Path>) -> Result<Loaded
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading {}", p.display()))
                 .map_err(Failure::config)?;
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             (text, dir.to_path_buf())
         }
         None => (EMBEDDED_DEFAULT.to_string(), PathBuf::from(".")),
     };
-    let name = path.map(|p| p.display().to_string()).unwrap_or_else(|| "embedded default".into());
-    let mut config = Config::from_toml(&text)
-        .map_err(|e| Failure::config(anyhow::anyhow!("{name}: {e}")))?;
+    let name = path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "embedded default".into());
+    let mut config =
+        Config::from_toml(&text).map_err(|e| Failure::config(anyhow::anyhow!("{name}: {e}")))?;
     let state = state_dir_flag
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("EDGE_STATE_DIR").map(PathBuf::from))
@@ -128,7 +140,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let loaded = load(path.as_deref(), state_dir.as_deref())?;
             crate::up::run(loaded, state_dir)
         }
-        Command::Config { command: ConfigCommand::Check { files } } => {
+        Command::Config {
+            command: ConfigCommand::Check { files },
+        } => {
             let mut bad = 0;
             for f in &files {
                 let text = match std::fs::read_to_string(f) {
@@ -157,11 +171,16 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
             if bad > 0 {
-                return Err(Failure::config(anyhow::anyhow!("{bad} of {} file(s) failed the check", files.len())));
+                return Err(Failure::config(anyhow::anyhow!(
+                    "{bad} of {} file(s) failed the check",
+                    files.len()
+                )));
             }
             Ok(())
         }
-        Command::Config { command: ConfigCommand::Default } => {
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
             print!("{EMBEDDED_DEFAULT}");
             Ok(())
         }

@@ -36,7 +36,9 @@ fn project_certs(config: &Config) -> anyhow::Result<(Vec<ProjectCert>, Option<Pa
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -47,11 +49,15 @@ fn init_tracing(json: bool) {
 pub fn run(loaded: Loaded, state_dir_flag: Option<PathBuf>) -> Result<(), Failure> {
     init_tracing(loaded.config.log.json);
     let workers = match loaded.config.listen.workers {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         n => n,
     };
     let rt = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
@@ -69,16 +75,33 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, Fai
         .map_err(Failure::from)
 }
 
-async fn serve(loaded: Loaded, state_dir_flag: Option<PathBuf>, workers: usize) -> Result<(), Failure> {
-    let Loaded { config, path, base_dir } = loaded;
+async fn serve(
+    loaded: Loaded,
+    state_dir_flag: Option<PathBuf>,
+    workers: usize,
+) -> Result<(), Failure> {
+    let Loaded {
+        config,
+        path,
+        base_dir,
+    } = loaded;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
     let (certs, ca_path) = project_certs(&config).context("preparing certificates")?;
     let gateway = Gateway::new(config.clone(), &base_dir, &certs).map_err(Failure::config)?;
 
-    let https = match config.listen.https { Some(a) => Some(bind(a, "https").await?), None => None };
-    let http = match config.listen.http { Some(a) => Some(bind(a, "http").await?), None => None };
-    let admin = match config.listen.admin { Some(a) => Some(bind(a, "admin").await?), None => None };
+    let https = match config.listen.https {
+        Some(a) => Some(bind(a, "https").await?),
+        None => None,
+    };
+    let http = match config.listen.http {
+        Some(a) => Some(bind(a, "http").await?),
+        None => None,
+    };
+    let admin = match config.listen.admin {
+        Some(a) => Some(bind(a, "admin").await?),
+        None => None,
+    };
 
     let reload: Option<ReloadFn> = path.clone().map(|p| {
         let gw = gateway.clone();
@@ -126,8 +149,10 @@ async fn serve(loaded: Loaded, state_dir_flag: Option<PathBuf>, workers: usize) 
     }
     print_welcome(&config, https_port, ca_path.as_deref());
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("SIGHUP handler")?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -153,7 +178,14 @@ async fn serve(loaded: Loaded, state_dir_flag: Option<PathBuf>, workers: usize) 
     gateway.start_draining();
     token.cancel();
     while tasks.join_next().await.is_some() {}
-    if !gateway.wait_streams(grace.min(Duration::from_secs(5)).max(Duration::from_millis(100))).await {
+    if !gateway
+        .wait_streams(
+            grace
+                .min(Duration::from_secs(5))
+                .max(Duration::from_millis(100)),
+        )
+        .await
+    {
         tracing::info!("closing open WebSockets");
     }
     tracing::info!("stopped");
@@ -168,7 +200,8 @@ fn reload_from(gw: &Gateway, path: &Path, state_dir_flag: Option<&Path>) -> Resu
         tracing::warn!("listen.* changed: listeners are re-bound only on restart");
     }
     let (certs, _) = project_certs(&loaded.config).map_err(|e| format!("{e:#}"))?;
-    gw.reload(loaded.config, &loaded.base_dir, &certs).map_err(|e| e.to_string())?;
+    gw.reload(loaded.config, &loaded.base_dir, &certs)
+        .map_err(|e| e.to_string())?;
     tracing::info!(config = %path.display(), "config reloaded");
     Ok(())
 }
@@ -178,9 +211,21 @@ fn print_welcome(config: &Config, https_port: Option<u16>, ca: Option<&Path>) {
         Some(443) | None => String::new(),
         Some(p) => format!(":{p}"),
     };
-    let scheme = if https_port.is_some() { "https" } else { "http" };
-    let plain_port = config.listen.http.map(|a| format!(":{}", a.port())).unwrap_or_default();
-    let (scheme, port) = if https_port.is_some() { (scheme, port) } else { ("http", plain_port) };
+    let scheme = if https_port.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let plain_port = config
+        .listen
+        .http
+        .map(|a| format!(":{}", a.port()))
+        .unwrap_or_default();
+    let (scheme, port) = if https_port.is_some() {
+        (scheme, port)
+    } else {
+        ("http", plain_port)
+    };
     println!();
     for p in &config.projects {
         let host = format!("{}.{}", p.name, config.domain);
@@ -201,10 +246,19 @@ fn print_welcome(config: &Config, https_port: Option<u16>, ca: Option<&Path>) {
     }
     if let Some(ca) = ca {
         println!();
-        println!("  Certificates come from a local CA (valid for *.{} only). To trust it:", config.domain);
-        println!("    curl:            curl --cacert {} https://...", ca.display());
+        println!(
+            "  Certificates come from a local CA (valid for *.{} only). To trust it:",
+            config.domain
+        );
+        println!(
+            "    curl:            curl --cacert {} https://...",
+            ca.display()
+        );
         println!("    Debian/Ubuntu:   sudo cp {} /usr/local/share/ca-certificates/edge-{}.crt && sudo update-ca-certificates", ca.display(), config.domain);
-        println!("    Firefox/Chrome:  import {} as an authority in the browser's certificate settings", ca.display());
+        println!(
+            "    Firefox/Chrome:  import {} as an authority in the browser's certificate settings",
+            ca.display()
+        );
     }
     println!();
 }
@@ -212,9 +266,15 @@ fn print_welcome(config: &Config, https_port: Option<u16>, ca: Option<&Path>) {
 /// `edge reload`: POST /reload on the admin listener.
 pub fn post_reload(admin: &str) -> Result<(), Failure> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).with_context(|| format!("connecting to the admin listener at {admin}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).context("socket")?;
-    write!(s, "POST /reload HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").context("sending")?;
+    let mut s = std::net::TcpStream::connect(admin)
+        .with_context(|| format!("connecting to the admin listener at {admin}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .context("socket")?;
+    write!(
+        s,
+        "POST /reload HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .context("sending")?;
     let mut out = String::new();
     s.read_to_string(&mut out).context("reading the answer")?;
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));

@@ -12,19 +12,30 @@ fn edge() -> Command {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16) {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "nothing listens on {port}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing listens on {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn curl(args: &[&str]) -> Output {
-    Command::new("curl").args(["-s", "--max-time", "10"]).args(args).output().expect("curl")
+    Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl")
 }
 
 struct Running(Child);
@@ -36,7 +47,11 @@ impl Drop for Running {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok);
 }
 
@@ -65,7 +80,11 @@ fn upstream() -> u16 {
                         std::thread::sleep(Duration::from_millis(1000));
                     }
                     let body = format!("{first}\n");
-                    let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
                 }
             });
         }
@@ -85,22 +104,33 @@ fn config_check_reports_every_problem_with_its_key_and_exits_2() {
     let out = edge().args(["config", "check"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for key in ["routing:", "projects[0].routes[0].upstream:", "projects[0].routes[1].upstream:", "projects[0].routes[1].timeout:"] {
+    for key in [
+        "routing:",
+        "projects[0].routes[0].upstream:",
+        "projects[0].routes[1].upstream:",
+        "projects[0].routes[1].timeout:",
+    ] {
         assert!(err.contains(key), "missing {key} in {err}");
     }
 }
 
 #[test]
 fn config_check_accepts_every_example() {
-    let examples: Vec<_> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
+    let examples: Vec<_> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
     assert!(!examples.is_empty(), "no examples found");
     for ex in &examples {
         let out = edge().args(["config", "check"]).arg(ex).output().unwrap();
-        assert!(out.status.success(), "{}: {}", ex.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            ex.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let out = edge().args(["config", "default"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("name = \"demo\""));
@@ -110,7 +140,10 @@ fn config_check_accepts_every_example() {
 fn up_with_the_embedded_default_serves_demo_localhost_over_https() {
     // The embedded default's fixed ports: this is the README's first command.
     for p in [8443, 8080, 9090] {
-        assert!(TcpListener::bind(("127.0.0.1", p)).is_ok(), "port {p} is taken; the embedded default needs it");
+        assert!(
+            TcpListener::bind(("127.0.0.1", p)).is_ok(),
+            "port {p} is taken; the embedded default needs it"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let mut child = edge()
@@ -125,17 +158,59 @@ fn up_with_the_embedded_default_serves_demo_localhost_over_https() {
     let edge = Running(child);
     wait_port(8443);
     let ca = dir.path().join("state/ca/localhost/ca.pem");
-    assert!(ca.exists(), "the local CA is created in the state directory");
+    assert!(
+        ca.exists(),
+        "the local CA is created in the state directory"
+    );
     let ca = ca.to_str().unwrap();
-    let out = curl(&["--cacert", ca, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "https://demo.localhost:8443/"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "302 https://demo.localhost:8443/forge/");
-    let out = curl(&["--cacert", ca, "https://demo.localhost:8443/forge/", "-w", "\n%{http_code}"]);
+    let out = curl(&[
+        "--cacert",
+        ca,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "https://demo.localhost:8443/",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "302 https://demo.localhost:8443/forge/"
+    );
+    let out = curl(&[
+        "--cacert",
+        ca,
+        "https://demo.localhost:8443/forge/",
+        "-w",
+        "\n%{http_code}",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.ends_with("\n503") && text.contains("projects[0].routes[0].upstream"), "{text}");
-    let out = curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "http://demo.localhost:8080/ci/x?y=1"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "308 https://demo.localhost:8443/ci/x?y=1");
+    assert!(
+        text.ends_with("\n503") && text.contains("projects[0].routes[0].upstream"),
+        "{text}"
+    );
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "http://demo.localhost:8080/ci/x?y=1",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "308 https://demo.localhost:8443/ci/x?y=1"
+    );
     // No SNI (dialling an IP): the default project's certificate, valid for demo.localhost.
-    let out = curl(&["--cacert", ca, "--connect-to", "demo.localhost:8443:127.0.0.1:8443", "-o", "/dev/null", "-w", "%{http_code}", "https://demo.localhost:8443/"]);
+    let out = curl(&[
+        "--cacert",
+        ca,
+        "--connect-to",
+        "demo.localhost:8443:127.0.0.1:8443",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "https://demo.localhost:8443/",
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "302");
     let sni = Command::new("openssl")
         .args(["s_client", "-connect", "127.0.0.1:8443", "-noservername"])
@@ -147,13 +222,21 @@ fn up_with_the_embedded_default_serves_demo_localhost_over_https() {
     drop(edge);
     let mut printed = String::new();
     let _ = stdout.read_to_string(&mut printed);
-    assert!(printed.contains("https://demo.localhost:8443/forge/"), "{printed}");
-    assert!(printed.contains("ca.pem"), "says how to trust the CA: {printed}");
+    assert!(
+        printed.contains("https://demo.localhost:8443/forge/"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("ca.pem"),
+        "says how to trust the CA: {printed}"
+    );
 }
 
 fn write_config(path: &Path, up: u16, ports: (u16, u16, u16), extra_mount: bool) {
     let extra = if extra_mount {
-        format!("  [[projects.routes]]\n  mount = \"extra\"\n  upstream = \"http://127.0.0.1:{up}\"\n")
+        format!(
+            "  [[projects.routes]]\n  mount = \"extra\"\n  upstream = \"http://127.0.0.1:{up}\"\n"
+        )
     } else {
         String::new()
     };
@@ -168,7 +251,13 @@ fn write_config(path: &Path, up: u16, ports: (u16, u16, u16), extra_mount: bool)
 }
 
 fn get(port: u16, path: &str) -> (String, String) {
-    let out = curl(&["-H", "Host: demo.example.test", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{port}{path}")]);
+    let out = curl(&[
+        "-H",
+        "Host: demo.example.test",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://127.0.0.1:{port}{path}"),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
     (code.to_string(), body.trim_end().to_string())
@@ -181,17 +270,30 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
     let ports = (free_port(), free_port(), free_port());
     let cfg = dir.path().join("edge.toml");
     write_config(&cfg, up, ports, false);
-    let child = edge().args(["up", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = edge()
+        .args(["up", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut edge = Running(child);
     wait_port(ports.1);
     let inflight = std::thread::spawn(move || get(ports.1, "/forge/slow"));
     std::thread::sleep(Duration::from_millis(300));
     signal(&edge.0, "-TERM");
     let (code, body) = inflight.join().unwrap();
-    assert_eq!((code.as_str(), body.as_str()), ("200", "GET /slow HTTP/1.1"), "the in-flight request finished");
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("200", "GET /slow HTTP/1.1"),
+        "the in-flight request finished"
+    );
     let status = edge.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(TcpStream::connect(("127.0.0.1", ports.1)).is_err(), "no longer listening");
+    assert!(
+        TcpStream::connect(("127.0.0.1", ports.1)).is_err(),
+        "no longer listening"
+    );
 }
 
 #[test]
@@ -201,27 +303,60 @@ fn sighup_and_edge_reload_reread_the_config_and_a_bad_one_is_refused() {
     let ports = (free_port(), free_port(), free_port());
     let cfg = dir.path().join("edge.toml");
     write_config(&cfg, up, ports, false);
-    let child = edge().args(["up", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = edge()
+        .args(["up", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let edge_proc = Running(child);
     wait_port(ports.1);
     assert_eq!(get(ports.1, "/extra/x").0, "404");
 
     write_config(&cfg, up, ports, true);
-    let out = edge().args(["reload", "--config"]).arg(&cfg).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(get(ports.1, "/extra/x"), ("200".into(), "GET /x HTTP/1.1".into()));
+    let out = edge()
+        .args(["reload", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        get(ports.1, "/extra/x"),
+        ("200".into(), "GET /x HTTP/1.1".into())
+    );
 
-    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("mount = \"extra\"", "mount = \"Extra!\"")).unwrap();
-    let out = edge().args(["reload", "--admin", &format!("127.0.0.1:{}", ports.2)]).output().unwrap();
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("mount = \"extra\"", "mount = \"Extra!\""),
+    )
+    .unwrap();
+    let out = edge()
+        .args(["reload", "--admin", &format!("127.0.0.1:{}", ports.2)])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("projects[0].routes[1].mount"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("projects[0].routes[1].mount"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(get(ports.1, "/extra/x").0, "200", "the old config stays");
 
     write_config(&cfg, up, ports, false);
     signal(&edge_proc.0, "-HUP");
     let start = Instant::now();
     while get(ports.1, "/extra/x").0 != "404" {
-        assert!(start.elapsed() < Duration::from_secs(10), "SIGHUP did not reload");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "SIGHUP did not reload"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

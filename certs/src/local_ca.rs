@@ -37,7 +37,9 @@ fn bad(path: &Path, message: impl std::fmt::Display) -> Error {
 impl std::fmt::Debug for LocalCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
-        f.debug_struct("LocalCa").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("LocalCa")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -123,7 +125,10 @@ impl LocalCa {
         let key = KeyPair::generate().map_err(issue_err)?;
         let mut params = CertificateParams::new(names.to_vec()).map_err(issue_err)?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        dn.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -134,6 +139,9 @@ impl LocalCa {
         let leaf = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(issue_err)?;
-        Ok((format!("{}{}", leaf.pem(), self.cert_pem), key.serialize_pem()))
+        Ok((
+            format!("{}{}", leaf.pem(), self.cert_pem),
+            key.serialize_pem(),
+        ))
     }
 }

@@ -19,7 +19,10 @@ use crate::{Error, Result};
 /// );
 /// ```
 pub fn project_names(project: &str, domain: &str) -> Vec<String> {
-    vec![format!("{project}.{domain}"), format!("*.{project}.{domain}")]
+    vec![
+        format!("{project}.{domain}"),
+        format!("*.{project}.{domain}"),
+    ]
 }
 
 /// A certificate and key as PEM text, with where they live.
@@ -127,9 +130,16 @@ mod tests {
         let a = store.get_or_issue("demo", &names, &ca).unwrap();
         let b = store.get_or_issue("demo", &names, &ca).unwrap();
         assert_eq!(a.chain_pem, b.chain_pem, "a fresh certificate is reused");
-        let more = vec![names[0].clone(), names[1].clone(), "extra.example.test".into()];
+        let more = vec![
+            names[0].clone(),
+            names[1].clone(),
+            "extra.example.test".into(),
+        ];
         let c = store.get_or_issue("demo", &more, &ca).unwrap();
-        assert_ne!(a.chain_pem, c.chain_pem, "a certificate missing a name is re-issued");
+        assert_ne!(
+            a.chain_pem, c.chain_pem,
+            "a certificate missing a name is re-issued"
+        );
         let p = parse_leaf(&c.chain_path, &c.chain_pem).unwrap();
         assert_eq!(p.names, more);
         assert!(p.not_after > OffsetDateTime::now_utc() + time::Duration::days(80));
@@ -148,6 +158,9 @@ mod tests {
         let ca3 = LocalCa::load_or_create(dir.path(), "example.test").unwrap();
         assert_ne!(ca1.cert_pem(), ca3.cert_pem());
         let b = store.get_or_issue("demo", &names, &ca3).unwrap();
-        assert_ne!(a.chain_pem, b.chain_pem, "leaves of a replaced CA are re-issued");
+        assert_ne!(
+            a.chain_pem, b.chain_pem,
+            "leaves of a replaced CA are re-issued"
+        );
     }
 }

@@ -21,12 +21,18 @@ pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 fn text(status: StatusCode, body: String) -> Response<ResBody> {
     let mut r = Response::new(ResBody::full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
-async fn handle(shared: Arc<Shared>, reload: Option<ReloadFn>, req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
+async fn handle(
+    shared: Arc<Shared>,
+    reload: Option<ReloadFn>,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
         (&Method::GET, "/readyz") => {
@@ -45,18 +51,29 @@ async fn handle(shared: Arc<Shared>, reload: Option<ReloadFn>, req: Request<Inco
             r
         }
         (&Method::POST, "/reload") => match &reload {
-            None => text(StatusCode::NOT_IMPLEMENTED, "this edge was started without a config file to re-read\n".into()),
+            None => text(
+                StatusCode::NOT_IMPLEMENTED,
+                "this edge was started without a config file to re-read\n".into(),
+            ),
             Some(f) => {
                 let f = f.clone();
                 match tokio::task::spawn_blocking(move || f()).await {
                     Ok(Ok(())) => text(StatusCode::OK, "reloaded\n".into()),
-                    Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused, the old config stays:\n{e}\n")),
+                    Ok(Err(e)) => text(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("reload refused, the old config stays:\n{e}\n"),
+                    ),
                     Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into()),
                 }
             }
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n".into()),
-        _ => text(StatusCode::NOT_FOUND, "admin endpoints: /healthz /readyz /metrics POST /reload\n".into()),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n".into())
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "admin endpoints: /healthz /readyz /metrics POST /reload\n".into(),
+        ),
     };
     Ok(resp)
 }

@@ -94,7 +94,8 @@ impl Progress {
 
     fn touch(&self) {
         let n = self.base.elapsed().as_nanos() as u64;
-        self.last_nanos.store(n, std::sync::atomic::Ordering::Relaxed);
+        self.last_nanos
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The last time the body moved.
@@ -119,7 +120,9 @@ pin_project_lite::pin_project! {
 
 impl std::fmt::Debug for ReqBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReqBody").field("seen", &self.seen).finish_non_exhaustive()
+        f.debug_struct("ReqBody")
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
     }
 }
 
@@ -164,8 +167,7 @@ impl Body for ReqBody {
                     p.touch();
                 }
                 if let Some(t) = this.timer.as_mut() {
-                    t.as_mut()
-                        .reset(tokio::time::Instant::now() + *this.idle);
+                    t.as_mut().reset(tokio::time::Instant::now() + *this.idle);
                 }
                 let frame = match frame {
                     None => return Poll::Ready(None),
@@ -197,9 +199,7 @@ impl Body for ReqBody {
 use std::future::Future as _;
 
 /// Finds a [`BodyError`] in an error's source chain (the upstream client wraps it).
-pub fn find_body_error<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a BodyError> {
+pub fn find_body_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(b) = e.downcast_ref::<BodyError>() {

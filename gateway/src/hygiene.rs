@@ -73,7 +73,11 @@ pub fn strip_client_claims(headers: &mut HeaderMap) {
     if !headers.keys().any(is_client_claim) {
         return;
     }
-    let names: Vec<HeaderName> = headers.keys().filter(|n| is_client_claim(n)).cloned().collect();
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_client_claim(n))
+        .cloned()
+        .collect();
     for n in names {
         headers.remove(n);
     }
@@ -112,7 +116,10 @@ pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
         }
     }
     let host = f.host.to_str().unwrap_or("");
-    let fwd = format!("for={};proto={};host=\"{}\"", f.client_ip_for, f.proto, host);
+    let fwd = format!(
+        "for={};proto={};host=\"{}\"",
+        f.client_ip_for, f.proto, host
+    );
     if let Ok(v) = HeaderValue::from_str(&fwd) {
         headers.insert(FORWARDED, v);
     }
@@ -171,8 +178,17 @@ mod tests {
         for c in claims {
             assert!(is_client_claim(&HeaderName::from_static(c)), "{c}");
         }
-        for ok in ["cookie", "authorization", "x-request-id", "user-agent", "forwarded-x"] {
-            assert!(!is_client_claim(&HeaderName::from_bytes(ok.as_bytes()).unwrap()), "{ok}");
+        for ok in [
+            "cookie",
+            "authorization",
+            "x-request-id",
+            "user-agent",
+            "forwarded-x",
+        ] {
+            assert!(
+                !is_client_claim(&HeaderName::from_bytes(ok.as_bytes()).unwrap()),
+                "{ok}"
+            );
         }
     }
 
@@ -181,7 +197,10 @@ mod tests {
         // CVE-2024-45410: a client lists X-Forwarded-For in Connection so that a proxy that strips
         // Connection-listed headers *after* adding its own drops them.
         let mut h = map(&[
-            ("connection", "keep-alive, X-Forwarded-For, x-real-ip, X-Custom"),
+            (
+                "connection",
+                "keep-alive, X-Forwarded-For, x-real-ip, X-Custom",
+            ),
             ("x-forwarded-for", "6.6.6.6"),
             ("x-custom", "bye"),
             ("x-forwarded-user", "admin"),
@@ -207,8 +226,17 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "demo.example.test");
         assert_eq!(h["x-forwarded-prefix"], "/forge");
-        assert_eq!(h["forwarded"], "for=127.0.0.1;proto=https;host=\"demo.example.test\"");
-        for gone in ["connection", "x-custom", "x-forwarded-user", "te", "keep-alive"] {
+        assert_eq!(
+            h["forwarded"],
+            "for=127.0.0.1;proto=https;host=\"demo.example.test\""
+        );
+        for gone in [
+            "connection",
+            "x-custom",
+            "x-forwarded-user",
+            "te",
+            "keep-alive",
+        ] {
             assert!(!h.contains_key(gone), "{gone} should be gone: {h:?}");
         }
     }
@@ -224,7 +252,10 @@ mod tests {
 
     #[test]
     fn upgrade_detection() {
-        assert!(is_upgrade_request(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
+        assert!(is_upgrade_request(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket")
+        ])));
         assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
         assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
     }

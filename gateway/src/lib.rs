@@ -100,7 +100,9 @@ impl Gateway {
         let default_host = config.project_host(config.default_project);
         let runtime = Runtime::build(config, base_dir, &metrics).map_err(Error::Config)?;
         let certs_resolver = Arc::new(CertResolver::default());
-        certs_resolver.set(certs, &default_host).map_err(Error::Tls)?;
+        certs_resolver
+            .set(certs, &default_host)
+            .map_err(Error::Tls)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -130,13 +132,21 @@ impl Gateway {
 
     /// Applies a new config and certificates atomically, or neither. Listener addresses are
     /// not re-bound (that needs a restart); everything else takes effect for the next request.
-    pub fn reload(&self, config: Config, base_dir: &Path, certs: &[ProjectCert]) -> Result<(), Error> {
+    pub fn reload(
+        &self,
+        config: Config,
+        base_dir: &Path,
+        certs: &[ProjectCert],
+    ) -> Result<(), Error> {
         let default_host = config.project_host(config.default_project);
         let result = Runtime::build(config, base_dir, &self.shared.metrics)
             .map_err(Error::Config)
             .and_then(|rt| {
                 // Certificates first: if they fail, the route table is not swapped either.
-                self.shared.certs.set(certs, &default_host).map_err(Error::Tls)?;
+                self.shared
+                    .certs
+                    .set(certs, &default_host)
+                    .map_err(Error::Tls)?;
                 Ok(rt)
             });
         match result {
@@ -162,12 +172,20 @@ impl Gateway {
     }
 
     fn tls_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, Error> {
-        let cfg = self.shared.certs.server_config().map_err(|e| Error::Tls(e.to_string()))?;
+        let cfg = self
+            .shared
+            .certs
+            .server_config()
+            .map_err(|e| Error::Tls(e.to_string()))?;
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
     }
 
     /// Serves HTTPS on `listener` until `shutdown` completes, then drains.
-    pub async fn serve_https(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    pub async fn serve_https(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
         let acceptor = self.tls_acceptor()?;
         server::serve(self.shared.clone(), listener, Some(acceptor), shutdown).await;
         Ok(())
@@ -180,7 +198,12 @@ impl Gateway {
     }
 
     /// Serves the admin endpoints. `reload` is what `POST /reload` calls.
-    pub async fn serve_admin(&self, listener: TcpListener, reload: Option<ReloadFn>, shutdown: impl Future<Output = ()>) {
+    pub async fn serve_admin(
+        &self,
+        listener: TcpListener,
+        reload: Option<ReloadFn>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         admin::serve(self.shared.clone(), listener, reload, shutdown).await;
     }
 
@@ -192,6 +215,8 @@ impl Gateway {
     /// Waits (at most `grace`) for upgraded connections to close; true if they all did.
     pub async fn wait_streams(&self, grace: Duration) -> bool {
         self.shared.tracker.close();
-        tokio::time::timeout(grace, self.shared.tracker.wait()).await.is_ok()
+        tokio::time::timeout(grace, self.shared.tracker.wait())
+            .await
+            .is_ok()
     }
 }

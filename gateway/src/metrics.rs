@@ -56,7 +56,10 @@ impl RouteMetrics {
             c.fetch_add(1, Relaxed);
         }
         let us = elapsed.as_micros() as u64;
-        let i = BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(BUCKETS_US.len());
+        let i = BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(BUCKETS_US.len());
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
     }
@@ -122,10 +125,16 @@ impl Metrics {
             let mut cum = 0;
             for (i, b) in BUCKETS.iter().enumerate() {
                 cum += r.buckets[i].load(Relaxed);
-                let _ = writeln!(o, "edge_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {cum}");
+                let _ = writeln!(
+                    o,
+                    "edge_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {cum}"
+                );
             }
             cum += r.buckets[BUCKETS.len()].load(Relaxed);
-            let _ = writeln!(o, "edge_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cum}");
+            let _ = writeln!(
+                o,
+                "edge_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cum}"
+            );
             let sum = r.sum_us.load(Relaxed) as f64 / 1e6;
             let _ = writeln!(o, "edge_request_duration_seconds_sum{{{labels}}} {sum}");
             let _ = writeln!(o, "edge_request_duration_seconds_count{{{labels}}} {cum}");
@@ -145,19 +154,42 @@ impl Metrics {
             }
         }
         let gauges = [
-            ("edge_open_connections", "Client connections open now.", self.open_connections.load(Relaxed)),
-            ("edge_open_websockets", "Upgraded (WebSocket) connections open now.", self.open_websockets.load(Relaxed)),
+            (
+                "edge_open_connections",
+                "Client connections open now.",
+                self.open_connections.load(Relaxed),
+            ),
+            (
+                "edge_open_websockets",
+                "Upgraded (WebSocket) connections open now.",
+                self.open_websockets.load(Relaxed),
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
         }
         let counters = [
-            ("edge_connections_rejected_total", "Connections refused by the connection caps.", self.connections_rejected.load(Relaxed)),
-            ("edge_reloads_total", "Config reloads applied.", self.reloads.load(Relaxed)),
-            ("edge_reload_failures_total", "Config reloads refused (the old config stays).", self.reload_failures.load(Relaxed)),
+            (
+                "edge_connections_rejected_total",
+                "Connections refused by the connection caps.",
+                self.connections_rejected.load(Relaxed),
+            ),
+            (
+                "edge_reloads_total",
+                "Config reloads applied.",
+                self.reloads.load(Relaxed),
+            ),
+            (
+                "edge_reload_failures_total",
+                "Config reloads refused (the old config stays).",
+                self.reload_failures.load(Relaxed),
+            ),
         ];
         for (name, help, v) in counters {
-            let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
+            let _ = write!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+            );
         }
         o
     }
@@ -175,7 +207,10 @@ mod tests {
         r.observe(200, Duration::from_millis(3));
         r.observe(502, Duration::from_secs(20));
         r.upstream_error(UpstreamError::Connect);
-        assert!(Arc::ptr_eq(&r, &m.route("demo", "forge")), "same counters on reload");
+        assert!(
+            Arc::ptr_eq(&r, &m.route("demo", "forge")),
+            "same counters on reload"
+        );
         let text = m.render();
         for line in [
             "edge_requests_total{project=\"demo\",mount=\"forge\",status=\"200\"} 2",

@@ -28,7 +28,8 @@ pub(crate) struct ConnInfo {
     pub tls: bool,
 }
 
-const CSP_SANDBOX: HeaderValue = HeaderValue::from_static("sandbox allow-scripts allow-forms allow-popups");
+const CSP_SANDBOX: HeaderValue =
+    HeaderValue::from_static("sandbox allow-scripts allow-forms allow-popups");
 const HSTS: HeaderValue = HeaderValue::from_static("max-age=63072000");
 
 pub(crate) async fn handle(
@@ -40,49 +41,6 @@ pub(crate) async fn handle(
     let rt = shared.runtime.load_full();
     // Hygiene before anything else looks at the request.
     hygiene::strip_client_claims(req.headers_mut());
-
-    let (resp, metrics) = route(&shared, &rt, &conn, req, start).await;
-    let mut resp = resp;
-    if conn.tls && rt.config().listen.hsts {
-        resp.headers_mut().entry(header::STRICT_TRANSPORT_SECURITY).or_insert(HSTS);
-    }
-    metrics.observe(resp.status().as_u16(), start.elapsed());
-    Ok(resp)
-}
-
-fn access_log(
-    rt: &Runtime,
-    conn: &ConnInfo,
-    method: &Method,
-    host: &str,
-    target: &str,
-    status: StatusCode,
-    start: Instant,
-    m: &RouteMetrics,
-) {
-    if rt.config().log.access {
-        // The path only: query strings carry tokens and OAuth codes.
-        let path = target.split('?').next().unwrap_or("");
-        tracing::info!(
-            target: "edge::access",
-            client = %conn.ip,
-            method = %method,
-            host,
-            path,
-            status = status.as_u16(),
-            micros = start.elapsed().as_micros() as u64,
-            route = %m.label(),
-        );
-    }
-}
-
-async fn route(
-    shared: &Shared,
-    rt: &Runtime,
-    conn: &ConnInfo,
-    req: Request<Incoming>,
-    start: Instant,
-) -> (Response<ResBody>, Arc<RouteMetrics>) {
     // HTTP/2 carries the host in :authority; HTTP/1.1 in Host, or in an absolute-form target,
     // which then wins (RFC 9112 §3.2.2). Either way it is only matched against projects: edge
     // never dials a host named by the client, so it cannot be used as an open proxy.
@@ -90,28 +48,67 @@ async fn route(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(header::HOST).cloned(),
     };
-    let Some(host) = host else {
-        return (
-            pages::plain(StatusCode::BAD_REQUEST, "a request needs a Host header\n"),
-            rt.unrouted.clone(),
-        );
-    };
-    let host_str = host.to_str().unwrap_or("").to_string();
     let target = req
         .uri()
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
     let method = req.method().clone();
+    let (mut resp, metrics, host_str) = match host {
+        Some(host) => {
+            let host_str = host.to_str().unwrap_or("").to_string();
+            let (resp, m) = route(&shared, &rt, &conn, req, host, &host_str, &target).await;
+            (resp, m, host_str)
+        }
+        None => (
+            pages::plain(StatusCode::BAD_REQUEST, "a request needs a Host header\n"),
+            rt.unrouted.clone(),
+            String::new(),
+        ),
+    };
+    if conn.tls && rt.config().listen.hsts {
+        resp.headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(HSTS);
+    }
+    metrics.observe(resp.status().as_u16(), start.elapsed());
+    if rt.config().log.access {
+        // The path only: query strings carry tokens and OAuth codes.
+        let path = target.split('?').next().unwrap_or("");
+        tracing::info!(
+            target: "edge::access",
+            client = %conn.ip,
+            method = %method,
+            host = %host_str,
+            path,
+            status = resp.status().as_u16(),
+            micros = start.elapsed().as_micros() as u64,
+            route = %metrics.label(),
+        );
+    }
+    Ok(resp)
+}
 
+async fn route(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    host: HeaderValue,
+    host_str: &str,
+    target: &str,
+) -> (Response<ResBody>, Arc<RouteMetrics>) {
+    let method = req.method().clone();
     if method == Method::CONNECT {
-        let r = pages::plain(StatusCode::METHOD_NOT_ALLOWED, "edge is not a forward proxy\n");
-        access_log(rt, conn, &method, &host_str, &target, r.status(), start, &rt.unrouted);
+        let r = pages::plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "edge is not a forward proxy\n",
+        );
         return (r, rt.unrouted.clone());
     }
     let cfg = rt.config();
     if !conn.tls && cfg.listen.http_redirect {
-        let (name, _) = edge_routing::normalize_host(&host_str);
+        let (name, _) = edge_routing::normalize_host(host_str);
         let port = match shared.https_port {
             Some(443) | None => String::new(),
             Some(p) => format!(":{p}"),
@@ -122,20 +119,22 @@ async fn route(
             .project_of_host(&name)
             .map(|p| rt.project_metrics[p].clone())
             .unwrap_or_else(|| rt.unrouted.clone());
-        access_log(rt, conn, &method, &host_str, &target, r.status(), start, &m);
         return (r, m);
     }
     let scheme = if conn.tls { "https" } else { "http" };
-    let decision = rt.table.resolve(scheme, &host_str, &target);
+    let decision = rt.table.resolve(scheme, host_str, target);
     let (resp, m) = match decision {
         Decision::Redirect { status, location } => {
-            let m = match rt.table.project_of_host(&edge_routing::normalize_host(&host_str).0) {
+            let m = match rt
+                .table
+                .project_of_host(&edge_routing::normalize_host(host_str).0)
+            {
                 Some(p) => rt.project_metrics[p].clone(),
                 None => rt.unrouted.clone(),
             };
             (pages::redirect(status, &location), m)
         }
-        Decision::NotFound { project } => not_found(rt, project, &host_str, &target),
+        Decision::NotFound { project } => not_found(rt, project, host_str, target),
         Decision::Route {
             project,
             route,
@@ -146,7 +145,8 @@ async fn route(
             let mut resp = match &rrt.target {
                 Target::Unconfigured => unconfigured(rt, project, route),
                 Target::Static(root) => {
-                    let mut resp = crate::static_files::serve(root, path, &method, req.headers()).await;
+                    let mut resp =
+                        crate::static_files::serve(root, path, &method, req.headers()).await;
                     if rcfg.untrusted {
                         resp.headers_mut().remove(header::SET_COOKIE);
                     }
@@ -154,7 +154,10 @@ async fn route(
                 }
                 Target::Upstream { authority, h2c } => {
                     let path = path.to_string();
-                    forward(shared, rt, conn, project, route, rrt, authority, *h2c, &path, host, req).await
+                    forward(
+                        shared, rt, conn, project, route, rrt, authority, *h2c, &path, host, req,
+                    )
+                    .await
                 }
             };
             if rcfg.untrusted {
@@ -165,7 +168,6 @@ async fn route(
             (resp, rrt.metrics.clone())
         }
     };
-    access_log(rt, conn, &method, &host_str, &target, resp.status(), start, &m);
     (resp, m)
 }
 
@@ -194,7 +196,10 @@ fn not_found(
         }
         None => {
             let body = format!("<p>No project is served at <code>{}</code>.</p>", esc(host));
-            (pages::page(StatusCode::NOT_FOUND, "Not Found", &body), rt.unrouted.clone())
+            (
+                pages::page(StatusCode::NOT_FOUND, "Not Found", &body),
+                rt.unrouted.clone(),
+            )
         }
     }
 }
@@ -211,7 +216,11 @@ fn unconfigured(rt: &Runtime, project: usize, route: usize) -> Response<ResBody>
         pn = esc(&p.name),
         key = esc(&r.key),
     );
-    pages::page(StatusCode::SERVICE_UNAVAILABLE, "Mount not configured", &body)
+    pages::page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Mount not configured",
+        &body,
+    )
 }
 
 fn upstream_failure(
@@ -261,7 +270,11 @@ async fn forward(
     let upgrade = req.version() == Version::HTTP_11 && hygiene::is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let upgrade_value = if upgrade { parts.headers.get(header::UPGRADE).cloned() } else { None };
+    let upgrade_value = if upgrade {
+        parts.headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
 
     let h = &mut parts.headers;
     hygiene::strip_hop_by_hop(h, h2c);
@@ -294,17 +307,32 @@ async fn forward(
         Ok(u) => u,
         Err(_) => return pages::plain(StatusCode::BAD_REQUEST, "malformed request target\n"),
     };
-    parts.version = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
+    parts.version = if h2c {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     use http_body::Body as _;
     let progress = (!h2c && !body.is_end_stream()).then(Progress::new);
-    let body = ReqBody::new(body, rcfg.max_body, cfg.limits.body_idle_timeout, progress.clone());
+    let body = ReqBody::new(
+        body,
+        rcfg.max_body,
+        cfg.limits.body_idle_timeout,
+        progress.clone(),
+    );
     let req = Request::from_parts(parts, body);
 
     let result = if h2c {
         // gRPC long-polls (Woodpecker's `Next`) wait as long as they like: no timeout here.
         shared.h2c.request(req).await
     } else {
-        match upstream_with_timeout(shared.client.request(req), rcfg.timeout, progress.as_deref()).await {
+        match upstream_with_timeout(
+            shared.client.request(req),
+            rcfg.timeout,
+            progress.as_deref(),
+        )
+        .await
+        {
             Some(r) => r,
             None => {
                 rrt.metrics.upstream_error(UpstreamError::Timeout);
@@ -313,7 +341,11 @@ async fn forward(
                     upstream = %authority, timeout = ?rcfg.timeout,
                     "upstream did not answer in time"
                 );
-                let what = format!("did not answer within {:?} (<code>{}.timeout</code>)", rcfg.timeout, esc(&rcfg.key));
+                let what = format!(
+                    "did not answer within {:?} (<code>{}.timeout</code>)",
+                    rcfg.timeout,
+                    esc(&rcfg.key)
+                );
                 return upstream_failure(rt, project, route, StatusCode::GATEWAY_TIMEOUT, &what);
             }
         }
@@ -332,7 +364,11 @@ async fn forward(
                 }
                 None => {}
             }
-            let kind = if e.is_connect() { UpstreamError::Connect } else { UpstreamError::Other };
+            let kind = if e.is_connect() {
+                UpstreamError::Connect
+            } else {
+                UpstreamError::Other
+            };
             rrt.metrics.upstream_error(kind);
             tracing::warn!(
                 project = %cfg.projects[project].name, mount = %rcfg.mount,
@@ -340,7 +376,9 @@ async fn forward(
                 "upstream request failed"
             );
             let what = if e.is_connect() {
-                format!("at <code>{authority}</code> refused the connection or could not be reached")
+                format!(
+                    "at <code>{authority}</code> refused the connection or could not be reached"
+                )
             } else {
                 format!("at <code>{authority}</code> failed to answer")
             };
@@ -351,7 +389,13 @@ async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             rrt.metrics.upstream_error(UpstreamError::Other);
-            return upstream_failure(rt, project, route, StatusCode::BAD_GATEWAY, "switched protocols unasked");
+            return upstream_failure(
+                rt,
+                project,
+                route,
+                StatusCode::BAD_GATEWAY,
+                "switched protocols unasked",
+            );
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let metrics = shared.metrics.clone();
@@ -406,7 +450,8 @@ fn too_large(rt: &Runtime, project: usize, route: usize, max: u64) -> Response<R
         esc(&r.key)
     );
     let mut resp = pages::page(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large", &body);
-    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 

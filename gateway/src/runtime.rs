@@ -42,7 +42,11 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime for `config`; relative static roots are resolved against `base_dir`
     /// and must exist.
-    pub fn build(config: Config, base_dir: &Path, metrics: &Metrics) -> Result<Runtime, Vec<ConfigError>> {
+    pub fn build(
+        config: Config,
+        base_dir: &Path,
+        metrics: &Metrics,
+    ) -> Result<Runtime, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut routes = Vec::new();
         let mut mount_lists = Vec::new();
@@ -91,7 +95,9 @@ impl Runtime {
                     }
                 };
                 let prefix = match r.prefix {
-                    edge_routing::PrefixMode::Strip => HeaderValue::from_str(&format!("/{}", r.mount)).ok(),
+                    edge_routing::PrefixMode::Strip => {
+                        HeaderValue::from_str(&format!("/{}", r.mount)).ok()
+                    }
                     edge_routing::PrefixMode::Keep => None,
                 };
                 rts.push(RouteRt {
@@ -107,7 +113,11 @@ impl Runtime {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let project_metrics = config.projects.iter().map(|p| metrics.route(&p.name, "")).collect();
+        let project_metrics = config
+            .projects
+            .iter()
+            .map(|p| metrics.route(&p.name, ""))
+            .collect();
         Ok(Runtime {
             table: RouteTable::new(config),
             routes,

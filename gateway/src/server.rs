@@ -31,26 +31,43 @@ pub(crate) struct ConnGuard {
 }
 
 impl ConnLimiter {
-    fn try_acquire(shared: &Arc<Shared>, ip: IpAddr, max_total: usize, max_per_ip: usize) -> Option<ConnGuard> {
+    fn try_acquire(
+        shared: &Arc<Shared>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Option<ConnGuard> {
         let open = shared.metrics.open_connections.load(Relaxed).max(0) as usize;
         if open >= max_total {
             return None;
         }
-        let mut m = shared.limiter.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = shared
+            .limiter
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let n = m.entry(ip).or_insert(0);
         if *n >= max_per_ip {
             return None;
         }
         *n += 1;
         shared.metrics.open_connections.fetch_add(1, Relaxed);
-        Some(ConnGuard { shared: shared.clone(), ip })
+        Some(ConnGuard {
+            shared: shared.clone(),
+            ip,
+        })
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.shared.metrics.open_connections.fetch_sub(1, Relaxed);
-        let mut m = self.shared.limiter.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self
+            .shared
+            .limiter
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = m.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -112,7 +129,12 @@ pub(crate) async fn serve(
         let rt = shared.runtime.load();
         let limits = &rt.config().limits;
         let ip = peer.ip().to_canonical();
-        let Some(guard) = ConnLimiter::try_acquire(&shared, ip, limits.max_connections, limits.max_connections_per_client) else {
+        let Some(guard) = ConnLimiter::try_acquire(
+            &shared,
+            ip,
+            limits.max_connections,
+            limits.max_connections_per_client,
+        ) else {
             shared.metrics.connections_rejected.fetch_add(1, Relaxed);
             tracing::debug!(client = %ip, "connection refused by the connection caps");
             drop(stream);
@@ -121,11 +143,15 @@ pub(crate) async fn serve(
         let handshake_timeout = limits.tls_handshake_timeout;
         drop(rt);
         let _ = stream.set_nodelay(true);
-        let _ = socket2::SockRef::from(&stream)
-            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(10)));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(10)),
+        );
         let conn = Arc::new(ConnInfo {
             ip,
-            ip_value: http::HeaderValue::from_str(&ip.to_string()).unwrap_or(http::HeaderValue::from_static("unknown")),
+            ip_value: http::HeaderValue::from_str(&ip.to_string())
+                .unwrap_or(http::HeaderValue::from_static("unknown")),
             ip_for: forwarded_for(ip),
             tls: tls.is_some(),
         });
@@ -146,7 +172,12 @@ pub(crate) async fn serve(
                     let _ = watcher.watch(c.into_owned()).await;
                 }
                 Some(acceptor) => {
-                    let tls_stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    let tls_stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "TLS handshake failed");
@@ -165,7 +196,13 @@ pub(crate) async fn serve(
     }
     drop(listener);
     let grace = shared.runtime.load().config().limits.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?grace, "connections still open after the shutdown grace; closing them");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "connections still open after the shutdown grace; closing them"
+        );
     }
 }

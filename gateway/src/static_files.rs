@@ -45,7 +45,12 @@ fn etag_of(meta: &std::fs::Metadata) -> String {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .unwrap_or_default();
-    format!("\"{:x}-{:x}-{:x}\"", mtime.as_secs(), mtime.subsec_nanos(), meta.len())
+    format!(
+        "\"{:x}-{:x}-{:x}\"",
+        mtime.as_secs(),
+        mtime.subsec_nanos(),
+        meta.len()
+    )
 }
 
 /// Whether an `If-None-Match` value matches `etag` (weak comparison, RFC 9110 §13.1.2).
@@ -103,8 +108,12 @@ pub async fn serve(
     headers: &HeaderMap,
 ) -> Response<ResBody> {
     if method != Method::GET && method != Method::HEAD {
-        let mut r = pages::plain(StatusCode::METHOD_NOT_ALLOWED, "static files answer GET and HEAD only\n");
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        let mut r = pages::plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "static files answer GET and HEAD only\n",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     let (path, query) = match raw_path.split_once('?') {
@@ -163,7 +172,10 @@ pub async fn serve(
         }
     }
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     let mime = mime_guess::from_path(&real).first_or_octet_stream();
     let ctype = if mime.type_() == "text" || mime.essence_str() == "application/javascript" {
         format!("{}; charset=utf-8", mime.essence_str())
@@ -174,7 +186,10 @@ pub async fn serve(
         h.insert(header::CONTENT_TYPE, v);
     }
 
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
         if none_match(inm, &etag) {
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
             resp.headers_mut().remove(header::CONTENT_TYPE);
@@ -233,9 +248,21 @@ mod tests {
 
     #[test]
     fn segments_refuse_traversal() {
-        assert_eq!(segments("/a/b.html"), Some(vec!["a".into(), "b.html".into()]));
+        assert_eq!(
+            segments("/a/b.html"),
+            Some(vec!["a".into(), "b.html".into()])
+        );
         assert_eq!(segments("/a%20b/"), Some(vec!["a b".into()]));
-        for bad in ["/../x", "/a/../../x", "/%2e%2e/x", "/%2E%2E/x", "/a%2F..%2Fx", "/a%5C..", "/a%00", "/./x"] {
+        for bad in [
+            "/../x",
+            "/a/../../x",
+            "/%2e%2e/x",
+            "/%2E%2E/x",
+            "/a%2F..%2Fx",
+            "/a%5C..",
+            "/a%00",
+            "/./x",
+        ] {
             assert_eq!(segments(bad), None, "{bad}");
         }
     }

@@ -21,7 +21,9 @@ pub struct ProjectCert {
 
 impl std::fmt::Debug for ProjectCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProjectCert").field("host", &self.host).finish_non_exhaustive()
+        f.debug_struct("ProjectCert")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
     }
 }
 
@@ -39,11 +41,15 @@ pub struct CertResolver {
 }
 
 fn certified_key(c: &ProjectCert) -> Result<Arc<CertifiedKey>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(c.chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate for {}: {e}", c.host))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(c.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("certificate for {}: {e}", c.host))?;
     if chain.is_empty() {
-        return Err(format!("certificate for {}: no certificate in the PEM", c.host));
+        return Err(format!(
+            "certificate for {}: no certificate in the PEM",
+            c.host
+        ));
     }
     let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
         .map_err(|e| format!("key for {}: {e}", c.host))?;

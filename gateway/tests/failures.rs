@@ -58,7 +58,10 @@ fn closed_port() -> u16 {
 async fn upstream_down_is_a_502_naming_project_and_mount_with_a_logged_cause() {
     let logs = Captured::default();
     let w = logs.clone();
-    let sub = tracing_subscriber::fmt().with_writer(move || w.clone()).with_ansi(false).finish();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_ansi(false)
+        .finish();
     let _guard = tracing::subscriber::set_default(sub);
     let echo = echo_upstream().await;
     let dead = closed_port();
@@ -66,14 +69,31 @@ async fn upstream_down_is_a_502_naming_project_and_mount_with_a_logged_cause() {
     let r = send(t.http, get("demo.example.test", "/forge/x")).await;
     assert_eq!(r.status, 502);
     let body = r.text();
-    assert!(body.contains("/forge/") && body.contains("<b>demo</b>"), "{body}");
-    assert!(!body.contains("Connection refused"), "causes go to the log, not to clients");
+    assert!(
+        body.contains("/forge/") && body.contains("<b>demo</b>"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("Connection refused"),
+        "causes go to the log, not to clients"
+    );
     let log = logs.text();
     assert!(log.contains("upstream request failed"), "{log}");
-    assert!(log.contains(&format!("127.0.0.1:{dead}")) && log.contains("onnection refused"), "{log}");
+    assert!(
+        log.contains(&format!("127.0.0.1:{dead}")) && log.contains("onnection refused"),
+        "{log}"
+    );
     let m = t.gw.metrics().render();
-    assert!(m.contains("edge_upstream_errors_total{project=\"demo\",mount=\"forge\",kind=\"connect\"} 1"), "{m}");
-    assert!(m.contains("edge_requests_total{project=\"demo\",mount=\"forge\",status=\"502\"} 1"), "{m}");
+    assert!(
+        m.contains(
+            "edge_upstream_errors_total{project=\"demo\",mount=\"forge\",kind=\"connect\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("edge_requests_total{project=\"demo\",mount=\"forge\",status=\"502\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -83,9 +103,16 @@ async fn a_slow_upstream_is_a_504_after_the_route_timeout() {
     let start = std::time::Instant::now();
     let r = send(t.http, get("demo.example.test", "/ci/slow?ms=3000")).await;
     assert_eq!(r.status, 504);
-    assert!(r.text().contains("projects[0].routes[1].timeout"), "{}", r.text());
+    assert!(
+        r.text().contains("projects[0].routes[1].timeout"),
+        "{}",
+        r.text()
+    );
     let took = start.elapsed();
-    assert!(took < std::time::Duration::from_millis(2500), "took {took:?}");
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "took {took:?}"
+    );
     let r = send(t.http, get("demo.example.test", "/ci/slow?ms=10")).await;
     assert_eq!(r.status, 200);
 }
@@ -94,7 +121,10 @@ async fn a_slow_upstream_is_a_504_after_the_route_timeout() {
 async fn bodies_over_the_route_limit_get_413_declared_or_streamed() {
     let echo = echo_upstream().await;
     let t = setup(echo, closed_port()).await;
-    let req = http::Request::post("/ci/count").header("host", "demo.example.test").body(Full::new(Bytes::from(vec![0u8; 2048]))).unwrap();
+    let req = http::Request::post("/ci/count")
+        .header("host", "demo.example.test")
+        .body(Full::new(Bytes::from(vec![0u8; 2048])))
+        .unwrap();
     let r = send(t.http, req).await;
     assert_eq!(r.status, 413);
     assert!(r.text().contains("max_body"));
@@ -104,9 +134,17 @@ async fn bodies_over_the_route_limit_get_413_declared_or_streamed() {
         "a".repeat(2048),
         "b".repeat(2048)
     );
-    let out = raw(t.http, raw_req.as_bytes(), std::time::Duration::from_secs(5)).await;
+    let out = raw(
+        t.http,
+        raw_req.as_bytes(),
+        std::time::Duration::from_secs(5),
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
-    let req = http::Request::post("/ci/count").header("host", "demo.example.test").body(Full::new(Bytes::from(vec![0u8; 1000]))).unwrap();
+    let req = http::Request::post("/ci/count")
+        .header("host", "demo.example.test")
+        .body(Full::new(Bytes::from(vec![0u8; 1000])))
+        .unwrap();
     let r = send(t.http, req).await;
     assert_eq!((r.status, r.text().as_str()), (200, "1000"));
 }

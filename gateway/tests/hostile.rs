@@ -45,7 +45,10 @@ async fn ambiguous_framing_is_rejected_and_never_forwarded() {
     ];
     for (what, req) in bad {
         let out = raw(t.http, req.as_bytes(), w).await;
-        assert!(status_line(&out).starts_with("HTTP/1.1 400"), "{what}: {out}");
+        assert!(
+            status_line(&out).starts_with("HTTP/1.1 400"),
+            "{what}: {out}"
+        );
         assert!(!out.contains("x-upstream"), "{what} was forwarded");
     }
 }
@@ -60,29 +63,45 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
     let out = raw(t.http, req.as_bytes(), Duration::from_secs(5)).await;
     assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
     assert!(!out.contains("smuggled"), "{out}");
-    assert!(!out.to_ascii_lowercase().contains("content-length: 60"), "the ambiguous length was forwarded: {out}");
+    assert!(
+        !out.to_ascii_lowercase().contains("content-length: 60"),
+        "the ambiguous length was forwarded: {out}"
+    );
 }
 
 #[tokio::test]
 async fn oversized_heads_get_431() {
     let t = setup().await;
-    let big = format!("GET /forge/x HTTP/1.1\r\nHost: demo.example.test\r\nX-Big: {}\r\n\r\n", "a".repeat(20 * 1024));
+    let big = format!(
+        "GET /forge/x HTTP/1.1\r\nHost: demo.example.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
     let out = raw(t.http, big.as_bytes(), Duration::from_secs(5)).await;
-    assert!(status_line(&out).starts_with("HTTP/1.1 431"), "{}", status_line(&out));
+    assert!(
+        status_line(&out).starts_with("HTTP/1.1 431"),
+        "{}",
+        status_line(&out)
+    );
     let mut many = String::from("GET /forge/x HTTP/1.1\r\nHost: demo.example.test\r\n");
     for i in 0..80 {
         many.push_str(&format!("X-H{i}: v\r\n"));
     }
     many.push_str("\r\n");
     let out = raw(t.http, many.as_bytes(), Duration::from_secs(5)).await;
-    assert!(status_line(&out).starts_with("HTTP/1.1 431"), "{}", status_line(&out));
+    assert!(
+        status_line(&out).starts_with("HTTP/1.1 431"),
+        "{}",
+        status_line(&out)
+    );
 }
 
 #[tokio::test]
 async fn clients_that_dribble_headers_are_cut_off() {
     let t = setup().await;
     let mut s = tokio::net::TcpStream::connect(t.http).await.unwrap();
-    s.write_all(b"GET /forge/x HTTP/1.1\r\nHost: demo.example.test\r\n").await.unwrap();
+    s.write_all(b"GET /forge/x HTTP/1.1\r\nHost: demo.example.test\r\n")
+        .await
+        .unwrap();
     let start = Instant::now();
     let mut closed = false;
     for _ in 0..20 {
@@ -99,7 +118,11 @@ async fn clients_that_dribble_headers_are_cut_off() {
             break;
         }
     }
-    assert!(closed, "a slowloris client was kept for {:?}", start.elapsed());
+    assert!(
+        closed,
+        "a slowloris client was kept for {:?}",
+        start.elapsed()
+    );
     assert!(start.elapsed() < Duration::from_secs(4));
 }
 
@@ -113,7 +136,11 @@ async fn clients_that_stall_a_body_are_cut_off() {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     let out = String::from_utf8_lossy(&out);
     assert!(status_line(&out).starts_with("HTTP/1.1 408"), "{out}");
-    assert!(start.elapsed() < Duration::from_secs(4), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -125,11 +152,21 @@ async fn connections_per_client_are_capped() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut fifth = tokio::net::TcpStream::connect(t.http).await.unwrap();
-    let _ = fifth.write_all(b"GET /forge/x HTTP/1.1\r\nHost: demo.example.test\r\n\r\n").await;
+    let _ = fifth
+        .write_all(b"GET /forge/x HTTP/1.1\r\nHost: demo.example.test\r\n\r\n")
+        .await;
     let mut buf = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(3), fifth.read_to_end(&mut buf)).await;
-    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the fifth connection was served: {:?}", String::from_utf8_lossy(&buf));
-    assert!(t.gw.metrics().render().contains("edge_connections_rejected_total 1"));
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "the fifth connection was served: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(t
+        .gw
+        .metrics()
+        .render()
+        .contains("edge_connections_rejected_total 1"));
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = send(t.http, get("demo.example.test", "/forge/x")).await;
@@ -142,12 +179,20 @@ async fn absolute_form_and_connect_cannot_make_edge_an_open_proxy() {
     let w = Duration::from_secs(5);
     let out = raw(t.http, b"GET http://127.0.0.1:9/x HTTP/1.1\r\nHost: demo.example.test\r\nConnection: close\r\n\r\n", w).await;
     assert!(status_line(&out).starts_with("HTTP/1.1 404"), "{out}");
-    let out = raw(t.http, b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n", w).await;
+    let out = raw(
+        t.http,
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n",
+        w,
+    )
+    .await;
     assert!(status_line(&out).starts_with("HTTP/1.1 405"), "{out}");
     // Absolute-form naming a project goes to that project's configured upstream, nowhere else.
     let out = raw(t.http, b"GET http://demo.example.test/forge/y HTTP/1.1\r\nHost: evil.com\r\nConnection: close\r\n\r\n", w).await;
     assert!(status_line(&out).starts_with("HTTP/1.1 200"), "{out}");
-    assert!(out.contains("GET /y\n") && out.contains("host: demo.example.test"), "{out}");
+    assert!(
+        out.contains("GET /y\n") && out.contains("host: demo.example.test"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -158,14 +203,27 @@ async fn http2_rapid_reset_is_bounded_and_the_server_stays_up() {
     let conn_task = tokio::spawn(conn);
     let mut client = client.ready().await.unwrap();
     // One ordinary request first, so the server's SETTINGS have arrived.
-    let (resp, _) = client.send_request(http::Request::get("http://demo.example.test/forge/x").body(()).unwrap(), true).unwrap();
+    let (resp, _) = client
+        .send_request(
+            http::Request::get("http://demo.example.test/forge/x")
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
     assert_eq!(resp.await.unwrap().status(), 200);
-    assert_eq!(client.current_max_send_streams(), 128, "max concurrent streams advertised");
+    assert_eq!(
+        client.current_max_send_streams(),
+        128,
+        "max concurrent streams advertised"
+    );
     let mut client = client.ready().await.unwrap();
     let start = Instant::now();
     let mut sent = 0;
     for _ in 0..20_000 {
-        let req = http::Request::get("http://demo.example.test/forge/slow?ms=5000").body(()).unwrap();
+        let req = http::Request::get("http://demo.example.test/forge/slow?ms=5000")
+            .body(())
+            .unwrap();
         match client.send_request(req, true) {
             Ok((resp, mut stream)) => {
                 stream.send_reset(h2::Reason::CANCEL);
@@ -183,7 +241,10 @@ async fn http2_rapid_reset_is_bounded_and_the_server_stays_up() {
     eprintln!("{sent} streams opened and reset in {took:?}");
     // Either the server tolerated every reset cheaply or it closed the connection; both are
     // bounded. It must not take long, and it must keep serving others.
-    assert!(took < Duration::from_secs(30), "{sent} resets took {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "{sent} resets took {took:?}"
+    );
     conn_task.abort();
     let r = send(t.http, get("demo.example.test", "/forge/x")).await;
     assert_eq!(r.status, 200);

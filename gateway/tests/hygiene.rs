@@ -60,11 +60,20 @@ async fn client_forwarding_and_identity_headers_are_dropped_and_rebuilt() {
     assert!(has("x-forwarded-proto: http"), "{body:#?}");
     assert!(has("x-forwarded-host: demo.example.test"), "{body:#?}");
     assert!(has("x-forwarded-prefix: /forge"), "{body:#?}");
-    assert!(has("host: demo.example.test"), "the public Host is kept: {body:#?}");
-    assert!(has("forwarded: for=127.0.0.1;proto=http;host=\"demo.example.test\""), "{body:#?}");
+    assert!(
+        has("host: demo.example.test"),
+        "the public Host is kept: {body:#?}"
+    );
+    assert!(
+        has("forwarded: for=127.0.0.1;proto=http;host=\"demo.example.test\""),
+        "{body:#?}"
+    );
     assert!(has("x-kept: yes"));
     for l in &body {
-        assert!(!l.contains("6.6.6.6") && !l.contains("evil") && !l.contains("admin"), "client claim leaked: {l}");
+        assert!(
+            !l.contains("6.6.6.6") && !l.contains("evil") && !l.contains("admin"),
+            "client claim leaked: {l}"
+        );
     }
 }
 
@@ -76,7 +85,13 @@ async fn connection_listed_headers_cannot_remove_rebuilt_ones() {
     let raw_req = b"GET /forge/x HTTP/1.1\r\nHost: demo.example.test\r\nConnection: close, X-Forwarded-For, X-Forwarded-Proto, X-Real-IP, X-Forwarded-Prefix, Forwarded, X-Custom\r\nX-Custom: gone\r\nX-Forwarded-User: mallory\r\n\r\n";
     let out = raw(t.http, raw_req, std::time::Duration::from_secs(5)).await;
     let out = out.to_ascii_lowercase();
-    for want in ["x-forwarded-for: 127.0.0.1", "x-forwarded-proto: http", "x-real-ip: 127.0.0.1", "x-forwarded-prefix: /forge", "forwarded: for=127.0.0.1"] {
+    for want in [
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-real-ip: 127.0.0.1",
+        "x-forwarded-prefix: /forge",
+        "forwarded: for=127.0.0.1",
+    ] {
         assert!(out.contains(want), "missing {want} in {out}");
     }
     assert!(!out.contains("x-custom"), "{out}");
@@ -87,12 +102,22 @@ async fn connection_listed_headers_cannot_remove_rebuilt_ones() {
 async fn keep_mounts_get_no_forwarded_prefix_and_https_says_https() {
     let echo = echo_upstream().await;
     let t = start(&config(echo)).await;
-    let r = send_tls(t.https, "demo.example.test", &t.ca_pem, true, get("demo.example.test", "/ci/api")).await;
+    let r = send_tls(
+        t.https,
+        "demo.example.test",
+        &t.ca_pem,
+        true,
+        get("demo.example.test", "/ci/api"),
+    )
+    .await;
     assert_eq!(r.version, http::Version::HTTP_2);
     let body = r.text();
     assert!(body.starts_with("GET /ci/api\n"), "{body}");
     assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
-    assert!(body.contains("host: demo.example.test\n"), "HTTP/2 :authority becomes Host: {body}");
+    assert!(
+        body.contains("host: demo.example.test\n"),
+        "HTTP/2 :authority becomes Host: {body}"
+    );
     assert!(!body.contains("x-forwarded-prefix"), "{body}");
 }
 
@@ -109,8 +134,14 @@ async fn staging_never_receives_cookies_or_authorization_and_is_sandboxed() {
     let r = send(t.http, req).await;
     assert_eq!(r.status, 200);
     assert!(!r.text().contains("secret"), "{}", r.text());
-    assert_eq!(r.header("content-security-policy"), Some("sandbox allow-scripts allow-forms allow-popups"));
-    assert!(r.header("set-cookie").is_none(), "staging may not set cookies on the shared origin");
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some("sandbox allow-scripts allow-forms allow-popups")
+    );
+    assert!(
+        r.header("set-cookie").is_none(),
+        "staging may not set cookies on the shared origin"
+    );
     // Other mounts do get them.
     let req = http::Request::get("/forge/cookie")
         .header("host", "demo.example.test")

@@ -38,7 +38,10 @@ async fn admin_serves_health_readiness_and_prometheus_metrics() {
     assert_eq!(r.status, 200);
     let r = send(t.admin, get("localhost", "/metrics")).await;
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let m = r.text();
     for want in [
         "edge_requests_total{project=\"demo\",mount=\"forge\",status=\"200\"} 1",
@@ -65,14 +68,33 @@ async fn reload_swaps_routes_while_websockets_and_downloads_continue() {
 
     // A WebSocket and a streaming download, both open across the reload.
     let tcp = tokio::net::TcpStream::connect(t.http).await.unwrap();
-    let (mut sock, _) = tokio_tungstenite::client_async("ws://demo.example.test/live/x", tcp).await.unwrap();
-    assert_eq!(sock.next().await.unwrap().unwrap(), Message::text("path /x"));
+    let (mut sock, _) = tokio_tungstenite::client_async("ws://demo.example.test/live/x", tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        sock.next().await.unwrap().unwrap(),
+        Message::text("path /x")
+    );
     let tcp = tokio::net::TcpStream::connect(t.http).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let resp = sender.send_request(get("demo.example.test", "/forge/sse")).await.unwrap();
+    let resp = sender
+        .send_request(get("demo.example.test", "/forge/sse"))
+        .await
+        .unwrap();
     let mut download = resp.into_body();
-    assert_eq!(&download.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"data: 1\n\n");
+    assert_eq!(
+        &download
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap()[..],
+        b"data: 1\n\n"
+    );
 
     // New config: /forge goes elsewhere, /live is gone.
     t.reload(&config(echo, ws, false));
@@ -81,11 +103,28 @@ async fn reload_swaps_routes_while_websockets_and_downloads_continue() {
     assert_eq!(r.status, 404, "the removed mount is gone for new requests");
     let r = send(t.http, get("demo.example.test", "/forge/x")).await;
     assert_eq!(r.status, 200);
-    assert!(r.text().starts_with("GET /forge/x\n"), "the new route table serves: {}", r.text());
+    assert!(
+        r.text().starts_with("GET /forge/x\n"),
+        "the new route table serves: {}",
+        r.text()
+    );
     // The download finishes and the socket still echoes.
-    assert_eq!(&download.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"data: 2\n\n");
+    assert_eq!(
+        &download
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap()[..],
+        b"data: 2\n\n"
+    );
     sock.send(Message::text("after reload")).await.unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(5), sock.next()).await.unwrap().unwrap().unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), sock.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(m, Message::text("after reload"));
     assert!(t.gw.metrics().render().contains("edge_reloads_total 1"));
 }
@@ -95,13 +134,26 @@ async fn a_bad_reload_is_refused_and_the_old_routes_stay() {
     let echo = echo_upstream().await;
     let ws = ws_upstream().await;
     let t = start(&config(echo, ws, true)).await;
-    let mut cfg = edge_routing::Config::from_toml(&config(echo, ws, true).replace("@HTTPS@", "127.0.0.1:1").replace("@HTTP@", "127.0.0.1:2").replace("@ADMIN@", "127.0.0.1:3")).unwrap();
+    let mut cfg = edge_routing::Config::from_toml(
+        &config(echo, ws, true)
+            .replace("@HTTPS@", "127.0.0.1:1")
+            .replace("@HTTP@", "127.0.0.1:2")
+            .replace("@ADMIN@", "127.0.0.1:3"),
+    )
+    .unwrap();
     cfg.projects[0].routes[0].target = edge_routing::RouteTarget::Static("/nonexistent".into());
     let err = t.gw.reload(cfg, t.dir.path(), &[]).unwrap_err();
-    assert!(err.to_string().contains("projects[0].routes[0].root"), "{err}");
+    assert!(
+        err.to_string().contains("projects[0].routes[0].root"),
+        "{err}"
+    );
     let r = send(t.http, get("demo.example.test", "/forge/x")).await;
     assert_eq!(r.status, 200, "the old routes still serve");
-    assert!(t.gw.metrics().render().contains("edge_reload_failures_total 1"));
+    assert!(t
+        .gw
+        .metrics()
+        .render()
+        .contains("edge_reload_failures_total 1"));
 }
 
 #[derive(Clone, Default)]
@@ -120,7 +172,10 @@ impl std::io::Write for Captured {
 async fn access_log_lines_are_structured_and_leave_out_query_strings() {
     let logs = Captured::default();
     let w = logs.clone();
-    let sub = tracing_subscriber::fmt().json().with_writer(move || w.clone()).finish();
+    let sub = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || w.clone())
+        .finish();
     let _g = tracing::subscriber::set_default(sub);
     let echo = echo_upstream().await;
     let ws = ws_upstream().await;
@@ -132,9 +187,22 @@ async fn access_log_lines_are_structured_and_leave_out_query_strings() {
         .unwrap();
     let _ = send(t.http, req).await;
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let line = text.lines().find(|l| l.contains("edge::access")).unwrap_or_else(|| panic!("no access line in {text}"));
-    for want in ["\"method\":\"GET\"", "\"path\":\"/forge/login\"", "\"status\":200", "\"host\":\"demo.example.test\"", "\"route\":\"demo/forge\"", "\"client\":\"127.0.0.1\""] {
+    let line = text
+        .lines()
+        .find(|l| l.contains("edge::access"))
+        .unwrap_or_else(|| panic!("no access line in {text}"));
+    for want in [
+        "\"method\":\"GET\"",
+        "\"path\":\"/forge/login\"",
+        "\"status\":200",
+        "\"host\":\"demo.example.test\"",
+        "\"route\":\"demo/forge\"",
+        "\"client\":\"127.0.0.1\"",
+    ] {
         assert!(line.contains(want), "missing {want} in {line}");
     }
-    assert!(!text.contains("SECRETCODE") && !text.contains("SECRETCOOKIE"), "secrets in the log: {text}");
+    assert!(
+        !text.contains("SECRETCODE") && !text.contains("SECRETCOOKIE"),
+        "secrets in the log: {text}"
+    );
 }

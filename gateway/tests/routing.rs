@@ -33,7 +33,10 @@ async fn subpath_strips_and_keeps_prefixes_on_raw_bytes() {
         ("/forge/x?y", "/x?y"),
         ("/forge/", "/"),
         ("/forge/a%2Fb/%25zz?q=%2F", "/a%2Fb/%25zz?q=%2F"),
-        ("/forge/user/repo/packages/a%2Fb", "/user/repo/packages/a%2Fb"),
+        (
+            "/forge/user/repo/packages/a%2Fb",
+            "/user/repo/packages/a%2Fb",
+        ),
         ("/ci/x", "/ci/x"),
         ("/ci/api/repos?page=2", "/ci/api/repos?page=2"),
     ];
@@ -52,7 +55,10 @@ async fn subpath_redirects_and_404s_never_reach_an_app() {
     let r = send(t.http, get(h, "/")).await;
     assert_eq!((r.status, r.header("location")), (302, Some("/forge/")));
     let r = send(t.http, get(h, "/forge?a=1&b")).await;
-    assert_eq!((r.status, r.header("location")), (308, Some("/forge/?a=1&b")));
+    assert_eq!(
+        (r.status, r.header("location")),
+        (308, Some("/forge/?a=1&b"))
+    );
     let r = send(t.http, get(h, "/ci")).await;
     assert_eq!((r.status, r.header("location")), (308, Some("/ci/")));
     for stray in ["/assets/app.js", "/web-config.js", "/forgery", "/Forge/x"] {
@@ -60,7 +66,10 @@ async fn subpath_redirects_and_404s_never_reach_an_app() {
         assert_eq!(r.status, 404, "{stray}");
         assert!(r.header("x-uri").is_none(), "{stray} reached nginx");
         let body = r.text();
-        assert!(body.contains("/forge/") && body.contains("/ci/"), "404 lists the mounts: {body}");
+        assert!(
+            body.contains("/forge/") && body.contains("/ci/"),
+            "404 lists the mounts: {body}"
+        );
     }
 }
 
@@ -91,9 +100,15 @@ async fn subdomain_mode_routes_by_host_with_one_switch() {
     let port = t.http.port();
     let r = send(t.http, get(&format!("demo.example.test:{port}"), "/")).await;
     assert_eq!(r.status, 302);
-    assert_eq!(r.header("location").unwrap(), format!("http://forge.demo.example.test:{port}/"));
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("http://forge.demo.example.test:{port}/")
+    );
     let r = send(t.http, get("demo.example.test", "/ci/x?q")).await;
-    assert_eq!((r.status, r.header("location")), (308, Some("http://ci.demo.example.test/x?q")));
+    assert_eq!(
+        (r.status, r.header("location")),
+        (308, Some("http://ci.demo.example.test/x?q"))
+    );
 }
 
 #[tokio::test]
@@ -102,24 +117,44 @@ async fn subdomain_mode_gives_each_project_its_own_wildcard_certificate() {
     let cfg = subpath_config(ng.addr).replace("routing = \"subpath\"", "routing = \"subdomain\"")
         + &format!("[[projects]]\nname = \"other\"\n  [[projects.routes]]\n  mount = \"wiki\"\n  upstream = \"http://{}\"\n", ng.addr);
     let t = start(&cfg).await;
-    for (sni, path) in [("forge.demo.example.test", "/a"), ("wiki.other.example.test", "/b"), ("demo.example.test", "/")] {
+    for (sni, path) in [
+        ("forge.demo.example.test", "/a"),
+        ("wiki.other.example.test", "/b"),
+        ("demo.example.test", "/"),
+    ] {
         // The handshake verifies the chain against the local CA and the name against the SAN
         // (*.demo.example.test, *.other.example.test): a wrong certificate fails here.
         let r = send_tls(t.https, sni, &t.ca_pem, false, get(sni, path)).await;
         assert!(r.status == 200 || r.status == 302, "{sni}: {}", r.status);
     }
-    let tls = tls_connect(t.https, "wiki.other.example.test", &t.ca_pem, &[b"http/1.1"]).await;
+    let tls = tls_connect(
+        t.https,
+        "wiki.other.example.test",
+        &t.ca_pem,
+        &[b"http/1.1"],
+    )
+    .await;
     let certs = tls.get_ref().1.peer_certificates().unwrap();
     let der = certs[0].as_ref();
-    assert!(der.windows(b"*.other.example.test".len()).any(|w| w == b"*.other.example.test"));
-    assert!(!der.windows(b"*.demo.example.test".len()).any(|w| w == b"*.demo.example.test"));
+    assert!(der
+        .windows(b"*.other.example.test".len())
+        .any(|w| w == b"*.other.example.test"));
+    assert!(!der
+        .windows(b"*.demo.example.test".len())
+        .any(|w| w == b"*.demo.example.test"));
 }
 
 #[tokio::test]
 async fn unknown_hosts_get_404_never_another_projects_upstream() {
     let ng = nginx_upstream().await;
     let t = start(&subpath_config(ng.addr)).await;
-    for host in ["evil.com", "127.0.0.1", "example.test", "x.demo.example.test", "demo.example.test.evil.com"] {
+    for host in [
+        "evil.com",
+        "127.0.0.1",
+        "example.test",
+        "x.demo.example.test",
+        "demo.example.test.evil.com",
+    ] {
         let r = send(t.http, get(host, "/forge/x")).await;
         assert_eq!(r.status, 404, "{host}");
         assert!(r.header("x-uri").is_none(), "{host} reached an upstream");
@@ -140,10 +175,20 @@ async fn http_redirects_to_https_keeping_host_and_target() {
     assert_eq!(r.status, 308);
     assert_eq!(
         r.header("location").unwrap(),
-        format!("https://demo.example.test:{}/forge/a%2Fb?x=1", t.https.port())
+        format!(
+            "https://demo.example.test:{}/forge/a%2Fb?x=1",
+            t.https.port()
+        )
     );
     // Over TLS, the same request is served.
-    let r = send_tls(t.https, "demo.example.test", &t.ca_pem, false, get("demo.example.test", "/forge/a%2Fb?x=1")).await;
+    let r = send_tls(
+        t.https,
+        "demo.example.test",
+        &t.ca_pem,
+        false,
+        get("demo.example.test", "/forge/a%2Fb?x=1"),
+    )
+    .await;
     assert_eq!((r.status, r.header("x-uri")), (200, Some("/a%2Fb?x=1")));
     assert!(r.header("strict-transport-security").is_some());
 }
@@ -169,6 +214,9 @@ async fn a_tls_handshake_without_sni_gets_the_default_projects_certificate() {
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(t.https).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("demo.example.test").unwrap();
-    let tls = connector.connect(name, tcp).await.expect("handshake without SNI");
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("handshake without SNI");
     assert!(tls.get_ref().1.peer_certificates().is_some());
 }

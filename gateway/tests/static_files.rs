@@ -52,25 +52,59 @@ name = "demo"
     ))
     .await;
     let cases = [
-        ("/staging/", 200, Some("text/html; charset=utf-8"), "<h1>home</h1>"),
-        ("/staging/app.js", 200, Some("text/javascript; charset=utf-8"), "console.log(1)"),
-        ("/staging/style.css", 200, Some("text/css; charset=utf-8"), "body{}"),
+        (
+            "/staging/",
+            200,
+            Some("text/html; charset=utf-8"),
+            "<h1>home</h1>",
+        ),
+        (
+            "/staging/app.js",
+            200,
+            Some("text/javascript; charset=utf-8"),
+            "console.log(1)",
+        ),
+        (
+            "/staging/style.css",
+            200,
+            Some("text/css; charset=utf-8"),
+            "body{}",
+        ),
         ("/staging/data.json", 200, Some("application/json"), "{}"),
-        ("/staging/sub/", 200, Some("text/html; charset=utf-8"), "<h1>sub</h1>"),
-        ("/staging/inside.txt", 200, Some("text/plain; charset=utf-8"), "0123456789"),
+        (
+            "/staging/sub/",
+            200,
+            Some("text/html; charset=utf-8"),
+            "<h1>sub</h1>",
+        ),
+        (
+            "/staging/inside.txt",
+            200,
+            Some("text/plain; charset=utf-8"),
+            "0123456789",
+        ),
     ];
     for (target, status, ctype, body) in cases {
         let r = send(t.http, req(target, &[])).await;
         assert_eq!(r.status, status, "{target}");
-        let got = r.header("content-type").map(|c| c.replace("application/javascript", "text/javascript"));
+        let got = r
+            .header("content-type")
+            .map(|c| c.replace("application/javascript", "text/javascript"));
         assert_eq!(got.as_deref(), ctype, "{target}");
         assert_eq!(r.text(), body, "{target}");
-        assert_eq!(r.header("content-security-policy"), Some("sandbox allow-scripts allow-forms allow-popups"), "{target}");
+        assert_eq!(
+            r.header("content-security-policy"),
+            Some("sandbox allow-scripts allow-forms allow-popups"),
+            "{target}"
+        );
     }
     let r = send(t.http, req("/staging/sub?x=1", &[])).await;
     assert_eq!((r.status, r.header("location")), (308, Some("sub/?x=1")));
     let r = send(t.http, req("/docs/", &[])).await;
-    assert!(r.header("content-security-policy").is_none(), "trusted static mounts are not sandboxed");
+    assert!(
+        r.header("content-security-policy").is_none(),
+        "trusted static mounts are not sandboxed"
+    );
 }
 
 #[tokio::test]
@@ -95,8 +129,20 @@ async fn static_mounts_refuse_traversal_and_symlinks_out_of_the_root() {
         "/staging/app.js%00.html",
     ] {
         // Raw request: a client library would normalise the dots away.
-        let out = raw(t.http, format!("GET {target} HTTP/1.1\r\nHost: demo.example.test\r\nConnection: close\r\n\r\n").as_bytes(), std::time::Duration::from_secs(5)).await;
-        assert!(out.starts_with("HTTP/1.1 404"), "{target}: {}", out.lines().next().unwrap_or(""));
+        let out = raw(
+            t.http,
+            format!(
+                "GET {target} HTTP/1.1\r\nHost: demo.example.test\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            out.starts_with("HTTP/1.1 404"),
+            "{target}: {}",
+            out.lines().next().unwrap_or("")
+        );
         assert!(!out.contains("top secret"), "{target} leaked the secret");
     }
 }
@@ -115,24 +161,62 @@ async fn static_mounts_answer_conditional_and_range_requests() {
     let etag = r.header("etag").unwrap().to_string();
     assert!(r.header("last-modified").is_some());
     assert_eq!(r.header("accept-ranges"), Some("bytes"));
-    let r = send(t.http, req("/staging/digits.txt", &[("if-none-match", &etag)])).await;
+    let r = send(
+        t.http,
+        req("/staging/digits.txt", &[("if-none-match", &etag)]),
+    )
+    .await;
     assert_eq!(r.status, 304);
     assert!(r.body.is_empty());
-    let r = send(t.http, req("/staging/digits.txt", &[("if-none-match", "\"other\"")])).await;
+    let r = send(
+        t.http,
+        req("/staging/digits.txt", &[("if-none-match", "\"other\"")]),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    let r = send(t.http, req("/staging/digits.txt", &[("range", "bytes=2-4")])).await;
-    assert_eq!((r.status, r.text().as_str(), r.header("content-range")), (206, "234", Some("bytes 2-4/10")));
+    let r = send(
+        t.http,
+        req("/staging/digits.txt", &[("range", "bytes=2-4")]),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.text().as_str(), r.header("content-range")),
+        (206, "234", Some("bytes 2-4/10"))
+    );
     let r = send(t.http, req("/staging/digits.txt", &[("range", "bytes=-3")])).await;
     assert_eq!((r.status, r.text().as_str()), (206, "789"));
-    let r = send(t.http, req("/staging/digits.txt", &[("range", "bytes=20-")])).await;
-    assert_eq!((r.status, r.header("content-range")), (416, Some("bytes */10")));
+    let r = send(
+        t.http,
+        req("/staging/digits.txt", &[("range", "bytes=20-")]),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.header("content-range")),
+        (416, Some("bytes */10"))
+    );
     // A stale If-Range means the whole, current file.
-    let r = send(t.http, req("/staging/digits.txt", &[("range", "bytes=2-4"), ("if-range", "\"stale\"")])).await;
+    let r = send(
+        t.http,
+        req(
+            "/staging/digits.txt",
+            &[("range", "bytes=2-4"), ("if-range", "\"stale\"")],
+        ),
+    )
+    .await;
     assert_eq!((r.status, r.text().as_str()), (200, "0123456789"));
-    let head = http::Request::head("/staging/digits.txt").header("host", "demo.example.test").body(Full::new(Bytes::new())).unwrap();
+    let head = http::Request::head("/staging/digits.txt")
+        .header("host", "demo.example.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let r = send(t.http, head).await;
-    assert_eq!((r.status, r.header("content-length"), r.body.len()), (200, Some("10"), 0));
-    let post = http::Request::post("/staging/digits.txt").header("host", "demo.example.test").body(Full::new(Bytes::from("x"))).unwrap();
+    assert_eq!(
+        (r.status, r.header("content-length"), r.body.len()),
+        (200, Some("10"), 0)
+    );
+    let post = http::Request::post("/staging/digits.txt")
+        .header("host", "demo.example.test")
+        .body(Full::new(Bytes::from("x")))
+        .unwrap();
     let r = send(t.http, post).await;
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
 }
@@ -143,6 +227,11 @@ async fn a_missing_static_root_is_refused_naming_its_key() {
         "[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"staging\"\n  root = \"/nonexistent/site\"\n",
     )
     .unwrap();
-    let err = edge_gateway::Gateway::new(cfg, std::path::Path::new("."), &[]).unwrap_err().to_string();
-    assert!(err.starts_with("projects[0].routes[0].root: /nonexistent/site"), "{err}");
+    let err = edge_gateway::Gateway::new(cfg, std::path::Path::new("."), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("projects[0].routes[0].root: /nonexistent/site"),
+        "{err}"
+    );
 }

@@ -61,7 +61,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(f, "{n} problem{} in the config", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{n} problem{} in the config",
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.0 {
             write!(f, "\n  {e}")?;
         }
@@ -126,7 +130,9 @@ impl Upstream {
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') && h.contains(':') => {
-                return Err(format!("{text:?}: write IPv6 addresses in brackets, [::1]:{p}"))
+                return Err(format!(
+                    "{text:?}: write IPv6 addresses in brackets, [::1]:{p}"
+                ))
             }
             Some((h, p)) => (h, p),
             None => return Err(format!("{text:?}: the port is missing (\"{text}:PORT\")")),
@@ -263,7 +269,8 @@ pub struct Config {
 fn check_label(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-');
     if ok {
@@ -373,7 +380,10 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
         let key = key.trim_end_matches('.').to_string();
         if let Some(p) = read_project(pt, &listen, errs) {
             if projects.iter().any(|q| q.name == p.name) {
-                errs.push(format!("{key}.name"), format!("project {:?} is defined twice", p.name));
+                errs.push(
+                    format!("{key}.name"),
+                    format!("project {:?} is defined twice", p.name),
+                );
             }
             projects.push(p);
         }
@@ -415,21 +425,22 @@ fn read_listen(t: Option<Table<'_>>, errs: &mut Errors) -> Listen {
     };
     let Some(mut t) = t else { return l };
     // An empty string switches a listener off.
-    let addr = |t: &mut Table<'_>, errs: &mut Errors, key: &'static str, slot: &mut Option<SocketAddr>| {
-        if let Some(s) = t.str(errs, key) {
-            *slot = if s.is_empty() {
-                None
-            } else {
-                match parse_addr(s) {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        errs.push(t.key(key), e);
-                        None
+    let addr =
+        |t: &mut Table<'_>, errs: &mut Errors, key: &'static str, slot: &mut Option<SocketAddr>| {
+            if let Some(s) = t.str(errs, key) {
+                *slot = if s.is_empty() {
+                    None
+                } else {
+                    match parse_addr(s) {
+                        Ok(a) => Some(a),
+                        Err(e) => {
+                            errs.push(t.key(key), e);
+                            None
+                        }
                     }
-                }
-            };
-        }
-    };
+                };
+            }
+        };
     let before = errs.0.len();
     addr(&mut t, errs, "https", &mut l.https);
     addr(&mut t, errs, "http", &mut l.http);
@@ -442,14 +453,20 @@ fn read_listen(t: Option<Table<'_>>, errs: &mut Errors) -> Listen {
     }
     if let Some(w) = t.uint(errs, "workers") {
         if w > 256 {
-            errs.push(t.key("workers"), format!("{w} is too many; use 0 (one per core) to 256"));
+            errs.push(
+                t.key("workers"),
+                format!("{w} is too many; use 0 (one per core) to 256"),
+            );
         } else {
             l.workers = w as usize;
         }
     }
     let addrs_ok = errs.0.len() == before;
     if addrs_ok && l.https.is_none() && l.http.is_none() {
-        errs.push(t.key("https"), "neither listen.https nor listen.http is set: nothing would serve");
+        errs.push(
+            t.key("https"),
+            "neither listen.https nor listen.http is set: nothing would serve",
+        );
     }
     if addrs_ok && l.https.is_none() && l.http_redirect && l.http.is_some() {
         errs.push(
@@ -480,10 +497,18 @@ fn read_limits(t: Option<Table<'_>>, errs: &mut Errors) -> Limits {
         }
     };
     dur(&mut t, "header_read_timeout", &mut l.header_read_timeout);
-    dur(&mut t, "tls_handshake_timeout", &mut l.tls_handshake_timeout);
+    dur(
+        &mut t,
+        "tls_handshake_timeout",
+        &mut l.tls_handshake_timeout,
+    );
     dur(&mut t, "body_idle_timeout", &mut l.body_idle_timeout);
     dur(&mut t, "shutdown_grace", &mut l.shutdown_grace);
-    dur(&mut t, "upstream_idle_timeout", &mut l.upstream_idle_timeout);
+    dur(
+        &mut t,
+        "upstream_idle_timeout",
+        &mut l.upstream_idle_timeout,
+    );
     for (key, d) in [
         ("header_read_timeout", l.header_read_timeout),
         ("tls_handshake_timeout", l.tls_handshake_timeout),
@@ -495,25 +520,47 @@ fn read_limits(t: Option<Table<'_>>, errs: &mut Errors) -> Limits {
     }
     if let Some(n) = t.size(errs, "max_header_bytes") {
         if !(1024..=1 << 20).contains(&n) {
-            errs.push(t.key("max_header_bytes"), format!("{n} is outside 1KiB..1MiB"));
+            errs.push(
+                t.key("max_header_bytes"),
+                format!("{n} is outside 1KiB..1MiB"),
+            );
         } else {
             l.max_header_bytes = n as usize;
         }
     }
-    let count = |t: &mut Table<'_>, errs: &mut Errors, key: &'static str, max: u64, slot: &mut usize| {
-        if let Some(n) = t.uint(errs, key) {
-            if n == 0 || n > max {
-                errs.push(t.key(key), format!("{n} is outside 1..{max}"));
-            } else {
-                *slot = n as usize;
+    let count =
+        |t: &mut Table<'_>, errs: &mut Errors, key: &'static str, max: u64, slot: &mut usize| {
+            if let Some(n) = t.uint(errs, key) {
+                if n == 0 || n > max {
+                    errs.push(t.key(key), format!("{n} is outside 1..{max}"));
+                } else {
+                    *slot = n as usize;
+                }
             }
-        }
-    };
+        };
     count(&mut t, errs, "max_headers", 1000, &mut l.max_headers);
-    count(&mut t, errs, "max_connections", 1_000_000, &mut l.max_connections);
-    count(&mut t, errs, "max_connections_per_client", 1_000_000, &mut l.max_connections_per_client);
+    count(
+        &mut t,
+        errs,
+        "max_connections",
+        1_000_000,
+        &mut l.max_connections,
+    );
+    count(
+        &mut t,
+        errs,
+        "max_connections_per_client",
+        1_000_000,
+        &mut l.max_connections_per_client,
+    );
     let mut streams = l.h2_max_concurrent_streams as usize;
-    count(&mut t, errs, "h2_max_concurrent_streams", 10_000, &mut streams);
+    count(
+        &mut t,
+        errs,
+        "h2_max_concurrent_streams",
+        10_000,
+        &mut streams,
+    );
     l.h2_max_concurrent_streams = streams as u32;
     t.finish(errs);
     l
@@ -531,17 +578,16 @@ fn read_log(t: Option<Table<'_>>, errs: &mut Errors) -> LogConfig {
     match t.str(errs, "format") {
         None | Some("text") => {}
         Some("json") => l.json = true,
-        Some(other) => errs.push(t.key("format"), format!("{other:?}: use \"text\" or \"json\"")),
+        Some(other) => errs.push(
+            t.key("format"),
+            format!("{other:?}: use \"text\" or \"json\""),
+        ),
     }
     t.finish(errs);
     l
 }
 
-fn read_project(
-    mut t: Table<'_>,
-    listen: &Listen,
-    errs: &mut Errors,
-) -> Option<Project> {
+fn read_project(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Project> {
     let name = t.str(errs, "name");
     if !t.has("name") {
         errs.push(t.key("name"), "every project needs a name");
@@ -570,7 +616,10 @@ fn read_project(
         }
     }
     if routes.is_empty() {
-        errs.push(t.key("routes"), "a project needs at least one [[projects.routes]] entry");
+        errs.push(
+            t.key("routes"),
+            "a project needs at least one [[projects.routes]] entry",
+        );
     }
     // Root paths may not shadow mounts nor each other.
     for (i, r) in routes.iter().enumerate() {
@@ -602,7 +651,11 @@ fn read_project(
                     t.key("default"),
                     format!(
                         "{d:?} is not a mount of this project (mounts: {})",
-                        routes.iter().map(|r| r.mount.as_str()).collect::<Vec<_>>().join(", ")
+                        routes
+                            .iter()
+                            .map(|r| r.mount.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 );
                 0
@@ -621,11 +674,7 @@ fn read_project(
     })
 }
 
-fn read_route(
-    mut t: Table<'_>,
-    listen: &Listen,
-    errs: &mut Errors,
-) -> Option<Route> {
+fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Route> {
     let key = t.key("");
     let key = key.trim_end_matches('.').to_string();
     let mount = t.str(errs, "mount");
@@ -639,7 +688,10 @@ fn read_route(
         },
         None => {
             if !t.has("mount") {
-                errs.push(t.key("mount"), "every route needs a mount (the path segment, e.g. \"forge\")");
+                errs.push(
+                    t.key("mount"),
+                    "every route needs a mount (the path segment, e.g. \"forge\")",
+                );
             }
             false
         }
@@ -648,7 +700,10 @@ fn read_route(
     let root = t.str(errs, "root");
     let target = match (upstream, root) {
         (Some(_), Some(_)) => {
-            errs.push(t.key("root"), "a route has either an upstream or a root, not both");
+            errs.push(
+                t.key("root"),
+                "a route has either an upstream or a root, not both",
+            );
             RouteTarget::Unconfigured
         }
         (Some(u), None) => match Upstream::parse(u) {
@@ -669,7 +724,7 @@ fn read_route(
                 RouteTarget::Unconfigured
             }
         },
-        (None, Some(r)) if r.is_empty() => {
+        (None, Some("")) => {
             errs.push(t.key("root"), "must not be empty");
             RouteTarget::Unconfigured
         }
@@ -680,7 +735,10 @@ fn read_route(
         None | Some("strip") => PrefixMode::Strip,
         Some("keep") => PrefixMode::Keep,
         Some(other) => {
-            errs.push(t.key("prefix"), format!("{other:?}: use \"strip\" or \"keep\""));
+            errs.push(
+                t.key("prefix"),
+                format!("{other:?}: use \"strip\" or \"keep\""),
+            );
             PrefixMode::Strip
         }
     };
@@ -695,7 +753,12 @@ fn read_route(
         .bool(errs, "untrusted")
         .unwrap_or(mount == Some("staging"));
     let mut root_paths = Vec::new();
-    for (i, p) in t.strings(errs, "root_paths").unwrap_or_default().into_iter().enumerate() {
+    for (i, p) in t
+        .strings(errs, "root_paths")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         if !p.starts_with('/') || p == "/" || p.contains(['?', '#', ' ']) || p.contains("..") {
             errs.push(
                 t.key(&format!("root_paths[{i}]")),
@@ -738,7 +801,10 @@ mod tests {
         assert_eq!(c.domain, "localhost");
         assert_eq!(c.projects[0].name, "demo");
         assert_eq!(c.projects[0].routes.len(), 4);
-        assert!(c.projects[0].routes[2].untrusted, "staging is untrusted by default");
+        assert!(
+            c.projects[0].routes[2].untrusted,
+            "staging is untrusted by default"
+        );
         assert_eq!(c.projects[0].routes[0].target, RouteTarget::Unconfigured);
     }
 
@@ -823,7 +889,10 @@ mod tests {
             "projects[0].routes[2].mount: mount \"forge\" is defined twice",
         ];
         for w in want {
-            assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errs:#?}"
+            );
         }
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
     }
@@ -834,7 +903,11 @@ mod tests {
             ("http://127.0.0.1:3000", Scheme::Http, "127.0.0.1:3000"),
             ("http://127.0.0.1:3000/", Scheme::Http, "127.0.0.1:3000"),
             ("h2c://[::1]:9000", Scheme::H2c, "[::1]:9000"),
-            ("http://Forgejo.internal:3000", Scheme::Http, "forgejo.internal:3000"),
+            (
+                "http://Forgejo.internal:3000",
+                Scheme::Http,
+                "forgejo.internal:3000",
+            ),
         ];
         for (text, scheme, auth) in ok {
             let u = Upstream::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -885,8 +958,15 @@ mod tests {
               root_paths = ["/v2/blobs/"]
             "#,
         );
-        assert!(errs.iter().any(|e| e.starts_with("projects[0].routes[0].root_paths[2]:")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.contains("lies under the mount /ci/")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("projects[0].routes[0].root_paths[2]:")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("lies under the mount /ci/")),
+            "{errs:?}"
+        );
         assert!(errs.iter().any(|e| e.contains("overlaps")), "{errs:?}");
     }
 
@@ -904,8 +984,15 @@ mod tests {
               mount = "forge"
             "#,
         );
-        assert!(errs.iter().any(|e| e.starts_with("listen.http_redirect:")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("listen.admin: 127.0.0.1:8080 is also listen.http")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with("listen.http_redirect:")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("listen.admin: 127.0.0.1:8080 is also listen.http")),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -927,7 +1014,15 @@ mod tests {
               mount = "forge"
             "#,
         );
-        assert!(errs.contains(&"listen.http_redirect: expected true or false, found a string".to_string()), "{errs:?}");
-        assert!(errs.contains(&"projects[0].name: expected a string, found an integer".to_string()), "{errs:?}");
+        assert!(
+            errs.contains(
+                &"listen.http_redirect: expected true or false, found a string".to_string()
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            errs.contains(&"projects[0].name: expected a string, found an integer".to_string()),
+            "{errs:?}"
+        );
     }
 }

@@ -6,8 +6,8 @@
 //! once, each naming its key (`projects[0].routes[1].upstream: ...`).
 
 mod config;
-mod units;
 mod resolve;
+mod units;
 mod walk;
 
 pub use config::{

@@ -110,7 +110,9 @@ impl RouteTable {
         let (name, port) = normalize_host(host);
         let subdomain = self.config.routing == RoutingMode::Subdomain;
         match self.hosts.get(name.as_ref()) {
-            Some(HostTarget::Apex(p)) if subdomain => self.apex_redirect(*p, scheme, &name, port, target),
+            Some(HostTarget::Apex(p)) if subdomain => {
+                self.apex_redirect(*p, scheme, &name, port, target)
+            }
             Some(HostTarget::Apex(p)) => self.subpath(*p, target),
             Some(HostTarget::Mount(p, r)) if subdomain => Decision::Route {
                 project: *p,
@@ -163,7 +165,10 @@ impl RouteTable {
             };
         }
         for (ri, r) in project.routes.iter().enumerate() {
-            if r.root_paths.iter().any(|rp| target.starts_with(rp.as_str())) {
+            if r.root_paths
+                .iter()
+                .any(|rp| target.starts_with(rp.as_str()))
+            {
                 return Decision::Route {
                     project: p,
                     route: ri,
@@ -196,14 +201,21 @@ impl RouteTable {
         }
         // Old subpath links keep working: /forge/x -> forge.<apex>/x.
         if project.routes.iter().any(|r| r.mount == seg) {
-            let rest = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
+            let rest = if rest.starts_with('/') {
+                rest.to_string()
+            } else {
+                format!("/{rest}")
+            };
             return Decision::Redirect {
                 status: 308,
                 location: format!("{scheme}://{seg}.{apex}{port}{rest}"),
             };
         }
         for r in &project.routes {
-            if r.root_paths.iter().any(|rp| target.starts_with(rp.as_str())) {
+            if r.root_paths
+                .iter()
+                .any(|rp| target.starts_with(rp.as_str()))
+            {
                 return Decision::Redirect {
                     status: 308,
                     location: format!("{scheme}://{}.{apex}{port}{target}", r.mount),
@@ -272,14 +284,22 @@ mod tests {
             (h, "/forge?a=b&c", redirect(308, "/forge/?a=b&c")),
             (h, "/forge/", route(0, 0, "/")),
             (h, "/forge/x?y", route(0, 0, "/x?y")),
-            (h, "/forge/a%2Fb/%25zz?q=%2F", route(0, 0, "/a%2Fb/%25zz?q=%2F")),
+            (
+                h,
+                "/forge/a%2Fb/%25zz?q=%2F",
+                route(0, 0, "/a%2Fb/%25zz?q=%2F"),
+            ),
             (h, "/forge/..%2F..%2Fetc", route(0, 0, "/..%2F..%2Fetc")),
             (h, "/forge//double", route(0, 0, "//double")),
             (h, "/ci/x", route(0, 1, "/ci/x")),
             (h, "/ci/", route(0, 1, "/ci/")),
             (h, "/staging/a/b.html", route(0, 2, "/a/b.html")),
             (h, "/v2/", route(0, 0, "/v2/")),
-            (h, "/v2/library/x/manifests/1", route(0, 0, "/v2/library/x/manifests/1")),
+            (
+                h,
+                "/v2/library/x/manifests/1",
+                route(0, 0, "/v2/library/x/manifests/1"),
+            ),
             (h, "/v2", Decision::NotFound { project: Some(0) }),
             (h, "/assets/app.js", Decision::NotFound { project: Some(0) }),
             (h, "/forgery/x", Decision::NotFound { project: Some(0) }),
@@ -288,14 +308,38 @@ mod tests {
             (h, "*", Decision::NotFound { project: Some(0) }),
             ("DEMO.Example.Test.:8443", "/forge/x", route(0, 0, "/x")),
             ("other.example.test", "/", redirect(302, "/wiki/")),
-            ("other.example.test", "/forge/x", Decision::NotFound { project: Some(1) }),
-            ("nobody.example.test", "/forge/x", Decision::NotFound { project: None }),
-            ("example.test", "/forge/x", Decision::NotFound { project: None }),
-            ("127.0.0.1:8443", "/forge/x", Decision::NotFound { project: None }),
+            (
+                "other.example.test",
+                "/forge/x",
+                Decision::NotFound { project: Some(1) },
+            ),
+            (
+                "nobody.example.test",
+                "/forge/x",
+                Decision::NotFound { project: None },
+            ),
+            (
+                "example.test",
+                "/forge/x",
+                Decision::NotFound { project: None },
+            ),
+            (
+                "127.0.0.1:8443",
+                "/forge/x",
+                Decision::NotFound { project: None },
+            ),
             ("evil.com", "/", Decision::NotFound { project: None }),
             // The subdomain form redirects to the canonical subpath form.
-            ("ci.demo.example.test:8443", "/ci/x?y", redirect(308, "https://demo.example.test:8443/ci/ci/x?y")),
-            ("forge.demo.example.test", "/x?y", redirect(308, "https://demo.example.test/forge/x?y")),
+            (
+                "ci.demo.example.test:8443",
+                "/ci/x?y",
+                redirect(308, "https://demo.example.test:8443/ci/ci/x?y"),
+            ),
+            (
+                "forge.demo.example.test",
+                "/x?y",
+                redirect(308, "https://demo.example.test/forge/x?y"),
+            ),
         ];
         for (host, target, want) in cases {
             assert_eq!(&t.resolve("https", host, target), want, "{host} {target}");
@@ -310,16 +354,52 @@ mod tests {
             ("forge.demo.example.test", "/", route(0, 0, "/")),
             ("forge.demo.example.test", "/a%2Fb", route(0, 0, "/a%2Fb")),
             ("ci.demo.example.test", "/api/x", route(0, 1, "/api/x")),
-            ("staging.demo.example.test:8443", "/i.html", route(0, 2, "/i.html")),
-            ("demo.example.test", "/", redirect(302, "https://forge.demo.example.test/")),
-            ("demo.example.test:8443", "/?q", redirect(302, "https://forge.demo.example.test:8443/?q")),
-            ("demo.example.test", "/ci/x?y", redirect(308, "https://ci.demo.example.test/x?y")),
-            ("demo.example.test", "/ci", redirect(308, "https://ci.demo.example.test/")),
-            ("demo.example.test", "/v2/x", redirect(308, "https://forge.demo.example.test/v2/x")),
-            ("demo.example.test", "/nothing", Decision::NotFound { project: Some(0) }),
+            (
+                "staging.demo.example.test:8443",
+                "/i.html",
+                route(0, 2, "/i.html"),
+            ),
+            (
+                "demo.example.test",
+                "/",
+                redirect(302, "https://forge.demo.example.test/"),
+            ),
+            (
+                "demo.example.test:8443",
+                "/?q",
+                redirect(302, "https://forge.demo.example.test:8443/?q"),
+            ),
+            (
+                "demo.example.test",
+                "/ci/x?y",
+                redirect(308, "https://ci.demo.example.test/x?y"),
+            ),
+            (
+                "demo.example.test",
+                "/ci",
+                redirect(308, "https://ci.demo.example.test/"),
+            ),
+            (
+                "demo.example.test",
+                "/v2/x",
+                redirect(308, "https://forge.demo.example.test/v2/x"),
+            ),
+            (
+                "demo.example.test",
+                "/nothing",
+                Decision::NotFound { project: Some(0) },
+            ),
             ("wiki.other.example.test", "/p", route(1, 0, "/p")),
-            ("forge.other.example.test", "/p", Decision::NotFound { project: None }),
-            ("x.forge.demo.example.test", "/p", Decision::NotFound { project: None }),
+            (
+                "forge.other.example.test",
+                "/p",
+                Decision::NotFound { project: None },
+            ),
+            (
+                "x.forge.demo.example.test",
+                "/p",
+                Decision::NotFound { project: None },
+            ),
         ];
         for (host, target, want) in cases {
             assert_eq!(&t.resolve("https", host, target), want, "{host} {target}");
@@ -329,8 +409,14 @@ mod tests {
     #[test]
     fn fallback_project_serves_unknown_hosts_in_subpath_form() {
         let t = table("subpath", "fallback_project = \"demo\"");
-        assert_eq!(t.resolve("http", "127.0.0.1:8080", "/forge/x"), route(0, 0, "/x"));
-        assert_eq!(t.resolve("http", "other.example.test", "/wiki/x"), route(1, 0, "/x"));
+        assert_eq!(
+            t.resolve("http", "127.0.0.1:8080", "/forge/x"),
+            route(0, 0, "/x")
+        );
+        assert_eq!(
+            t.resolve("http", "other.example.test", "/wiki/x"),
+            route(1, 0, "/x")
+        );
         let t = table("subdomain", "fallback_project = \"demo\"");
         assert_eq!(t.resolve("http", "10.0.0.1", "/ci/x"), route(0, 1, "/ci/x"));
     }

@@ -21,7 +21,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!("{s:?} is not a duration; write e.g. \"30s\", \"5m\" or \"250ms\""));
+            return Err(format!(
+                "{s:?} is not a duration; write e.g. \"30s\", \"5m\" or \"250ms\""
+            ));
         }
         let n: u64 = rest[..digits]
             .parse()
@@ -41,7 +43,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                     "{s:?} has no unit; write e.g. \"{n}s\" (units: ms, s, m, h, d)"
                 ))
             }
-            other => return Err(format!("{s:?}: unknown unit {other:?} (units: ms, s, m, h, d)")),
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown unit {other:?} (units: ms, s, m, h, d)"
+                ))
+            }
         };
         total = total.saturating_add(part);
     }
@@ -61,7 +67,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let text = s.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
-        return Err(format!("{s:?} is not a size; write e.g. \"64KiB\", \"10MiB\" or \"1GiB\""));
+        return Err(format!(
+            "{s:?} is not a size; write e.g. \"64KiB\", \"10MiB\" or \"1GiB\""
+        ));
     }
     let n: u64 = text[..digits]
         .parse()
@@ -69,8 +77,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let mult: u64 = match text[digits..].trim() {
         "" | "B" => 1,
         "KB" | "kB" => 1000,
-        "MB" => 1000_000,
-        "GB" => 1000_000_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
@@ -99,7 +107,11 @@ mod tests {
             ("1500ms", 1500),
         ];
         for (text, ms) in ok {
-            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
         }
         for bad in ["", "s", "10", "10 parsecs", "-1s", "1.5s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
@@ -108,7 +120,13 @@ mod tests {
 
     #[test]
     fn sizes_table() {
-        let ok = [("1", 1), ("1KiB", 1024), ("1 MiB", 1 << 20), ("2GiB", 2 << 30), ("3KB", 3000)];
+        let ok = [
+            ("1", 1),
+            ("1KiB", 1024),
+            ("1 MiB", 1 << 20),
+            ("2GiB", 2 << 30),
+            ("3KB", 3000),
+        ];
         for (text, n) in ok {
             assert_eq!(parse_size(text), Ok(n), "{text}");
         }

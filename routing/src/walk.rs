@@ -63,7 +63,10 @@ impl<'a> Table<'a> {
     }
 
     fn wrong(&self, errs: &mut Errors, key: &str, want: &str, v: &toml::Value) {
-        errs.push(self.key(key), format!("expected {want}, found {}", type_name(v)));
+        errs.push(
+            self.key(key),
+            format!("expected {want}, found {}", type_name(v)),
+        );
     }
 
     pub(crate) fn str(&mut self, errs: &mut Errors, key: &'static str) -> Option<&'a str> {

@@ -43,7 +43,11 @@ pub fn certs_for(config: &Config, dir: &std::path::Path) -> (Vec<ProjectCert>, S
     let mut out = Vec::new();
     for p in &config.projects {
         let f = store
-            .get_or_issue(&p.name, &edge_certs::project_names(&p.name, &config.domain), &ca)
+            .get_or_issue(
+                &p.name,
+                &edge_certs::project_names(&p.name, &config.domain),
+                &ca,
+            )
             .unwrap();
         out.push(ProjectCert {
             host: format!("{}.{}", p.name, config.domain),
@@ -60,7 +64,11 @@ pub async fn start(config: &str) -> TestGw {
     let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (ha, pa, aa) = (https.local_addr().unwrap(), http.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (ha, pa, aa) = (
+        https.local_addr().unwrap(),
+        http.local_addr().unwrap(),
+        admin.local_addr().unwrap(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let text = config
         .replace("@HTTPS@", &ha.to_string())
@@ -74,13 +82,28 @@ pub async fn start(config: &str) -> TestGw {
     let mut tasks = Vec::new();
     {
         let (g, t) = (gw.clone(), token.clone());
-        tasks.push(tokio::spawn(async move { g.serve_https(https, t.cancelled_owned()).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            g.serve_https(https, t.cancelled_owned()).await.unwrap()
+        }));
         let (g, t) = (gw.clone(), token.clone());
-        tasks.push(tokio::spawn(async move { g.serve_http(http, t.cancelled_owned()).await }));
+        tasks.push(tokio::spawn(async move {
+            g.serve_http(http, t.cancelled_owned()).await
+        }));
         let (g, t) = (gw.clone(), token.clone());
-        tasks.push(tokio::spawn(async move { g.serve_admin(admin, None, t.cancelled_owned()).await }));
+        tasks.push(tokio::spawn(async move {
+            g.serve_admin(admin, None, t.cancelled_owned()).await
+        }));
     }
-    TestGw { gw, https: ha, http: pa, admin: aa, ca_pem, dir, token, tasks }
+    TestGw {
+        gw,
+        https: ha,
+        http: pa,
+        admin: aa,
+        ca_pem,
+        dir,
+        token,
+        tasks,
+    }
 }
 
 impl TestGw {
@@ -119,20 +142,34 @@ impl Resp {
 
 async fn collect(resp: Response<Incoming>) -> Resp {
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    Resp { status: parts.status.as_u16(), headers: parts.headers, body, version: parts.version }
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    }
 }
 
 /// One HTTP/1.1 request over a new plain TCP connection.
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Resp {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     collect(sender.send_request(req).await.unwrap()).await
 }
 
 pub fn get(host: &str, target: &str) -> Request<Full<Bytes>> {
-    Request::get(target).header("host", host).body(Full::new(Bytes::new())).unwrap()
+    Request::get(target)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 pub fn tls_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
@@ -151,7 +188,12 @@ pub fn tls_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     Arc::new(cfg)
 }
 
-pub async fn tls_connect(addr: SocketAddr, sni: &str, ca_pem: &str, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let connector = tokio_rustls::TlsConnector::from(tls_config(ca_pem, alpn));
     let stream = TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
@@ -159,16 +201,31 @@ pub async fn tls_connect(addr: SocketAddr, sni: &str, ca_pem: &str, alpn: &[&[u8
 }
 
 /// One request over TLS with SNI `sni`, HTTP/2 when `h2`.
-pub async fn send_tls(addr: SocketAddr, sni: &str, ca_pem: &str, h2: bool, req: Request<Full<Bytes>>) -> Resp {
+pub async fn send_tls(
+    addr: SocketAddr,
+    sni: &str,
+    ca_pem: &str,
+    h2: bool,
+    req: Request<Full<Bytes>>,
+) -> Resp {
     if h2 {
         let tls = tls_connect(addr, sni, ca_pem, &[b"h2"]).await;
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "the gateway must offer h2");
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(&b"h2"[..]),
+            "the gateway must offer h2"
+        );
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         collect(sender.send_request(req).await.unwrap()).await
     } else {
         let tls = tls_connect(addr, sni, ca_pem, &[b"http/1.1"]).await;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         collect(sender.send_request(req).await.unwrap()).await
     }
@@ -199,7 +256,9 @@ pub async fn echo_upstream() -> SocketAddr {
             let Ok((s, _)) = l.accept().await else { return };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(echo);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
             });
         }
     });
@@ -209,7 +268,11 @@ pub async fn echo_upstream() -> SocketAddr {
 type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
-    let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     let path = req.uri().path().to_string();
     let query: HashMap<String, String> = req
         .uri()
@@ -242,10 +305,13 @@ async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> 
             let _ = tx.send(Bytes::from_static(b"data: 2\n\n")).await;
         });
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok::<_, Infallible>(hyper::body::Frame::data(b)), rx))
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(hyper::body::Frame::data(b)), rx))
         });
         let mut r = Response::new(http_body_util::StreamBody::new(stream).boxed());
-        r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+        r.headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
         return Ok(r);
     }
     let mut text = format!("{} {}\n", req.method(), target);
@@ -254,9 +320,11 @@ async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> 
     }
     let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
     if path.ends_with("/cookie") {
-        r.headers_mut().insert("set-cookie", "track=1; Path=/".parse().unwrap());
+        r.headers_mut()
+            .insert("set-cookie", "track=1; Path=/".parse().unwrap());
     }
-    r.headers_mut().insert("x-upstream", "echo".parse().unwrap());
+    r.headers_mut()
+        .insert("x-upstream", "echo".parse().unwrap());
     Ok(r)
 }
 
@@ -270,17 +338,23 @@ pub async fn ws_upstream() -> SocketAddr {
             let Ok((s, _)) = l.accept().await else { return };
             tokio::spawn(async move {
                 let mut seen = String::new();
-                let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                #[allow(clippy::result_large_err)] // the callback's signature is tungstenite's
+                let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          resp| {
                     seen = req.uri().to_string();
                     Ok(resp)
                 };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else { return };
-                let _ = ws.send(tokio_tungstenite::tungstenite::Message::text(format!("path {seen}"))).await;
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
+                    return;
+                };
+                let _ = ws
+                    .send(tokio_tungstenite::tungstenite::Message::text(format!(
+                        "path {seen}"
+                    )))
+                    .await;
                 while let Some(Ok(m)) = ws.next().await {
-                    if m.is_text() || m.is_binary() {
-                        if ws.send(m).await.is_err() {
-                            break;
-                        }
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        break;
                     }
                 }
             });
@@ -299,7 +373,10 @@ pub struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // TERM, not KILL: the master then stops its worker instead of orphaning it.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -339,14 +416,24 @@ http {{
     );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
+    #[allow(clippy::zombie_processes)] // waited for in `Drop for Nginx`
     let child = Command::new(nginx_binary())
-        .args(["-p", dir.path().to_str().unwrap(), "-c", path.to_str().unwrap()])
+        .args([
+            "-p",
+            dir.path().to_str().unwrap(),
+            "-c",
+            path.to_str().unwrap(),
+        ])
         .spawn()
         .expect("starting nginx");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     for _ in 0..100 {
         if TcpStream::connect(addr).await.is_ok() {
-            return Nginx { addr, child, _dir: dir };
+            return Nginx {
+                addr,
+                child,
+                _dir: dir,
+            };
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
