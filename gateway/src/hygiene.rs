@@ -88,11 +88,12 @@ pub fn strip_client_claims(headers: &mut HeaderMap) {
 pub struct Forwarded<'a> {
     /// The client's address, pre-rendered once per connection.
     pub client_ip: &'a HeaderValue,
-    pub client_ip_for: &'a str,
+    /// The whole `Forwarded` value (`for=...;proto=...`), rendered once per connection.
+    pub forwarded: &'a HeaderValue,
     pub proto: &'static str,
     pub host: &'a HeaderValue,
     /// The mount's prefix (`/forge`) when the route strips it.
-    pub prefix: Option<&'a str>,
+    pub prefix: Option<&'a HeaderValue>,
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -111,18 +112,18 @@ pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
     headers.insert(X_FORWARDED_HOST, f.host.clone());
     if let Some(prefix) = f.prefix {
-        if let Ok(v) = HeaderValue::from_str(prefix) {
-            headers.insert(X_FORWARDED_PREFIX, v);
-        }
+        headers.insert(X_FORWARDED_PREFIX, prefix.clone());
     }
-    let host = f.host.to_str().unwrap_or("");
-    let fwd = format!(
-        "for={};proto={};host=\"{}\"",
-        f.client_ip_for, f.proto, host
-    );
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
-        headers.insert(FORWARDED, v);
-    }
+    // RFC 7239 without `host=`: X-Forwarded-Host carries it, and this way the value is the
+    // same for every request of a connection.
+    headers.insert(FORWARDED, f.forwarded.clone());
+}
+
+/// The `Forwarded` value for a connection: `for=<client>;proto=<http|https>`.
+pub fn forwarded_value(ip: std::net::IpAddr, tls: bool) -> HeaderValue {
+    let proto = if tls { "https" } else { "http" };
+    HeaderValue::from_str(&format!("for={};proto={proto}", forwarded_for(ip)))
+        .unwrap_or(HeaderValue::from_static("for=unknown"))
 }
 
 /// The `for=` value of RFC 7239: IPv6 addresses are quoted and bracketed.
@@ -211,14 +212,16 @@ mod tests {
         strip_client_claims(&mut h);
         let ip = HeaderValue::from_static("127.0.0.1");
         let host = HeaderValue::from_static("demo.example.test");
+        let prefix = HeaderValue::from_static("/forge");
+        let fwd = forwarded_value("127.0.0.1".parse().unwrap(), true);
         add_forwarded(
             &mut h,
             &Forwarded {
                 client_ip: &ip,
-                client_ip_for: "127.0.0.1",
+                forwarded: &fwd,
                 proto: "https",
                 host: &host,
-                prefix: Some("/forge"),
+                prefix: Some(&prefix),
             },
         );
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
@@ -226,10 +229,7 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "demo.example.test");
         assert_eq!(h["x-forwarded-prefix"], "/forge");
-        assert_eq!(
-            h["forwarded"],
-            "for=127.0.0.1;proto=https;host=\"demo.example.test\""
-        );
+        assert_eq!(h["forwarded"], "for=127.0.0.1;proto=https");
         for gone in [
             "connection",
             "x-custom",

@@ -24,7 +24,8 @@ use crate::Shared;
 pub(crate) struct ConnInfo {
     pub ip: std::net::IpAddr,
     pub ip_value: HeaderValue,
-    pub ip_for: String,
+    /// `Forwarded: for=...;proto=...`, rendered once per connection.
+    pub forwarded: HeaderValue,
     pub tls: bool,
 }
 
@@ -48,22 +49,18 @@ pub(crate) async fn handle(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(header::HOST).cloned(),
     };
-    let target = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
+    // Cheap clones (reference-counted bytes), so the request can move on while these are read.
+    let uri = req.uri().clone();
+    let target = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let method = req.method().clone();
-    let (mut resp, metrics, host_str) = match host {
+    let (mut resp, metrics) = match &host {
         Some(host) => {
-            let host_str = host.to_str().unwrap_or("").to_string();
-            let (resp, m) = route(&shared, &rt, &conn, req, host, &host_str, &target).await;
-            (resp, m, host_str)
+            let host_str = host.to_str().unwrap_or("");
+            route(&shared, &rt, &conn, req, host.clone(), host_str, target).await
         }
         None => (
             pages::plain(StatusCode::BAD_REQUEST, "a request needs a Host header\n"),
             rt.unrouted.clone(),
-            String::new(),
         ),
     };
     if conn.tls && rt.config().listen.hsts {
@@ -79,7 +76,7 @@ pub(crate) async fn handle(
             target: "edge::access",
             client = %conn.ip,
             method = %method,
-            host = %host_str,
+            host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
             path,
             status = resp.status().as_u16(),
             micros = start.elapsed().as_micros() as u64,
@@ -286,10 +283,10 @@ async fn forward(
         h,
         &Forwarded {
             client_ip: &conn.ip_value,
-            client_ip_for: &conn.ip_for,
+            forwarded: &conn.forwarded,
             proto: if conn.tls { "https" } else { "http" },
             host: &host,
-            prefix: rrt.prefix.as_ref().and_then(|v| v.to_str().ok()),
+            prefix: rrt.prefix.as_ref(),
         },
     );
     // The public Host, as the app's ROOT_URL expects (HTTP/2 clients send :authority instead).

@@ -14,7 +14,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::hygiene::forwarded_for;
+use crate::hygiene::forwarded_value;
 use crate::proxy::{handle, ConnInfo};
 use crate::Shared;
 
@@ -152,7 +152,7 @@ pub(crate) async fn serve(
             ip,
             ip_value: http::HeaderValue::from_str(&ip.to_string())
                 .unwrap_or(http::HeaderValue::from_static("unknown")),
-            ip_for: forwarded_for(ip),
+            forwarded: forwarded_value(ip, tls.is_some()),
             tls: tls.is_some(),
         });
         let shared2 = shared.clone();

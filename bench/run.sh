@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Benchmarks edge side by side with nginx, HAProxy (and, if asked, Caddy, Traefik, Envoy) using
+# the shared harness (../shared/bench/run.sh): GET /forge/<rest> proxied to a fixed 1 KiB
+# upstream, prefix stripped, one worker each, interleaved rounds, over HTTP and HTTPS, plus a
+# WebSocket echo. Loopback only; every run is bounded. Results: $OUT (printed at the end).
+#
+#   bench/run.sh                       # edge vs nginx and HAProxy, 5 rounds of 10 s
+#   TARGETS="direct nginx haproxy caddy traefik envoy" bench/run.sh
+#
+# Needs the harness' peers: `bash ../shared/bench/install.sh` once (nginx, haproxy, wrk, ...).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+HARNESS=${HARNESS:-$ROOT/../shared/bench/run.sh}
+[[ -x $HARNESS || -f $HARNESS ]] || { echo "harness not found at $HARNESS (set HARNESS=)" >&2; exit 1; }
+
+cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" >&2
+EDGE_BIN=$ROOT/target/release/edge
+
+export TARGETS=${TARGETS:-"direct nginx haproxy"}
+export EXTRA_NAME=edge
+export EXTRA_PORT=${EXTRA_PORT:-9106}
+export EXTRA_TLS_PORT=${EXTRA_TLS_PORT:-9206}
+export EXTRA_HOST=demo.example.test
+export EDGE_BIN
+# The harness exports UP_PORT, WS_PORT, RUN and WORKERS to this command. edge gets the same
+# job as nginx's config in the harness: no access log, no HSTS header, one worker.
+export EXTRA_CMD='cat > "$RUN/edge.toml" <<CONF
+domain = "example.test"
+state_dir = "$RUN/edge-state"
+fallback_project = "demo"
+[listen]
+https = "127.0.0.1:$EXTRA_TLS_PORT"
+http = "127.0.0.1:$EXTRA_PORT"
+admin = ""
+http_redirect = false
+hsts = false
+workers = $WORKERS
+[log]
+access = false
+[[projects]]
+name = "demo"
+  [[projects.routes]]
+  mount = "forge"
+  upstream = "http://127.0.0.1:$UP_PORT"
+  [[projects.routes]]
+  mount = "ws"
+  upstream = "http://127.0.0.1:$WS_PORT"
+  root_paths = ["/wsecho"]
+CONF
+exec "$EDGE_BIN" up --config "$RUN/edge.toml"'
+exec bash "$HARNESS"
