@@ -4,16 +4,19 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one hop and never cross the proxy (RFC 9110 §7.6.1, plus the
-/// non-standard ones that clients still send).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// non-standard ones that clients still send). `TE` is handled apart: gRPC needs `TE: trailers`.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// Whether a client-supplied header claims forwarding or identity facts that only the gateway
 /// may state. These are dropped before routing, whether or not auth succeeds, and the
@@ -52,12 +55,17 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
 /// Removes hop-by-hop headers, including every header the sender named in `Connection`.
 /// `keep_te_trailers` keeps `TE: trailers`, which gRPC over HTTP/2 requires.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        for name in connection_tokens(headers) {
-            headers.remove(&name);
+    // One pass over the names; only what is present is removed (most requests carry none).
+    let mut found: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) {
+            found.push(name.clone());
         }
     }
-    for name in &HOP_BY_HOP {
+    if found.iter().any(|n| n == header::CONNECTION) {
+        found.extend(connection_tokens(headers));
+    }
+    for name in &found {
         headers.remove(name);
     }
     if let Some(te) = headers.get(header::TE) {
@@ -107,6 +115,7 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// [`strip_hop_by_hop`] and [`strip_client_claims`], so nothing the client sent survives and a
 /// `Connection: X-Forwarded-For` cannot remove what is added here (CVE-2024-45410).
 pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
+    headers.reserve(7);
     headers.insert(X_FORWARDED_FOR, f.client_ip.clone());
     headers.insert(X_REAL_IP, f.client_ip.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));

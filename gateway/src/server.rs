@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::hygiene::forwarded_value;
 use crate::proxy::{handle, ConnInfo};
@@ -77,19 +77,26 @@ impl Drop for ConnGuard {
     }
 }
 
-fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
+/// hyper's HTTP/1.1 and HTTP/2 servers, configured from the limits. The protocol is picked per
+/// connection (ALPN over TLS, the HTTP/2 preface on plain TCP) and the matching server is used
+/// directly: hyper-util's `auto` builder does the same detection but adds a layer to every read.
+struct Builders {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+fn builders(shared: &Shared) -> Builders {
     let rt = shared.runtime.load();
     let l = &rt.config().limits;
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(l.header_read_timeout)
         // hyper answers 431 when a head exceeds this buffer or the header count.
         .max_buf_size(l.max_header_bytes.max(8192))
         .max_headers(l.max_headers)
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(l.h2_max_concurrent_streams)
         .max_header_list_size(l.max_header_bytes as u32)
         // Rapid reset (CVE-2023-44487) and streams the client makes us reset: both bounded,
@@ -99,7 +106,60 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20))
         .enable_connect_protocol();
-    b
+    Builders { h1, h2 }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain-TCP client opens with the HTTP/2 preface (h2c with prior knowledge). Peeks,
+/// so nothing is consumed; gives up (as HTTP/1) once the bytes differ or `wait` passes.
+async fn peek_h2_preface(stream: &tokio::net::TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 24];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return false;
+        }
+        if n == H2_PREFACE.len() {
+            return true;
+        }
+        // A prefix of the preface so far: wait for more bytes.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn serve_io<I, S>(b: &Builders, io: I, h2: bool, svc: S, stop: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ResBody>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // On shutdown: let the request in flight finish, then close (HTTP/2: GOAWAY).
+    if h2 {
+        let conn = b.h2.serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
+    } else {
+        let conn = b.h1.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
+    }
 }
 
 /// Serves one listener until `shutdown` completes, then stops accepting and waits (at most
@@ -110,8 +170,9 @@ pub(crate) async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let builder = Arc::new(builder(&shared));
+    let stop = CancellationToken::new();
+    let conns = TaskTracker::new();
+    let builders = Arc::new(builders(&shared));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -141,6 +202,7 @@ pub(crate) async fn serve(
             continue;
         };
         let handshake_timeout = limits.tls_handshake_timeout;
+        let header_timeout = limits.header_read_timeout;
         drop(rt);
         let _ = stream.set_nodelay(true);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
@@ -156,10 +218,10 @@ pub(crate) async fn serve(
             tls: tls.is_some(),
         });
         let shared2 = shared.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let stop = stop.clone();
+        conns.spawn(async move {
             let shared = shared2;
             let _guard = guard;
             let svc = {
@@ -168,8 +230,8 @@ pub(crate) async fn serve(
             };
             match tls {
                 None => {
-                    let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    let _ = watcher.watch(c.into_owned()).await;
+                    let h2 = peek_h2_preface(&stream, header_timeout).await;
+                    serve_io(&builders, stream, h2, svc, stop).await;
                 }
                 Some(acceptor) => {
                     let tls_stream = match tokio::time::timeout(
@@ -188,18 +250,17 @@ pub(crate) async fn serve(
                             return;
                         }
                     };
-                    let c = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
-                    let _ = watcher.watch(c.into_owned()).await;
+                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_io(&builders, tls_stream, h2, svc, stop).await;
                 }
             }
         });
     }
     drop(listener);
     let grace = shared.runtime.load().config().limits.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    stop.cancel();
+    conns.close();
+    if tokio::time::timeout(grace, conns.wait()).await.is_err() {
         tracing::warn!(
             ?grace,
             "connections still open after the shutdown grace; closing them"

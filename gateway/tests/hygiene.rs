@@ -64,10 +64,7 @@ async fn client_forwarding_and_identity_headers_are_dropped_and_rebuilt() {
         has("host: demo.example.test"),
         "the public Host is kept: {body:#?}"
     );
-    assert!(
-        has("forwarded: for=127.0.0.1;proto=http"),
-        "{body:#?}"
-    );
+    assert!(has("forwarded: for=127.0.0.1;proto=http"), "{body:#?}");
     assert!(has("x-kept: yes"));
     for l in &body {
         assert!(

@@ -3,7 +3,8 @@
 //! upstream exactly as the client sent them.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 
 use crate::config::{Config, PrefixMode, RoutingMode};
 
@@ -37,7 +38,9 @@ enum HostTarget {
 #[derive(Debug)]
 pub struct RouteTable {
     config: Config,
-    hosts: HashMap<String, HostTarget>,
+    // Fx, not SipHash: the keys come from the config, so a client cannot flood one bucket, and
+    // this lookup runs on every request.
+    hosts: FxHashMap<String, HostTarget>,
 }
 
 /// Lower-cases a `Host` value and splits off its port and any trailing dot.
@@ -81,7 +84,7 @@ fn port_suffix(port: Option<&str>) -> String {
 
 impl RouteTable {
     pub fn new(config: Config) -> RouteTable {
-        let mut hosts = HashMap::new();
+        let mut hosts = FxHashMap::default();
         for (pi, p) in config.projects.iter().enumerate() {
             let apex = format!("{}.{}", p.name, config.domain);
             for (ri, r) in p.routes.iter().enumerate() {
