@@ -263,8 +263,10 @@ fn get(port: u16, path: &str) -> (String, String) {
     (code.to_string(), body.trim_end().to_string())
 }
 
-#[test]
-fn sigterm_drains_in_flight_requests_then_exits_0() {
+type Ports = (u16, u16, u16);
+
+/// `edge up` with a config file (HTTPS, HTTP, admin on free ports) and a test upstream.
+fn edge_with_config() -> (Running, tempfile::TempDir, std::path::PathBuf, u16, Ports) {
     let up = upstream();
     let dir = tempfile::tempdir().unwrap();
     let ports = (free_port(), free_port(), free_port());
@@ -277,8 +279,14 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut edge = Running(child);
+    let running = Running(child);
     wait_port(ports.1);
+    (running, dir, cfg, up, ports)
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let (mut edge, _dir, _cfg, _up, ports) = edge_with_config();
     let inflight = std::thread::spawn(move || get(ports.1, "/forge/slow"));
     std::thread::sleep(Duration::from_millis(300));
     signal(&edge.0, "-TERM");
@@ -298,20 +306,7 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
 
 #[test]
 fn sighup_and_edge_reload_reread_the_config_and_a_bad_one_is_refused() {
-    let up = upstream();
-    let dir = tempfile::tempdir().unwrap();
-    let ports = (free_port(), free_port(), free_port());
-    let cfg = dir.path().join("edge.toml");
-    write_config(&cfg, up, ports, false);
-    let child = edge()
-        .args(["up", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let edge_proc = Running(child);
-    wait_port(ports.1);
+    let (edge_proc, _dir, cfg, up, ports) = edge_with_config();
     assert_eq!(get(ports.1, "/extra/x").0, "404");
 
     write_config(&cfg, up, ports, true);

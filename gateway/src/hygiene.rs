@@ -62,7 +62,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
             found.push(name.clone());
         }
     }
-    if found.iter().any(|n| n == header::CONNECTION) {
+    if found.contains(&header::CONNECTION) {
         found.extend(connection_tokens(headers));
     }
     for name in &found {

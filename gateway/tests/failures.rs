@@ -2,30 +2,10 @@
 //! configured (503 naming the key); each with a log line that has the cause.
 
 mod common;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 async fn setup(echo: std::net::SocketAddr, dead: u16) -> TestGw {
     start(&format!(

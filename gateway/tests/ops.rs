@@ -2,7 +2,6 @@
 //! while WebSockets and downloads stay open.
 
 mod common;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -156,18 +155,6 @@ async fn a_bad_reload_is_refused_and_the_old_routes_stay() {
         .contains("edge_reload_failures_total 1"));
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-impl std::io::Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn access_log_lines_are_structured_and_leave_out_query_strings() {
     let logs = Captured::default();
@@ -186,7 +173,7 @@ async fn access_log_lines_are_structured_and_leave_out_query_strings() {
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let _ = send(t.http, req).await;
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let line = text
         .lines()
         .find(|l| l.contains("edge::access"))

@@ -21,17 +21,9 @@ fn write_site(dir: &std::path::Path) {
     std::os::unix::fs::symlink(site.join("digits.txt"), site.join("inside.txt")).unwrap();
 }
 
-fn req(target: &str, headers: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
-    let mut b = http::Request::get(target).header("host", "demo.example.test");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(Full::new(Bytes::new())).unwrap()
-}
-
-#[tokio::test]
-async fn static_mounts_serve_files_with_types_and_indexes() {
-    // The root has to exist at start, so build it in a directory of our own.
+/// A gateway whose `staging` mount (untrusted) and `docs` mount (trusted) serve the site
+/// written by [`write_site`].
+async fn site_gateway() -> (TestGw, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     write_site(dir.path());
     let t = start(&format!(
@@ -51,6 +43,20 @@ name = "demo"
         root = dir.path().join("site").display()
     ))
     .await;
+    (t, dir)
+}
+
+fn req(target: &str, headers: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::get(target).header("host", "demo.example.test");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).unwrap()
+}
+
+#[tokio::test]
+async fn static_mounts_serve_files_with_types_and_indexes() {
+    let (t, _site) = site_gateway().await;
     let cases = [
         (
             "/staging/",
@@ -109,14 +115,7 @@ name = "demo"
 
 #[tokio::test]
 async fn static_mounts_refuse_traversal_and_symlinks_out_of_the_root() {
-    let dir = tempfile::tempdir().unwrap();
-    write_site(dir.path());
-    let t = start(&format!(
-        "domain = \"example.test\"\n{}\n[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"staging\"\n  root = \"{}\"\n",
-        listen(false),
-        dir.path().join("site").display()
-    ))
-    .await;
+    let (t, _site) = site_gateway().await;
     for target in [
         "/staging/../secret.txt",
         "/staging/%2e%2e/secret.txt",
@@ -149,14 +148,7 @@ async fn static_mounts_refuse_traversal_and_symlinks_out_of_the_root() {
 
 #[tokio::test]
 async fn static_mounts_answer_conditional_and_range_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    write_site(dir.path());
-    let t = start(&format!(
-        "domain = \"example.test\"\n{}\n[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"staging\"\n  root = \"{}\"\n",
-        listen(false),
-        dir.path().join("site").display()
-    ))
-    .await;
+    let (t, _site) = site_gateway().await;
     let r = send(t.http, req("/staging/digits.txt", &[])).await;
     let etag = r.header("etag").unwrap().to_string();
     assert!(r.header("last-modified").is_some());
