@@ -1,0 +1,197 @@
+//! The gateway's shared state: the route table and certificates behind `ArcSwap`s, the upstream
+//! clients, counters, and the handles that serve listeners.
+
+use arc_swap::ArcSwap;
+use edge_routing::{Config, ConfigError};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, ReloadFn};
+use crate::body::ReqBody;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::server::{self, ConnLimiter};
+use crate::tls::{CertResolver, ProjectCert};
+
+/// Why a config could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<ConfigError>),
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+pub(crate) struct Shared {
+    pub(crate) runtime: ArcSwap<Runtime>,
+    pub(crate) client: Client<HttpConnector, ReqBody>,
+    pub(crate) h2c: Client<HttpConnector, ReqBody>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Upgraded connections (WebSockets), which outlive hyper's view of their connection.
+    pub(crate) tracker: TaskTracker,
+    pub(crate) limiter: ConnLimiter,
+    /// The port HTTPS is served on, for plain-HTTP redirects.
+    pub(crate) https_port: Option<u16>,
+    pub(crate) draining: AtomicBool,
+    pub(crate) certs: Arc<CertResolver>,
+}
+
+/// The gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+fn connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    c.set_keepalive(Some(Duration::from_secs(60)));
+    c.set_connect_timeout(Some(Duration::from_secs(10)));
+    c
+}
+
+impl Gateway {
+    /// Builds a gateway for `config`. Relative static roots are resolved against `base_dir`.
+    /// `certs` holds one certificate per project (see `edge_certs`); it may be empty when no
+    /// HTTPS listener is served.
+    pub fn new(config: Config, base_dir: &Path, certs: &[ProjectCert]) -> Result<Gateway, Error> {
+        let metrics = Arc::new(Metrics::default());
+        let https_port = config.listen.https.map(|a| a.port());
+        let idle = config.limits.upstream_idle_timeout;
+        let default_host = config.project_host(config.default_project);
+        let runtime = Runtime::build(config, base_dir, &metrics).map_err(Error::Config)?;
+        let certs_resolver = Arc::new(CertResolver::default());
+        certs_resolver
+            .set(certs, &default_host)
+            .map_err(Error::Tls)?;
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(idle)
+            .pool_max_idle_per_host(1024)
+            .build(connector());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(idle)
+            .http2_only(true)
+            .build(connector());
+        Ok(Gateway {
+            shared: Arc::new(Shared {
+                runtime: ArcSwap::from_pointee(runtime),
+                client,
+                h2c,
+                metrics,
+                tracker: TaskTracker::new(),
+                limiter: ConnLimiter::default(),
+                https_port,
+                draining: AtomicBool::new(false),
+                certs: certs_resolver,
+            }),
+        })
+    }
+
+    /// Applies a new config and certificates atomically, or neither. Listener addresses are
+    /// not re-bound (that needs a restart); everything else takes effect for the next request.
+    pub fn reload(
+        &self,
+        config: Config,
+        base_dir: &Path,
+        certs: &[ProjectCert],
+    ) -> Result<(), Error> {
+        let default_host = config.project_host(config.default_project);
+        let result = Runtime::build(config, base_dir, &self.shared.metrics)
+            .map_err(Error::Config)
+            .and_then(|rt| {
+                // Certificates first: if they fail, the route table is not swapped either.
+                self.shared
+                    .certs
+                    .set(certs, &default_host)
+                    .map_err(Error::Tls)?;
+                Ok(rt)
+            });
+        match result {
+            Ok(rt) => {
+                self.shared.runtime.store(Arc::new(rt));
+                self.shared.metrics.reloads.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.metrics.reload_failures.fetch_add(1, Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// The config in force now.
+    pub fn config(&self) -> Config {
+        self.shared.runtime.load().config().clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    fn tls_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, Error> {
+        let cfg = self
+            .shared
+            .certs
+            .server_config()
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    }
+
+    /// Serves HTTPS on `listener` until `shutdown` completes, then drains.
+    pub async fn serve_https(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let acceptor = self.tls_acceptor()?;
+        server::serve(self.shared.clone(), listener, Some(acceptor), shutdown).await;
+        Ok(())
+    }
+
+    /// Serves plain HTTP on `listener`: a redirect to HTTPS, or the mounts when
+    /// `listen.http_redirect = false`.
+    pub async fn serve_http(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        server::serve(self.shared.clone(), listener, None, shutdown).await;
+    }
+
+    /// Serves the admin endpoints. `reload` is what `POST /reload` calls.
+    pub async fn serve_admin(
+        &self,
+        listener: TcpListener,
+        reload: Option<ReloadFn>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        admin::serve(self.shared.clone(), listener, reload, shutdown).await;
+    }
+
+    /// Marks the gateway as going away: `/readyz` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.shared.draining.store(true, Relaxed);
+    }
+
+    /// Waits (at most `grace`) for upgraded connections to close; true if they all did.
+    pub async fn wait_streams(&self, grace: Duration) -> bool {
+        self.shared.tracker.close();
+        tokio::time::timeout(grace, self.shared.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
