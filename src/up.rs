@@ -149,6 +149,32 @@ async fn serve(
     }
     print_welcome(&config, https_port, ca_path.as_deref());
 
+    // Leaf certificates live 90 days and are re-issued with a third of that left; check twice
+    // a day so a long-running edge never serves an expired one.
+    if config.listen.https.is_some() {
+        let gw = gateway.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(12 * 3600));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let cfg = gw.config();
+                match tokio::task::spawn_blocking(move || project_certs(&cfg)).await {
+                    Ok(Ok((certs, _))) => {
+                        if let Err(e) = gw.set_certs(&certs) {
+                            tracing::error!(error = %e, "renewed certificates were refused");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::error!(
+                        error = format!("{e:#}"),
+                        "certificate renewal failed; retrying in 12h"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "certificate renewal panicked"),
+                }
+            }
+        });
+    }
+
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

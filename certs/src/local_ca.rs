@@ -118,6 +118,15 @@ impl LocalCa {
 
     /// Issues a server certificate for `names`; returns (chain PEM: leaf then CA, key PEM).
     pub fn issue(&self, names: &[String]) -> Result<(String, String)> {
+        self.issue_with_lifetime(names, LEAF_LIFETIME)
+    }
+
+    /// [`LocalCa::issue`] with another lifetime (tests of renewal).
+    pub fn issue_with_lifetime(
+        &self,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<(String, String)> {
         let issue_err = |source| Error::Issue {
             names: names.to_vec(),
             source,
@@ -135,7 +144,7 @@ impl LocalCa {
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
-        params.not_after = now + LEAF_LIFETIME;
+        params.not_after = now + lifetime;
         let leaf = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(issue_err)?;

@@ -146,6 +146,28 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_near_its_expiry_is_reissued() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_create(dir.path(), "example.test").unwrap();
+        let store = Store::new(dir.path());
+        let names = project_names("demo", "example.test");
+        // Plant a leaf from the same CA that expires in 10 days (under a third of 90).
+        let (chain, key) = ca
+            .issue_with_lifetime(&names, time::Duration::days(10))
+            .unwrap();
+        let d = dir.path().join("certs/demo");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("fullchain.pem"), &chain).unwrap();
+        std::fs::write(d.join("key.pem"), &key).unwrap();
+        let got = store.get_or_issue("demo", &names, &ca).unwrap();
+        assert_ne!(
+            got.chain_pem, chain,
+            "an expiring certificate must be replaced"
+        );
+        assert!(got.not_after > OffsetDateTime::now_utc() + time::Duration::days(80));
+    }
+
+    #[test]
     fn ca_survives_restart_and_a_new_ca_means_new_leaves() {
         let dir = tempfile::tempdir().unwrap();
         let ca1 = LocalCa::load_or_create(dir.path(), "example.test").unwrap();

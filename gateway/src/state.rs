@@ -137,6 +137,17 @@ impl Gateway {
         }
     }
 
+    /// Swaps in new certificates only (renewals); the route table stays.
+    pub fn set_certs(&self, certs: &[ProjectCert]) -> Result<(), Error> {
+        let rt = self.shared.runtime.load();
+        let cfg = rt.config();
+        let default_host = cfg.project_host(cfg.default_project);
+        self.shared
+            .certs
+            .set(certs, &default_host)
+            .map_err(Error::Tls)
+    }
+
     /// The config in force now.
     pub fn config(&self) -> Config {
         self.shared.runtime.load().config().clone()

@@ -193,3 +193,33 @@ async fn access_log_lines_are_structured_and_leave_out_query_strings() {
         "secrets in the log: {text}"
     );
 }
+
+#[tokio::test]
+async fn certificates_swap_live_without_restarting_the_listener() {
+    let echo = echo_upstream().await;
+    let ws = ws_upstream().await;
+    let t = start(&config(echo, ws, true)).await;
+    let old_ca = t.ca_pem.clone();
+    // A different CA (another state dir) issues the replacement.
+    let other = tempfile::tempdir().unwrap();
+    let cfg = t.gw.config();
+    let (certs, new_ca) = certs_for(&cfg, other.path());
+    assert_ne!(old_ca, new_ca);
+    t.gw.set_certs(&certs).unwrap();
+    let r = send_tls(
+        t.https,
+        "demo.example.test",
+        &new_ca,
+        false,
+        get("demo.example.test", "/forge/x"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "new handshakes get the new certificate");
+    let connector = tokio_rustls::TlsConnector::from(tls_config(&old_ca, &[b"http/1.1"]));
+    let tcp = tokio::net::TcpStream::connect(t.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("demo.example.test").unwrap();
+    assert!(
+        connector.connect(name, tcp).await.is_err(),
+        "the old certificate is no longer served"
+    );
+}
