@@ -153,11 +153,15 @@ async fn serve(
     // a day so a long-running edge never serves an expired one.
     if config.listen.https.is_some() {
         let gw = gateway.clone();
+        let t = token.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(12 * 3600));
             tick.tick().await;
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = t.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
                 let cfg = gw.config();
                 match tokio::task::spawn_blocking(move || project_certs(&cfg)).await {
                     Ok(Ok((certs, _))) => {

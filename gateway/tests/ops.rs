@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::Message;
 
 fn config(forge: std::net::SocketAddr, ws: std::net::SocketAddr, with_live: bool) -> String {
@@ -74,26 +72,9 @@ async fn reload_swaps_routes_while_websockets_and_downloads_continue() {
         sock.next().await.unwrap().unwrap(),
         Message::text("path /x")
     );
-    let tcp = tokio::net::TcpStream::connect(t.http).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(get("demo.example.test", "/forge/sse"))
-        .await
-        .unwrap();
+    let resp = open(t.http, get("demo.example.test", "/forge/sse")).await;
     let mut download = resp.into_body();
-    assert_eq!(
-        &download
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_data()
-            .unwrap()[..],
-        b"data: 1\n\n"
-    );
+    assert_eq!(&next_data(&mut download).await[..], b"data: 1\n\n");
 
     // New config: /forge goes elsewhere, /live is gone.
     t.reload(&config(echo, ws, false));
@@ -108,16 +89,7 @@ async fn reload_swaps_routes_while_websockets_and_downloads_continue() {
         r.text()
     );
     // The download finishes and the socket still echoes.
-    assert_eq!(
-        &download
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_data()
-            .unwrap()[..],
-        b"data: 2\n\n"
-    );
+    assert_eq!(&next_data(&mut download).await[..], b"data: 2\n\n");
     sock.send(Message::text("after reload")).await.unwrap();
     let m = tokio::time::timeout(Duration::from_secs(5), sock.next())
         .await

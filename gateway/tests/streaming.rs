@@ -96,22 +96,14 @@ async fn websocket_over_tls() {
 #[tokio::test]
 async fn server_sent_events_are_not_buffered() {
     let t = setup().await;
-    let tcp = tokio::net::TcpStream::connect(t.http).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(get("demo.example.test", "/forge/sse"))
-        .await
-        .unwrap();
+    let resp = open(t.http, get("demo.example.test", "/forge/sse")).await;
     assert_eq!(resp.status(), 200);
     let start = Instant::now();
     let mut body = resp.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let first = next_data(&mut body).await;
     let first_at = start.elapsed();
     assert_eq!(&first[..], b"data: 1\n\n");
-    let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let second = next_data(&mut body).await;
     assert_eq!(&second[..], b"data: 2\n\n");
     // The upstream waits 300 ms between the events; a buffering proxy delivers both together.
     assert!(

@@ -165,6 +165,27 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Resp {
     collect(sender.send_request(req).await.unwrap()).await
 }
 
+/// Sends one request on a new HTTP/1.1 connection and returns as soon as the head arrives, so
+/// the body can be read frame by frame.
+pub async fn open<B>(addr: SocketAddr, req: Request<B>) -> Response<Incoming>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender.send_request(req).await.unwrap()
+}
+
+/// The next data frame of a body.
+pub async fn next_data(body: &mut Incoming) -> Bytes {
+    body.frame().await.unwrap().unwrap().into_data().unwrap()
+}
+
 pub fn get(host: &str, target: &str) -> Request<Full<Bytes>> {
     Request::get(target)
         .header("host", host)
