@@ -237,24 +237,13 @@ fn reload_from(gw: &Gateway, path: &Path, state_dir_flag: Option<&Path>) -> Resu
 }
 
 fn print_welcome(config: &Config, https_port: Option<u16>, ca: Option<&Path>) {
-    let port = match https_port {
-        Some(443) | None => String::new(),
-        Some(p) => format!(":{p}"),
-    };
-    let scheme = if https_port.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let plain_port = config
-        .listen
-        .http
-        .map(|a| format!(":{}", a.port()))
-        .unwrap_or_default();
-    let (scheme, port) = if https_port.is_some() {
-        (scheme, port)
-    } else {
-        ("http", plain_port)
+    // The URLs users should open: HTTPS when it is served, else the plain listener.
+    let (scheme, port) = match (https_port, config.listen.http) {
+        (Some(443), _) => ("https", String::new()),
+        (Some(p), _) => ("https", format!(":{p}")),
+        (None, Some(a)) if a.port() == 80 => ("http", String::new()),
+        (None, Some(a)) => ("http", format!(":{}", a.port())),
+        (None, None) => ("http", String::new()),
     };
     println!();
     for p in &config.projects {

@@ -142,12 +142,7 @@ async fn route(
             let mut resp = match &rrt.target {
                 Target::Unconfigured => unconfigured(rt, project, route),
                 Target::Static(root) => {
-                    let mut resp =
-                        crate::static_files::serve(root, path, &method, req.headers()).await;
-                    if rcfg.untrusted {
-                        resp.headers_mut().remove(header::SET_COOKIE);
-                    }
-                    resp
+                    crate::static_files::serve(root, path, &method, req.headers()).await
                 }
                 Target::Upstream { authority, h2c } => {
                     let path = path.to_string();

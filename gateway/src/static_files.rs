@@ -100,7 +100,7 @@ pub fn parse_range(value: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
 }
 
 /// Serves `raw_path` (still percent-encoded, query allowed) from `root`, which must be
-/// canonical. `public_path` is the path the client asked for, for directory redirects.
+/// canonical. Directory redirects are relative, so they work under any mount.
 pub async fn serve(
     root: &Path,
     raw_path: &str,

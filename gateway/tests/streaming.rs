@@ -180,67 +180,59 @@ async fn a_one_gib_upload_streams_through_in_bounded_memory() {
 /// (the first after 1.5 s, past the route timeout), `/pkg.Svc/Fail` a trailers-only error.
 /// Status always travels in trailers, as gRPC does.
 async fn grpc_upstream() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let te = req
-                            .headers()
-                            .get("te")
-                            .map(|v| v.to_str().unwrap_or("").to_string());
-                        let path = req.uri().path().to_string();
-                        let (tx, rx) = tokio::sync::mpsc::channel::<Frame<Bytes>>(8);
-                        tokio::spawn(async move {
-                            let msg = |s: &str| {
-                                let mut b = vec![0u8];
-                                b.extend_from_slice(&(s.len() as u32).to_be_bytes());
-                                b.extend_from_slice(s.as_bytes());
-                                Frame::data(Bytes::from(b))
-                            };
-                            let mut trailers = http::HeaderMap::new();
-                            match path.as_str() {
-                                "/pkg.Svc/Unary" => {
-                                    let _ = tx.send(msg("hello")).await;
-                                    trailers.insert("grpc-status", "0".parse().unwrap());
-                                }
-                                "/pkg.Svc/Stream" => {
-                                    tokio::time::sleep(Duration::from_millis(1500)).await;
-                                    for m in ["one", "two", "three"] {
-                                        let _ = tx.send(msg(m)).await;
-                                        tokio::time::sleep(Duration::from_millis(50)).await;
-                                    }
-                                    trailers.insert("grpc-status", "0".parse().unwrap());
-                                }
-                                _ => {
-                                    trailers.insert("grpc-status", "5".parse().unwrap());
-                                    trailers.insert("grpc-message", "not found".parse().unwrap());
-                                }
-                            }
-                            let _ = tx.send(Frame::trailers(trailers)).await;
-                        });
-                        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                            rx.recv().await.map(|f| (Ok::<_, Infallible>(f), rx))
-                        });
-                        let mut r = http::Response::new(StreamBody::new(stream));
-                        r.headers_mut()
-                            .insert("content-type", "application/grpc".parse().unwrap());
-                        if let Some(te) = te {
-                            r.headers_mut().insert("x-saw-te", te.parse().unwrap());
+    spawn_server(|s| async move {
+        let svc =
+            hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let te = req
+                    .headers()
+                    .get("te")
+                    .map(|v| v.to_str().unwrap_or("").to_string());
+                let path = req.uri().path().to_string();
+                let (tx, rx) = tokio::sync::mpsc::channel::<Frame<Bytes>>(8);
+                tokio::spawn(async move {
+                    let msg = |s: &str| {
+                        let mut b = vec![0u8];
+                        b.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                        b.extend_from_slice(s.as_bytes());
+                        Frame::data(Bytes::from(b))
+                    };
+                    let mut trailers = http::HeaderMap::new();
+                    match path.as_str() {
+                        "/pkg.Svc/Unary" => {
+                            let _ = tx.send(msg("hello")).await;
+                            trailers.insert("grpc-status", "0".parse().unwrap());
                         }
-                        Ok::<_, Infallible>(r)
-                    },
-                );
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
+                        "/pkg.Svc/Stream" => {
+                            tokio::time::sleep(Duration::from_millis(1500)).await;
+                            for m in ["one", "two", "three"] {
+                                let _ = tx.send(msg(m)).await;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                        }
+                        _ => {
+                            trailers.insert("grpc-status", "5".parse().unwrap());
+                            trailers.insert("grpc-message", "not found".parse().unwrap());
+                        }
+                    }
+                    let _ = tx.send(Frame::trailers(trailers)).await;
+                });
+                let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|f| (Ok::<_, Infallible>(f), rx))
+                });
+                let mut r = http::Response::new(StreamBody::new(stream));
+                r.headers_mut()
+                    .insert("content-type", "application/grpc".parse().unwrap());
+                if let Some(te) = te {
+                    r.headers_mut().insert("x-saw-te", te.parse().unwrap());
+                }
+                Ok::<_, Infallible>(r)
             });
-        }
-    });
-    addr
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(s), svc)
+            .await;
+    })
+    .await
 }
 
 fn grpc_request(path: &str) -> http::Request<Full<Bytes>> {

@@ -263,6 +263,22 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 
 // ------------------------------------------------------------------ upstreams
 
+/// Binds 127.0.0.1:0 and runs `serve` on every accepted connection, each in its own task.
+pub async fn spawn_server<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
+}
+
 /// An in-process HTTP/1.1 upstream. Paths:
 /// - anything: `200`, body `METHOD TARGET\n` then `name: value\n` per header, then the body;
 /// - `/slow?ms=N`: the same after N ms;
@@ -270,20 +286,13 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 /// - `/sse`: `data: 1`, then after 300 ms `data: 2`;
 /// - `/cookie`: answers with a Set-Cookie.
 pub async fn echo_upstream() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(echo);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    spawn_server(|s| async move {
+        let svc = hyper::service::service_fn(echo);
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(s), svc)
+            .await;
+    })
+    .await
 }
 
 type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -352,36 +361,25 @@ async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> 
 /// A WebSocket echo server (tokio-tungstenite); it also reports the request path it saw.
 pub async fn ws_upstream() -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let mut seen = String::new();
-                #[allow(clippy::result_large_err)] // the callback's signature is tungstenite's
-                let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                          resp| {
-                    seen = req.uri().to_string();
-                    Ok(resp)
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
-                    return;
-                };
-                let _ = ws
-                    .send(tokio_tungstenite::tungstenite::Message::text(format!(
-                        "path {seen}"
-                    )))
-                    .await;
-                while let Some(Ok(m)) = ws.next().await {
-                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
-                        break;
-                    }
-                }
-            });
+    spawn_server(|s| async move {
+        let mut seen = String::new();
+        #[allow(clippy::result_large_err)] // the callback's signature is tungstenite's
+        let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+            seen = req.uri().to_string();
+            Ok(resp)
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
+            return;
+        };
+        let greeting = tokio_tungstenite::tungstenite::Message::text(format!("path {seen}"));
+        let _ = ws.send(greeting).await;
+        while let Some(Ok(m)) = ws.next().await {
+            if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                break;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// nginx as a third-party upstream: every request answers 200 with the raw request target it
