@@ -21,6 +21,7 @@ mod server;
 mod state;
 mod static_files;
 mod tls;
+mod upstream;
 
 pub use admin::ReloadFn;
 pub use hygiene::{is_client_claim, strip_client_claims, strip_hop_by_hop};

@@ -17,6 +17,7 @@ use crate::hygiene::{self, Forwarded};
 use crate::metrics::{RouteMetrics, UpstreamError};
 use crate::pages::{self, esc};
 use crate::runtime::{RouteRt, Runtime, Target};
+use crate::upstream::UpstreamFail;
 use crate::Shared;
 
 /// What the gateway knows about the client's connection, rendered once per connection.
@@ -27,6 +28,8 @@ pub(crate) struct ConnInfo {
     /// `Forwarded: for=...;proto=...`, rendered once per connection.
     pub forwarded: HeaderValue,
     pub tls: bool,
+    /// The upstream connection requests on this (HTTP/1.1) connection reuse.
+    pub upstream: crate::upstream::Slot,
 }
 
 const CSP_SANDBOX: HeaderValue =
@@ -290,11 +293,18 @@ async fn forward(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, u);
     }
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(authority.clone())
-        .path_and_query(path)
-        .build();
+    // An HTTP/1.1 client's requests go over its own upstream connection, in origin form; the
+    // rest (HTTP/2 clients, h2c, upgrades) through the shared pools, which want absolute form.
+    let dedicated = !h2c && !upgrade && parts.version <= Version::HTTP_11;
+    let uri = if dedicated {
+        Uri::try_from(path).map_err(http::Error::from)
+    } else {
+        Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query(path)
+            .build()
+    };
     parts.uri = match uri {
         Ok(u) => u,
         Err(_) => return pages::plain(StatusCode::BAD_REQUEST, "malformed request target\n"),
@@ -316,15 +326,16 @@ async fn forward(
 
     let result = if h2c {
         // gRPC long-polls (Woodpecker's `Next`) wait as long as they like: no timeout here.
-        shared.h2c.request(req).await
+        shared.h2c.request(req).await.map_err(UpstreamFail::from)
     } else {
-        match upstream_with_timeout(
-            shared.client.request(req),
-            rcfg.timeout,
-            progress.as_deref(),
-        )
-        .await
-        {
+        let send = async {
+            if dedicated {
+                conn.upstream.send(authority, req).await
+            } else {
+                shared.client.request(req).await.map_err(UpstreamFail::from)
+            }
+        };
+        match upstream_with_timeout(send, rcfg.timeout, progress.as_deref()).await {
             Some(r) => r,
             None => {
                 rrt.metrics.upstream_error(UpstreamError::Timeout);

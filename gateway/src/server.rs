@@ -216,6 +216,7 @@ pub(crate) async fn serve(
                 .unwrap_or(http::HeaderValue::from_static("unknown")),
             forwarded: forwarded_value(ip, tls.is_some()),
             tls: tls.is_some(),
+            upstream: Default::default(),
         });
         let shared2 = shared.clone();
         let builders = builders.clone();

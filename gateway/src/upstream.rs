@@ -1,0 +1,147 @@
+//! Upstream connections for HTTP/1.1 clients: one dedicated upstream connection per client
+//! connection, reused request after request.
+//!
+//! An HTTP/1.1 client connection carries one request at a time, so it needs at most one upstream
+//! connection at a time. Keeping that connection beside the client's (instead of checking one out
+//! of a shared pool for every request) saves the pool's lock and hashing, the boxed futures and
+//! the task hyper-util spawns per request to hand the connection back; measured, it is the
+//! largest single cost the gateway adds per request (docs/benchmarks.md). The number of upstream
+//! connections stays bounded by the number of client connections (`limits.max_connections`).
+//!
+//! HTTP/2 clients (many streams at once), `h2c://` upstreams and upgrades use the shared pools.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use crate::body::ReqBody;
+
+/// How long dialling an upstream may take (the pooled clients use the same).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request to an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamFail {
+    #[error("connecting to {authority}: {source}")]
+    Connect {
+        authority: Authority,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error(transparent)]
+    Pool(#[from] hyper_util::client::legacy::Error),
+}
+
+impl UpstreamFail {
+    /// The upstream could not be reached at all (refused, unroutable, timed out dialling).
+    pub(crate) fn is_connect(&self) -> bool {
+        match self {
+            UpstreamFail::Connect { .. } => true,
+            UpstreamFail::Http(_) => false,
+            UpstreamFail::Pool(e) => e.is_connect(),
+        }
+    }
+}
+
+/// The upstream connection of one client connection.
+#[derive(Debug, Default)]
+pub(crate) struct Slot(Mutex<Option<Dedicated>>);
+
+#[derive(Debug)]
+struct Dedicated {
+    authority: Authority,
+    tx: SendRequest<ReqBody>,
+}
+
+impl Slot {
+    fn take(&self) -> Option<Dedicated> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn put(&self, d: Dedicated) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
+    }
+
+    /// Sends `req` (origin-form target, Host already set) to `authority` over this client
+    /// connection's upstream connection, opening one if there is none, it points elsewhere, or it
+    /// has closed. A request the old connection could not take (the upstream closed it while
+    /// idle) is sent again on a fresh connection; one it took is never sent twice.
+    pub(crate) async fn send(
+        &self,
+        authority: &Authority,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, UpstreamFail> {
+        let mut req = req;
+        if let Some(mut d) = self.take().filter(|d| &d.authority == authority) {
+            // Ready once the previous response has been read to its end; an error here means
+            // the connection is gone, and nothing has been sent.
+            if d.tx.ready().await.is_ok() {
+                match d.tx.try_send_request(req).await {
+                    Ok(resp) => {
+                        self.put(d);
+                        return Ok(resp);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(back) => req = back,
+                        None => return Err(e.into_error().into()),
+                    },
+                }
+            }
+        }
+        let mut tx = connect(authority).await?;
+        let resp = tx.send_request(req).await?;
+        self.put(Dedicated {
+            authority: authority.clone(),
+            tx,
+        });
+        Ok(resp)
+    }
+}
+
+async fn connect(authority: &Authority) -> Result<SendRequest<ReqBody>, UpstreamFail> {
+    let fail = |source| UpstreamFail::Connect {
+        authority: authority.clone(),
+        source,
+    };
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let stream = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    {
+        Ok(r) => r.map_err(fail)?,
+        Err(_) => {
+            return Err(fail(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {CONNECT_TIMEOUT:?}"),
+            )))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(10)),
+    );
+    let (tx, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(tx)
+}
