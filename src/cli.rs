@@ -28,6 +28,17 @@ pub enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Run the chat service alone, or print a one-time sign-in link.
+    Chat {
+        #[command(subcommand)]
+        command: Option<ChatCommand>,
+        /// Config file [env: EDGE_CONFIG]
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Overrides `state_dir` [env: EDGE_STATE_DIR]
+        #[arg(long, global = true)]
+        state_dir: Option<PathBuf>,
+    },
     /// Work with config files.
     Config {
         #[command(subcommand)]
@@ -41,6 +52,16 @@ pub enum Command {
         /// The admin address, instead of reading it from the config
         #[arg(long)]
         admin: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChatCommand {
+    /// Print a new one-time sign-in link (login = "token"), valid for 24 hours.
+    LoginUrl {
+        /// The project whose chat the link opens (default: the default project)
+        #[arg(long)]
+        project: Option<String>,
     },
 }
 
@@ -139,6 +160,17 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let path = config_path(config);
             let loaded = load(path.as_deref(), state_dir.as_deref())?;
             crate::up::run(loaded, state_dir)
+        }
+        Command::Chat {
+            command,
+            config,
+            state_dir,
+        } => {
+            let loaded = load(config_path(config).as_deref(), state_dir.as_deref())?;
+            match command {
+                None => crate::chat::run_alone(loaded),
+                Some(ChatCommand::LoginUrl { project }) => crate::chat::login_url(loaded, project),
+            }
         }
         Command::Config {
             command: ConfigCommand::Check { files },

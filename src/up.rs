@@ -33,7 +33,7 @@ fn project_certs(config: &Config) -> anyhow::Result<(Vec<ProjectCert>, Option<Pa
     Ok((certs, Some(ca.cert_path())))
 }
 
-fn init_tracing(json: bool) {
+pub fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -89,6 +89,13 @@ async fn serve(
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
     let (certs, ca_path) = project_certs(&config).context("preparing certificates")?;
     let gateway = Gateway::new(config.clone(), &base_dir, &certs).map_err(Failure::config)?;
+    let chat = crate::chat::open(&config)?;
+    if let Some((_, secret)) = &chat {
+        gateway
+            .set_forward_auth_secret(secret)
+            .map_err(Failure::config)?;
+    }
+    let chat = chat.map(|(c, _)| c);
 
     let https = match config.listen.https {
         Some(a) => Some(bind(a, "https").await?),
@@ -102,11 +109,13 @@ async fn serve(
         Some(a) => Some(bind(a, "admin").await?),
         None => None,
     };
+    let chat_listener = crate::chat::bind(&config).await?;
 
     let reload: Option<ReloadFn> = path.clone().map(|p| {
         let gw = gateway.clone();
         let flag = state_dir_flag.clone();
-        let f: ReloadFn = Arc::new(move || reload_from(&gw, &p, flag.as_deref()));
+        let chat = chat.clone();
+        let f: ReloadFn = Arc::new(move || reload_from(&gw, chat.as_ref(), &p, flag.as_deref()));
         f
     });
 
@@ -147,7 +156,21 @@ async fn serve(
         let reload = reload.clone();
         tasks.spawn(async move { gw.serve_admin(l, reload, t.cancelled_owned()).await });
     }
+    if let (Some(chat), Some(l)) = (&chat, chat_listener) {
+        let addr = l.local_addr().context("listener address")?;
+        tracing::info!(%addr, login = config.chat.as_ref().map(|c| c.login.as_str()), "serving the chat");
+        let chat = chat.clone();
+        let t = token.clone();
+        tasks.spawn(async move {
+            if let Err(e) = chat.serve(l, t.cancelled_owned()).await {
+                tracing::error!(error = %e, "the chat listener failed");
+            }
+        });
+    }
     print_welcome(&config, https_port, ca_path.as_deref());
+    if let Some(chat) = &chat {
+        crate::chat::print_login_url(chat, &config, https_port).await;
+    }
 
     // Leaf certificates live 90 days and are re-issued with a third of that left; check twice
     // a day so a long-running edge never serves an expired one.
@@ -223,11 +246,26 @@ async fn serve(
 }
 
 /// Re-reads the config file, issues any certificates it needs, and swaps both in.
-fn reload_from(gw: &Gateway, path: &Path, state_dir_flag: Option<&Path>) -> Result<(), String> {
+fn reload_from(
+    gw: &Gateway,
+    chat: Option<&edge_chat::Chat>,
+    path: &Path,
+    state_dir_flag: Option<&Path>,
+) -> Result<(), String> {
     let loaded = load(Some(path), state_dir_flag).map_err(|e| format!("{e:#}"))?;
     let old = gw.config();
     if old.listen != loaded.config.listen {
         tracing::warn!("listen.* changed: listeners are re-bound only on restart");
+    }
+    match (chat, &loaded.config.chat) {
+        (Some(c), Some(new)) => {
+            if old.chat.as_ref().map(|o| o.listen) != Some(new.listen) {
+                tracing::warn!("chat.listen changed: the chat is re-bound only on restart");
+            }
+            c.reload(loaded.config.clone());
+        }
+        (None, Some(_)) => tracing::warn!("the config now has a chat: restart edge to start it"),
+        _ => {}
     }
     let (certs, _) = project_certs(&loaded.config).map_err(|e| format!("{e:#}"))?;
     gw.reload(loaded.config, &loaded.base_dir, &certs)

@@ -35,6 +35,7 @@ pub fn is_client_claim(name: &HeaderName) -> bool {
         || n == "x-original-url"
         || n == "x-rewrite-url"
         || n == "x-original-uri"
+        || n.starts_with("x-edge-")
 }
 
 /// Lists the header names in all `Connection` values.

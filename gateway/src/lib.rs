@@ -12,6 +12,7 @@
 
 mod admin;
 mod body;
+mod forward_auth;
 mod hygiene;
 mod metrics;
 mod pages;
@@ -24,6 +25,7 @@ mod tls;
 mod upstream;
 
 pub use admin::ReloadFn;
+pub use forward_auth::{SECRET_HEADER, VERIFY_PATH};
 pub use hygiene::{is_client_claim, strip_client_claims, strip_hop_by_hop};
 pub use metrics::Metrics;
 pub use runtime::Runtime;

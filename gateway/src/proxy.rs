@@ -12,6 +12,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::forward_auth::{self, Asked, Verdict};
 use crate::body::{find_body_error, BodyError, Progress, ReqBody, ResBody};
 use crate::hygiene::{self, Forwarded};
 use crate::metrics::{RouteMetrics, UpstreamError};
@@ -93,7 +94,7 @@ async fn route(
     shared: &Shared,
     rt: &Runtime,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     host: HeaderValue,
     host_str: &str,
     target: &str,
@@ -142,6 +143,37 @@ async fn route(
         } => {
             let rrt = &rt.routes[project][route];
             let rcfg = &cfg.projects[project].routes[route];
+            let mut auth_cookies = Vec::new();
+            if let Some(auth) = &rrt.auth {
+                // Identity comes from the auth server only, whatever the client sent.
+                for name in auth.identity_headers() {
+                    req.headers_mut().remove(name);
+                }
+                let asked = Asked {
+                    method: &method,
+                    proto: scheme,
+                    host: &host,
+                    target,
+                    client_ip: &conn.ip_value,
+                    headers: req.headers(),
+                    upgrade: hygiene::is_upgrade_request(req.headers()),
+                };
+                match forward_auth::check(shared, auth, asked).await {
+                    Verdict::Allow {
+                        identity,
+                        set_cookies,
+                    } => {
+                        for (name, value) in identity {
+                            req.headers_mut().insert(name, value);
+                        }
+                        auth_cookies = set_cookies;
+                    }
+                    Verdict::Deny(resp) => return (resp, rrt.metrics.clone()),
+                }
+            }
+            if !rrt.chat {
+                forward_auth::strip_cookies(req.headers_mut(), &edge_routing::CHAT_COOKIES);
+            }
             let mut resp = match &rrt.target {
                 Target::Unconfigured => unconfigured(rt, project, route),
                 Target::Static(root) => {
@@ -159,6 +191,9 @@ async fn route(
                 let h = resp.headers_mut();
                 h.remove(header::SET_COOKIE);
                 h.insert(header::CONTENT_SECURITY_POLICY, CSP_SANDBOX);
+            }
+            for c in auth_cookies {
+                resp.headers_mut().append(header::SET_COOKIE, c);
             }
             (resp, rrt.metrics.clone())
         }

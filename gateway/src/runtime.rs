@@ -9,6 +9,7 @@ use edge_routing::{Config, ConfigError, RouteTable, RouteTarget};
 use http::uri::Authority;
 use http::HeaderValue;
 
+use crate::forward_auth::AuthRt;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::pages::esc;
 
@@ -25,6 +26,9 @@ pub(crate) struct RouteRt {
     pub target: Target,
     /// `/forge`, sent as `X-Forwarded-Prefix` when the prefix is stripped.
     pub prefix: Option<HeaderValue>,
+    pub auth: Option<Arc<AuthRt>>,
+    /// The chat mount (the only one that receives the chat's session cookie).
+    pub chat: bool,
 }
 
 #[derive(Debug)]
@@ -58,8 +62,16 @@ impl Runtime {
                     "<li><a href=\"/{m}/\">/{m}/</a></li>",
                     m = esc(&r.mount)
                 ));
+                let chat_listen = config.chat.as_ref().map(|c| c.listen);
                 let target = match &r.target {
                     RouteTarget::Unconfigured => Target::Unconfigured,
+                    RouteTarget::Chat => match chat_listen {
+                        Some(a) => Target::Upstream {
+                            authority: a.to_string().parse().expect("a socket address is an authority"),
+                            h2c: false,
+                        },
+                        None => Target::Unconfigured,
+                    },
                     RouteTarget::Upstream(u) => match u.authority.parse::<Authority>() {
                         Ok(authority) => Target::Upstream {
                             authority,
@@ -100,10 +112,25 @@ impl Runtime {
                     }
                     edge_routing::PrefixMode::Keep => None,
                 };
+                let auth = match &r.auth {
+                    None => None,
+                    Some(fa) => match AuthRt::build(fa, chat_listen) {
+                        Ok(a) => Some(Arc::new(a)),
+                        Err(message) => {
+                            errors.push(ConfigError {
+                                key: format!("{}.auth", r.key),
+                                message,
+                            });
+                            None
+                        }
+                    },
+                };
                 rts.push(RouteRt {
                     metrics: metrics.route(&p.name, &r.mount),
                     target,
                     prefix,
+                    auth,
+                    chat: r.target == RouteTarget::Chat,
                 });
             }
             list.push_str("</ul>");

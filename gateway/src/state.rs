@@ -1,7 +1,10 @@
 //! The gateway's shared state: the route table and certificates behind `ArcSwap`s, the upstream
 //! clients, counters, and the handles that serve listeners.
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::Empty;
 use edge_routing::{Config, ConfigError};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -28,12 +31,18 @@ pub enum Error {
     Config(Vec<ConfigError>),
     #[error("tls: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Secret(String),
 }
 
 pub(crate) struct Shared {
     pub(crate) runtime: ArcSwap<Runtime>,
     pub(crate) client: Client<HttpConnector, ReqBody>,
     pub(crate) h2c: Client<HttpConnector, ReqBody>,
+    /// For forward-auth checks (bodiless GETs).
+    pub(crate) auth_client: Client<HttpConnector, Empty<Bytes>>,
+    /// The secret shown to the chat's verify endpoint; none: such checks fail closed.
+    pub(crate) auth_secret: ArcSwapOption<HeaderValue>,
     pub(crate) metrics: Arc<Metrics>,
     /// Upgraded connections (WebSockets), which outlive hyper's view of their connection.
     pub(crate) tracker: TaskTracker,
@@ -90,11 +99,18 @@ impl Gateway {
             .pool_idle_timeout(idle)
             .http2_only(true)
             .build(connector());
+        let auth_client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(idle)
+            .build(connector());
         Ok(Gateway {
             shared: Arc::new(Shared {
                 runtime: ArcSwap::from_pointee(runtime),
                 client,
                 h2c,
+                auth_client,
+                auth_secret: ArcSwapOption::empty(),
                 metrics,
                 tracker: TaskTracker::new(),
                 limiter: ConnLimiter::default(),
@@ -135,6 +151,20 @@ impl Gateway {
                 Err(e)
             }
         }
+    }
+
+    /// Sets the secret shown to the chat's verify endpoint on forward-auth checks. Without one,
+    /// routes that check through the chat refuse every request (503).
+    pub fn set_forward_auth_secret(&self, secret: &str) -> Result<(), Error> {
+        let v = HeaderValue::from_str(secret.trim())
+            .map_err(|_| Error::Secret("the forward-auth secret must be printable ASCII".into()))?;
+        if v.is_empty() {
+            return Err(Error::Secret("the forward-auth secret is empty".into()));
+        }
+        let mut v = v;
+        v.set_sensitive(true);
+        self.shared.auth_secret.store(Some(Arc::new(v)));
+        Ok(())
     }
 
     /// Swaps in new certificates only (renewals); the route table stays.

@@ -9,6 +9,10 @@ use std::time::Duration;
 use crate::units::parse_duration;
 use crate::walk::{Errors, Table};
 
+mod auth;
+
+pub use auth::{AuthServer, ChatConfig, ForwardAuth, LoginKind, CHAT_COOKIES};
+
 /// The config `edge up` runs with when given no file: project `demo` at
 /// `https://demo.localhost:8443/`, its mounts not yet pointed anywhere.
 pub const EMBEDDED_DEFAULT: &str = r#"# edge's embedded default: project "demo" at https://demo.localhost:8443/
@@ -38,7 +42,12 @@ default = "forge"
   mount = "staging"    # set root = "./site" for static files, or an upstream
 
   [[projects.routes]]
-  mount = "chat"
+  mount = "chat"       # the agent chat that edge runs; sign in with the one-time URL edge prints
+  upstream = "chat"
+  auth = "forward"
+
+[chat]
+login = "token"        # or "forgejo" / "oidc" with provider_url, client_id, allowed_users
 "#;
 
 /// One problem in a config file, naming its key (`projects[0].routes[1].upstream`).
@@ -164,6 +173,8 @@ pub enum RouteTarget {
     Upstream(Upstream),
     /// Static files under this directory (relative paths are resolved by the caller).
     Static(PathBuf),
+    /// The chat service edge runs (`[chat] listen`).
+    Chat,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +194,8 @@ pub struct Route {
     /// Root-level path prefixes also sent to this route unchanged (e.g. `/v2/` for Forgejo's
     /// container registry, `/proto.Woodpecker/` for Woodpecker's gRPC agents).
     pub root_paths: Vec<String>,
+    /// Forward-auth: every request is first shown to an auth server.
+    pub auth: Option<ForwardAuth>,
     /// The key of this route in the file (`projects[0].routes[1]`), for messages.
     pub key: String,
 }
@@ -263,6 +276,8 @@ pub struct Config {
     pub limits: Limits,
     pub log: LogConfig,
     pub projects: Vec<Project>,
+    /// The chat service: present when the file has a `[chat]` table or a route uses it.
+    pub chat: Option<ChatConfig>,
 }
 
 /// A DNS label: lower-case letters, digits and inner hyphens, 1 to 63 characters.
@@ -330,6 +345,36 @@ impl Config {
         }
     }
 
+    /// Where the chat mount of the project that `host` (as the browser sent it, port and all)
+    /// belongs to lives: `https://demo.example.test:8443/chat` in subpath mode,
+    /// `https://chat.demo.example.test:8443` in subdomain mode. None if `host` names no project
+    /// of this config or the project has no chat mount.
+    pub fn chat_base(&self, proto: &str, host: &str) -> Option<String> {
+        let (name, port) = match host.rsplit_once(':') {
+            Some((n, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                (n, Some(p))
+            }
+            _ => (host, None),
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let rest = name.strip_suffix(&format!(".{}", self.domain))?;
+        let project_name = rest.rsplit('.').next()?;
+        let p = self.projects.iter().find(|p| p.name == project_name)?;
+        if rest != p.name && !(self.routing == RoutingMode::Subdomain && rest.split('.').count() == 2)
+        {
+            return None;
+        }
+        let route = p.routes.iter().find(|r| r.target == RouteTarget::Chat)?;
+        let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+        Some(match self.routing {
+            RoutingMode::Subpath => format!("{proto}://{}{port}/{}", name, route.mount),
+            RoutingMode::Subdomain => format!(
+                "{proto}://{}.{}.{}{port}",
+                route.mount, p.name, self.domain
+            ),
+        })
+    }
+
     /// The public host of a project in the current mode's canonical form (`demo.example.test`).
     pub fn project_host(&self, project: usize) -> String {
         format!("{}.{}", self.projects[project].name, self.domain)
@@ -369,6 +414,9 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
     let listen = read_listen(top.table(errs, "listen"), errs);
     let limits = read_limits(top.table(errs, "limits"), errs);
     let log = read_log(top.table(errs, "log"), errs);
+    let chat_table = top.table(errs, "chat");
+    let chat_given = chat_table.is_some();
+    let mut chat = auth::read_chat(chat_table, errs);
 
     let project_tables = top.tables(errs, "projects");
     if project_tables.is_empty() && doc.get("projects").is_none() {
@@ -398,6 +446,22 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
             }
         }
     };
+    let uses_chat = projects.iter().flat_map(|p| &p.routes).any(|r| {
+        r.target == RouteTarget::Chat
+            || r.auth.as_ref().is_some_and(|a| a.server == AuthServer::Chat)
+    });
+    if uses_chat && chat.is_none() {
+        chat = auth::read_chat(Some(Table::new("chat", &toml::Table::new())), errs);
+    }
+    if let Some(c) = &chat {
+        if [listen.https, listen.http, listen.admin].contains(&Some(c.listen)) {
+            let key = if chat_given { "chat.listen" } else { "chat" };
+            errs.push(
+                key,
+                format!("{} is also a gateway listen address", c.listen),
+            );
+        }
+    }
     let fallback_project = find(errs, "fallback_project", fallback);
     let default_project = find(errs, "default_project", default_project).unwrap_or(0);
     top.finish(errs);
@@ -411,6 +475,7 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
         limits,
         log,
         projects,
+        chat,
     })
 }
 
@@ -699,6 +764,7 @@ fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Ro
     let upstream = t.str(errs, "upstream");
     let root = t.str(errs, "root");
     let target = match (upstream, root) {
+        (Some("chat"), None) => RouteTarget::Chat,
         (Some(_), Some(_)) => {
             errs.push(
                 t.key("root"),
@@ -749,6 +815,13 @@ fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Ro
         errs.push(t.key("timeout"), "must be more than 0s");
     }
     let max_body = t.size(errs, "max_body");
+    let auth = auth::read_forward_auth(&mut t, errs);
+    if target == RouteTarget::Chat && prefix == PrefixMode::Keep {
+        errs.push(
+            t.key("prefix"),
+            "the chat is mounted with its prefix stripped; remove prefix = \"keep\"",
+        );
+    }
     let untrusted = t
         .bool(errs, "untrusted")
         .unwrap_or(mount == Some("staging"));
@@ -780,6 +853,7 @@ fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Ro
         max_body,
         untrusted,
         root_paths,
+        auth,
         key,
     })
 }

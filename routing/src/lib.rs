@@ -11,6 +11,7 @@ mod units;
 mod walk;
 
 pub use config::{
+    AuthServer, ChatConfig, ForwardAuth, LoginKind, CHAT_COOKIES,
     Config, ConfigError, ConfigErrors, Limits, Listen, LogConfig, PrefixMode, Project, Route,
     RouteTarget, RoutingMode, Scheme, Upstream, EMBEDDED_DEFAULT,
 };

@@ -1,0 +1,134 @@
+//! The chat service behind `/chat/`: sign-in (OAuth2 authorization code with PKCE against
+//! Forgejo or any OIDC provider, or a one-time login token), sessions in a SQLite store that
+//! survives restarts, sign-out, and the verify endpoint the gateway's forward-auth asks before
+//! letting a request through.
+//!
+//! ```text
+//! /login            start a sign-in (302 to the provider), or explain the token login
+//! /oauth/callback   finish it: check state, exchange the code, look the user up, set the cookie
+//! /login/token      one-time token → session
+//! /logout           end the session
+//! /_auth/verify     forward-auth: 200 + X-Forwarded-User, 302 to /login, 401 or 403
+//! /api/me, /ws      the signed-in user, over HTTP and WebSocket
+//! ```
+
+mod app;
+mod login;
+mod pages;
+mod secret;
+mod store;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use edge_routing::Config;
+
+pub use app::{SECRET_HEADER, USER_HEADER};
+pub use secret::{load_or_create_secret, read_secret};
+pub use store::{Session, Store, FLOW_TTL};
+
+/// What went wrong in the chat.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("chat config: {0}")]
+    Config(String),
+    #[error("chat store: {0}")]
+    Store(String),
+    #[error("sign-in provider: {0}")]
+    Provider(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// How long a one-time login link stays usable.
+pub const LOGIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The chat service. Cheap to clone.
+#[derive(Clone)]
+pub struct Chat {
+    st: Arc<app::AppState>,
+}
+
+impl std::fmt::Debug for Chat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chat").finish_non_exhaustive()
+    }
+}
+
+/// The chat's store directory under a state directory.
+pub fn store_dir(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("chat")
+}
+
+impl Chat {
+    /// Opens the chat for `config` (which must have a `[chat]` table). `fa_secret` is the
+    /// forward-auth secret the gateway will show; `client_secret` the OAuth client's.
+    pub fn open(
+        config: Config,
+        state_dir: &Path,
+        fa_secret: String,
+        client_secret: Option<String>,
+    ) -> Result<Chat, Error> {
+        if config.chat.is_none() {
+            return Err(Error::Config("the config has no [chat] table".into()));
+        }
+        if fa_secret.trim().is_empty() {
+            return Err(Error::Config("the forward-auth secret is empty".into()));
+        }
+        let store = Store::open(&store_dir(state_dir))?;
+        Ok(Chat {
+            st: Arc::new(app::AppState {
+                config: ArcSwap::from_pointee(config),
+                store,
+                fa_secret: fa_secret.trim().to_string(),
+                client_secret,
+                http: login::http_client(),
+                discovery: Default::default(),
+            }),
+        })
+    }
+
+    /// Applies a new config (allowlists, provider, session lifetimes) to the next request.
+    pub fn reload(&self, config: Config) {
+        *self.st.discovery.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.st.config.store(Arc::new(config));
+    }
+
+    pub fn router(&self) -> axum::Router {
+        app::router(self.st.clone())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.st.store
+    }
+
+    /// Serves the chat on `listener` until `shutdown` completes.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// A one-time sign-in link for `user`, good for [`LOGIN_TOKEN_TTL`]. `base` is the chat's
+    /// public base (`https://demo.example.test/chat`).
+    pub async fn login_url(&self, base: &str, user: &str) -> Result<String, Error> {
+        login_url(&self.st.store, base, user).await
+    }
+}
+
+/// A one-time sign-in link, written straight into a store (also usable while another process
+/// serves the chat: the store is one SQLite file).
+pub async fn login_url(store: &Store, base: &str, user: &str) -> Result<String, Error> {
+    let token = app::random(32)?;
+    store.put_login_token(&token, user, LOGIN_TOKEN_TTL).await?;
+    Ok(format!("{base}/login/token?token={token}"))
+}

@@ -1,0 +1,71 @@
+//! Secret files: read (trimmed, never empty) or, for the forward-auth secret, created once
+//! with 256 random bits, written atomically with mode 0600.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::Error;
+
+/// Reads a secret file. An empty file is an error: failing closed beats an empty secret.
+pub fn read_secret(path: &Path) -> Result<String, Error> {
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let s = s.trim().to_string();
+    if s.is_empty() {
+        return Err(Error::Config(format!("{} is empty", path.display())));
+    }
+    Ok(s)
+}
+
+/// Reads the secret at `path`, or creates it (random, 0600, written atomically) if absent.
+pub fn load_or_create_secret(path: &Path) -> Result<String, Error> {
+    if path.exists() {
+        return read_secret(path);
+    }
+    let secret = crate::app::random(32)?;
+    let io = |e: std::io::Error| Error::Config(format!("{}: {e}", path.display()));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("secret"),
+        std::process::id()
+    ));
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp).map_err(io)?;
+        f.write_all(secret.as_bytes()).map_err(io)?;
+        f.write_all(b"\n").map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_private_and_then_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/fa-secret");
+        let a = load_or_create_secret(&p).unwrap();
+        assert!(a.len() >= 43);
+        assert_eq!(load_or_create_secret(&p).unwrap(), a);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&p, "  \n").unwrap();
+        assert!(load_or_create_secret(&p).unwrap_err().to_string().contains("is empty"));
+    }
+}

@@ -1,0 +1,320 @@
+//! The chat's store: one SQLite file under `state_dir` (WAL, `synchronous = FULL`, so a
+//! committed write survives a crash). Sessions, sign-in flows in progress and one-time login
+//! tokens. Secrets are never stored as given: session ids and tokens are kept as SHA-256
+//! hashes, so a copy of the file signs nobody in.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::Error;
+
+/// Seconds since the epoch.
+pub(crate) fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn sha256(s: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+/// How long a sign-in flow (from `/login` to the callback) may take.
+pub const FLOW_TTL: Duration = Duration::from_secs(600);
+
+/// A signed-in session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user: String,
+    /// Whether the user was on the allowlist when signing in.
+    pub allowed: bool,
+    pub created: i64,
+    pub last_seen: i64,
+}
+
+/// A sign-in flow waiting for its callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub verifier: String,
+    pub redirect_uri: String,
+    pub rd: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    id_hash BLOB PRIMARY KEY,
+    user TEXT NOT NULL,
+    allowed INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS flows (
+    state_hash BLOB PRIMARY KEY,
+    verifier TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    rd TEXT NOT NULL,
+    created INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS login_tokens (
+    hash BLOB PRIMARY KEY,
+    user TEXT NOT NULL,
+    expires INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+impl Store {
+    /// Opens (creating if needed) `dir/chat.db`.
+    pub fn open(dir: &Path) -> Result<Store, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Store(format!("{}: {e}", dir.display())))?;
+        let path = dir.join("chat.db");
+        let db = Connection::open(&path)
+            .map_err(|e| Error::Store(format!("{}: {e}", path.display())))?;
+        db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
+            .and_then(|_| db.execute_batch(SCHEMA))
+            .map_err(|e| Error::Store(format!("{}: {e}", path.display())))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(Store {
+            db: Arc::new(Mutex::new(db)),
+            path,
+        })
+    }
+
+    /// Runs `f` on the database off the async threads (writes wait for fsync).
+    async fn call<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = db.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| Error::Store(format!("store task: {e}")))?
+        .map_err(|e| Error::Store(e.to_string()))
+    }
+
+    pub async fn create_session(&self, id: &str, user: &str, allowed: bool) -> Result<(), Error> {
+        let (h, user, t) = (sha256(id), user.to_string(), now());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO sessions (id_hash, user, allowed, created, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![h, user, allowed, t],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// The session with this id if it has not expired (idle or absolute); an expired one is
+    /// deleted. Refreshes `last_seen` when it is more than a minute old.
+    pub async fn session(
+        &self,
+        id: &str,
+        idle: Duration,
+        max: Duration,
+    ) -> Result<Option<Session>, Error> {
+        let h = sha256(id);
+        let (idle, max) = (idle.as_secs() as i64, max.as_secs() as i64);
+        self.call(move |c| {
+            let t = now();
+            let s = c
+                .query_row(
+                    "SELECT user, allowed, created, last_seen FROM sessions WHERE id_hash = ?1",
+                    params![h],
+                    |r| {
+                        Ok(Session {
+                            user: r.get(0)?,
+                            allowed: r.get(1)?,
+                            created: r.get(2)?,
+                            last_seen: r.get(3)?,
+                        })
+                    },
+                )
+                .optional()?;
+            let Some(mut s) = s else { return Ok(None) };
+            if t - s.last_seen > idle || t - s.created > max {
+                c.execute("DELETE FROM sessions WHERE id_hash = ?1", params![h])?;
+                return Ok(None);
+            }
+            if t - s.last_seen > 60 {
+                c.execute(
+                    "UPDATE sessions SET last_seen = ?2 WHERE id_hash = ?1",
+                    params![h, t],
+                )?;
+                s.last_seen = t;
+            }
+            Ok(Some(s))
+        })
+        .await
+    }
+
+    pub async fn delete_session(&self, id: &str) -> Result<(), Error> {
+        let h = sha256(id);
+        self.call(move |c| {
+            c.execute("DELETE FROM sessions WHERE id_hash = ?1", params![h])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Ages a session (tests and `edge chat` maintenance): moves its times `by` into the past.
+    pub async fn age_session(&self, id: &str, by: Duration) -> Result<(), Error> {
+        let (h, by) = (sha256(id), by.as_secs() as i64);
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sessions SET created = created - ?2, last_seen = last_seen - ?2 WHERE id_hash = ?1",
+                params![h, by],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn put_flow(&self, state: &str, flow: Flow) -> Result<(), Error> {
+        let h = sha256(state);
+        self.call(move |c| {
+            let t = now();
+            c.execute(
+                "DELETE FROM flows WHERE created < ?1",
+                params![t - FLOW_TTL.as_secs() as i64],
+            )?;
+            c.execute(
+                "INSERT INTO flows (state_hash, verifier, redirect_uri, rd, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![h, flow.verifier, flow.redirect_uri, flow.rd, t],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Takes the flow for `state` out of the store: a state is good for one callback, within
+    /// [`FLOW_TTL`].
+    pub async fn take_flow(&self, state: &str) -> Result<Option<Flow>, Error> {
+        let h = sha256(state);
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let f = tx
+                .query_row(
+                    "SELECT verifier, redirect_uri, rd, created FROM flows WHERE state_hash = ?1",
+                    params![h],
+                    |r| {
+                        Ok((
+                            Flow {
+                                verifier: r.get(0)?,
+                                redirect_uri: r.get(1)?,
+                                rd: r.get(2)?,
+                            },
+                            r.get::<_, i64>(3)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            tx.execute("DELETE FROM flows WHERE state_hash = ?1", params![h])?;
+            tx.commit()?;
+            Ok(f.and_then(|(f, created)| {
+                (now() - created <= FLOW_TTL.as_secs() as i64).then_some(f)
+            }))
+        })
+        .await
+    }
+
+    pub async fn put_login_token(&self, token: &str, user: &str, ttl: Duration) -> Result<(), Error> {
+        let (h, user) = (sha256(token), user.to_string());
+        self.call(move |c| {
+            let t = now();
+            c.execute("DELETE FROM login_tokens WHERE expires < ?1", params![t])?;
+            c.execute(
+                "INSERT INTO login_tokens (hash, user, expires) VALUES (?1, ?2, ?3)",
+                params![h, user, t + ttl.as_secs() as i64],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Uses up a one-time login token: the user it was for, once.
+    pub async fn take_login_token(&self, token: &str) -> Result<Option<String>, Error> {
+        let h = sha256(token);
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let row = tx
+                .query_row(
+                    "SELECT user, expires FROM login_tokens WHERE hash = ?1",
+                    params![h],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()?;
+            tx.execute("DELETE FROM login_tokens WHERE hash = ?1", params![h])?;
+            tx.commit()?;
+            Ok(row.and_then(|(u, exp)| (exp >= now()).then_some(u)))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sessions_expire_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86400);
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.create_session("abc", "alice", true).await.unwrap();
+            s.create_session("old", "bob", true).await.unwrap();
+            s.age_session("old", 2 * day).await.unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let got = s.session("abc", day, 30 * day).await.unwrap().unwrap();
+        assert_eq!((got.user.as_str(), got.allowed), ("alice", true));
+        assert_eq!(s.session("old", day, 30 * day).await.unwrap(), None);
+        assert_eq!(s.session("nope", day, 30 * day).await.unwrap(), None);
+        s.delete_session("abc").await.unwrap();
+        assert_eq!(s.session("abc", day, 30 * day).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn flows_and_tokens_are_single_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let flow = Flow {
+            verifier: "v".into(),
+            redirect_uri: "https://x/cb".into(),
+            rd: "/".into(),
+        };
+        s.put_flow("st", flow.clone()).await.unwrap();
+        assert_eq!(s.take_flow("st").await.unwrap(), Some(flow));
+        assert_eq!(s.take_flow("st").await.unwrap(), None);
+        s.put_login_token("tok", "operator", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(s.take_login_token("tok").await.unwrap().as_deref(), Some("operator"));
+        assert_eq!(s.take_login_token("tok").await.unwrap(), None);
+    }
+}
