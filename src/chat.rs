@@ -76,7 +76,9 @@ pub async fn print_login_url(chat: &Chat, config: &Config, https_port: Option<u1
     };
     match chat.login_url(&base, &c.token_user).await {
         Ok(url) => {
-            println!("  Chat sign-in (one-time link, valid 24 h; `edge chat login-url` prints another):");
+            println!(
+                "  Chat sign-in (one-time link, valid 24 h; `edge chat login-url` prints another):"
+            );
             println!("    {url}");
             println!();
         }
@@ -88,7 +90,9 @@ pub async fn print_login_url(chat: &Chat, config: &Config, https_port: Option<u1
 pub fn login_url(loaded: Loaded, project: Option<String>) -> Result<(), Failure> {
     let config = loaded.config;
     let Some(c) = &config.chat else {
-        return Err(Failure::config(anyhow::anyhow!("the config has no [chat] table")));
+        return Err(Failure::config(anyhow::anyhow!(
+            "the config has no [chat] table"
+        )));
     };
     if c.login != LoginKind::Token {
         return Err(Failure::config(anyhow::anyhow!(
@@ -100,7 +104,11 @@ pub fn login_url(loaded: Loaded, project: Option<String>) -> Result<(), Failure>
     if let Some(name) = project {
         match config.projects.iter().position(|p| p.name == name) {
             Some(i) => config.default_project = i,
-            None => return Err(Failure::config(anyhow::anyhow!("{name:?} names no project"))),
+            None => {
+                return Err(Failure::config(anyhow::anyhow!(
+                    "{name:?} names no project"
+                )))
+            }
         }
     }
     let base = default_base(&config, config.listen.https.map(|a| a.port())).ok_or_else(|| {

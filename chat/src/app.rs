@@ -231,7 +231,10 @@ fn still_allowed(cfg: &Config, s: &Session) -> bool {
     if !s.allowed {
         return false;
     }
-    if chat.login != LoginKind::Token && chat.allowed_orgs.is_empty() && chat.allowed_teams.is_empty() {
+    if chat.login != LoginKind::Token
+        && chat.allowed_orgs.is_empty()
+        && chat.allowed_teams.is_empty()
+    {
         return chat
             .allowed_users
             .iter()
@@ -258,7 +261,12 @@ fn session_cookie(p: &Public, value: &str, max_age: i64) -> HeaderValue {
     HeaderValue::from_str(&c.build().to_string()).unwrap_or(HeaderValue::from_static(""))
 }
 
-async fn start_session(st: &AppState, p: &Public, user: &str, allowed: bool) -> Result<HeaderValue, Error> {
+async fn start_session(
+    st: &AppState,
+    p: &Public,
+    user: &str,
+    allowed: bool,
+) -> Result<HeaderValue, Error> {
     let cfg = st.config.load();
     let max = cfg
         .chat
@@ -367,17 +375,15 @@ async fn login(State(st): State<St>, h: HeaderMap, Query(q): Query<LoginQuery>) 
     let p = public(&cfg, &h);
     let rd = match safe_rd(&cfg, &p, q.rd.as_deref().unwrap_or("")) {
         Ok(rd) => rd,
-        Err(why) => {
-            return page(
-                StatusCode::BAD_REQUEST,
-                "Bad return address",
-                &format!(
-                    "<p>The sign-in was asked to return to <code>{}</code>, which is refused: {}.</p>",
-                    esc(q.rd.as_deref().unwrap_or("")),
-                    esc(&why)
-                ),
-            )
-        }
+        Err(why) => return page(
+            StatusCode::BAD_REQUEST,
+            "Bad return address",
+            &format!(
+                "<p>The sign-in was asked to return to <code>{}</code>, which is refused: {}.</p>",
+                esc(q.rd.as_deref().unwrap_or("")),
+                esc(&why)
+            ),
+        ),
     };
     let Some(chat) = cfg.chat.as_ref() else {
         return Error::Config("no [chat] table".into()).into_response();
@@ -394,13 +400,8 @@ async fn login(State(st): State<St>, h: HeaderMap, Query(q): Query<LoginQuery>) 
         let e = login::endpoints(chat, &st.http, &st.discovery).await?;
         let state = random(32)?;
         let redirect_uri = format!("{}/oauth/callback", p.base);
-        let (url, verifier) = login::authorize_url(
-            chat,
-            st.client_secret.as_deref(),
-            &e,
-            &redirect_uri,
-            &state,
-        )?;
+        let (url, verifier) =
+            login::authorize_url(chat, st.client_secret.as_deref(), &e, &redirect_uri, &state)?;
         st.store
             .put_flow(
                 &state,
@@ -431,7 +432,10 @@ struct CallbackQuery {
 async fn callback(State(st): State<St>, h: HeaderMap, Query(q): Query<CallbackQuery>) -> Response {
     let cfg = st.config.load_full();
     let p = public(&cfg, &h);
-    let again = format!("<p><a href=\"{}/login\">Sign in again</a></p>", esc(&p.base));
+    let again = format!(
+        "<p><a href=\"{}/login\">Sign in again</a></p>",
+        esc(&p.base)
+    );
     if let Some(err) = q.error {
         return page(
             StatusCode::BAD_REQUEST,
@@ -542,7 +546,10 @@ async fn logout(State(st): State<St>, h: HeaderMap) -> Response {
     let mut r = page(
         StatusCode::OK,
         "Signed out",
-        &format!("<p>You are signed out.</p><p><a href=\"{}/login\">Sign in again</a></p>", esc(&p.base)),
+        &format!(
+            "<p>You are signed out.</p><p><a href=\"{}/login\">Sign in again</a></p>",
+            esc(&p.base)
+        ),
     );
     r.headers_mut()
         .append(header::SET_COOKIE, session_cookie(&p, "", 0));
@@ -555,7 +562,10 @@ async fn verify(State(st): State<St>, h: HeaderMap) -> Response {
     let given = hv(&h, SECRET_HEADER).unwrap_or("");
     if !constant_time_eq(given.as_bytes(), st.fa_secret.as_bytes()) {
         tracing::warn!("verify called without the forward-auth secret; refused");
-        return json_error(StatusCode::UNAUTHORIZED, "forward-auth secret missing or wrong");
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "forward-auth secret missing or wrong",
+        );
     }
     let cfg = st.config.load_full();
     let p = public(&cfg, &h);
@@ -642,7 +652,10 @@ impl IntoResponse for Error {
             Error::Refused(m) => page(
                 StatusCode::BAD_REQUEST,
                 "Sign-in failed",
-                &format!("<p>{}.</p><p><a href=\"login\">Sign in again</a></p>", esc(m)),
+                &format!(
+                    "<p>{}.</p><p><a href=\"login\">Sign in again</a></p>",
+                    esc(m)
+                ),
             ),
             Error::Provider(m) => {
                 tracing::warn!(error = %m, "sign-in provider failed");
@@ -719,17 +732,35 @@ mod tests {
         let cookie = session_cookie(&p, "abc", 60);
         let s = cookie.to_str().unwrap();
         assert!(s.starts_with("__Secure-edge-chat=abc"), "{s}");
-        assert!(s.contains("Domain=demo.example.test") && s.contains("Secure") && s.contains("HttpOnly") && s.contains("SameSite=Lax"), "{s}");
+        assert!(
+            s.contains("Domain=demo.example.test")
+                && s.contains("Secure")
+                && s.contains("HttpOnly")
+                && s.contains("SameSite=Lax"),
+            "{s}"
+        );
         let sub = public(&cfg("subpath"), &headers("demo.example.test"));
-        let s = session_cookie(&sub, "abc", 60).to_str().unwrap().to_string();
-        assert!(s.starts_with("__Host-edge-chat=abc") && s.contains("Path=/") && !s.contains("Domain"), "{s}");
+        let s = session_cookie(&sub, "abc", 60)
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            s.starts_with("__Host-edge-chat=abc") && s.contains("Path=/") && !s.contains("Domain"),
+            "{s}"
+        );
     }
 
     #[test]
     fn duplicate_cookies_are_all_candidates() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("__Host-edge-chat=old; x=1"));
-        h.append(header::COOKIE, HeaderValue::from_static("__Host-edge-chat=new"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-edge-chat=old; x=1"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-edge-chat=new"),
+        );
         assert_eq!(session_ids(&h), ["old", "new"]);
     }
 }

@@ -95,7 +95,12 @@ impl Chat {
 
     /// Applies a new config (allowlists, provider, session lifetimes) to the next request.
     pub fn reload(&self, config: Config) {
-        *self.st.discovery.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .st
+            .discovery
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         self.st.config.store(Arc::new(config));
     }
 

@@ -125,11 +125,10 @@ pub(crate) async fn endpoints(
             let e = Endpoints {
                 authorize: d.authorization_endpoint,
                 token: internal(&d.token_endpoint, public, backend),
-                userinfo: d
-                    .userinfo_endpoint
-                    .map(|u| internal(&u, public, backend)),
+                userinfo: d.userinfo_endpoint.map(|u| internal(&u, public, backend)),
             };
-            *cache.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((public.to_string(), e.clone()));
+            *cache.0.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((public.to_string(), e.clone()));
             Ok(e)
         }
     }
@@ -214,16 +213,17 @@ pub(crate) async fn finish(
     let access = token.access_token().secret().clone();
     match cfg.login {
         LoginKind::Oidc => {
-            let url = e
-                .userinfo
-                .as_deref()
-                .ok_or_else(|| Error::Provider("the provider publishes no userinfo endpoint".into()))?;
+            let url = e.userinfo.as_deref().ok_or_else(|| {
+                Error::Provider("the provider publishes no userinfo endpoint".into())
+            })?;
             let v: serde_json::Value = get_json(http, url, &access).await?;
             let user = v
                 .get("preferred_username")
                 .and_then(|u| u.as_str())
                 .or_else(|| v.get("sub").and_then(|u| u.as_str()))
-                .ok_or_else(|| Error::Provider("userinfo has neither preferred_username nor sub".into()))?;
+                .ok_or_else(|| {
+                    Error::Provider("userinfo has neither preferred_username nor sub".into())
+                })?;
             Ok(Identity {
                 user: user.to_string(),
                 orgs: Vec::new(),
@@ -316,9 +316,16 @@ mod tests {
     #[test]
     fn published_urls_move_to_the_internal_base() {
         assert_eq!(
-            internal("https://d.test/forge/login/oauth/access_token", "https://d.test/forge", "http://127.0.0.1:3000"),
+            internal(
+                "https://d.test/forge/login/oauth/access_token",
+                "https://d.test/forge",
+                "http://127.0.0.1:3000"
+            ),
             "http://127.0.0.1:3000/login/oauth/access_token"
         );
-        assert_eq!(internal("https://other/t", "https://d.test", "http://i"), "https://other/t");
+        assert_eq!(
+            internal("https://other/t", "https://d.test", "http://i"),
+            "https://other/t"
+        );
     }
 }

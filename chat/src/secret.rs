@@ -24,11 +24,16 @@ pub fn load_or_create_secret(path: &Path) -> Result<String, Error> {
     }
     let secret = crate::app::random(32)?;
     let io = |e: std::io::Error| Error::Config(format!("{}: {e}", path.display()));
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("secret"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("secret"),
         std::process::id()
     ));
     {
@@ -66,6 +71,9 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::write(&p, "  \n").unwrap();
-        assert!(load_or_create_secret(&p).unwrap_err().to_string().contains("is empty"));
+        assert!(load_or_create_secret(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("is empty"));
     }
 }

@@ -83,13 +83,16 @@ CREATE TABLE IF NOT EXISTS login_tokens (
 impl Store {
     /// Opens (creating if needed) `dir/chat.db`.
     pub fn open(dir: &Path) -> Result<Store, Error> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Store(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Store(format!("{}: {e}", dir.display())))?;
         let path = dir.join("chat.db");
         let db = Connection::open(&path)
             .map_err(|e| Error::Store(format!("{}: {e}", path.display())))?;
-        db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
-            .and_then(|_| db.execute_batch(SCHEMA))
-            .map_err(|e| Error::Store(format!("{}: {e}", path.display())))?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+        )
+        .and_then(|_| db.execute_batch(SCHEMA))
+        .map_err(|e| Error::Store(format!("{}: {e}", path.display())))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -242,7 +245,12 @@ impl Store {
         .await
     }
 
-    pub async fn put_login_token(&self, token: &str, user: &str, ttl: Duration) -> Result<(), Error> {
+    pub async fn put_login_token(
+        &self,
+        token: &str,
+        user: &str,
+        ttl: Duration,
+    ) -> Result<(), Error> {
         let (h, user) = (sha256(token), user.to_string());
         self.call(move |c| {
             let t = now();
@@ -314,7 +322,10 @@ mod tests {
         s.put_login_token("tok", "operator", Duration::from_secs(60))
             .await
             .unwrap();
-        assert_eq!(s.take_login_token("tok").await.unwrap().as_deref(), Some("operator"));
+        assert_eq!(
+            s.take_login_token("tok").await.unwrap().as_deref(),
+            Some("operator")
+        );
         assert_eq!(s.take_login_token("tok").await.unwrap(), None);
     }
 }

@@ -61,7 +61,10 @@ pub(crate) struct AuthRt {
 
 impl AuthRt {
     /// `chat_listen` is the chat service's address, for routes that use its verify endpoint.
-    pub(crate) fn build(fa: &ForwardAuth, chat_listen: Option<std::net::SocketAddr>) -> Result<AuthRt, String> {
+    pub(crate) fn build(
+        fa: &ForwardAuth,
+        chat_listen: Option<std::net::SocketAddr>,
+    ) -> Result<AuthRt, String> {
         let (authority, path, chat) = match &fa.server {
             AuthServer::Chat => match chat_listen {
                 Some(a) => (a.to_string(), VERIFY_PATH.to_string(), true),
@@ -150,8 +153,12 @@ pub(crate) async fn check(shared: &Shared, auth: &AuthRt, asked: Asked<'_>) -> V
         match shared.auth_secret.load_full() {
             Some(s) => Some(s),
             None => {
-                tracing::error!("forward-auth through the chat, but no shared secret is loaded; refusing");
-                return Verdict::Deny(unavailable("the sign-in check is not configured (no forward-auth secret)"));
+                tracing::error!(
+                    "forward-auth through the chat, but no shared secret is loaded; refusing"
+                );
+                return Verdict::Deny(unavailable(
+                    "the sign-in check is not configured (no forward-auth secret)",
+                ));
             }
         }
     } else {
@@ -178,7 +185,10 @@ pub(crate) async fn check(shared: &Shared, auth: &AuthRt, asked: Asked<'_>) -> V
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(asked.proto),
     );
-    h.insert(HeaderName::from_static("x-forwarded-host"), asked.host.clone());
+    h.insert(
+        HeaderName::from_static("x-forwarded-host"),
+        asked.host.clone(),
+    );
     if let Ok(v) = HeaderValue::from_str(asked.target) {
         h.insert(HeaderName::from_static("x-forwarded-uri"), v);
     }
@@ -262,9 +272,7 @@ pub(crate) async fn check(shared: &Shared, auth: &AuthRt, asked: Asked<'_>) -> V
     let mut out = Response::new(ResBody::full(body.clone()));
     if asked.upgrade && status.is_redirection() {
         status = StatusCode::UNAUTHORIZED;
-        *out.body_mut() = ResBody::full(Bytes::from_static(
-            b"{\"error\":\"sign-in required\"}\n",
-        ));
+        *out.body_mut() = ResBody::full(Bytes::from_static(b"{\"error\":\"sign-in required\"}\n"));
         out.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

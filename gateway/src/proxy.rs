@@ -12,8 +12,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::forward_auth::{self, Asked, Verdict};
 use crate::body::{find_body_error, BodyError, Progress, ReqBody, ResBody};
+use crate::forward_auth::{self, Asked, Verdict};
 use crate::hygiene::{self, Forwarded};
 use crate::metrics::{RouteMetrics, UpstreamError};
 use crate::pages::{self, esc};

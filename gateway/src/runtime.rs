@@ -67,7 +67,10 @@ impl Runtime {
                     RouteTarget::Unconfigured => Target::Unconfigured,
                     RouteTarget::Chat => match chat_listen {
                         Some(a) => Target::Upstream {
-                            authority: a.to_string().parse().expect("a socket address is an authority"),
+                            authority: a
+                                .to_string()
+                                .parse()
+                                .expect("a socket address is an authority"),
                             h2c: false,
                         },
                         None => Target::Unconfigured,

@@ -3,9 +3,9 @@
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
+use edge_routing::{Config, ConfigError};
 use http::HeaderValue;
 use http_body_util::Empty;
-use edge_routing::{Config, ConfigError};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};

@@ -351,16 +351,15 @@ impl Config {
     /// of this config or the project has no chat mount.
     pub fn chat_base(&self, proto: &str, host: &str) -> Option<String> {
         let (name, port) = match host.rsplit_once(':') {
-            Some((n, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                (n, Some(p))
-            }
+            Some((n, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (n, Some(p)),
             _ => (host, None),
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let rest = name.strip_suffix(&format!(".{}", self.domain))?;
         let project_name = rest.rsplit('.').next()?;
         let p = self.projects.iter().find(|p| p.name == project_name)?;
-        if rest != p.name && !(self.routing == RoutingMode::Subdomain && rest.split('.').count() == 2)
+        if rest != p.name
+            && !(self.routing == RoutingMode::Subdomain && rest.split('.').count() == 2)
         {
             return None;
         }
@@ -368,10 +367,9 @@ impl Config {
         let port = port.map(|p| format!(":{p}")).unwrap_or_default();
         Some(match self.routing {
             RoutingMode::Subpath => format!("{proto}://{}{port}/{}", name, route.mount),
-            RoutingMode::Subdomain => format!(
-                "{proto}://{}.{}.{}{port}",
-                route.mount, p.name, self.domain
-            ),
+            RoutingMode::Subdomain => {
+                format!("{proto}://{}.{}.{}{port}", route.mount, p.name, self.domain)
+            }
         })
     }
 
@@ -448,7 +446,9 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
     };
     let uses_chat = projects.iter().flat_map(|p| &p.routes).any(|r| {
         r.target == RouteTarget::Chat
-            || r.auth.as_ref().is_some_and(|a| a.server == AuthServer::Chat)
+            || r.auth
+                .as_ref()
+                .is_some_and(|a| a.server == AuthServer::Chat)
     });
     if uses_chat && chat.is_none() {
         chat = auth::read_chat(Some(Table::new("chat", &toml::Table::new())), errs);

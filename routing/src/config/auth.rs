@@ -214,8 +214,7 @@ pub(super) fn read_chat(t: Option<Table<'_>>, errs: &mut Errors) -> Option<ChatC
                 format!("login = \"{kind}\" needs the OAuth client id"),
             );
         }
-        if c.allowed_users.is_empty() && c.allowed_orgs.is_empty() && c.allowed_teams.is_empty()
-        {
+        if c.allowed_users.is_empty() && c.allowed_orgs.is_empty() && c.allowed_teams.is_empty() {
             errs.push(
                 t.key("allowed_users"),
                 "nobody could sign in: list allowed_users, allowed_orgs or allowed_teams",
