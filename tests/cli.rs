@@ -1,7 +1,7 @@
 //! The `edge` binary end to end: `config check`, `up` with the embedded default, SIGTERM
 //! drain, SIGHUP and `edge reload`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -139,7 +139,7 @@ fn config_check_accepts_every_example() {
 #[test]
 fn up_with_the_embedded_default_serves_demo_localhost_over_https() {
     // The embedded default's fixed ports: this is the README's first command.
-    for p in [8443, 8080, 9090] {
+    for p in [8443, 8080, 9090, 8787] {
         assert!(
             TcpListener::bind(("127.0.0.1", p)).is_ok(),
             "port {p} is taken; the embedded default needs it"
@@ -154,8 +154,20 @@ fn up_with_the_embedded_default_serves_demo_localhost_over_https() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let edge = Running(child);
+    let stdout = child.stdout.take().unwrap();
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let printed = printed.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                printed.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+    }
+    let running = Running(child);
     wait_port(8443);
     let ca = dir.path().join("state/ca/localhost/ca.pem");
     assert!(
@@ -219,9 +231,79 @@ fn up_with_the_embedded_default_serves_demo_localhost_over_https() {
         .unwrap();
     let text = String::from_utf8_lossy(&sni.stdout);
     assert!(text.contains("demo.localhost"), "no-SNI handshake: {text}");
-    drop(edge);
-    let mut printed = String::new();
-    let _ = stdout.read_to_string(&mut printed);
+
+    // The chat signs its operator in with the one-time link edge printed.
+    let mut link = None;
+    for _ in 0..100 {
+        link = printed
+            .lock()
+            .unwrap()
+            .split_whitespace()
+            .find(|w| w.contains("/chat/login/token?token="))
+            .map(str::to_string);
+        if link.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let link = link.expect("edge prints a one-time sign-in link");
+    assert!(
+        link.starts_with("https://demo.localhost:8443/chat/login/token?token="),
+        "{link}"
+    );
+    let jar = dir.path().join("jar");
+    let jar = jar.to_str().unwrap();
+    let nav = "Sec-Fetch-Mode: navigate";
+    let status = |args: &[&str]| {
+        let mut a = vec![
+            "--cacert",
+            ca,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+        ];
+        a.extend_from_slice(args);
+        String::from_utf8_lossy(&curl(&a).stdout).into_owned()
+    };
+    assert_eq!(
+        status(&["-H", nav, "https://demo.localhost:8443/chat/"]),
+        "302 https://demo.localhost:8443/chat/login?rd=%2Fchat%2F"
+    );
+    assert_eq!(
+        status(&["-c", jar, &link]),
+        "302 https://demo.localhost:8443/chat/"
+    );
+    let me = curl(&[
+        "--cacert",
+        ca,
+        "-b",
+        jar,
+        "https://demo.localhost:8443/chat/api/me",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&me.stdout),
+        r#"{"user":"operator"}"#
+    );
+    assert_eq!(status(&[&link]), "401 ", "the link works once");
+    // `edge chat login-url` writes a new link into the store the running edge uses.
+    let out = edge()
+        .args(["chat", "login-url"])
+        .current_dir(dir.path())
+        .env_remove("EDGE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_ne!(second, link);
+    assert_eq!(status(&[&second]), "302 https://demo.localhost:8443/chat/");
+
+    drop(running);
+    let printed = printed.lock().unwrap().clone();
     assert!(
         printed.contains("https://demo.localhost:8443/forge/"),
         "{printed}"

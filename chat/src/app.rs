@@ -375,15 +375,17 @@ async fn login(State(st): State<St>, h: HeaderMap, Query(q): Query<LoginQuery>) 
     let p = public(&cfg, &h);
     let rd = match safe_rd(&cfg, &p, q.rd.as_deref().unwrap_or("")) {
         Ok(rd) => rd,
-        Err(why) => return page(
-            StatusCode::BAD_REQUEST,
-            "Bad return address",
-            &format!(
+        Err(why) => {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Bad return address",
+                &format!(
                 "<p>The sign-in was asked to return to <code>{}</code>, which is refused: {}.</p>",
                 esc(q.rd.as_deref().unwrap_or("")),
                 esc(&why)
             ),
-        ),
+            )
+        }
     };
     let Some(chat) = cfg.chat.as_ref() else {
         return Error::Config("no [chat] table".into()).into_response();

@@ -20,6 +20,7 @@ async fn env(routing: &str) -> Env {
         chat: OIDC,
         extra_routes: "",
         oidc: true,
+        forge: None,
     })
     .await
 }

@@ -47,6 +47,11 @@ const PASSED: [HeaderName; 8] = [
     HeaderName::from_static("sec-fetch-site"),
 ];
 
+/// Identity headers from an auth server's answer.
+type Identity = Vec<(HeaderName, HeaderValue)>;
+/// Authenticated verdicts by credentials (host, cookies, authorization), with when they came.
+type VerdictCache = Mutex<HashMap<Box<[u8]>, (Instant, Identity)>>;
+
 /// A route's forward-auth, worked out once per config version.
 #[derive(Debug)]
 pub(crate) struct AuthRt {
@@ -56,7 +61,7 @@ pub(crate) struct AuthRt {
     chat: bool,
     headers: Vec<HeaderName>,
     ttl: Duration,
-    cache: Mutex<HashMap<Box<[u8]>, (Instant, Vec<(HeaderName, HeaderValue)>)>>,
+    cache: VerdictCache,
 }
 
 impl AuthRt {

@@ -270,11 +270,9 @@ async fn a_websocket_upgrade_is_refused_with_401_before_any_101() {
     .await;
     assert!(out.starts_with("HTTP/1.1 401"), "{out}");
     assert!(!out.contains("101"), "{out}");
-    let seen = seen.lock().unwrap();
-    let h = &seen[0].1;
-    assert_eq!(header(h, "upgrade"), None);
-    assert_eq!(header(h, "connection"), None);
-    drop(seen);
+    let h = seen.lock().unwrap()[0].1.clone();
+    assert_eq!(header(&h, "upgrade"), None);
+    assert_eq!(header(&h, "connection"), None);
     // With a session, the same handshake goes through.
     let tcp = tokio::net::TcpStream::connect(t.http).await.unwrap();
     let r = http::Request::builder()

@@ -137,6 +137,8 @@ pub struct Options<'a> {
     pub extra_routes: &'a str,
     /// Start the OIDC provider.
     pub oidc: bool,
+    /// The forge mount's upstream (default: the echo upstream).
+    pub forge: Option<SocketAddr>,
 }
 
 impl Env {
@@ -153,6 +155,7 @@ impl Env {
             ])
         });
         let echo = echo().await;
+        let forge = o.forge.unwrap_or(echo);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("client-secret"),
@@ -176,7 +179,7 @@ name = "demo"
 default = "chat"
   [[projects.routes]]
   mount = "forge"
-  upstream = "http://{echo}"
+  upstream = "http://{forge}"
   [[projects.routes]]
   mount = "staging"
   upstream = "http://{echo}"
@@ -197,7 +200,10 @@ client_secret_file = "client-secret"
             routing = o.routing,
             dir = dir.path().display(),
             extra = o.extra_routes,
-            chat = o.chat.replace("@ISSUER@", &issuer),
+            chat = o
+                .chat
+                .replace("@ISSUER@", &issuer)
+                .replace("@PORT@", &port.to_string()),
         );
         let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let (certs, ca_pem) = certs_for(&config, dir.path());
