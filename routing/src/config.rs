@@ -924,6 +924,107 @@ mod tests {
     }
 
     #[test]
+    fn chat_and_forward_auth_problems_name_their_keys() {
+        let errs = errors(
+            r#"
+            [listen]
+            admin = "127.0.0.1:9090"
+            [[projects]]
+            name = "demo"
+              [[projects.routes]]
+              mount = "chat"
+              upstream = "chat"
+              prefix = "keep"
+              auth = "forward"
+              auth_url = "https://auth.test/check"
+              auth_headers = ["X-User", "bad header"]
+              [[projects.routes]]
+              mount = "forge"
+              upstream = "http://127.0.0.1:3000"
+              auth_cache = "1s"
+              [[projects.routes]]
+              mount = "ci"
+              auth = "maybe"
+            [chat]
+            listen = "127.0.0.1:9090"
+            login = "forgejo"
+            allowed_teams = ["justateam"]
+            session_idle = "5s"
+            colour = "red"
+            "#,
+        );
+        let want = [
+            "projects[0].routes[0].prefix: the chat is mounted with its prefix stripped",
+            "projects[0].routes[0].auth_url: \"https://auth.test/check\"",
+            "projects[0].routes[0].auth_headers[1]: \"bad header\" is not a header name",
+            "projects[0].routes[1].auth_cache: only used with auth = \"forward\"",
+            "projects[0].routes[2].auth: \"maybe\"",
+            "chat.listen: 127.0.0.1:9090 is also a gateway listen address",
+            "chat.provider_url: login = \"forgejo\" needs",
+            "chat.client_id: login = \"forgejo\" needs",
+            "chat.allowed_teams[0]: \"justateam\": write teams as \"org/team\"",
+            "chat.session_idle: must be at least 1m",
+            "chat.colour: unknown key",
+        ];
+        for w in want {
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+        // An empty allowlist is refused rather than run open.
+        let errs = errors(
+            "[chat]\nlogin = \"oidc\"\nprovider_url = \"https://id.test\"\nclient_id = \"c\"\n[[projects]]\nname = \"p\"\n[[projects.routes]]\nmount = \"chat\"\nupstream = \"chat\"\n",
+        );
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("chat.allowed_users: nobody could sign in"),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn a_chat_route_brings_the_chat_with_its_defaults() {
+        let c = Config::from_toml(
+            "[[projects]]\nname = \"p\"\n[[projects.routes]]\nmount = \"chat\"\nupstream = \"chat\"\nauth = \"forward\"\n",
+        )
+        .unwrap();
+        let chat = c.chat.as_ref().unwrap();
+        assert_eq!(chat.login, LoginKind::Token);
+        assert_eq!(chat.listen, "127.0.0.1:8787".parse().unwrap());
+        let r = &c.projects[0].routes[0];
+        assert_eq!(r.target, RouteTarget::Chat);
+        let auth = r.auth.as_ref().unwrap();
+        assert_eq!(auth.server, AuthServer::Chat);
+        assert_eq!(auth.headers, ["x-forwarded-user"]);
+        assert_eq!(auth.cache_ttl, Duration::from_secs(5));
+        assert!(
+            Config::embedded().chat.is_some(),
+            "the embedded default runs the chat"
+        );
+        assert_eq!(
+            c.chat_base("https", "p.localhost:8443").as_deref(),
+            Some("https://p.localhost:8443/chat")
+        );
+        assert_eq!(c.chat_base("https", "other.localhost"), None);
+        assert_eq!(
+            c.chat_base("https", "x.p.localhost"),
+            None,
+            "subpath mode has no mount hosts"
+        );
+        let sub = Config::from_toml(
+            "routing = \"subdomain\"\n[[projects]]\nname = \"p\"\n[[projects.routes]]\nmount = \"talk\"\nupstream = \"chat\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            sub.chat_base("https", "staging.p.localhost:8443")
+                .as_deref(),
+            Some("https://talk.p.localhost:8443")
+        );
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once_with_its_key() {
         let errs = errors(
             r#"
