@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use edge_certs::{project_names, LocalCa, Store};
+use edge_certs::local_project_certs;
 use edge_gateway::{Gateway, ProjectCert, ReloadFn};
 use edge_routing::Config;
 use tokio::net::TcpListener;
@@ -19,17 +19,19 @@ fn project_certs(config: &Config) -> anyhow::Result<(Vec<ProjectCert>, Option<Pa
     if config.listen.https.is_none() {
         return Ok((Vec::new(), None));
     }
-    let ca = LocalCa::load_or_create(&config.state_dir, &config.domain)?;
-    let store = Store::new(&config.state_dir);
-    let mut certs = Vec::new();
-    for p in &config.projects {
-        let files = store.get_or_issue(&p.name, &project_names(&p.name, &config.domain), &ca)?;
-        certs.push(ProjectCert {
-            host: format!("{}.{}", p.name, config.domain),
-            chain_pem: files.chain_pem,
-            key_pem: files.key_pem,
-        });
-    }
+    let (ca, certs) = local_project_certs(
+        &config.state_dir,
+        &config.domain,
+        config.projects.iter().map(|p| p.name.as_str()),
+    )?;
+    let certs = certs
+        .into_iter()
+        .map(|(host, f)| ProjectCert {
+            host,
+            chain_pem: f.chain_pem,
+            key_pem: f.key_pem,
+        })
+        .collect();
     Ok((certs, Some(ca.cert_path())))
 }
 

@@ -14,4 +14,4 @@ mod store;
 pub use error::{Error, Result};
 pub use fsutil::write_atomic;
 pub use local_ca::LocalCa;
-pub use store::{project_names, CertFiles, Store};
+pub use store::{local_project_certs, project_names, CertFiles, Store};

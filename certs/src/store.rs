@@ -25,6 +25,24 @@ pub fn project_names(project: &str, domain: &str) -> Vec<String> {
     ]
 }
 
+/// Every project's certificate from the local CA for `domain` under `state_dir` (created on
+/// first use), issued or renewed as [`Store::get_or_issue`] decides; with each project's host
+/// (`<project>.<domain>`) and the CA.
+pub fn local_project_certs<'a>(
+    state_dir: &Path,
+    domain: &str,
+    projects: impl IntoIterator<Item = &'a str>,
+) -> Result<(LocalCa, Vec<(String, CertFiles)>)> {
+    let ca = LocalCa::load_or_create(state_dir, domain)?;
+    let store = Store::new(state_dir);
+    let mut out = Vec::new();
+    for p in projects {
+        let files = store.get_or_issue(p, &project_names(p, domain), &ca)?;
+        out.push((format!("{p}.{domain}"), files));
+    }
+    Ok((ca, out))
+}
+
 /// A certificate and key as PEM text, with where they live.
 #[derive(Debug, Clone)]
 pub struct CertFiles {

@@ -38,24 +38,21 @@ pub fn listen(redirect: bool) -> String {
 }
 
 pub fn certs_for(config: &Config, dir: &std::path::Path) -> (Vec<ProjectCert>, String) {
-    let ca = edge_certs::LocalCa::load_or_create(dir, &config.domain).unwrap();
-    let store = edge_certs::Store::new(dir);
-    let mut out = Vec::new();
-    for p in &config.projects {
-        let f = store
-            .get_or_issue(
-                &p.name,
-                &edge_certs::project_names(&p.name, &config.domain),
-                &ca,
-            )
-            .unwrap();
-        out.push(ProjectCert {
-            host: format!("{}.{}", p.name, config.domain),
+    let (ca, certs) = edge_certs::local_project_certs(
+        dir,
+        &config.domain,
+        config.projects.iter().map(|p| p.name.as_str()),
+    )
+    .unwrap();
+    let certs = certs
+        .into_iter()
+        .map(|(host, f)| ProjectCert {
+            host,
             chain_pem: f.chain_pem,
             key_pem: f.key_pem,
-        });
-    }
-    (out, ca.cert_pem().to_string())
+        })
+        .collect();
+    (certs, ca.cert_pem().to_string())
 }
 
 /// Starts a gateway for `config` (TOML with `@HTTPS@`, `@HTTP@`, `@ADMIN@` and optionally
