@@ -39,6 +39,19 @@ pub enum Command {
         #[arg(long, global = true)]
         state_dir: Option<PathBuf>,
     },
+    /// Run one agent attempt at a time for an orchestrator, speaking the worker protocol on
+    /// stdin/stdout (a local pipe, or SSH with the worker as a forced command).
+    Worker {
+        /// Speak the protocol on stdin and stdout
+        #[arg(long)]
+        stdio: bool,
+        /// Serve the protocol over HTTP (`POST /work`) on this address (not built yet)
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Run the single attempt described in this file (Nomad; not built yet)
+        #[arg(long, value_name = "FILE")]
+        oneshot: Option<PathBuf>,
+    },
     /// Work with config files.
     Config {
         #[command(subcommand)]
@@ -171,6 +184,23 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 None => crate::chat::run_alone(loaded),
                 Some(ChatCommand::LoginUrl { project }) => crate::chat::login_url(loaded, project),
             }
+        }
+        Command::Worker {
+            stdio,
+            listen,
+            oneshot,
+        } => {
+            if listen.is_some() || oneshot.is_some() {
+                return Err(Failure::config(anyhow::anyhow!(
+                    "edge worker --listen and --oneshot are not built yet; use --stdio (a pipe or an SSH forced command)"
+                )));
+            }
+            if !stdio {
+                return Err(Failure::config(anyhow::anyhow!(
+                    "say how to reach the worker: --stdio"
+                )));
+            }
+            crate::worker::stdio()
         }
         Command::Config {
             command: ConfigCommand::Check { files },

@@ -4,6 +4,7 @@
 mod chat;
 mod cli;
 mod up;
+mod worker;
 
 use std::process::ExitCode;
 

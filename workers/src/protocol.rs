@@ -1,0 +1,219 @@
+//! The worker protocol: JSON frames, each prefixed by its length (4 bytes, big-endian), at most
+//! [`MAX_FRAME`] bytes. The same frames travel over a pipe to `edge worker --stdio`, over SSH
+//! (the worker as an OpenSSH forced command) and, later, over HTTP. Every frame carries
+//! `"v":1` and its type in `"t"`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+/// The largest frame either side accepts (a longer output line is sent in pieces).
+pub const MAX_FRAME: usize = 1024 * 1024;
+/// The protocol version.
+pub const VERSION: u32 = 1;
+
+/// Orchestrator → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ToWorker {
+    Hello {
+        proto: u32,
+    },
+    /// Start one attempt: run `argv` (no shell) in `cwd`, in its own process group.
+    Run {
+        attempt_id: String,
+        run_id: String,
+        argv: Vec<String>,
+        #[serde(default)]
+        cwd: Option<String>,
+        /// Added to the worker's small base environment (PATH, HOME, LANG).
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        /// Written to the agent's stdin, which is then closed.
+        #[serde(default)]
+        stdin: Option<String>,
+        /// Wall-clock limit (seconds since the epoch); the worker enforces it.
+        #[serde(default)]
+        deadline_unix: Option<u64>,
+    },
+    /// Stop the attempt: SIGINT (the agent's interrupt), then SIGTERM, then SIGKILL to its
+    /// process group, `grace_ms` apart in total.
+    Cancel {
+        attempt_id: String,
+        grace_ms: u64,
+    },
+    Ping {
+        ts: u64,
+    },
+}
+
+/// Why an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    Exited,
+    Cancelled,
+    Timeout,
+}
+
+/// Worker → orchestrator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum FromWorker {
+    HelloOk {
+        worker: String,
+        version: String,
+        busy: bool,
+    },
+    /// One attempt at a time: this one was not started.
+    Busy {
+        attempt_id: String,
+    },
+    Started {
+        attempt_id: String,
+        pid: u32,
+    },
+    /// A line of the agent's output (without its newline), numbered from 1 per attempt.
+    Out {
+        attempt_id: String,
+        seq: u64,
+        fd: Fd,
+        line: String,
+    },
+    /// Exactly once per started attempt.
+    Exit {
+        attempt_id: String,
+        code: Option<i32>,
+        signal: Option<i32>,
+        reason: ExitReason,
+    },
+    Error {
+        attempt_id: Option<String>,
+        code: String,
+        msg: String,
+    },
+    Pong {
+        ts: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fd {
+    Stdout,
+    Stderr,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("reading a frame: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a frame is not valid JSON of this protocol: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("protocol version {0} is not supported (this worker speaks {VERSION})")]
+    Version(u64),
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .big_endian()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+/// Reads frames of type `T`.
+#[derive(Debug)]
+pub struct FrameReader<R, T> {
+    inner: FramedRead<R, LengthDelimitedCodec>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>> FrameReader<R, T> {
+    pub fn new(r: R) -> Self {
+        FrameReader {
+            inner: FramedRead::new(r, codec()),
+            _t: std::marker::PhantomData,
+        }
+    }
+
+    /// The next frame; `None` when the other side closed.
+    pub async fn next(&mut self) -> Option<Result<T, FrameError>> {
+        let bytes = match self.inner.next().await? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e.into())),
+        };
+        Some(decode(&bytes))
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, FrameError> {
+    let v: serde_json::Value = serde_json::from_slice(bytes)?;
+    match v.get("v").and_then(|v| v.as_u64()) {
+        Some(1) => {}
+        Some(other) => return Err(FrameError::Version(other)),
+        None => return Err(FrameError::Version(0)),
+    }
+    Ok(serde_json::from_value(v)?)
+}
+
+/// Writes frames of type `T`.
+#[derive(Debug)]
+pub struct FrameWriter<W, T> {
+    inner: FramedWrite<W, LengthDelimitedCodec>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<W: AsyncWrite + Unpin, T: Serialize> FrameWriter<W, T> {
+    pub fn new(w: W) -> Self {
+        FrameWriter {
+            inner: FramedWrite::new(w, codec()),
+            _t: std::marker::PhantomData,
+        }
+    }
+
+    pub async fn send(&mut self, frame: &T) -> std::io::Result<()> {
+        let mut v = serde_json::to_value(frame).map_err(std::io::Error::other)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("v".into(), VERSION.into());
+        }
+        let bytes = serde_json::to_vec(&v).map_err(std::io::Error::other)?;
+        self.inner.send(Bytes::from(bytes)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_with_their_version() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut w = FrameWriter::<_, ToWorker>::new(a);
+        let mut r = FrameReader::<_, ToWorker>::new(b);
+        let f = ToWorker::Cancel {
+            attempt_id: "a1".into(),
+            grace_ms: 10,
+        };
+        w.send(&f).await.unwrap();
+        assert_eq!(r.next().await.unwrap().unwrap(), f);
+        drop(w);
+        assert!(r.next().await.is_none());
+    }
+
+    #[test]
+    fn bad_frames_say_why() {
+        let e = decode::<ToWorker>(br#"{"v":2,"t":"ping","ts":1}"#).unwrap_err();
+        assert!(e.to_string().contains("version 2"), "{e}");
+        let e = decode::<ToWorker>(br#"{"t":"ping","ts":1}"#).unwrap_err();
+        assert!(e.to_string().contains("version 0"), "{e}");
+        let e = decode::<ToWorker>(br#"{"v":1,"t":"launch"}"#).unwrap_err();
+        assert!(e.to_string().contains("launch"), "{e}");
+        assert!(decode::<ToWorker>(br#"{"v":1,"t":"ping","ts":7}"#).is_ok());
+    }
+}

@@ -1,0 +1,329 @@
+//! The worker: one attempt at a time, the agent in its own process group, its output streamed
+//! as frames; cancel is SIGINT (the agent's interrupt), then SIGTERM, then SIGKILL to the whole
+//! group; a lost connection kills the group at once. The worker keeps no state of its own.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::protocol::{
+    ExitReason, Fd, FrameError, FrameReader, FrameWriter, FromWorker, ToWorker, MAX_FRAME, VERSION,
+};
+
+/// Output lines longer than this are sent in pieces (a frame holds one piece and its envelope).
+pub const MAX_LINE: usize = MAX_FRAME - 4096;
+/// Grace used when a deadline passes.
+const DEADLINE_GRACE: Duration = Duration::from_secs(5);
+/// The variables an agent gets from the worker's own environment; everything else comes from the
+/// run frame. (The sandbox's full environment policy is a later layer.)
+const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TERM"];
+
+enum Control {
+    Cancel(Duration),
+}
+
+struct Current {
+    attempt_id: String,
+    control: mpsc::Sender<Control>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Serves one orchestrator connection until it closes. Returns after any attempt still running
+/// has been killed.
+pub async fn serve<R, W>(r: R, w: W, worker_name: &str) -> Result<(), FrameError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut rd = FrameReader::<R, ToWorker>::new(r);
+    let mut wr = FrameWriter::<W, FromWorker>::new(w);
+    let (tx, mut rx) = mpsc::channel::<FromWorker>(1024);
+    let mut current: Option<Current> = None;
+    let result = loop {
+        tokio::select! {
+            frame = rd.next() => match frame {
+                None => break Ok(()),
+                Some(Err(e)) => {
+                    let _ = wr.send(&FromWorker::Error { attempt_id: None, code: "protocol".into(), msg: e.to_string() }).await;
+                    break Err(e);
+                }
+                Some(Ok(f)) => match f {
+                    ToWorker::Hello { proto } => {
+                        let reply = if proto == VERSION {
+                            FromWorker::HelloOk { worker: worker_name.to_string(), version: env!("CARGO_PKG_VERSION").into(), busy: current.is_some() }
+                        } else {
+                            FromWorker::Error { attempt_id: None, code: "protocol".into(), msg: format!("protocol {proto} is not supported; this worker speaks {VERSION}") }
+                        };
+                        wr.send(&reply).await?;
+                    }
+                    ToWorker::Run { attempt_id, argv, cwd, env, stdin, deadline_unix, .. } => {
+                        if current.is_some() {
+                            wr.send(&FromWorker::Busy { attempt_id }).await?;
+                            continue;
+                        }
+                        let (ctl_tx, ctl_rx) = mpsc::channel(4);
+                        let spec = Spec { attempt_id: attempt_id.clone(), argv, cwd, env, stdin, deadline_unix };
+                        let task = tokio::spawn(attempt(spec, tx.clone(), ctl_rx));
+                        current = Some(Current { attempt_id, control: ctl_tx, task });
+                    }
+                    ToWorker::Cancel { attempt_id, grace_ms } => {
+                        if let Some(c) = current.as_ref().filter(|c| c.attempt_id == attempt_id) {
+                            let _ = c.control.send(Control::Cancel(Duration::from_millis(grace_ms))).await;
+                        }
+                    }
+                    ToWorker::Ping { ts } => wr.send(&FromWorker::Pong { ts }).await?,
+                }
+            },
+            Some(ev) = rx.recv() => {
+                let ended = matches!(ev, FromWorker::Exit { .. });
+                wr.send(&ev).await?;
+                if ended {
+                    if let Some(c) = current.take() {
+                        let _ = c.task.await;
+                    }
+                }
+            }
+        }
+    };
+    // The orchestrator is gone (or broke the protocol): nobody will read this attempt's
+    // output, so it must not go on. Dropping the control channel kills the process group.
+    if let Some(c) = current.take() {
+        drop(c.control);
+        let _ = c.task.await;
+    }
+    result
+}
+
+struct Spec {
+    attempt_id: String,
+    argv: Vec<String>,
+    cwd: Option<String>,
+    env: BTreeMap<String, String>,
+    stdin: Option<String>,
+    deadline_unix: Option<u64>,
+}
+
+fn signal_group(pgid: i32, sig: Signal) {
+    if let Err(e) = killpg(Pid::from_raw(pgid), sig) {
+        if e != nix::errno::Errno::ESRCH {
+            tracing::warn!(pgid, ?sig, error = %e, "signalling the agent's process group failed");
+        }
+    }
+}
+
+/// Reads lines (pieces of at most [`MAX_LINE`] bytes) and sends them on.
+async fn read_lines<R: AsyncRead + Unpin>(r: R, fd: Fd, out: mpsc::Sender<(Fd, String)>) {
+    let mut r = BufReader::new(r);
+    let mut buf: Vec<u8> = Vec::new();
+    while let Ok(avail) = r.fill_buf().await {
+        if avail.is_empty() {
+            break;
+        }
+        let take = avail
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(avail.len(), |i| i + 1)
+            .min(MAX_LINE - buf.len());
+        let complete = avail[take - 1] == b'\n';
+        buf.extend_from_slice(&avail[..take]);
+        r.consume(take);
+        if complete || buf.len() >= MAX_LINE {
+            if complete {
+                buf.pop();
+                if buf.last() == Some(&b'\r') {
+                    buf.pop();
+                }
+            }
+            let line = String::from_utf8_lossy(&buf).into_owned();
+            buf.clear();
+            if out.send((fd, line)).await.is_err() {
+                return;
+            }
+        }
+    }
+    if !buf.is_empty() {
+        let _ = out
+            .send((fd, String::from_utf8_lossy(&buf).into_owned()))
+            .await;
+    }
+}
+
+async fn attempt(spec: Spec, tx: mpsc::Sender<FromWorker>, mut control: mpsc::Receiver<Control>) {
+    let id = spec.attempt_id.clone();
+    let fail = |code: &str, msg: String| FromWorker::Error {
+        attempt_id: Some(id.clone()),
+        code: code.into(),
+        msg,
+    };
+    let Some((program, args)) = spec.argv.split_first() else {
+        let _ = tx.send(fail("spawn", "argv is empty".into())).await;
+        let _ = tx
+            .send(FromWorker::Exit {
+                attempt_id: id.clone(),
+                code: None,
+                signal: None,
+                reason: ExitReason::Exited,
+            })
+            .await;
+        return;
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: tools the agent starts are signalled with it.
+        .process_group(0)
+        .kill_on_drop(true);
+    for k in BASE_ENV {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd.envs(&spec.env);
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx
+                .send(fail("spawn", format!("starting {program:?}: {e}")))
+                .await;
+            let _ = tx
+                .send(FromWorker::Exit {
+                    attempt_id: id.clone(),
+                    code: None,
+                    signal: None,
+                    reason: ExitReason::Exited,
+                })
+                .await;
+            return;
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    let pgid = pid as i32;
+    let _ = tx
+        .send(FromWorker::Started {
+            attempt_id: id.clone(),
+            pid,
+        })
+        .await;
+
+    if let (Some(mut w), Some(input)) = (child.stdin.take(), spec.stdin) {
+        tokio::spawn(async move {
+            let _ = w.write_all(input.as_bytes()).await;
+            let _ = w.shutdown().await;
+        });
+    }
+    let (lines_tx, mut lines) = mpsc::channel::<(Fd, String)>(256);
+    let mut readers = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        readers.push(tokio::spawn(read_lines(o, Fd::Stdout, lines_tx.clone())));
+    }
+    if let Some(e) = child.stderr.take() {
+        readers.push(tokio::spawn(read_lines(e, Fd::Stderr, lines_tx.clone())));
+    }
+    drop(lines_tx);
+
+    let deadline = spec.deadline_unix.map(|d| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Instant::now() + Duration::from_secs(d.saturating_sub(now))
+    });
+    let mut seq = 0u64;
+    let mut reason = ExitReason::Exited;
+    // The escalation in progress: the next signal and when.
+    let mut next: Option<(Signal, Instant, Duration)> = None;
+    let mut control_open = true;
+    let status = loop {
+        let escalate_at = next.map(|(_, at, _)| at);
+        tokio::select! {
+            st = child.wait() => break st.ok(),
+            Some((fd, line)) = lines.recv() => {
+                seq += 1;
+                let _ = tx.send(FromWorker::Out { attempt_id: id.clone(), seq, fd, line }).await;
+            }
+            c = control.recv(), if control_open => match c {
+                Some(Control::Cancel(grace)) => {
+                    if reason == ExitReason::Exited {
+                        reason = ExitReason::Cancelled;
+                        signal_group(pgid, Signal::SIGINT);
+                        next = Some((Signal::SIGTERM, Instant::now() + grace / 2, grace / 2));
+                    }
+                }
+                None => {
+                    // The connection is gone: no grace.
+                    control_open = false;
+                    signal_group(pgid, Signal::SIGKILL);
+                }
+            },
+            _ = sleep_until_opt(deadline), if reason == ExitReason::Exited && deadline.is_some() => {
+                reason = ExitReason::Timeout;
+                signal_group(pgid, Signal::SIGINT);
+                next = Some((Signal::SIGTERM, Instant::now() + DEADLINE_GRACE / 2, DEADLINE_GRACE / 2));
+            }
+            _ = sleep_until_opt(escalate_at), if escalate_at.is_some() => {
+                if let Some((sig, _, step)) = next.take() {
+                    signal_group(pgid, sig);
+                    if sig == Signal::SIGTERM {
+                        next = Some((Signal::SIGKILL, Instant::now() + step, step));
+                    }
+                }
+            }
+        }
+    };
+    // Whatever the agent left running in its group goes with it.
+    signal_group(pgid, Signal::SIGKILL);
+    // The rest of the output, bounded: a grandchild outside the group could hold a pipe open.
+    let drain = async {
+        while let Some((fd, line)) = lines.recv().await {
+            seq += 1;
+            let _ = tx
+                .send(FromWorker::Out {
+                    attempt_id: id.clone(),
+                    seq,
+                    fd,
+                    line,
+                })
+                .await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    for r in readers {
+        r.abort();
+    }
+    let (code, signal) = match status {
+        Some(s) => (s.code(), s.signal()),
+        None => (None, None),
+    };
+    let _ = tx
+        .send(FromWorker::Exit {
+            attempt_id: id,
+            code,
+            signal,
+            reason,
+        })
+        .await;
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
