@@ -13,8 +13,10 @@
 //! ```
 
 mod app;
+mod conversations;
 mod login;
 mod pages;
+mod runs;
 mod secret;
 mod store;
 
@@ -27,6 +29,10 @@ use arc_swap::ArcSwap;
 use edge_routing::Config;
 
 pub use app::{SECRET_HEADER, USER_HEADER};
+pub use conversations::{now_rfc3339, Conversations, Meta, Record};
+pub use runs::{
+    Agent, AgentSpec, Orchestrator, Outcome, Run, RunBody, RunFrame, CANCEL_GRACE, RING,
+};
 pub use secret::{load_or_create_secret, read_secret};
 pub use store::{Session, Store, FLOW_TTL};
 

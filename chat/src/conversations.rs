@@ -1,0 +1,474 @@
+//! Conversations on disk: one NDJSON file per conversation (a line per message and per run
+//! event), appended durably (write, then `fdatasync`) before anything is broadcast, and a small
+//! metadata file (title, times) replaced atomically. Each user has a directory of their own,
+//! named by a hash of the user name, so one user can never name another's files.
+//!
+//! A crash can leave a torn last line; [`Conversations::open`] finds it and cuts the file back to
+//! the last whole line, so nothing written before is lost and the next append starts clean.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// One line of a conversation file. `ts`, `user`, `role` and `content` are the fields of the
+/// chat edge replaces; run events add `run_id`, `seq` and the event itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// RFC 3339, UTC.
+    pub ts: String,
+    pub user: String,
+    /// `user`, `assistant` or `system`.
+    pub role: String,
+    /// The message text (user messages; an assistant's final text), else empty.
+    #[serde(default)]
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<edge_sandbox::Event>,
+}
+
+/// What the list shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub id: String,
+    pub title: String,
+    pub created: String,
+    pub updated: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Conversations {
+    dir: PathBuf,
+}
+
+/// Now, RFC 3339 in UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now
+        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
+        .unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn valid_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!("{id:?} is not a conversation id")))
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::Store(format!("{}: {e}", path.display()))
+}
+
+impl Conversations {
+    pub fn new(dir: PathBuf) -> Conversations {
+        Conversations { dir }
+    }
+
+    fn user_dir(&self, user: &str) -> PathBuf {
+        let h = crate::store::sha256(user);
+        let hex: String = h[..12].iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join(hex)
+    }
+
+    fn paths(&self, user: &str, id: &str) -> Result<(PathBuf, PathBuf), Error> {
+        valid_id(id)?;
+        let d = self.user_dir(user);
+        Ok((
+            d.join(format!("{id}.ndjson")),
+            d.join(format!("{id}.meta.json")),
+        ))
+    }
+
+    /// A new, empty conversation.
+    pub fn create(&self, user: &str, title: &str) -> Result<Meta, Error> {
+        let id = crate::app::random(12)?;
+        let (log, _) = self.paths(user, &id)?;
+        let d = self.user_dir(user);
+        std::fs::create_dir_all(&d).map_err(io(&d))?;
+        std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&log)
+            .map_err(io(&log))?;
+        let now = now_rfc3339();
+        let meta = Meta {
+            id,
+            title: title.to_string(),
+            created: now.clone(),
+            updated: now,
+        };
+        self.write_meta(user, &meta)?;
+        Ok(meta)
+    }
+
+    fn write_meta(&self, user: &str, meta: &Meta) -> Result<(), Error> {
+        let (_, path) = self.paths(user, &meta.id)?;
+        let text = serde_json::to_vec(meta).map_err(|e| Error::Internal(e.to_string()))?;
+        write_atomic(&path, &text)
+    }
+
+    fn meta(&self, user: &str, id: &str) -> Result<Option<Meta>, Error> {
+        let (_, path) = self.paths(user, id)?;
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::Store(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// The user's conversations, most recently updated first.
+    pub fn list(&self, user: &str) -> Result<Vec<Meta>, Error> {
+        let d = self.user_dir(user);
+        let rd = match std::fs::read_dir(&d) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&d)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".meta.json")) else {
+                continue;
+            };
+            if let Some(m) = self.meta(user, id)? {
+                out.push(m);
+            }
+        }
+        out.sort_by(|a, b| b.updated.cmp(&a.updated));
+        Ok(out)
+    }
+
+    /// Appends records durably: they are on disk when this returns.
+    pub fn append(&self, user: &str, id: &str, records: &[Record]) -> Result<(), Error> {
+        let (log, _) = self.paths(user, id)?;
+        let mut buf = Vec::new();
+        for r in records {
+            serde_json::to_writer(&mut buf, r).map_err(|e| Error::Internal(e.to_string()))?;
+            buf.push(b'\n');
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .map_err(io(&log))?;
+        f.write_all(&buf).map_err(io(&log))?;
+        f.sync_data().map_err(io(&log))?;
+        Ok(())
+    }
+
+    /// Every record of a conversation, after repairing a torn last line if a crash left one.
+    /// `None` if the user has no such conversation.
+    pub fn open(&self, user: &str, id: &str) -> Result<Option<(Meta, Vec<Record>)>, Error> {
+        let Some(meta) = self.meta(user, id)? else {
+            return Ok(None);
+        };
+        let (log, _) = self.paths(user, id)?;
+        let bytes = std::fs::read(&log).map_err(io(&log))?;
+        let mut records = Vec::new();
+        let mut good = 0usize;
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
+                break;
+            };
+            let line = &bytes[pos..pos + nl];
+            match serde_json::from_slice::<Record>(line) {
+                Ok(r) => {
+                    records.push(r);
+                    good = pos + nl + 1;
+                }
+                Err(_) if line.is_empty() => good = pos + nl + 1,
+                Err(_) => break,
+            }
+            pos += nl + 1;
+        }
+        if good < bytes.len() {
+            tracing::warn!(
+                file = %log.display(),
+                cut = bytes.len() - good,
+                "conversation file ended in a torn or unreadable line; cut back to the last whole line"
+            );
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&log)
+                .map_err(io(&log))?;
+            f.set_len(good as u64).map_err(io(&log))?;
+            f.sync_all().map_err(io(&log))?;
+        }
+        Ok(Some((meta, records)))
+    }
+
+    pub fn rename(&self, user: &str, id: &str, title: &str) -> Result<Option<Meta>, Error> {
+        let Some(mut m) = self.meta(user, id)? else {
+            return Ok(None);
+        };
+        m.title = title.to_string();
+        m.updated = now_rfc3339();
+        self.write_meta(user, &m)?;
+        Ok(Some(m))
+    }
+
+    /// Marks a conversation as just used (for the list's order).
+    pub fn touch(&self, user: &str, id: &str) -> Result<(), Error> {
+        if let Some(mut m) = self.meta(user, id)? {
+            m.updated = now_rfc3339();
+            self.write_meta(user, &m)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a conversation; false if there was none.
+    pub fn delete(&self, user: &str, id: &str) -> Result<bool, Error> {
+        let (log, meta) = self.paths(user, id)?;
+        let existed = meta.exists();
+        for p in [&meta, &log] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(p)(e)),
+            }
+        }
+        Ok(existed)
+    }
+
+    /// The conversation as Markdown: messages, the agent's text, and its tool calls.
+    pub fn export_markdown(&self, user: &str, id: &str) -> Result<Option<String>, Error> {
+        let Some((meta, records)) = self.open(user, id)? else {
+            return Ok(None);
+        };
+        Ok(Some(markdown(&meta, &records)))
+    }
+}
+
+fn markdown(meta: &Meta, records: &[Record]) -> String {
+    use edge_sandbox::{BlockKind, Event};
+    use std::collections::HashMap;
+    let mut out = format!("# {}\n", meta.title);
+    let mut kinds: HashMap<(String, u32), BlockKind> = HashMap::new();
+    let mut current: Option<(String, u32)> = None;
+    for r in records {
+        let run = r.run_id.clone().unwrap_or_default();
+        match &r.event {
+            None if r.role == "user" => {
+                out.push_str(&format!("\n## {} ({})\n\n{}\n", r.user, r.ts, r.content));
+            }
+            None => {}
+            Some(Event::BlockStart { block, kind, tool }) => {
+                kinds.insert((run.clone(), *block), *kind);
+                current = Some((run.clone(), *block));
+                match kind {
+                    BlockKind::ToolUse => {
+                        let name = tool.as_ref().map(|t| t.name.as_str()).unwrap_or("tool");
+                        out.push_str(&format!("\n> **{name}** `"));
+                    }
+                    BlockKind::Text => {
+                        if !out.ends_with("\n\n") {
+                            out.push('\n');
+                        }
+                    }
+                    BlockKind::Thinking => {}
+                }
+            }
+            Some(Event::Delta { block, text }) => match kinds.get(&(run.clone(), *block)) {
+                Some(BlockKind::Text) | Some(BlockKind::ToolUse) => out.push_str(text),
+                _ => {}
+            },
+            Some(Event::BlockStop { block }) => {
+                if kinds.get(&(run.clone(), *block)) == Some(&BlockKind::ToolUse) {
+                    out.push_str("`\n");
+                }
+                current = None;
+            }
+            Some(Event::ToolResult { is_error, .. }) if *is_error => {
+                out.push_str("> (the tool reported an error)\n");
+            }
+            Some(_) => {}
+        }
+    }
+    let _ = current;
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+/// Write to a temporary file, fsync, rename over `path`, fsync the directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("meta")
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_sandbox::{BlockKind, Event};
+
+    fn rec(role: &str, content: &str, event: Option<Event>) -> Record {
+        Record {
+            ts: now_rfc3339(),
+            user: "alice".into(),
+            role: role.into(),
+            content: content.into(),
+            run_id: event.as_ref().map(|_| "r1".into()),
+            seq: None,
+            event,
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T",
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn users_see_only_their_own_conversations() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Conversations::new(dir.path().to_path_buf());
+        let a = c.create("alice", "first").unwrap();
+        c.create("bob", "bob's").unwrap();
+        assert_eq!(c.list("alice").unwrap().len(), 1);
+        assert!(
+            c.open("bob", &a.id).unwrap().is_none(),
+            "bob cannot open alice's"
+        );
+        assert!(!c.delete("bob", &a.id).unwrap());
+        assert!(c.open("alice", &a.id).unwrap().is_some());
+        assert!(c.open("alice", "../x").is_err());
+        c.rename("alice", &a.id, "renamed").unwrap();
+        assert_eq!(c.list("alice").unwrap()[0].title, "renamed");
+        assert!(c.delete("alice", &a.id).unwrap());
+        assert!(c.list("alice").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_back_and_nothing_before_it_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Conversations::new(dir.path().to_path_buf());
+        let m = c.create("alice", "t").unwrap();
+        c.append(
+            "alice",
+            &m.id,
+            &[rec("user", "hello", None), rec("user", "again", None)],
+        )
+        .unwrap();
+        let (log, _) = c.paths("alice", &m.id).unwrap();
+        // A crash in the middle of the next append.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(br#"{"ts":"2026-11-23T00:00:00Z","user":"alice","ro"#)
+            .unwrap();
+        drop(f);
+        let (_, records) = c.open("alice", &m.id).unwrap().unwrap();
+        assert_eq!(records.len(), 2);
+        assert!(std::fs::read(&log).unwrap().ends_with(b"\n"));
+        c.append("alice", &m.id, &[rec("user", "after", None)])
+            .unwrap();
+        let (_, records) = c.open("alice", &m.id).unwrap().unwrap();
+        assert_eq!(
+            records
+                .iter()
+                .map(|r| r.content.as_str())
+                .collect::<Vec<_>>(),
+            ["hello", "again", "after"]
+        );
+    }
+
+    #[test]
+    fn export_as_markdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Conversations::new(dir.path().to_path_buf());
+        let m = c.create("alice", "Fix the test").unwrap();
+        c.append(
+            "alice",
+            &m.id,
+            &[
+                rec("user", "why does it fail?", None),
+                rec(
+                    "assistant",
+                    "",
+                    Some(Event::BlockStart {
+                        block: 0,
+                        kind: BlockKind::Text,
+                        tool: None,
+                    }),
+                ),
+                rec(
+                    "assistant",
+                    "",
+                    Some(Event::Delta {
+                        block: 0,
+                        text: "Let me ".into(),
+                    }),
+                ),
+                rec(
+                    "assistant",
+                    "",
+                    Some(Event::Delta {
+                        block: 0,
+                        text: "look.".into(),
+                    }),
+                ),
+                rec("assistant", "", Some(Event::BlockStop { block: 0 })),
+                rec(
+                    "assistant",
+                    "",
+                    Some(Event::BlockStart {
+                        block: 1,
+                        kind: BlockKind::ToolUse,
+                        tool: Some(edge_sandbox::ToolRef {
+                            id: "t".into(),
+                            name: "Bash".into(),
+                        }),
+                    }),
+                ),
+                rec(
+                    "assistant",
+                    "",
+                    Some(Event::Delta {
+                        block: 1,
+                        text: "{\"command\":\"ls\"}".into(),
+                    }),
+                ),
+                rec("assistant", "", Some(Event::BlockStop { block: 1 })),
+            ],
+        )
+        .unwrap();
+        let md = c.export_markdown("alice", &m.id).unwrap().unwrap();
+        assert!(md.starts_with("# Fix the test\n"), "{md}");
+        assert!(md.contains("## alice ("), "{md}");
+        assert!(md.contains("why does it fail?"), "{md}");
+        assert!(md.contains("Let me look."), "{md}");
+        assert!(md.contains("> **Bash** `{\"command\":\"ls\"}`"), "{md}");
+    }
+}

@@ -1,0 +1,444 @@
+//! Runs: the orchestrator turns a message into a run on a worker (`edge worker --stdio`, a child
+//! process speaking the worker protocol), turns the agent's output into events, numbers them
+//! (per run, from 1, no gaps), appends them to the conversation durably and only then
+//! broadcasts them. A run is detached from whoever asked: it goes on when every listener is
+//! gone, and ends with exactly one `end` frame.
+
+use std::collections::{HashMap, VecDeque};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edge_sandbox::{ClaudeParser, CommandOutput, Event, Usage};
+use edge_workers::{ExitReason, Fd, FrameReader, FrameWriter, FromWorker, ToWorker};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::conversations::{now_rfc3339, Conversations, Record};
+use crate::Error;
+
+/// Frames kept in memory per run for listeners that reconnect.
+pub const RING: usize = 4096;
+/// How long cancel waits between the agent's interrupt, SIGTERM and SIGKILL (in total).
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// How an agent is run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Agent {
+    /// Claude Code: the command (path or name) and its permission mode.
+    Claude {
+        command: String,
+        permission_mode: String,
+    },
+    /// Any CLI: an argv template with `{message}`.
+    Command { argv: Vec<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    pub agent: Agent,
+    /// The agent's working directory.
+    pub workspace: String,
+    pub timeout: Duration,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Error,
+    Cancelled,
+    Timeout,
+}
+
+/// One frame of a run, as stored and as sent to listeners.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunFrame {
+    pub run_id: String,
+    pub seq: u64,
+    #[serde(flatten)]
+    pub body: RunBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum RunBody {
+    /// The run's state: `dispatching`, `running`, `cancelling`.
+    State {
+        state: String,
+    },
+    Event {
+        event: Event,
+    },
+    /// Exactly once per run, last.
+    End {
+        outcome: Outcome,
+        usage: Usage,
+        cost_usd: Option<f64>,
+        detail: Option<String>,
+    },
+}
+
+/// A run in progress (or just ended), shared by its task and its listeners.
+#[derive(Debug)]
+pub struct Run {
+    pub id: String,
+    pub user: String,
+    pub conversation: String,
+    tx: broadcast::Sender<RunFrame>,
+    ring: Mutex<VecDeque<RunFrame>>,
+    cancel: mpsc::Sender<()>,
+}
+
+impl Run {
+    /// Frames after `last_seq` still in memory (None if some were dropped from the ring), and a
+    /// receiver for what comes next; subscribe first, then read the ring, so nothing falls
+    /// between the two (duplicates are removed by `seq`).
+    pub fn subscribe(
+        &self,
+        last_seq: u64,
+    ) -> (Option<Vec<RunFrame>>, broadcast::Receiver<RunFrame>) {
+        let rx = self.tx.subscribe();
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let first = ring.front().map(|f| f.seq).unwrap_or(last_seq + 1);
+        let missed = if first > last_seq + 1 {
+            None
+        } else {
+            Some(ring.iter().filter(|f| f.seq > last_seq).cloned().collect())
+        };
+        (missed, rx)
+    }
+
+    /// Asks the run to stop (idempotent).
+    pub fn cancel(&self) {
+        let _ = self.cancel.try_send(());
+    }
+
+    pub fn ended(&self) -> bool {
+        self.ring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .back()
+            .is_some_and(|f| matches!(f.body, RunBody::End { .. }))
+    }
+}
+
+/// Owns runs: at most one active run per conversation.
+#[derive(Debug)]
+pub struct Orchestrator {
+    /// The worker command, e.g. `[/usr/bin/edge, worker, --stdio]`.
+    worker: Vec<String>,
+    conversations: Conversations,
+    active: Mutex<HashMap<(String, String), Arc<Run>>>,
+}
+
+impl Orchestrator {
+    pub fn new(worker: Vec<String>, conversations: Conversations) -> Arc<Orchestrator> {
+        Arc::new(Orchestrator {
+            worker,
+            conversations,
+            active: Mutex::default(),
+        })
+    }
+
+    pub fn conversations(&self) -> &Conversations {
+        &self.conversations
+    }
+
+    /// The active (not yet ended) run of a conversation.
+    pub fn active(&self, user: &str, conversation: &str) -> Option<Arc<Run>> {
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(user.to_string(), conversation.to_string()))
+            .cloned()
+    }
+
+    /// Starts a run for `message` in the user's conversation. The user's message is on disk
+    /// when this returns. `Err(Refused)` if the conversation already has an active run.
+    pub fn start(
+        self: &Arc<Self>,
+        user: &str,
+        conversation: &str,
+        message: &str,
+        spec: &AgentSpec,
+        session: Option<(&str, bool)>,
+    ) -> Result<Arc<Run>, Error> {
+        let key = (user.to_string(), conversation.to_string());
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if active.contains_key(&key) {
+            return Err(Error::Refused(
+                "this conversation already has a run going".into(),
+            ));
+        }
+        if self.conversations.open(user, conversation)?.is_none() {
+            return Err(Error::Refused(format!("no conversation {conversation:?}")));
+        }
+        let id = crate::app::random(12)?;
+        self.conversations.append(
+            user,
+            conversation,
+            &[Record {
+                ts: now_rfc3339(),
+                user: user.to_string(),
+                role: "user".into(),
+                content: message.to_string(),
+                run_id: Some(id.clone()),
+                seq: None,
+                event: None,
+            }],
+        )?;
+        let (tx, _) = broadcast::channel(RING);
+        let (cancel, cancel_rx) = mpsc::channel(1);
+        let run = Arc::new(Run {
+            id,
+            user: user.to_string(),
+            conversation: conversation.to_string(),
+            tx,
+            ring: Mutex::new(VecDeque::new()),
+            cancel,
+        });
+        active.insert(key.clone(), run.clone());
+        drop(active);
+        let argv = match &spec.agent {
+            Agent::Claude {
+                command,
+                permission_mode,
+            } => {
+                let fresh;
+                let s = match session {
+                    Some((id, true)) => edge_sandbox::ClaudeSession::Resume(id),
+                    Some((id, false)) => edge_sandbox::ClaudeSession::Create(id),
+                    None => {
+                        fresh = uuid::Uuid::new_v4().to_string();
+                        edge_sandbox::ClaudeSession::Create(&fresh)
+                    }
+                };
+                edge_sandbox::claude_argv(command, permission_mode, s, message)
+            }
+            Agent::Command { argv } => {
+                let t: Vec<&str> = argv.iter().map(String::as_str).collect();
+                edge_sandbox::command_argv(&t, message)
+            }
+        };
+        let me = self.clone();
+        let r = run.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move {
+            let mut task = RunTask {
+                orch: &me,
+                run: &r,
+                seq: 0,
+            };
+            task.drive(argv, &spec, cancel_rx).await;
+            me.active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        });
+        Ok(run)
+    }
+}
+
+struct RunTask<'a> {
+    orch: &'a Orchestrator,
+    run: &'a Run,
+    seq: u64,
+}
+
+enum Parser {
+    Claude(ClaudeParser),
+    Command(CommandOutput),
+}
+
+impl RunTask<'_> {
+    /// Stores, then publishes, frames (one durable append per batch).
+    fn emit(&mut self, bodies: Vec<RunBody>) {
+        if bodies.is_empty() {
+            return;
+        }
+        let mut frames = Vec::with_capacity(bodies.len());
+        let mut records = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            self.seq += 1;
+            let f = RunFrame {
+                run_id: self.run.id.clone(),
+                seq: self.seq,
+                body,
+            };
+            records.push(Record {
+                ts: now_rfc3339(),
+                user: self.run.user.clone(),
+                role: "assistant".into(),
+                content: match &f.body {
+                    RunBody::End { detail, .. } => detail.clone().unwrap_or_default(),
+                    _ => String::new(),
+                },
+                run_id: Some(self.run.id.clone()),
+                seq: Some(f.seq),
+                event: match &f.body {
+                    RunBody::Event { event } => Some(event.clone()),
+                    _ => None,
+                },
+            });
+            frames.push(f);
+        }
+        if let Err(e) =
+            self.orch
+                .conversations
+                .append(&self.run.user, &self.run.conversation, &records)
+        {
+            tracing::error!(run = %self.run.id, error = %e, "could not store run events");
+        }
+        let mut ring = self.run.ring.lock().unwrap_or_else(|e| e.into_inner());
+        for f in frames {
+            if ring.len() == RING {
+                ring.pop_front();
+            }
+            ring.push_back(f.clone());
+            // No listener is fine: runs do not need one.
+            let _ = self.run.tx.send(f);
+        }
+    }
+
+    async fn drive(&mut self, argv: Vec<String>, spec: &AgentSpec, mut cancel: mpsc::Receiver<()>) {
+        self.emit(vec![RunBody::State {
+            state: "dispatching".into(),
+        }]);
+        let mut parser = match spec.agent {
+            Agent::Claude { .. } => Parser::Claude(ClaudeParser::new()),
+            Agent::Command { .. } => Parser::Command(CommandOutput::new()),
+        };
+        let end = |outcome, detail: Option<String>| RunBody::End {
+            outcome,
+            usage: Usage::default(),
+            cost_usd: None,
+            detail,
+        };
+        let Some((program, args)) = self.orch.worker.split_first() else {
+            self.emit(vec![end(Outcome::Error, Some("no worker command".into()))]);
+            return;
+        };
+        let child = tokio::process::Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                self.emit(vec![end(
+                    Outcome::Error,
+                    Some(format!("starting the worker: {e}")),
+                )]);
+                return;
+            }
+        };
+        let mut to = FrameWriter::<_, ToWorker>::new(child.stdin.take().expect("piped"));
+        let mut from = FrameReader::<_, FromWorker>::new(child.stdout.take().expect("piped"));
+        let attempt = format!("{}-1", self.run.id);
+        let deadline = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            + spec.timeout;
+        let run = ToWorker::Run {
+            attempt_id: attempt.clone(),
+            run_id: self.run.id.clone(),
+            argv,
+            cwd: Some(spec.workspace.clone()),
+            env: Default::default(),
+            stdin: None,
+            deadline_unix: Some(deadline.as_secs()),
+        };
+        if let Err(e) = async {
+            to.send(&ToWorker::Hello {
+                proto: edge_workers::VERSION,
+            })
+            .await?;
+            to.send(&run).await
+        }
+        .await
+        {
+            self.emit(vec![end(
+                Outcome::Error,
+                Some(format!("talking to the worker: {e}")),
+            )]);
+            return;
+        }
+        let mut result: Option<(bool, Usage, Option<f64>)> = None;
+        let mut stderr_tail: VecDeque<String> = VecDeque::new();
+        let mut cancelled = false;
+        let outcome = loop {
+            tokio::select! {
+                c = cancel.recv(), if !cancelled => {
+                    if c.is_some() {
+                        cancelled = true;
+                        self.emit(vec![RunBody::State { state: "cancelling".into() }]);
+                        let _ = to.send(&ToWorker::Cancel { attempt_id: attempt.clone(), grace_ms: CANCEL_GRACE.as_millis() as u64 }).await;
+                    }
+                }
+                f = from.next() => match f {
+                    None | Some(Err(_)) => break (Outcome::Error, Some("the worker went away".to_string())),
+                    Some(Ok(f)) => match f {
+                        FromWorker::Started { .. } => self.emit(vec![RunBody::State { state: "running".into() }]),
+                        FromWorker::Out { fd: Fd::Stdout, line, .. } => {
+                            let events = match &mut parser {
+                                Parser::Claude(p) => p.line(&line),
+                                Parser::Command(p) => p.line(&line),
+                            };
+                            for e in &events {
+                                if let Event::Result { is_error, usage, cost_usd, .. } = e {
+                                    result = Some((*is_error, *usage, *cost_usd));
+                                }
+                            }
+                            self.emit(events.into_iter().map(|event| RunBody::Event { event }).collect());
+                        }
+                        FromWorker::Out { fd: Fd::Stderr, line, .. } => {
+                            if stderr_tail.len() == 20 { stderr_tail.pop_front(); }
+                            stderr_tail.push_back(line);
+                        }
+                        FromWorker::Exit { code, reason, .. } => {
+                            if let Parser::Command(p) = &mut parser {
+                                let events = p.finish(code);
+                                for e in &events {
+                                    if let Event::Result { is_error, usage, cost_usd, .. } = e {
+                                        result = Some((*is_error, *usage, *cost_usd));
+                                    }
+                                }
+                                self.emit(events.into_iter().map(|event| RunBody::Event { event }).collect());
+                            }
+                            let tail = stderr_tail.iter().cloned().collect::<Vec<_>>().join("\n");
+                            break match reason {
+                                ExitReason::Cancelled => (Outcome::Cancelled, None),
+                                ExitReason::Timeout => (Outcome::Timeout, Some(format!("the run passed its limit of {:?}", spec.timeout))),
+                                ExitReason::Exited => match (code, &result) {
+                                    (Some(0), Some((false, _, _))) => (Outcome::Ok, None),
+                                    (Some(0), Some((true, _, _))) => (Outcome::Error, Some("the agent reported an error".to_string())),
+                                    (Some(0), None) => (Outcome::Error, Some("the agent ended without a result".to_string())),
+                                    (c, _) => (Outcome::Error, Some(format!("the agent exited with {}{}{tail}", c.map_or("a signal".to_string(), |c| format!("code {c}")), if tail.is_empty() { "" } else { ": " }))),
+                                },
+                            };
+                        }
+                        FromWorker::Error { msg, .. } => {
+                            stderr_tail.push_back(msg);
+                        }
+                        FromWorker::Busy { .. } => break (Outcome::Error, Some("the worker is busy".to_string())),
+                        FromWorker::HelloOk { .. } | FromWorker::Pong { .. } => {}
+                    }
+                }
+            }
+        };
+        let (usage, cost_usd) = result.map(|(_, u, c)| (u, c)).unwrap_or_default();
+        self.emit(vec![RunBody::End {
+            outcome: outcome.0,
+            usage,
+            cost_usd,
+            detail: outcome.1,
+        }]);
+        drop(to);
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    }
+}
