@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use edge_routing::{Config, LoginKind, RoutingMode, CHAT_COOKIES};
@@ -32,6 +32,8 @@ const OPEN_PATHS: [&str; 4] = ["/login", "/login/token", "/oauth/callback", "/lo
 pub(crate) struct AppState {
     pub config: ArcSwap<Config>,
     pub store: Store,
+    pub orch: Arc<crate::runs::Orchestrator>,
+    pub hubs: Arc<crate::talk::Hubs>,
     pub fa_secret: String,
     pub client_secret: Option<String>,
     pub http: reqwest::Client,
@@ -49,6 +51,18 @@ pub(crate) fn router(st: St) -> Router {
         .route("/logout", get(logout).post(logout))
         .route("/_auth/verify", get(verify))
         .route("/api/me", get(me))
+        .route("/api/limits", get(crate::api::limits))
+        .route(
+            "/api/conversations",
+            get(crate::api::list).post(crate::api::create),
+        )
+        .route(
+            "/api/conversations/{id}",
+            get(crate::api::open).delete(crate::api::delete),
+        )
+        .route("/api/conversations/{id}/rename", post(crate::api::rename))
+        .route("/api/conversations/{id}/export", get(crate::api::export))
+        .route("/api/conversations/{id}/messages", post(crate::api::send))
         .route("/ws", get(ws))
         .layer(axum::middleware::from_fn_with_state(
             st.clone(),
@@ -281,7 +295,11 @@ async fn start_session(
 
 /// What a handler behind sign-in needs: the session, checked against the gateway's identity
 /// header.
-async fn signed_in(st: &AppState, h: &HeaderMap, json: bool) -> Result<Session, Response> {
+pub(crate) async fn signed_in(
+    st: &AppState,
+    h: &HeaderMap,
+    json: bool,
+) -> Result<Session, Response> {
     let cfg = st.config.load();
     let p = public(&cfg, h);
     let s = match session_of(st, h).await {
@@ -320,7 +338,7 @@ fn redirect(to: &str) -> Response {
     r
 }
 
-fn json_error(status: StatusCode, msg: &str) -> Response {
+pub(crate) fn json_error(status: StatusCode, msg: &str) -> Response {
     let mut r = (status, Json(serde_json::json!({ "error": msg }))).into_response();
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -623,22 +641,12 @@ async fn ws(State(st): State<St>, h: HeaderMap, upgrade: WebSocketUpgrade) -> Re
         Ok(s) => s,
         Err(r) => return r,
     };
+    let st = st.clone();
     upgrade
         .protocols(["chat.v1"])
-        .on_upgrade(move |socket| greet(socket, s.user))
-}
-
-/// The signed-in socket: says who it is for, then answers pings until closed.
-async fn greet(mut socket: WebSocket, user: String) {
-    let hello = serde_json::json!({ "type": "hello", "user": user }).to_string();
-    if socket.send(Message::Text(hello.into())).await.is_err() {
-        return;
-    }
-    while let Some(Ok(m)) = socket.recv().await {
-        if matches!(m, Message::Close(_)) {
-            break;
-        }
-    }
+        .max_message_size(crate::ws::MAX_CLIENT_FRAME)
+        .max_frame_size(crate::ws::MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| crate::ws::session(socket, st, s.user))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

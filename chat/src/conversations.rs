@@ -29,8 +29,9 @@ pub struct Record {
     pub run_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// A run's frame (its state, an event, its end), exactly as it was broadcast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<edge_sandbox::Event>,
+    pub frame: Option<crate::runs::RunBody>,
 }
 
 /// What the list shows.
@@ -40,6 +41,9 @@ pub struct Meta {
     pub title: String,
     pub created: String,
     pub updated: String,
+    /// The agent's session for this conversation (Claude's `--session-id`, then `--resume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +115,7 @@ impl Conversations {
             title: title.to_string(),
             created: now.clone(),
             updated: now,
+            session: None,
         };
         self.write_meta(user, &meta)?;
         Ok(meta)
@@ -224,6 +229,21 @@ impl Conversations {
         Ok(Some(m))
     }
 
+    /// The agent session of a conversation: `(id, true)` to resume it, or a new one `(id, false)`
+    /// recorded for the next run.
+    pub fn session(&self, user: &str, id: &str) -> Result<Option<(String, bool)>, Error> {
+        let Some(mut m) = self.meta(user, id)? else {
+            return Ok(None);
+        };
+        if let Some(s) = &m.session {
+            return Ok(Some((s.clone(), true)));
+        }
+        let s = uuid::Uuid::new_v4().to_string();
+        m.session = Some(s.clone());
+        self.write_meta(user, &m)?;
+        Ok(Some((s, false)))
+    }
+
     /// Marks a conversation as just used (for the list's order).
     pub fn touch(&self, user: &str, id: &str) -> Result<(), Error> {
         if let Some(mut m) = self.meta(user, id)? {
@@ -257,6 +277,7 @@ impl Conversations {
 }
 
 fn markdown(meta: &Meta, records: &[Record]) -> String {
+    use crate::runs::RunBody;
     use edge_sandbox::{BlockKind, Event};
     use std::collections::HashMap;
     let mut out = format!("# {}\n", meta.title);
@@ -264,7 +285,11 @@ fn markdown(meta: &Meta, records: &[Record]) -> String {
     let mut current: Option<(String, u32)> = None;
     for r in records {
         let run = r.run_id.clone().unwrap_or_default();
-        match &r.event {
+        let event = match &r.frame {
+            Some(RunBody::Event { event }) => Some(event),
+            _ => None,
+        };
+        match event {
             None if r.role == "user" => {
                 out.push_str(&format!("\n## {} ({})\n\n{}\n", r.user, r.ts, r.content));
             }
@@ -338,7 +363,7 @@ mod tests {
             content: content.into(),
             run_id: event.as_ref().map(|_| "r1".into()),
             seq: None,
-            event,
+            frame: event.map(|event| crate::runs::RunBody::Event { event }),
         }
     }
 

@@ -12,6 +12,7 @@
 //! /api/me, /ws      the signed-in user, over HTTP and WebSocket
 //! ```
 
+mod api;
 mod app;
 mod conversations;
 mod login;
@@ -19,6 +20,8 @@ mod pages;
 mod runs;
 mod secret;
 mod store;
+mod talk;
+mod ws;
 
 use std::future::Future;
 use std::path::Path;
@@ -87,10 +90,25 @@ impl Chat {
             return Err(Error::Config("the forward-auth secret is empty".into()));
         }
         let store = Store::open(&store_dir(state_dir))?;
+        let worker = std::env::current_exe()
+            .map(|e| {
+                vec![
+                    e.to_string_lossy().into_owned(),
+                    "worker".into(),
+                    "--stdio".into(),
+                ]
+            })
+            .unwrap_or_default();
+        let orch = runs::Orchestrator::new(
+            worker,
+            Conversations::new(store_dir(state_dir).join("conversations")),
+        );
         Ok(Chat {
             st: Arc::new(app::AppState {
                 config: ArcSwap::from_pointee(config),
                 store,
+                orch,
+                hubs: Default::default(),
                 fa_secret: fa_secret.trim().to_string(),
                 client_secret,
                 http: login::http_client(),
@@ -112,6 +130,15 @@ impl Chat {
 
     pub fn router(&self) -> axum::Router {
         app::router(self.st.clone())
+    }
+
+    /// The command that starts a worker (default: this executable's `worker --stdio`).
+    pub fn set_worker(&self, argv: Vec<String>) {
+        self.st.orch.set_worker(argv);
+    }
+
+    pub fn orchestrator(&self) -> &std::sync::Arc<Orchestrator> {
+        &self.st.orch
     }
 
     pub fn store(&self) -> &Store {

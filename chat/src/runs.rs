@@ -128,7 +128,7 @@ impl Run {
 #[derive(Debug)]
 pub struct Orchestrator {
     /// The worker command, e.g. `[/usr/bin/edge, worker, --stdio]`.
-    worker: Vec<String>,
+    worker: Mutex<Vec<String>>,
     conversations: Conversations,
     active: Mutex<HashMap<(String, String), Arc<Run>>>,
 }
@@ -136,10 +136,26 @@ pub struct Orchestrator {
 impl Orchestrator {
     pub fn new(worker: Vec<String>, conversations: Conversations) -> Arc<Orchestrator> {
         Arc::new(Orchestrator {
-            worker,
+            worker: Mutex::new(worker),
             conversations,
             active: Mutex::default(),
         })
+    }
+
+    /// Sets the worker command for runs started from now on.
+    pub fn set_worker(&self, worker: Vec<String>) {
+        *self.worker.lock().unwrap_or_else(|e| e.into_inner()) = worker;
+    }
+
+    /// The user's active runs.
+    pub fn runs_of(&self, user: &str) -> Vec<Arc<Run>> {
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((u, _), _)| u == user)
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     pub fn conversations(&self) -> &Conversations {
@@ -186,7 +202,7 @@ impl Orchestrator {
                 content: message.to_string(),
                 run_id: Some(id.clone()),
                 seq: None,
-                event: None,
+                frame: None,
             }],
         )?;
         let (tx, _) = broadcast::channel(RING);
@@ -277,10 +293,7 @@ impl RunTask<'_> {
                 },
                 run_id: Some(self.run.id.clone()),
                 seq: Some(f.seq),
-                event: match &f.body {
-                    RunBody::Event { event } => Some(event.clone()),
-                    _ => None,
-                },
+                frame: Some(f.body.clone()),
             });
             frames.push(f);
         }
@@ -316,7 +329,13 @@ impl RunTask<'_> {
             cost_usd: None,
             detail,
         };
-        let Some((program, args)) = self.orch.worker.split_first() else {
+        let worker = self
+            .orch
+            .worker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some((program, args)) = worker.split_first() else {
             self.emit(vec![end(Outcome::Error, Some("no worker command".into()))]);
             return;
         };

@@ -73,6 +73,17 @@ CREATE TABLE IF NOT EXISTS flows (
     rd TEXT NOT NULL,
     created INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS requests (
+    user TEXT NOT NULL,
+    ts INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_by_user ON requests (user, ts);
+CREATE TABLE IF NOT EXISTS tokens (
+    user TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    PRIMARY KEY (user, day)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS login_tokens (
     hash BLOB PRIMARY KEY,
     user TEXT NOT NULL,
@@ -284,6 +295,118 @@ impl Store {
     }
 }
 
+/// What a user has used in the current UTC windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Used {
+    pub hour: u64,
+    pub day: u64,
+    pub tokens_day: u64,
+}
+
+impl Store {
+    /// Counts a request, if the user's hourly and daily request limits allow it. `Err(secs)`:
+    /// refused, retry after that many seconds (the end of the full window).
+    pub async fn take_request(
+        &self,
+        user: &str,
+        per_hour: u64,
+        per_day: u64,
+        tokens_per_day: u64,
+    ) -> Result<Result<Used, u64>, Error> {
+        let user = user.to_string();
+        self.call(move |c| {
+            let t = now();
+            let (hour, day) = (t - t.rem_euclid(3600), t - t.rem_euclid(86400));
+            let tx = c.transaction()?;
+            let n = |since: i64| -> rusqlite::Result<u64> {
+                tx.query_row(
+                    "SELECT COUNT(*) FROM requests WHERE user = ?1 AND ts >= ?2",
+                    params![user, since],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)
+            };
+            let (in_hour, in_day) = (n(hour)?, n(day)?);
+            let tokens: u64 = tx
+                .query_row(
+                    "SELECT tokens FROM tokens WHERE user = ?1 AND day = ?2",
+                    params![user, day],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+                .unwrap_or(0) as u64;
+            if in_day >= per_day || tokens >= tokens_per_day {
+                return Ok(Err((day + 86400 - t) as u64));
+            }
+            if in_hour >= per_hour {
+                return Ok(Err((hour + 3600 - t) as u64));
+            }
+            tx.execute(
+                "DELETE FROM requests WHERE user = ?1 AND ts < ?2",
+                params![user, day],
+            )?;
+            tx.execute(
+                "INSERT INTO requests (user, ts) VALUES (?1, ?2)",
+                params![user, t],
+            )?;
+            tx.commit()?;
+            Ok(Ok(Used {
+                hour: in_hour + 1,
+                day: in_day + 1,
+                tokens_day: tokens,
+            }))
+        })
+        .await
+    }
+
+    /// What the user has used in the current windows.
+    pub async fn used(&self, user: &str) -> Result<Used, Error> {
+        let user = user.to_string();
+        self.call(move |c| {
+            let t = now();
+            let (hour, day) = (t - t.rem_euclid(3600), t - t.rem_euclid(86400));
+            let n = |since: i64| -> rusqlite::Result<u64> {
+                c.query_row(
+                    "SELECT COUNT(*) FROM requests WHERE user = ?1 AND ts >= ?2",
+                    params![user, since],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)
+            };
+            let tokens = c
+                .query_row(
+                    "SELECT tokens FROM tokens WHERE user = ?1 AND day = ?2",
+                    params![user, day],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+                .unwrap_or(0) as u64;
+            Ok(Used {
+                hour: n(hour)?,
+                day: n(day)?,
+                tokens_day: tokens,
+            })
+        })
+        .await
+    }
+
+    /// Adds a run's tokens to the user's day.
+    pub async fn add_tokens(&self, user: &str, tokens: u64) -> Result<(), Error> {
+        let user = user.to_string();
+        self.call(move |c| {
+            let t = now();
+            let day = t - t.rem_euclid(86400);
+            c.execute(
+                "INSERT INTO tokens (user, day, tokens) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user, day) DO UPDATE SET tokens = tokens + excluded.tokens",
+                params![user, day, tokens as i64],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +428,41 @@ mod tests {
         assert_eq!(s.session("nope", day, 30 * day).await.unwrap(), None);
         s.delete_session("abc").await.unwrap();
         assert_eq!(s.session("abc", day, 30 * day).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn request_and_token_limits_hold_per_user_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            for i in 1..=3 {
+                let u = s.take_request("alice", 3, 10, 1000).await.unwrap().unwrap();
+                assert_eq!(u.hour, i);
+            }
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let retry = s
+            .take_request("alice", 3, 10, 1000)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(retry > 0 && retry <= 3600, "{retry}");
+        assert!(
+            s.take_request("bob", 3, 10, 1000).await.unwrap().is_ok(),
+            "per user"
+        );
+        s.add_tokens("bob", 600).await.unwrap();
+        s.add_tokens("bob", 500).await.unwrap();
+        assert_eq!(s.used("bob").await.unwrap().tokens_day, 1100);
+        let retry = s
+            .take_request("bob", 3, 10, 1000)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            retry > 0 && retry <= 86400,
+            "over the daily tokens: {retry}"
+        );
     }
 
     #[tokio::test]

@@ -11,7 +11,10 @@ use crate::walk::{Errors, Table};
 
 mod auth;
 
-pub use auth::{AuthServer, ChatConfig, ForwardAuth, LoginKind, CHAT_COOKIES};
+pub use auth::{
+    AgentConfig, AgentKind, AuthServer, ChatConfig, ChatLimits, ForwardAuth, LoginKind,
+    CHAT_COOKIES, PERMISSION_MODES,
+};
 
 /// The config `edge up` runs with when given no file: project `demo` at
 /// `https://demo.localhost:8443/`, its mounts not yet pointed anywhere.

@@ -35,6 +35,57 @@ impl LoginKind {
     }
 }
 
+/// Which agent the chat runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentKind {
+    /// Claude Code (`claude -p --output-format stream-json ...`); `command` is its path or name.
+    Claude { command: String },
+    /// Any CLI: an argv template in which `{message}` is replaced by the message.
+    Command { argv: Vec<String> },
+}
+
+/// `[chat.agent]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub kind: AgentKind,
+    /// The project's working tree: the agent's working directory.
+    pub workspace: PathBuf,
+    pub permission_mode: String,
+    /// A run longer than this is stopped.
+    pub timeout: Duration,
+}
+
+/// `[chat.limits]`, per user; UTC windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatLimits {
+    pub requests_per_hour: u64,
+    pub requests_per_day: u64,
+    /// Input, output and cache tokens, as the agent reports them.
+    pub tokens_per_day: u64,
+    pub concurrent_runs: u64,
+}
+
+impl Default for ChatLimits {
+    fn default() -> Self {
+        ChatLimits {
+            requests_per_hour: 60,
+            requests_per_day: 500,
+            tokens_per_day: 20_000_000,
+            concurrent_runs: 2,
+        }
+    }
+}
+
+/// Claude Code's permission modes.
+pub const PERMISSION_MODES: [&str; 6] = [
+    "default",
+    "acceptEdits",
+    "plan",
+    "auto",
+    "dontAsk",
+    "bypassPermissions",
+];
+
 /// The chat service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatConfig {
@@ -63,6 +114,9 @@ pub struct ChatConfig {
     pub session_max: Duration,
     /// The user a one-time login token signs in as (`login = "token"`).
     pub token_user: String,
+    /// None: no agent configured (the chat says so and names `chat.agent.kind`).
+    pub agent: Option<AgentConfig>,
+    pub limits: ChatLimits,
 }
 
 impl ChatConfig {
@@ -81,6 +135,8 @@ impl ChatConfig {
             session_idle: Duration::from_secs(7 * 86400),
             session_max: Duration::from_secs(30 * 86400),
             token_user: "operator".into(),
+            agent: None,
+            limits: ChatLimits::default(),
         }
     }
 
@@ -200,6 +256,24 @@ pub(super) fn read_chat(t: Option<Table<'_>>, errs: &mut Errors) -> Option<ChatC
     if let Some(u) = t.str(errs, "token_user") {
         c.token_user = u.to_string();
     }
+    c.agent = t.table(errs, "agent").and_then(|a| read_agent(a, errs));
+    if let Some(mut l) = t.table(errs, "limits") {
+        for (key, slot) in [
+            ("requests_per_hour", &mut c.limits.requests_per_hour),
+            ("requests_per_day", &mut c.limits.requests_per_day),
+            ("tokens_per_day", &mut c.limits.tokens_per_day),
+            ("concurrent_runs", &mut c.limits.concurrent_runs),
+        ] {
+            if let Some(n) = l.uint(errs, key) {
+                if n == 0 {
+                    errs.push(l.key(key), "must be at least 1");
+                } else {
+                    *slot = n;
+                }
+            }
+        }
+        l.finish(errs);
+    }
     if c.login != LoginKind::Token {
         let kind = c.login.as_str();
         if c.provider_url.is_none() && !t.has("provider_url") {
@@ -230,6 +304,80 @@ pub(super) fn read_chat(t: Option<Table<'_>>, errs: &mut Errors) -> Option<ChatC
     }
     t.finish(errs);
     Some(c)
+}
+
+fn read_agent(mut t: Table<'_>, errs: &mut Errors) -> Option<AgentConfig> {
+    let kind = t.str(errs, "kind").unwrap_or("claude");
+    let kind = match kind {
+        "claude" => AgentKind::Claude {
+            command: t.str(errs, "command").unwrap_or("claude").to_string(),
+        },
+        "command" => {
+            let argv: Vec<String> = t
+                .strings(errs, "command")
+                .unwrap_or_default()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            if argv.is_empty() {
+                errs.push(
+                    t.key("command"),
+                    "kind = \"command\" needs an argv template, e.g. [\"my-agent\", \"--prompt\", \"{message}\"]",
+                );
+            } else if !argv.iter().any(|a| a.contains("{message}")) {
+                errs.push(
+                    t.key("command"),
+                    "the argv template must contain {message} where the message goes",
+                );
+            }
+            AgentKind::Command { argv }
+        }
+        other => {
+            errs.push(
+                t.key("kind"),
+                format!("{other:?}: use \"claude\" or \"command\""),
+            );
+            AgentKind::Claude {
+                command: "claude".into(),
+            }
+        }
+    };
+    let workspace = match t.str(errs, "workspace") {
+        Some(w) if !w.is_empty() => PathBuf::from(w),
+        _ => {
+            errs.push(
+                t.key("workspace"),
+                "the agent needs a working tree (its working directory)",
+            );
+            PathBuf::new()
+        }
+    };
+    let permission_mode = t
+        .str(errs, "permission_mode")
+        .unwrap_or("acceptEdits")
+        .to_string();
+    if !PERMISSION_MODES.contains(&permission_mode.as_str()) {
+        errs.push(
+            t.key("permission_mode"),
+            format!(
+                "{permission_mode:?}: use one of {}",
+                PERMISSION_MODES.join(", ")
+            ),
+        );
+    }
+    let timeout = t
+        .parsed(errs, "timeout", parse_duration)
+        .unwrap_or(Duration::from_secs(30 * 60));
+    if timeout.is_zero() {
+        errs.push(t.key("timeout"), "must be more than 0s");
+    }
+    t.finish(errs);
+    Some(AgentConfig {
+        kind,
+        workspace,
+        permission_mode,
+        timeout,
+    })
 }
 
 pub(super) fn read_forward_auth(t: &mut Table<'_>, errs: &mut Errors) -> Option<ForwardAuth> {

@@ -1,0 +1,194 @@
+//! `/chat/api/...`: conversations (list, create, open, rename, delete, export as Markdown),
+//! sending a message over HTTP, and the user's limits. JSON in and out; every route needs a
+//! session and sees only the user's own conversations.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use crate::app::{json_error, signed_in, St};
+use crate::talk;
+
+fn internal(e: crate::Error) -> Response {
+    e.into_response()
+}
+
+fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "no such conversation")
+}
+
+pub(crate) async fn list(State(st): State<St>, h: HeaderMap) -> Response {
+    let s = match signed_in(&st, &h, true).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st.orch.conversations().list(&s.user) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Title {
+    #[serde(default)]
+    title: Option<String>,
+}
+
+fn clean_title(t: Option<String>) -> Option<String> {
+    let t = t.unwrap_or_else(|| "New chat".into());
+    let t = t.trim();
+    (!t.is_empty() && t.len() <= 200 && !t.chars().any(char::is_control)).then(|| t.to_string())
+}
+
+fn bad_title() -> Response {
+    json_error(
+        StatusCode::BAD_REQUEST,
+        "title: 1 to 200 characters, no control characters",
+    )
+}
+
+pub(crate) async fn create(State(st): State<St>, h: HeaderMap, Json(b): Json<Title>) -> Response {
+    let s = match signed_in(&st, &h, true).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(title) = clean_title(b.title) else {
+        return bad_title();
+    };
+    match st.orch.conversations().create(&s.user, &title) {
+        Ok(m) => (StatusCode::CREATED, Json(m)).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+pub(crate) async fn open(State(st): State<St>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    let s = match signed_in(&st, &h, true).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st.orch.conversations().open(&s.user, &id) {
+        Ok(Some((meta, records))) => {
+            let active = st.orch.active(&s.user, &id).map(|r| r.id.clone());
+            Json(serde_json::json!({"meta": meta, "records": records, "active_run": active}))
+                .into_response()
+        }
+        Ok(None) | Err(crate::Error::Refused(_)) => not_found(),
+        Err(e) => internal(e),
+    }
+}
+
+pub(crate) async fn rename(
+    State(st): State<St>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Json(b): Json<Title>,
+) -> Response {
+    let s = match signed_in(&st, &h, true).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(title) = clean_title(b.title) else {
+        return bad_title();
+    };
+    match st.orch.conversations().rename(&s.user, &id, &title) {
+        Ok(Some(m)) => Json(m).into_response(),
+        Ok(None) | Err(crate::Error::Refused(_)) => not_found(),
+        Err(e) => internal(e),
+    }
+}
+
+pub(crate) async fn delete(State(st): State<St>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    let s = match signed_in(&st, &h, true).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if st.orch.active(&s.user, &id).is_some() {
+        return json_error(
+            StatusCode::CONFLICT,
+            "a run is going in this conversation; cancel it first",
+        );
+    }
+    match st.orch.conversations().delete(&s.user, &id) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) | Err(crate::Error::Refused(_)) => not_found(),
+        Err(e) => internal(e),
+    }
+}
+
+pub(crate) async fn export(State(st): State<St>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    let s = match signed_in(&st, &h, true).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st.orch.conversations().export_markdown(&s.user, &id) {
+        Ok(Some(md)) => {
+            let mut r = md.into_response();
+            let hs = r.headers_mut();
+            hs.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/markdown; charset=utf-8"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"chat-{id}.md\""))
+            {
+                hs.insert(header::CONTENT_DISPOSITION, v);
+            }
+            r
+        }
+        Ok(None) | Err(crate::Error::Refused(_)) => not_found(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Message {
+    text: String,
+}
+
+/// Sends a message over HTTP: 202 with the run id; 429 with `Retry-After` over a limit.
+pub(crate) async fn send(
+    State(st): State<St>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Json(b): Json<Message>,
+) -> Response {
+    let s = match signed_in(&st, &h, true).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match talk::send(&st, &s.user, &id, &b.text, None).await {
+        Ok(run_id) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"run_id": run_id})),
+        )
+            .into_response(),
+        Err(r) => {
+            let status = match r.code {
+                "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+                "busy" => StatusCode::CONFLICT,
+                "not_found" => StatusCode::NOT_FOUND,
+                "invalid" => StatusCode::BAD_REQUEST,
+                "no_agent" | "agent_missing" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let mut resp = (status, Json(&r)).into_response();
+            if let Some(secs) = r.retry_after {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            resp
+        }
+    }
+}
+
+pub(crate) async fn limits(State(st): State<St>, h: HeaderMap) -> Response {
+    let s = match signed_in(&st, &h, true).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st.store.used(&s.user).await {
+        Ok(u) => Json(talk::limits_json(&st.config.load(), u)).into_response(),
+        Err(e) => internal(e),
+    }
+}

@@ -1,0 +1,247 @@
+//! Talking to the agent, the part HTTP and the WebSocket share: checks before a run (an agent
+//! configured and installed, the conversation the user's, no run going, the user's limits),
+//! then the run, and the fan-out of its frames to every socket of the user.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use edge_routing::{AgentKind, Config};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::runs::{Agent, AgentSpec, RunBody, RunFrame};
+use crate::store::Used;
+
+/// Frames a user's sockets all receive, as JSON text. Sized so that a slow socket lags (and
+/// is told to resubscribe) long before a run could be held up: sends never wait.
+pub const HUB: usize = 8192;
+
+/// One broadcast channel per signed-in user with at least one socket.
+#[derive(Debug, Default)]
+pub(crate) struct Hubs(Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>);
+
+impl Hubs {
+    pub fn sender(&self, user: &str) -> broadcast::Sender<Arc<str>> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, s| s.receiver_count() > 0);
+        m.entry(user.to_string())
+            .or_insert_with(|| broadcast::channel(HUB).0)
+            .clone()
+    }
+
+    pub fn publish(&self, user: &str, frame: &serde_json::Value) {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = m.get(user) {
+            let _ = s.send(Arc::from(frame.to_string()));
+        }
+    }
+}
+
+/// Why a message did not start a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// `no_agent`, `agent_missing`, `not_found`, `busy`, `rate_limited`, `invalid`, `internal`.
+    pub code: &'static str,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+fn reject(code: &'static str, detail: impl Into<String>) -> Rejection {
+    Rejection {
+        code,
+        detail: detail.into(),
+        retry_after: None,
+    }
+}
+
+/// The longest message accepted.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+fn on_path(cmd: &str) -> bool {
+    if cmd.contains('/') {
+        return Path::new(cmd).is_file();
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+        .unwrap_or(false)
+}
+
+/// The frame a run frame becomes on a socket: its own fields plus the conversation.
+pub fn frame_json(conversation: &str, f: &RunFrame) -> serde_json::Value {
+    let mut v = serde_json::to_value(f).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("conversation_id".into(), conversation.into());
+    }
+    v
+}
+
+/// The user's limits and what is used of them.
+pub fn limits_json(cfg: &Config, used: Used) -> serde_json::Value {
+    let l = cfg.chat.as_ref().map(|c| c.limits).unwrap_or_default();
+    serde_json::json!({
+        "hour": { "used": used.hour, "max": l.requests_per_hour },
+        "day": { "used": used.day, "max": l.requests_per_day },
+        "tokens_day": { "used": used.tokens_day, "max": l.tokens_per_day },
+        "concurrent_runs": l.concurrent_runs,
+    })
+}
+
+/// Starts a run for `text` in the user's conversation; its frames go to every socket of the
+/// user. The run id, or why not.
+pub(crate) async fn send(
+    st: &crate::app::AppState,
+    user: &str,
+    conversation: &str,
+    text: &str,
+    client_msg_id: Option<&str>,
+) -> Result<String, Rejection> {
+    let cfg = st.config.load_full();
+    let (store, orch, hubs) = (&st.store, &st.orch, &st.hubs);
+    let Some(chat) = cfg.chat.as_ref() else {
+        return Err(reject("no_agent", "the chat is not configured"));
+    };
+    let Some(agent) = chat.agent.as_ref() else {
+        return Err(reject(
+            "no_agent",
+            "no agent is configured: set chat.agent.kind (\"claude\" or \"command\") and chat.agent.workspace in edge's config",
+        ));
+    };
+    if text.trim().is_empty() || text.len() > MAX_MESSAGE {
+        return Err(reject(
+            "invalid",
+            format!("a message has 1 to {MAX_MESSAGE} bytes"),
+        ));
+    }
+    let program = match &agent.kind {
+        AgentKind::Claude { command } => command.clone(),
+        AgentKind::Command { argv } => argv.first().cloned().unwrap_or_default(),
+    };
+    if !on_path(&program) {
+        return Err(reject(
+            "agent_missing",
+            format!("the agent {program:?} is not installed on this host (chat.agent.command)"),
+        ));
+    }
+    match orch.conversations().open(user, conversation) {
+        Ok(Some(_)) => {}
+        Ok(None) | Err(crate::Error::Refused(_)) => {
+            return Err(reject("not_found", "no such conversation"))
+        }
+        Err(e) => return Err(reject("internal", e.to_string())),
+    }
+    if orch.active(user, conversation).is_some() {
+        return Err(reject("busy", "this conversation already has a run going"));
+    }
+    if orch.runs_of(user).len() as u64 >= chat.limits.concurrent_runs {
+        return Err(reject(
+            "busy",
+            format!(
+                "you have {} runs going, the most at once (chat.limits.concurrent_runs)",
+                chat.limits.concurrent_runs
+            ),
+        ));
+    }
+    match store
+        .take_request(
+            user,
+            chat.limits.requests_per_hour,
+            chat.limits.requests_per_day,
+            chat.limits.tokens_per_day,
+        )
+        .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(secs)) => {
+            return Err(Rejection {
+                code: "rate_limited",
+                detail: "over your request or token limit for now".into(),
+                retry_after: Some(secs),
+            })
+        }
+        Err(e) => return Err(reject("internal", e.to_string())),
+    }
+    let session = match &agent.kind {
+        AgentKind::Claude { .. } => match orch.conversations().session(user, conversation) {
+            Ok(s) => s,
+            Err(e) => return Err(reject("internal", e.to_string())),
+        },
+        AgentKind::Command { .. } => None,
+    };
+    let spec = AgentSpec {
+        agent: match &agent.kind {
+            AgentKind::Claude { command } => Agent::Claude {
+                command: command.clone(),
+                permission_mode: agent.permission_mode.clone(),
+            },
+            AgentKind::Command { argv } => Agent::Command { argv: argv.clone() },
+        },
+        workspace: agent.workspace.to_string_lossy().into_owned(),
+        timeout: agent.timeout,
+    };
+    let run = orch
+        .start(
+            user,
+            conversation,
+            text,
+            &spec,
+            session.as_ref().map(|(s, resume)| (s.as_str(), *resume)),
+        )
+        .map_err(|e| match e {
+            crate::Error::Refused(m) => reject("busy", m),
+            other => reject("internal", other.to_string()),
+        })?;
+    let _ = orch.conversations().touch(user, conversation);
+    hubs.publish(
+        user,
+        &serde_json::json!({
+            "t": "user_message", "conversation_id": conversation, "run_id": run.id,
+            "client_msg_id": client_msg_id, "text": text, "user": user,
+        }),
+    );
+    // Every frame of the run to every socket of the user; the tokens to the user's day.
+    let (missed, mut rx) = run.subscribe(0);
+    let (hubs, store, user, conv) = (
+        hubs.clone(),
+        store.clone(),
+        user.to_string(),
+        conversation.to_string(),
+    );
+    tokio::spawn(async move {
+        let mut last = 0;
+        let mut forward = |f: &RunFrame| -> bool {
+            if f.seq <= last {
+                return false;
+            }
+            last = f.seq;
+            hubs.publish(&user, &frame_json(&conv, f));
+            matches!(f.body, RunBody::End { .. })
+        };
+        let mut usage = None;
+        for f in missed.unwrap_or_default() {
+            if let RunBody::End { usage: u, .. } = &f.body {
+                usage = Some(*u);
+            }
+            forward(&f);
+        }
+        while usage.is_none() {
+            match rx.recv().await {
+                Ok(f) => {
+                    if let RunBody::End { usage: u, .. } = &f.body {
+                        usage = Some(*u);
+                    }
+                    forward(&f);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+        if let Some(u) = usage.filter(|u| u.total() > 0) {
+            if let Err(e) = store.add_tokens(&user, u.total()).await {
+                tracing::error!(error = %e, "could not count a run's tokens");
+            }
+        }
+    });
+    Ok(run.id.clone())
+}

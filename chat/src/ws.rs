@@ -1,0 +1,214 @@
+//! The chat's WebSocket, subprotocol `chat.v1` (docs/chat-protocol.md): JSON text frames with
+//! their type in `t`. Every socket of a user receives the same frames; a socket that falls
+//! behind is told (`gap`) and catches up with `subscribe`, the run never waits for it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+use crate::app::AppState;
+use crate::talk::{self, frame_json};
+
+/// Largest frame a client may send.
+pub const MAX_CLIENT_FRAME: usize = 96 * 1024;
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// A socket silent (no pong, no frame) this long is closed.
+const SILENT_FOR: Duration = Duration::from_secs(60);
+
+#[derive(Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum ClientFrame {
+    Hello {},
+    Subscribe {
+        conversation_id: String,
+        /// Resume a run after this frame; absent: a snapshot of the whole conversation.
+        #[serde(default)]
+        run_id: Option<String>,
+        #[serde(default)]
+        last_seq: Option<u64>,
+    },
+    Send {
+        conversation_id: String,
+        text: String,
+        #[serde(default)]
+        client_msg_id: Option<String>,
+    },
+    Cancel {
+        run_id: String,
+    },
+    Ping {
+        #[serde(default)]
+        ts: Option<u64>,
+    },
+}
+
+pub(crate) async fn session(socket: WebSocket, st: Arc<AppState>, user: String) {
+    let (mut tx, mut rx) = socket.split();
+    let mut hub = st.hubs.sender(&user).subscribe();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut heard = Instant::now();
+    loop {
+        let out: Vec<String> = tokio::select! {
+            m = rx.next() => {
+                heard = Instant::now();
+                match m {
+                    Some(Ok(Message::Text(t))) => handle(&st, &user, t.as_str()).await,
+                    Some(Ok(Message::Binary(_))) => vec![error("invalid", "frames are JSON text")],
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => Vec::new(),
+                }
+            }
+            f = hub.recv() => match f {
+                Ok(text) => vec![text.to_string()],
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    vec![serde_json::json!({"t": "gap", "missed": n}).to_string()]
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = ping.tick() => {
+                if heard.elapsed() > SILENT_FOR {
+                    let _ = tx.send(Message::Close(Some(CloseFrame { code: 4008, reason: "no pong".into() }))).await;
+                    break;
+                }
+                if tx.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break;
+                }
+                Vec::new()
+            }
+        };
+        for text in out {
+            if tx.send(Message::Text(text.into())).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn error(code: &str, msg: &str) -> String {
+    serde_json::json!({"t": "error", "code": code, "msg": msg}).to_string()
+}
+
+async fn handle(st: &AppState, user: &str, text: &str) -> Vec<String> {
+    let f: ClientFrame = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => return vec![error("invalid", &e.to_string())],
+    };
+    let cfg = st.config.load_full();
+    match f {
+        ClientFrame::Hello {} => {
+            let used = st.store.used(user).await.unwrap_or(crate::store::Used {
+                hour: 0,
+                day: 0,
+                tokens_day: 0,
+            });
+            let active: Vec<_> = st
+                .orch
+                .runs_of(user)
+                .iter()
+                .map(|r| serde_json::json!({"conversation_id": r.conversation, "run_id": r.id}))
+                .collect();
+            let agent = cfg.chat.as_ref().and_then(|c| c.agent.as_ref()).is_some();
+            vec![serde_json::json!({
+                "t": "hello_ok", "user": user, "proto": 1,
+                "limits": talk::limits_json(&cfg, used), "active_runs": active,
+                "agent": agent,
+            })
+            .to_string()]
+        }
+        ClientFrame::Ping { ts } => vec![serde_json::json!({"t": "pong", "ts": ts}).to_string()],
+        ClientFrame::Cancel { run_id } => {
+            match st.orch.runs_of(user).into_iter().find(|r| r.id == run_id) {
+                Some(r) => {
+                    r.cancel();
+                    Vec::new()
+                }
+                None => vec![error("not_found", "no such run going")],
+            }
+        }
+        ClientFrame::Send {
+            conversation_id,
+            text,
+            client_msg_id,
+        } => match talk::send(st, user, &conversation_id, &text, client_msg_id.as_deref()).await {
+            Ok(run_id) => vec![serde_json::json!({
+                "t": "accepted", "client_msg_id": client_msg_id, "run_id": run_id,
+                "conversation_id": conversation_id,
+            })
+            .to_string()],
+            Err(r) => vec![serde_json::json!({
+                "t": "rejected", "client_msg_id": client_msg_id, "code": r.code,
+                "detail": r.detail, "retry_after": r.retry_after,
+            })
+            .to_string()],
+        },
+        ClientFrame::Subscribe {
+            conversation_id,
+            run_id,
+            last_seq,
+        } => subscribe(st, user, &conversation_id, run_id, last_seq),
+    }
+}
+
+/// What a tab needs to catch up: the frames of a run after `last_seq` (from memory, else from
+/// the conversation file), or else a snapshot of the whole conversation.
+fn subscribe(
+    st: &AppState,
+    user: &str,
+    conversation: &str,
+    run_id: Option<String>,
+    last_seq: Option<u64>,
+) -> Vec<String> {
+    let active = st.orch.active(user, conversation);
+    if let (Some(run_id), Some(last)) = (&run_id, last_seq) {
+        if let Some(run) = active.as_ref().filter(|r| &r.id == run_id) {
+            if let (Some(missed), _) = run.subscribe(last) {
+                return missed
+                    .iter()
+                    .map(|f| frame_json(conversation, f).to_string())
+                    .collect();
+            }
+        }
+        // Not in memory: from disk.
+        if let Ok(Some((_, records))) = st.orch.conversations().open(user, conversation) {
+            let frames: Vec<String> = records
+                .iter()
+                .filter(|r| r.run_id.as_ref() == Some(run_id) && r.seq.is_some_and(|s| s > last))
+                .filter_map(|r| {
+                    let body = r.frame.clone()?;
+                    let f = crate::runs::RunFrame {
+                        run_id: run_id.clone(),
+                        seq: r.seq?,
+                        body,
+                    };
+                    Some(frame_json(conversation, &f).to_string())
+                })
+                .collect();
+            let has_start = records
+                .iter()
+                .any(|r| r.run_id.as_ref() == Some(run_id) && r.seq == Some(last.max(1)));
+            if has_start || !frames.is_empty() {
+                return frames;
+            }
+        }
+    }
+    match st.orch.conversations().open(user, conversation) {
+        Ok(Some((meta, records))) => {
+            let active_run = active.map(|r| {
+                let last = r.subscribe(0).0.and_then(|v| v.last().map(|f| f.seq));
+                serde_json::json!({"run_id": r.id, "last_seq": last})
+            });
+            vec![serde_json::json!({
+                "t": "snapshot", "conversation_id": conversation, "meta": meta,
+                "records": records, "active_run": active_run,
+            })
+            .to_string()]
+        }
+        Ok(None) => vec![error("not_found", "no such conversation")],
+        Err(e) => vec![error("internal", &e.to_string())],
+    }
+}

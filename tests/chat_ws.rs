@@ -1,0 +1,326 @@
+//! The chat's WebSocket protocol end to end: gateway and chat in-process, runs on real
+//! `edge worker --stdio` processes running a stand-in for Claude Code
+//! (`tests/fixtures/fake-claude.sh`). Two tabs see the same frames; a third catches up from
+//! disk; cancel ends a run once; limits answer `rejected` over the socket and 429 over HTTP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use edge_chat::Chat;
+use edge_gateway::Gateway;
+use edge_routing::Config;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Env {
+    http: SocketAddr,
+    cookie: String,
+    chat: Chat,
+    _dir: tempfile::TempDir,
+}
+
+const HOST: &str = "demo.example.test";
+
+async fn env(agent: &str, limits: &str) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let http_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let chat_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http, chat_addr) = (http_l.local_addr().unwrap(), chat_l.local_addr().unwrap());
+    let text = format!(
+        r#"domain = "example.test"
+state_dir = "{dir}"
+[listen]
+https = ""
+http = "{http}"
+admin = ""
+http_redirect = false
+[[projects]]
+name = "demo"
+  [[projects.routes]]
+  mount = "chat"
+  upstream = "chat"
+  auth = "forward"
+[chat]
+listen = "{chat_addr}"
+{agent}
+{limits}
+"#,
+        dir = dir.path().display()
+    );
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let secret = edge_chat::load_or_create_secret(&dir.path().join("fa")).unwrap();
+    let chat = Chat::open(config.clone(), dir.path(), secret.clone(), None).unwrap();
+    chat.set_worker(vec![
+        env!("CARGO_BIN_EXE_edge").into(),
+        "worker".into(),
+        "--stdio".into(),
+    ]);
+    let gw = Gateway::new(config, dir.path(), &[]).unwrap();
+    gw.set_forward_auth_secret(&secret).unwrap();
+    let c = chat.clone();
+    tokio::spawn(async move { c.serve(chat_l, std::future::pending()).await.unwrap() });
+    tokio::spawn(async move { gw.serve_http(http_l, std::future::pending()).await });
+    // Sign in with a one-time link, as the operator would.
+    let link = chat
+        .login_url(&format!("http://{HOST}/chat"), "operator")
+        .await
+        .unwrap();
+    let path = link.strip_prefix(&format!("http://{HOST}")).unwrap();
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("http://{http}{path}"))
+        .header("host", HOST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    Env {
+        http,
+        cookie,
+        chat,
+        _dir: dir,
+    }
+}
+
+impl Env {
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, format!("http://{}/chat{path}", self.http))
+            .header("host", HOST)
+            .header("cookie", &self.cookie)
+            .header("origin", format!("http://{HOST}"))
+    }
+
+    async fn conversation(&self) -> String {
+        let r = self
+            .req(reqwest::Method::POST, "/api/conversations")
+            .json(&json!({"title": "t"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn tab(&self) -> Tab {
+        let tcp = tokio::net::TcpStream::connect(self.http).await.unwrap();
+        let req = tokio_tungstenite::tungstenite::http::Request::builder()
+            .uri(format!("ws://{HOST}/chat/ws"))
+            .header("host", HOST)
+            .header("cookie", &self.cookie)
+            .header("origin", format!("http://{HOST}"))
+            .header("sec-websocket-protocol", "chat.v1")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let mut t = Tab { ws };
+        t.send(json!({"t": "hello"})).await;
+        let h = t.next().await;
+        assert_eq!(h["t"], "hello_ok", "{h}");
+        t
+    }
+}
+
+struct Tab {
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+}
+
+impl Tab {
+    async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+    async fn next(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(15), self.ws.next())
+                .await
+                .expect("a frame within 15 s")
+                .unwrap()
+                .unwrap();
+            if let Message::Text(t) = m {
+                return serde_json::from_str(t.as_str()).unwrap();
+            }
+        }
+    }
+    /// Frames until the run's end frame, inclusive.
+    async fn until_end(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let f = self.next().await;
+            let end = f["t"] == "end";
+            out.push(f);
+            if end {
+                return out;
+            }
+        }
+    }
+}
+
+const CLAUDE: &str = concat!(
+    "[chat.agent]\nkind = \"claude\"\ncommand = \"",
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/fake-claude.sh\"\nworkspace = \"/tmp\"\n"
+);
+
+fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames.iter().filter_map(|f| f["seq"].as_u64()).collect()
+}
+
+#[tokio::test]
+async fn two_tabs_see_the_same_run_and_a_third_catches_up() {
+    let e = env(CLAUDE, "").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    let mut b = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "hello", "client_msg_id": "m1"}))
+        .await;
+    let fa = a.until_end().await;
+    let fb = b.until_end().await;
+    let accepted = fa.iter().find(|f| f["t"] == "accepted").expect("accepted");
+    assert_eq!(accepted["client_msg_id"], "m1");
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    assert!(
+        fb.iter()
+            .any(|f| f["t"] == "user_message" && f["text"] == "hello"),
+        "every tab sees the message"
+    );
+    let (sa, sb) = (seqs(&fa), seqs(&fb));
+    assert_eq!(sa, sb, "both tabs get the same frames");
+    assert_eq!(sa, (1..=sa.len() as u64).collect::<Vec<_>>(), "gap-free");
+    assert_eq!(fa.iter().filter(|f| f["t"] == "end").count(), 1);
+    assert_eq!(fa.last().unwrap()["outcome"], "ok");
+    let text: String = fa
+        .iter()
+        .filter(|f| f["t"] == "event" && f["event"]["t"] == "delta")
+        .map(|f| f["event"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "You said: hello");
+
+    // A tab that saw up to seq 3 gets exactly the rest (the run has ended: from disk).
+    let mut c = e.tab().await;
+    c.send(json!({"t": "subscribe", "conversation_id": conv, "run_id": run_id, "last_seq": 3}))
+        .await;
+    let rest = c.until_end().await;
+    assert_eq!(seqs(&rest), (4..=sa.len() as u64).collect::<Vec<_>>());
+    // A snapshot of the whole conversation.
+    c.send(json!({"t": "subscribe", "conversation_id": conv}))
+        .await;
+    let snap = c.next().await;
+    assert_eq!(snap["t"], "snapshot");
+    assert_eq!(snap["records"][0]["content"], "hello");
+    assert_eq!(snap["records"][0]["role"], "user");
+
+    // The same history over HTTP, and as Markdown.
+    let r = e
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/conversations/{conv}/export"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let md = r.text().await.unwrap();
+    assert!(md.contains("You said: hello"), "{md}");
+}
+
+#[tokio::test]
+async fn cancel_from_another_tab_and_one_run_per_conversation() {
+    let e = env(CLAUDE, "").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    let mut b = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "go slow", "client_msg_id": "m1"}))
+        .await;
+    let run_id = loop {
+        let f = a.next().await;
+        if f["t"] == "accepted" {
+            break f["run_id"].as_str().unwrap().to_string();
+        }
+    };
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "again", "client_msg_id": "m2"}))
+        .await;
+    loop {
+        let f = a.next().await;
+        if f["t"] == "rejected" {
+            assert_eq!(f["client_msg_id"], "m2");
+            assert_eq!(f["code"], "busy");
+            break;
+        }
+    }
+    b.send(json!({"t": "cancel", "run_id": run_id})).await;
+    let fb = b.until_end().await;
+    assert_eq!(fb.last().unwrap()["outcome"], "cancelled");
+    assert_eq!(fb.iter().filter(|f| f["t"] == "end").count(), 1);
+}
+
+#[tokio::test]
+async fn limits_and_a_missing_agent_are_explained() {
+    let e = env(CLAUDE, "[chat.limits]\nrequests_per_hour = 1\n").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "one"}))
+        .await;
+    a.until_end().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "two", "client_msg_id": "m2"}))
+        .await;
+    let f = a.next().await;
+    assert_eq!(f["t"], "rejected", "{f}");
+    assert_eq!(f["code"], "rate_limited");
+    assert!(f["retry_after"].as_u64().unwrap() <= 3600);
+    let r = e
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/conversations/{conv}/messages"),
+        )
+        .json(&json!({"text": "three"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let limits: Value = e
+        .req(reqwest::Method::GET, "/api/limits")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(limits["hour"]["used"], 1);
+    assert_eq!(limits["hour"]["max"], 1);
+    assert!(
+        limits["tokens_day"]["used"].as_u64().unwrap() > 0,
+        "tokens counted from the result line"
+    );
+    drop(e.chat);
+
+    let e = env("", "").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "hi"}))
+        .await;
+    let f = a.next().await;
+    assert_eq!(f["code"], "no_agent", "{f}");
+    assert!(
+        f["detail"].as_str().unwrap().contains("chat.agent.kind"),
+        "{f}"
+    );
+}
