@@ -15,21 +15,25 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
 struct Env {
+    host: String,
     http: SocketAddr,
     cookie: String,
     chat: Chat,
     _dir: tempfile::TempDir,
 }
 
-const HOST: &str = "demo.example.test";
-
 async fn env(agent: &str, limits: &str) -> Env {
+    env_on("example.test", agent, limits).await
+}
+
+async fn env_on(domain: &str, agent: &str, limits: &str) -> Env {
+    let host = format!("demo.{domain}");
     let dir = tempfile::tempdir().unwrap();
     let http_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let chat_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (http, chat_addr) = (http_l.local_addr().unwrap(), chat_l.local_addr().unwrap());
     let text = format!(
-        r#"domain = "example.test"
+        r#"domain = "{domain}"
 state_dir = "{dir}"
 [listen]
 https = ""
@@ -64,16 +68,16 @@ listen = "{chat_addr}"
     tokio::spawn(async move { gw.serve_http(http_l, std::future::pending()).await });
     // Sign in with a one-time link, as the operator would.
     let link = chat
-        .login_url(&format!("http://{HOST}/chat"), "operator")
+        .login_url(&format!("http://{host}/chat"), "operator")
         .await
         .unwrap();
-    let path = link.strip_prefix(&format!("http://{HOST}")).unwrap();
+    let path = link.strip_prefix(&format!("http://{host}")).unwrap();
     let r = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
         .get(format!("http://{http}{path}"))
-        .header("host", HOST)
+        .header("host", &host)
         .send()
         .await
         .unwrap();
@@ -86,6 +90,7 @@ listen = "{chat_addr}"
         .unwrap()
         .to_string();
     Env {
+        host,
         http,
         cookie,
         chat,
@@ -97,9 +102,9 @@ impl Env {
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         reqwest::Client::new()
             .request(method, format!("http://{}/chat{path}", self.http))
-            .header("host", HOST)
+            .header("host", &self.host)
             .header("cookie", &self.cookie)
-            .header("origin", format!("http://{HOST}"))
+            .header("origin", format!("http://{}", self.host))
     }
 
     async fn conversation(&self) -> String {
@@ -119,10 +124,10 @@ impl Env {
     async fn tab(&self) -> Tab {
         let tcp = tokio::net::TcpStream::connect(self.http).await.unwrap();
         let req = tokio_tungstenite::tungstenite::http::Request::builder()
-            .uri(format!("ws://{HOST}/chat/ws"))
-            .header("host", HOST)
+            .uri(format!("ws://{}/chat/ws", self.host))
+            .header("host", &self.host)
             .header("cookie", &self.cookie)
-            .header("origin", format!("http://{HOST}"))
+            .header("origin", format!("http://{}", self.host))
             .header("sec-websocket-protocol", "chat.v1")
             .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
             .header("sec-websocket-version", "13")
@@ -322,5 +327,56 @@ async fn limits_and_a_missing_agent_are_explained() {
     assert!(
         f["detail"].as_str().unwrap().contains("chat.agent.kind"),
         "{f}"
+    );
+}
+
+#[tokio::test]
+async fn a_browser_chats_in_two_tabs_and_cancels() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: install Debian's chromium (bash .ci/run does) or set CHROMIUM"
+    );
+    let js = concat!(env!("CARGO_MANIFEST_DIR"), "/chat/tests/js");
+    assert!(
+        std::path::Path::new(js)
+            .join("node_modules/playwright-core")
+            .exists(),
+        "run `npm ci --prefix chat/tests/js` (bash .ci/run does)"
+    );
+    // *.localhost: a secure context for the browser even over plain HTTP, and resolved to
+    // loopback by chromium itself.
+    let e = env_on("localhost", CLAUDE, "").await;
+    let link = e
+        .chat
+        .login_url(
+            &format!("http://{}:{}/chat", e.host, e.http.port()),
+            "operator",
+        )
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(format!("{js}/chat-ui.mjs"))
+        .arg(&link)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("the browser finished within 120 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
+            panic!(
+                "browser output: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert_eq!(result["second_tab_saw"], true, "{result:#}");
+    assert!(
+        result["cancelled"].as_str().unwrap().contains("cancelled"),
+        "{result:#}"
     );
 }

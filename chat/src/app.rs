@@ -45,6 +45,8 @@ pub(crate) type St = Arc<AppState>;
 pub(crate) fn router(st: St) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/app.js", get(asset))
+        .route("/app.css", get(asset))
         .route("/login", get(login))
         .route("/login/token", get(token_login))
         .route("/oauth/callback", get(callback))
@@ -360,20 +362,60 @@ fn not_allowed(user: &str) -> Response {
 
 // ------------------------------------------------------------------ handlers
 
+/// The chat's page: the app (`app.js`, `app.css`, embedded in the binary) around the user's
+/// name. Everything it loads is relative to the page, from this origin only.
 async fn index(State(st): State<St>, h: HeaderMap) -> Response {
     let s = match signed_in(&st, &h, false).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    page(
-        StatusCode::OK,
-        "edge chat",
-        &format!(
-            "<p id=\"signed-in\">Signed in as <b>{}</b>.</p>\
-             <form method=\"post\" action=\"logout\"><button>Sign out</button></form>",
-            esc(&s.user)
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>edge chat</title>\
+         <link rel=\"stylesheet\" href=\"app.css\"><script src=\"app.js\" defer></script></head><body>\
+         <aside><button id=\"new\">New chat</button><ul id=\"convs\"></ul></aside>\
+         <main><header><span id=\"signed-in\">Signed in as <b>{}</b></span>\
+         <form method=\"post\" action=\"logout\"><button>Sign out</button></form>\
+         <span id=\"conn\"></span><span class=\"limits\" id=\"limits\"></span></header>\
+         <div id=\"banner\"></div><div id=\"log\" aria-live=\"polite\"></div>\
+         <form id=\"send\"><textarea id=\"text\" placeholder=\"Message the agent (Ctrl+Enter sends)\"></textarea>\
+         <button type=\"submit\">Send</button><button type=\"button\" id=\"cancel\" hidden>Cancel</button></form>\
+         </main></body></html>",
+        esc(&s.user)
+    );
+    let mut r = (StatusCode::OK, html).into_response();
+    let hs = r.headers_mut();
+    hs.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    hs.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
-    )
+    );
+    r
+}
+
+/// The UI's script and styles, compiled into the binary (no CDN).
+async fn asset(uri: axum::http::Uri) -> Response {
+    let (body, ctype) = match uri.path() {
+        "/app.js" => (
+            include_str!("../ui/app.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "/app.css" => (include_str!("../ui/app.css"), "text/css; charset=utf-8"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let mut r = body.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }
 
 async fn me(State(st): State<St>, h: HeaderMap) -> Response {

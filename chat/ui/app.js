@@ -1,0 +1,192 @@
+// edge chat: the browser side of the chat.v1 protocol (docs/chat-protocol.md). Every URL is
+// relative to the page, so the chat works under /chat/ and on chat.<project>.<domain> alike.
+'use strict';
+const $ = (s) => document.querySelector(s);
+const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls; if (text != null) e.textContent = text; return e; };
+const state = { convs: [], current: null, runs: {}, ws: null, active: null, backoff: 500 };
+
+async function api(path, opts = {}) {
+  const r = await fetch(path, { headers: { 'content-type': 'application/json' }, credentials: 'same-origin', ...opts });
+  if (!r.ok && r.status !== 429) throw new Error(`${path}: ${r.status}`);
+  return r.status === 204 ? null : r.json();
+}
+
+// ---- Markdown: escaped text, fenced code blocks, inline code, bold. Built with DOM nodes only.
+function renderMarkdown(target, text) {
+  target.textContent = '';
+  const parts = text.split(/```/);
+  parts.forEach((part, i) => {
+    if (i % 2 === 1) {
+      const nl = part.indexOf('\n');
+      const pre = el('pre'); const code = el('code', null, nl >= 0 ? part.slice(nl + 1) : part);
+      if (nl > 0) code.dataset.lang = part.slice(0, nl).trim();
+      pre.appendChild(code); target.appendChild(pre);
+    } else {
+      for (const para of part.split(/\n{2,}/)) {
+        if (!para.trim()) continue;
+        const p = el('p');
+        para.split(/(`[^`]+`|\*\*[^*]+\*\*)/).forEach((seg) => {
+          if (seg.startsWith('`') && seg.endsWith('`') && seg.length > 1) p.appendChild(el('code', null, seg.slice(1, -1)));
+          else if (seg.startsWith('**') && seg.endsWith('**') && seg.length > 3) p.appendChild(el('strong', null, seg.slice(2, -2)));
+          else seg.split('\n').forEach((line, j) => { if (j) p.appendChild(el('br')); p.appendChild(document.createTextNode(line)); });
+        });
+        target.appendChild(p);
+      }
+    }
+  });
+}
+
+// ---- Conversations
+async function loadList() {
+  state.convs = await api('api/conversations');
+  const ul = $('#convs'); ul.textContent = '';
+  for (const c of state.convs) {
+    const li = el('li');
+    const a = el('a', c.id === state.current ? 'current' : '', c.title); a.href = '#' + c.id;
+    a.onclick = (ev) => { ev.preventDefault(); open(c.id); };
+    const ren = el('button', null, '✎'); ren.title = 'Rename';
+    ren.onclick = async () => { const t = prompt('New title', c.title); if (t) { await api(`api/conversations/${c.id}/rename`, { method: 'POST', body: JSON.stringify({ title: t }) }); loadList(); } };
+    const exp = el('a', null, '⇩'); exp.href = `api/conversations/${c.id}/export`; exp.title = 'Export as Markdown';
+    const del = el('button', null, '✕'); del.title = 'Delete';
+    del.onclick = async () => { if (confirm(`Delete "${c.title}"?`)) { await api(`api/conversations/${c.id}`, { method: 'DELETE' }).catch((e) => alert(e)); if (state.current === c.id) { state.current = null; $('#log').textContent = ''; } loadList(); } };
+    li.append(a, ren, exp, del); ul.appendChild(li);
+  }
+}
+
+async function newChat() {
+  const c = await api('api/conversations', { method: 'POST', body: JSON.stringify({ title: 'New chat' }) });
+  await loadList(); open(c.id);
+}
+
+function open(id) {
+  state.current = id; state.runs = {}; state.active = null;
+  $('#log').textContent = ''; location.hash = id;
+  document.querySelectorAll('#convs a').forEach((a) => a.classList.toggle('current', a.hash === '#' + id));
+  send({ t: 'subscribe', conversation_id: id });
+  setCancel(null);
+}
+
+// ---- Rendering runs
+function userBubble(text) { $('#log').appendChild(el('div', 'msg user', text)); scroll(); }
+function scroll() { const l = $('#log'); l.scrollTop = l.scrollHeight; }
+
+function runView(runId) {
+  let r = state.runs[runId];
+  if (!r) {
+    const box = el('div', 'msg assistant'); box.dataset.run = runId;
+    const status = el('div', 'status', '…');
+    box.appendChild(status); $('#log').appendChild(box);
+    r = state.runs[runId] = { seq: 0, box, status, blocks: {} };
+  }
+  return r;
+}
+
+function apply(f) {
+  const r = runView(f.run_id);
+  if (f.seq <= r.seq) return; // seen (frames are deduplicated by run and seq)
+  r.seq = f.seq;
+  if (f.t === 'state') {
+    r.status.textContent = f.state;
+    if (f.state !== 'cancelling') setCancel(f.run_id);
+  } else if (f.t === 'event') {
+    const e = f.event;
+    if (e.t === 'block_start') {
+      let node, body;
+      if (e.kind === 'text') { node = body = el('div', 'md'); }
+      else { node = el('details', e.kind === 'tool_use' ? 'tool' : 'thinking'); node.appendChild(el('summary', null, e.kind === 'tool_use' ? `tool: ${e.tool ? e.tool.name : '?'}` : 'thinking')); body = el('pre'); node.appendChild(body); }
+      r.blocks[e.block] = { kind: e.kind, body, text: '', tool: e.tool };
+      r.box.insertBefore(node, r.status);
+    } else if (e.t === 'delta') {
+      const b = r.blocks[e.block]; if (!b) return;
+      b.text += e.text;
+      if (b.kind === 'text') renderMarkdown(b.body, b.text); else b.body.textContent = b.text;
+    } else if (e.t === 'tool_result') {
+      const d = el('details', 'tool'); d.appendChild(el('summary', e.is_error ? 'error' : null, e.is_error ? 'tool result (error)' : 'tool result'));
+      d.appendChild(el('pre', null, e.content + (e.truncated ? '\n…(truncated)' : ''))); r.box.insertBefore(d, r.status);
+    } else if (e.t === 'notice') {
+      r.box.insertBefore(el('div', 'status', `${e.kind}: ${e.detail}`), r.status);
+    }
+    scroll();
+  } else if (f.t === 'end') {
+    const u = f.usage || {};
+    r.status.textContent = `${f.outcome}${f.detail ? ': ' + f.detail : ''} · tokens ${(u.input || 0) + (u.output || 0) + (u.cache_read || 0) + (u.cache_creation || 0)}`;
+    if (f.outcome !== 'ok') r.status.classList.add('error');
+    setCancel(null); refreshLimits();
+  }
+}
+
+function setCancel(runId) {
+  state.active = runId;
+  $('#cancel').hidden = !runId;
+  $('#send button[type=submit]').disabled = !!runId;
+}
+
+function showLimits(l) {
+  if (!l) return;
+  $('#limits').textContent = `left: ${l.hour.max - l.hour.used}/${l.hour.max} this hour · ${l.day.max - l.day.used}/${l.day.max} today · ${Math.max(0, l.tokens_day.max - l.tokens_day.used)} tokens today`;
+}
+async function refreshLimits() { try { showLimits(await api('api/limits')); } catch (_) {} }
+
+// ---- The socket
+function send(frame) { if (state.ws && state.ws.readyState === 1) state.ws.send(JSON.stringify(frame)); }
+
+function connect() {
+  const url = new URL('ws', location.href); url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  const ws = new WebSocket(url, 'chat.v1'); state.ws = ws;
+  ws.onopen = () => {
+    state.backoff = 500; $('#conn').textContent = '';
+    send({ t: 'hello' });
+    // Resume: what this tab has of each run, else a snapshot.
+    if (state.current) {
+      const runs = Object.entries(state.runs);
+      if (runs.length) { const [id, r] = runs[runs.length - 1]; send({ t: 'subscribe', conversation_id: state.current, run_id: id, last_seq: r.seq }); }
+      else send({ t: 'subscribe', conversation_id: state.current });
+    }
+  };
+  ws.onmessage = (m) => {
+    const f = JSON.parse(m.data);
+    switch (f.t) {
+      case 'hello_ok':
+        showLimits(f.limits);
+        if (!f.agent) { const b = $('#banner'); b.textContent = 'No agent is configured on this server: set chat.agent.kind ("claude" or "command") and chat.agent.workspace in edge\'s config.'; b.style.display = 'block'; }
+        break;
+      case 'snapshot':
+        if (f.conversation_id !== state.current) break;
+        $('#log').textContent = ''; state.runs = {};
+        for (const rec of f.records) {
+          if (rec.role === 'user' && !rec.frame) userBubble(rec.content);
+          else if (rec.frame && rec.run_id) apply({ ...rec.frame, run_id: rec.run_id, seq: rec.seq });
+        }
+        setCancel(f.active_run ? f.active_run.run_id : null);
+        break;
+      case 'user_message': if (f.conversation_id === state.current) { userBubble(f.text); runView(f.run_id); } loadList(); break;
+      case 'accepted': break;
+      case 'rejected': $('#log').appendChild(el('div', 'msg error', f.detail + (f.retry_after ? ` (try again in ${Math.ceil(f.retry_after / 60)} min)` : ''))); scroll(); break;
+      case 'state': case 'event': case 'end': if (f.conversation_id === state.current) apply(f); break;
+      case 'gap': if (state.current) send({ t: 'subscribe', conversation_id: state.current }); break;
+      case 'error': $('#conn').textContent = f.msg; break;
+    }
+  };
+  ws.onclose = (ev) => {
+    $('#conn').textContent = ev.code === 4001 ? 'signed out' : 'reconnecting…';
+    setTimeout(connect, state.backoff); state.backoff = Math.min(state.backoff * 2, 10000);
+  };
+}
+
+window.addEventListener('DOMContentLoaded', async () => {
+  $('#new').onclick = newChat;
+  $('#cancel').onclick = () => state.active && send({ t: 'cancel', run_id: state.active });
+  $('#send').onsubmit = (ev) => {
+    ev.preventDefault();
+    const text = $('#text').value.trim(); if (!text || !state.current) return;
+    send({ t: 'send', conversation_id: state.current, text, client_msg_id: crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) });
+    $('#text').value = '';
+  };
+  $('#text').onkeydown = (ev) => { if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) $('#send').requestSubmit(); };
+  await loadList();
+  const want = location.hash.slice(1);
+  connect();
+  if (want && state.convs.some((c) => c.id === want)) open(want);
+  else if (state.convs.length) open(state.convs[0].id);
+  else await newChat();
+});
