@@ -233,6 +233,26 @@ async fn two_tabs_see_the_same_run_and_a_third_catches_up() {
     assert_eq!(snap["records"][0]["content"], "hello");
     assert_eq!(snap["records"][0]["role"], "user");
 
+    // One Claude session per conversation: created by the first run, resumed by the next.
+    let session_of = |frames: &[Value]| {
+        frames
+            .iter()
+            .find(|f| f["t"] == "event" && f["event"]["t"] == "session")
+            .map(|f| {
+                (
+                    f["event"]["session_id"].as_str().unwrap().to_string(),
+                    f["event"]["model"].as_str().unwrap().to_string(),
+                )
+            })
+            .unwrap()
+    };
+    let (first, how) = session_of(&fa);
+    assert_eq!((first.len(), how.as_str()), (36, "fake-create"));
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "more", "client_msg_id": "m2"}))
+        .await;
+    let fa2 = a.until_end().await;
+    assert_eq!(session_of(&fa2), (first, "fake-resume".to_string()));
+
     // The same history over HTTP, and as Markdown.
     let r = e
         .req(
@@ -379,4 +399,211 @@ async fn a_browser_chats_in_two_tabs_and_cancels() {
         result["cancelled"].as_str().unwrap().contains("cancelled"),
         "{result:#}"
     );
+}
+
+#[tokio::test]
+async fn a_killed_worker_ends_the_run_with_an_error() {
+    let e = env(CLAUDE, "").await;
+    let pidfile = e._dir.path().join("worker.pid");
+    // The worker writes its pid first, so the test can kill it mid-run.
+    e.chat.set_worker(vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "echo $$ > {}; exec {} worker --stdio",
+            pidfile.display(),
+            env!("CARGO_BIN_EXE_edge")
+        ),
+    ]);
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "go slow"}))
+        .await;
+    loop {
+        let f = a.next().await;
+        if f["t"] == "event" && f["event"]["t"] == "delta" {
+            break;
+        }
+    }
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let frames = a.until_end().await;
+    let end = frames.last().unwrap();
+    assert_eq!(end["outcome"], "error", "{end}");
+    assert!(
+        end["detail"].as_str().unwrap().contains("worker went away"),
+        "{end}"
+    );
+}
+
+/// `edge up` killed with SIGKILL in the middle of a run, then started again: the history is
+/// whole (no torn line), and the run is marked interrupted.
+#[tokio::test]
+async fn after_kill_9_mid_run_the_history_is_intact_and_the_run_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (http, chat) = (free(), free());
+    let cfg = dir.path().join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "domain = \"example.test\"\nstate_dir = \"state\"\n[listen]\nhttps = \"\"\nhttp = \"127.0.0.1:{http}\"\nadmin = \"\"\nhttp_redirect = false\n\
+             [[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"chat\"\n  upstream = \"chat\"\n  auth = \"forward\"\n\
+             [chat]\nlisten = \"127.0.0.1:{chat}\"\n{CLAUDE}"
+        ),
+    )
+    .unwrap();
+    let start = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+            .args(["up", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let wait_up = || async {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", http))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("edge did not start");
+    };
+    let mut edge = start();
+    wait_up().await;
+    let link = std::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["chat", "login-url", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let link = String::from_utf8(link.stdout).unwrap();
+    let path = &link.trim()[link.find("/chat/").unwrap()..];
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("http://127.0.0.1:{http}{path}"))
+        .header("host", "demo.example.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let api = |m: reqwest::Method, p: &str| {
+        client
+            .request(m, format!("http://127.0.0.1:{http}/chat{p}"))
+            .header("host", "demo.example.test")
+            .header("cookie", &cookie)
+            .header("origin", "http://demo.example.test")
+    };
+    let conv: Value = api(reqwest::Method::POST, "/api/conversations")
+        .json(&json!({"title": "crash"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conv = conv["id"].as_str().unwrap().to_string();
+    let r = api(
+        reqwest::Method::POST,
+        &format!("/api/conversations/{conv}/messages"),
+    )
+    .json(&json!({"text": "go slow"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    // Let it stream a while, then kill edge outright.
+    let mut seen = 0;
+    for _ in 0..100 {
+        let v: Value = api(reqwest::Method::GET, &format!("/api/conversations/{conv}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen = v["records"].as_array().unwrap().len();
+        if seen > 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen > 8, "the run streamed");
+    edge.start_kill().unwrap();
+    edge.wait().await.unwrap();
+
+    let mut edge = start();
+    wait_up().await;
+    let v: Value = api(reqwest::Method::GET, &format!("/api/conversations/{conv}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let records = v["records"].as_array().unwrap();
+    assert!(
+        records.len() >= seen,
+        "nothing written before the kill is lost"
+    );
+    assert_eq!(records[0]["content"], "go slow");
+    let last = records.last().unwrap();
+    assert_eq!(last["frame"]["t"], "end", "{last}");
+    assert_eq!(last["frame"]["outcome"], "interrupted", "{last}");
+    assert!(v["active_run"].is_null());
+    // Every line of the file is whole.
+    let files: Vec<_> = walk(&dir.path().join("state/chat/conversations"));
+    let text = std::fs::read_to_string(
+        files
+            .iter()
+            .find(|p| p.extension().is_some_and(|e| e == "ndjson"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(text.ends_with('\n'));
+    assert!(text
+        .lines()
+        .all(|l| serde_json::from_str::<Value>(l).is_ok()));
+    edge.start_kill().unwrap();
+    let _ = edge.wait().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
 }

@@ -378,7 +378,7 @@ async fn index(State(st): State<St>, h: HeaderMap) -> Response {
          <form method=\"post\" action=\"logout\"><button>Sign out</button></form>\
          <span id=\"conn\"></span><span class=\"limits\" id=\"limits\"></span></header>\
          <div id=\"banner\"></div><div id=\"log\" aria-live=\"polite\"></div>\
-         <form id=\"send\"><textarea id=\"text\" placeholder=\"Message the agent (Ctrl+Enter sends)\"></textarea>\
+         <form id=\"send\"><textarea id=\"text\" placeholder=\"Message the agent (Enter sends, Shift+Enter: new line)\"></textarea>\
          <button type=\"submit\">Send</button><button type=\"button\" id=\"cancel\" hidden>Cancel</button></form>\
          </main></body></html>",
         esc(&s.user)

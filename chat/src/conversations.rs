@@ -163,18 +163,7 @@ impl Conversations {
     /// Appends records durably: they are on disk when this returns.
     pub fn append(&self, user: &str, id: &str, records: &[Record]) -> Result<(), Error> {
         let (log, _) = self.paths(user, id)?;
-        let mut buf = Vec::new();
-        for r in records {
-            serde_json::to_writer(&mut buf, r).map_err(|e| Error::Internal(e.to_string()))?;
-            buf.push(b'\n');
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .map_err(io(&log))?;
-        f.write_all(&buf).map_err(io(&log))?;
-        f.sync_data().map_err(io(&log))?;
-        Ok(())
+        append_to(&log, records)
     }
 
     /// Every record of a conversation, after repairing a torn last line if a crash left one.
@@ -184,39 +173,63 @@ impl Conversations {
             return Ok(None);
         };
         let (log, _) = self.paths(user, id)?;
-        let bytes = std::fs::read(&log).map_err(io(&log))?;
-        let mut records = Vec::new();
-        let mut good = 0usize;
-        let mut pos = 0usize;
-        while pos < bytes.len() {
-            let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
-                break;
-            };
-            let line = &bytes[pos..pos + nl];
-            match serde_json::from_slice::<Record>(line) {
-                Ok(r) => {
-                    records.push(r);
-                    good = pos + nl + 1;
-                }
-                Err(_) if line.is_empty() => good = pos + nl + 1,
-                Err(_) => break,
-            }
-            pos += nl + 1;
-        }
-        if good < bytes.len() {
-            tracing::warn!(
-                file = %log.display(),
-                cut = bytes.len() - good,
-                "conversation file ended in a torn or unreadable line; cut back to the last whole line"
-            );
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&log)
-                .map_err(io(&log))?;
-            f.set_len(good as u64).map_err(io(&log))?;
-            f.sync_all().map_err(io(&log))?;
-        }
+        let records = read_repairing(&log)?;
         Ok(Some((meta, records)))
+    }
+
+    /// After a crash: every run that has frames but no end gets an `end` with outcome
+    /// `interrupted`, so no conversation shows a run going forever. Torn lines are repaired on
+    /// the way. Returns how many runs were closed.
+    pub fn recover_interrupted(&self) -> Result<usize, Error> {
+        use crate::runs::{Outcome, RunBody};
+        let mut closed = 0;
+        let Ok(users) = std::fs::read_dir(&self.dir) else {
+            return Ok(0);
+        };
+        for u in users.flatten() {
+            let Ok(files) = std::fs::read_dir(u.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let path = f.path();
+                if path.extension().and_then(|e| e.to_str()) != Some("ndjson") {
+                    continue;
+                }
+                let records = read_repairing(&path)?;
+                let mut last: Vec<(String, u64, String)> = Vec::new();
+                for r in &records {
+                    let (Some(run), Some(seq)) = (&r.run_id, r.seq) else {
+                        continue;
+                    };
+                    last.retain(|(id, _, _)| id != run);
+                    if !matches!(r.frame, Some(RunBody::End { .. })) {
+                        last.push((run.clone(), seq, r.user.clone()));
+                    }
+                }
+                let mut out = Vec::new();
+                for (run, seq, user) in last {
+                    out.push(Record {
+                        ts: now_rfc3339(),
+                        user,
+                        role: "assistant".into(),
+                        content: "edge stopped during this run".into(),
+                        run_id: Some(run),
+                        seq: Some(seq + 1),
+                        frame: Some(RunBody::End {
+                            outcome: Outcome::Interrupted,
+                            usage: Default::default(),
+                            cost_usd: None,
+                            detail: Some("edge stopped during this run".into()),
+                        }),
+                    });
+                }
+                if !out.is_empty() {
+                    closed += out.len();
+                    append_to(&path, &out)?;
+                }
+            }
+        }
+        Ok(closed)
     }
 
     pub fn rename(&self, user: &str, id: &str, title: &str) -> Result<Option<Meta>, Error> {
@@ -331,6 +344,60 @@ fn markdown(meta: &Meta, records: &[Record]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Appends whole lines and waits until they are on disk.
+fn append_to(log: &Path, records: &[Record]) -> Result<(), Error> {
+    let mut buf = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut buf, r).map_err(|e| Error::Internal(e.to_string()))?;
+        buf.push(b'\n');
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .map_err(io(log))?;
+    f.write_all(&buf).map_err(io(log))?;
+    f.sync_data().map_err(io(log))?;
+    Ok(())
+}
+
+/// Every whole record of a file; a torn or unreadable tail is cut off (and the cut made
+/// durable) so the next append starts on a clean line.
+fn read_repairing(log: &Path) -> Result<Vec<Record>, Error> {
+    let bytes = std::fs::read(log).map_err(io(log))?;
+    let mut records = Vec::new();
+    let mut good = 0usize;
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
+            break;
+        };
+        let line = &bytes[pos..pos + nl];
+        match serde_json::from_slice::<Record>(line) {
+            Ok(r) => {
+                records.push(r);
+                good = pos + nl + 1;
+            }
+            Err(_) if line.is_empty() => good = pos + nl + 1,
+            Err(_) => break,
+        }
+        pos += nl + 1;
+    }
+    if good < bytes.len() {
+        tracing::warn!(
+            file = %log.display(),
+            cut = bytes.len() - good,
+            "conversation file ended in a torn or unreadable line; cut back to the last whole line"
+        );
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(log)
+            .map_err(io(log))?;
+        f.set_len(good as u64).map_err(io(log))?;
+        f.sync_all().map_err(io(log))?;
+    }
+    Ok(records)
 }
 
 /// Write to a temporary file, fsync, rename over `path`, fsync the directory.

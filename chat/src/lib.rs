@@ -99,10 +99,18 @@ impl Chat {
                 ]
             })
             .unwrap_or_default();
-        let orch = runs::Orchestrator::new(
-            worker,
-            Conversations::new(store_dir(state_dir).join("conversations")),
-        );
+        let conversations = Conversations::new(store_dir(state_dir).join("conversations"));
+        match conversations.recover_interrupted() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                runs = n,
+                "runs cut short by a previous stop are marked interrupted"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "could not check conversations for interrupted runs")
+            }
+        }
+        let orch = runs::Orchestrator::new(worker, conversations);
         Ok(Chat {
             st: Arc::new(app::AppState {
                 config: ArcSwap::from_pointee(config),

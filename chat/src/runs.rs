@@ -50,6 +50,8 @@ pub enum Outcome {
     Error,
     Cancelled,
     Timeout,
+    /// edge stopped (crashed, was killed) while the run was going.
+    Interrupted,
 }
 
 /// One frame of a run, as stored and as sent to listeners.

@@ -109,7 +109,8 @@ function apply(f) {
     scroll();
   } else if (f.t === 'end') {
     const u = f.usage || {};
-    r.status.textContent = `${f.outcome}${f.detail ? ': ' + f.detail : ''} · tokens ${(u.input || 0) + (u.output || 0) + (u.cache_read || 0) + (u.cache_creation || 0)}`;
+    const cost = f.cost_usd != null ? ` · $${f.cost_usd.toFixed(4)}` : '';
+    r.status.textContent = `${f.outcome}${f.detail ? ': ' + f.detail : ''} · tokens in ${u.input || 0}, out ${u.output || 0}, cache ${(u.cache_read || 0) + (u.cache_creation || 0)}${cost}`;
     if (f.outcome !== 'ok') r.status.classList.add('error');
     setCancel(null); refreshLimits();
   }
@@ -182,7 +183,8 @@ window.addEventListener('DOMContentLoaded', async () => {
     send({ t: 'send', conversation_id: state.current, text, client_msg_id: crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) });
     $('#text').value = '';
   };
-  $('#text').onkeydown = (ev) => { if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) $('#send').requestSubmit(); };
+  // Enter sends; Shift+Enter starts a new line.
+  $('#text').onkeydown = (ev) => { if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $('#send').requestSubmit(); } };
   await loadList();
   const want = location.hash.slice(1);
   connect();
