@@ -271,8 +271,10 @@ enum Parser {
 }
 
 impl RunTask<'_> {
-    /// Stores, then publishes, frames (one durable append per batch).
-    fn emit(&mut self, bodies: Vec<RunBody>) {
+    /// Stores, then publishes, frames (one durable append per batch, off the async threads:
+    /// the fsync must not hold up other connections, and concurrent runs' fsyncs can share a
+    /// journal commit).
+    async fn emit(&mut self, bodies: Vec<RunBody>) {
         if bodies.is_empty() {
             return;
         }
@@ -320,7 +322,8 @@ impl RunTask<'_> {
     async fn drive(&mut self, argv: Vec<String>, spec: &AgentSpec, mut cancel: mpsc::Receiver<()>) {
         self.emit(vec![RunBody::State {
             state: "dispatching".into(),
-        }]);
+        }])
+        .await;
         let mut parser = match spec.agent {
             Agent::Claude { .. } => Parser::Claude(ClaudeParser::new()),
             Agent::Command { .. } => Parser::Command(CommandOutput::new()),
@@ -338,7 +341,8 @@ impl RunTask<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let Some((program, args)) = worker.split_first() else {
-            self.emit(vec![end(Outcome::Error, Some("no worker command".into()))]);
+            self.emit(vec![end(Outcome::Error, Some("no worker command".into()))])
+                .await;
             return;
         };
         let child = tokio::process::Command::new(program)
@@ -354,7 +358,8 @@ impl RunTask<'_> {
                 self.emit(vec![end(
                     Outcome::Error,
                     Some(format!("starting the worker: {e}")),
-                )]);
+                )])
+                .await;
                 return;
             }
         };
@@ -386,7 +391,8 @@ impl RunTask<'_> {
             self.emit(vec![end(
                 Outcome::Error,
                 Some(format!("talking to the worker: {e}")),
-            )]);
+            )])
+            .await;
             return;
         }
         let mut result: Option<(bool, Usage, Option<f64>)> = None;
@@ -397,14 +403,14 @@ impl RunTask<'_> {
                 c = cancel.recv(), if !cancelled => {
                     if c.is_some() {
                         cancelled = true;
-                        self.emit(vec![RunBody::State { state: "cancelling".into() }]);
+                        self.emit(vec![RunBody::State { state: "cancelling".into() }]).await;
                         let _ = to.send(&ToWorker::Cancel { attempt_id: attempt.clone(), grace_ms: CANCEL_GRACE.as_millis() as u64 }).await;
                     }
                 }
                 f = from.next() => match f {
                     None | Some(Err(_)) => break (Outcome::Error, Some("the worker went away".to_string())),
                     Some(Ok(f)) => match f {
-                        FromWorker::Started { .. } => self.emit(vec![RunBody::State { state: "running".into() }]),
+                        FromWorker::Started { .. } => self.emit(vec![RunBody::State { state: "running".into() }]).await,
                         FromWorker::Out { fd: Fd::Stdout, line, .. } => {
                             let events = match &mut parser {
                                 Parser::Claude(p) => p.line(&line),
@@ -415,7 +421,7 @@ impl RunTask<'_> {
                                     result = Some((*is_error, *usage, *cost_usd));
                                 }
                             }
-                            self.emit(events.into_iter().map(|event| RunBody::Event { event }).collect());
+                            self.emit(events.into_iter().map(|event| RunBody::Event { event }).collect()).await;
                         }
                         FromWorker::Out { fd: Fd::Stderr, line, .. } => {
                             if stderr_tail.len() == 20 { stderr_tail.pop_front(); }
@@ -429,7 +435,7 @@ impl RunTask<'_> {
                                         result = Some((*is_error, *usage, *cost_usd));
                                     }
                                 }
-                                self.emit(events.into_iter().map(|event| RunBody::Event { event }).collect());
+                                self.emit(events.into_iter().map(|event| RunBody::Event { event }).collect()).await;
                             }
                             let tail = stderr_tail.iter().cloned().collect::<Vec<_>>().join("\n");
                             break match reason {
@@ -458,7 +464,8 @@ impl RunTask<'_> {
             usage,
             cost_usd,
             detail: outcome.1,
-        }]);
+        }])
+        .await;
         drop(to);
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     }

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The chat's benchmark: added latency from an agent's stdout to a WebSocket client frame (p50/p99)
+# with 1 and 100 runs streaming, frames/s delivered, and edge's memory per idle WebSocket.
+# Runs the real `edge up` (release) with a stand-in agent that stamps each line with the time.
+#
+#   bench/chat.sh                     # 5,000 idle sockets (each costs edge 3 fds)
+#   IDLE_SOCKETS=10000 bench/chat.sh  # needs `ulimit -n` above 30,000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+IDLE_SOCKETS=${IDLE_SOCKETS:-5000} cargo test --release --locked --test chat_bench -- --ignored --nocapture 2>&1 | grep -E 'streams|idle|panicked|error'
