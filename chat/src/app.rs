@@ -686,6 +686,10 @@ async fn ws(State(st): State<St>, h: HeaderMap, upgrade: WebSocketUpgrade) -> Re
     let st = st.clone();
     upgrade
         .protocols(["chat.v1"])
+        // tungstenite's default buffers are 128 KiB each per socket; chat frames are small, and
+        // thousands of idle tabs must stay cheap.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
         .max_message_size(crate::ws::MAX_CLIENT_FRAME)
         .max_frame_size(crate::ws::MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| crate::ws::session(socket, st, s.user))

@@ -444,7 +444,9 @@ async fn forward(
             if let (Ok(c), Ok(u)) = tokio::join!(client_upgrade, upstream_upgrade) {
                 let mut c = TokioIo::new(c);
                 let mut u = TokioIo::new(u);
-                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                // 4 KiB each way (tokio's default is 8 KiB): WebSocket messages are small, and
+                // thousands of idle sockets should cost little memory.
+                let _ = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, 4096, 4096).await;
             }
             metrics.open_websockets.fetch_sub(1, Relaxed);
         });
