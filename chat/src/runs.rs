@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use edge_sandbox::{ClaudeParser, CommandOutput, Event, Usage};
 use edge_workers::{ExitReason, Fd, FrameReader, FrameWriter, FromWorker, ToWorker};
+use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
@@ -398,63 +399,152 @@ impl RunTask<'_> {
         let mut result: Option<(bool, Usage, Option<f64>)> = None;
         let mut stderr_tail: VecDeque<String> = VecDeque::new();
         let mut cancelled = false;
+        // A frame read while draining, handled on the next turn.
+        let mut stash = None;
         let outcome = loop {
-            tokio::select! {
-                c = cancel.recv(), if !cancelled => {
-                    if c.is_some() {
-                        cancelled = true;
-                        self.emit(vec![RunBody::State { state: "cancelling".into() }]).await;
-                        let _ = to.send(&ToWorker::Cancel { attempt_id: attempt.clone(), grace_ms: CANCEL_GRACE.as_millis() as u64 }).await;
+            let f = match stash.take() {
+                Some(f) => f,
+                None => tokio::select! {
+                    c = cancel.recv(), if !cancelled => {
+                        if c.is_some() {
+                            cancelled = true;
+                            self.emit(vec![RunBody::State { state: "cancelling".into() }]).await;
+                            let _ = to.send(&ToWorker::Cancel { attempt_id: attempt.clone(), grace_ms: CANCEL_GRACE.as_millis() as u64 }).await;
+                        }
+                        continue;
                     }
-                }
-                f = from.next() => match f {
-                    None | Some(Err(_)) => break (Outcome::Error, Some("the worker went away".to_string())),
+                    f = from.next() => f,
+                },
+            };
+            {
+                match f {
+                    None | Some(Err(_)) => {
+                        break (Outcome::Error, Some("the worker went away".to_string()))
+                    }
                     Some(Ok(f)) => match f {
-                        FromWorker::Started { .. } => self.emit(vec![RunBody::State { state: "running".into() }]).await,
-                        FromWorker::Out { fd: Fd::Stdout, line, .. } => {
-                            let events = match &mut parser {
-                                Parser::Claude(p) => p.line(&line),
-                                Parser::Command(p) => p.line(&line),
+                        FromWorker::Started { .. } => {
+                            self.emit(vec![RunBody::State {
+                                state: "running".into(),
+                            }])
+                            .await
+                        }
+                        FromWorker::Out {
+                            fd: Fd::Stdout,
+                            line,
+                            ..
+                        } => {
+                            let parse = |parser: &mut Parser, line: &str| match parser {
+                                Parser::Claude(p) => p.line(line),
+                                Parser::Command(p) => p.line(line),
                             };
+                            let mut events = parse(&mut parser, &line);
+                            // What the worker has already sent joins this batch: one append,
+                            // one fsync, however fast the agent writes.
+                            while events.len() < 1024 {
+                                match from.next().now_or_never() {
+                                    Some(Some(Ok(FromWorker::Out {
+                                        fd: Fd::Stdout,
+                                        line,
+                                        ..
+                                    }))) => {
+                                        events.extend(parse(&mut parser, &line));
+                                    }
+                                    Some(other) => {
+                                        stash = Some(other);
+                                        break;
+                                    }
+                                    None => break,
+                                }
+                            }
                             for e in &events {
-                                if let Event::Result { is_error, usage, cost_usd, .. } = e {
+                                if let Event::Result {
+                                    is_error,
+                                    usage,
+                                    cost_usd,
+                                    ..
+                                } = e
+                                {
                                     result = Some((*is_error, *usage, *cost_usd));
                                 }
                             }
-                            self.emit(events.into_iter().map(|event| RunBody::Event { event }).collect()).await;
+                            self.emit(
+                                events
+                                    .into_iter()
+                                    .map(|event| RunBody::Event { event })
+                                    .collect(),
+                            )
+                            .await;
                         }
-                        FromWorker::Out { fd: Fd::Stderr, line, .. } => {
-                            if stderr_tail.len() == 20 { stderr_tail.pop_front(); }
+                        FromWorker::Out {
+                            fd: Fd::Stderr,
+                            line,
+                            ..
+                        } => {
+                            if stderr_tail.len() == 20 {
+                                stderr_tail.pop_front();
+                            }
                             stderr_tail.push_back(line);
                         }
                         FromWorker::Exit { code, reason, .. } => {
                             if let Parser::Command(p) = &mut parser {
                                 let events = p.finish(code);
                                 for e in &events {
-                                    if let Event::Result { is_error, usage, cost_usd, .. } = e {
+                                    if let Event::Result {
+                                        is_error,
+                                        usage,
+                                        cost_usd,
+                                        ..
+                                    } = e
+                                    {
                                         result = Some((*is_error, *usage, *cost_usd));
                                     }
                                 }
-                                self.emit(events.into_iter().map(|event| RunBody::Event { event }).collect()).await;
+                                self.emit(
+                                    events
+                                        .into_iter()
+                                        .map(|event| RunBody::Event { event })
+                                        .collect(),
+                                )
+                                .await;
                             }
                             let tail = stderr_tail.iter().cloned().collect::<Vec<_>>().join("\n");
                             break match reason {
                                 ExitReason::Cancelled => (Outcome::Cancelled, None),
-                                ExitReason::Timeout => (Outcome::Timeout, Some(format!("the run passed its limit of {:?}", spec.timeout))),
+                                ExitReason::Timeout => (
+                                    Outcome::Timeout,
+                                    Some(format!("the run passed its limit of {:?}", spec.timeout)),
+                                ),
                                 ExitReason::Exited => match (code, &result) {
                                     (Some(0), Some((false, _, _))) => (Outcome::Ok, None),
-                                    (Some(0), Some((true, _, _))) => (Outcome::Error, Some("the agent reported an error".to_string())),
-                                    (Some(0), None) => (Outcome::Error, Some("the agent ended without a result".to_string())),
-                                    (c, _) => (Outcome::Error, Some(format!("the agent exited with {}{}{tail}", c.map_or("a signal".to_string(), |c| format!("code {c}")), if tail.is_empty() { "" } else { ": " }))),
+                                    (Some(0), Some((true, _, _))) => (
+                                        Outcome::Error,
+                                        Some("the agent reported an error".to_string()),
+                                    ),
+                                    (Some(0), None) => (
+                                        Outcome::Error,
+                                        Some("the agent ended without a result".to_string()),
+                                    ),
+                                    (c, _) => (
+                                        Outcome::Error,
+                                        Some(format!(
+                                            "the agent exited with {}{}{tail}",
+                                            c.map_or("a signal".to_string(), |c| format!(
+                                                "code {c}"
+                                            )),
+                                            if tail.is_empty() { "" } else { ": " }
+                                        )),
+                                    ),
                                 },
                             };
                         }
                         FromWorker::Error { msg, .. } => {
                             stderr_tail.push_back(msg);
                         }
-                        FromWorker::Busy { .. } => break (Outcome::Error, Some("the worker is busy".to_string())),
+                        FromWorker::Busy { .. } => {
+                            break (Outcome::Error, Some("the worker is busy".to_string()))
+                        }
                         FromWorker::HelloOk { .. } | FromWorker::Pong { .. } => {}
-                    }
+                    },
                 }
             }
         };
