@@ -33,6 +33,9 @@ try {
     await consent.click();
   }
   await page.waitForSelector(`text=${expect}`);
+  // The app's WebSocket is up (over TLS, next to an HTTP/2 page): it shows the limits it got.
+  await page.waitForSelector('#limits:not(:empty)');
+  out.limits = await page.innerText('#limits');
   out.url = page.url();
   out.text = await page.innerText('body');
   out.cookies = (await context.cookies()).map((c) => ({ name: c.name, secure: c.secure, httpOnly: c.httpOnly, sameSite: c.sameSite, domain: c.domain }));
