@@ -51,14 +51,19 @@ pub struct Conversations {
     dir: PathBuf,
 }
 
-/// Now, RFC 3339 in UTC with milliseconds.
+/// Now, RFC 3339 in UTC with milliseconds, always 24 characters (lines sort by time as text).
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let now = now
-        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
-        .unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 fn valid_id(id: &str) -> Result<(), Error> {
