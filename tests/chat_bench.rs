@@ -3,6 +3,8 @@
 //! receiving its frame, with 1 and 100 runs streaming at once, and the frames per second that
 //! reach clients; (2) edge's memory per idle, signed-in WebSocket with many open.
 
+mod common;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
@@ -40,46 +42,8 @@ async fn edge() -> Edge {
         ),
     )
     .unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
-        .args(["up", "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", http))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let link = std::process::Command::new(env!("CARGO_BIN_EXE_edge"))
-        .args(["chat", "login-url", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let link = String::from_utf8(link.stdout).unwrap();
-    let path = &link.trim()[link.find("/chat/").unwrap()..];
-    let r = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(format!("http://127.0.0.1:{http}{path}"))
-        .header("host", "demo.example.test")
-        .send()
-        .await
-        .unwrap();
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let child = common::edge_up(&cfg, http).await;
+    let cookie = common::sign_in_with_cli(&cfg, http, "demo.example.test").await;
     Edge {
         child,
         http,
@@ -99,22 +63,7 @@ impl Edge {
     }
 
     async fn ws(&self) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.http))
-            .await
-            .unwrap();
-        let req = tokio_tungstenite::tungstenite::http::Request::builder()
-            .uri("ws://demo.example.test/chat/ws")
-            .header("host", "demo.example.test")
-            .header("cookie", &self.cookie)
-            .header("origin", "http://demo.example.test")
-            .header("sec-websocket-protocol", "chat.v1")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .header("sec-websocket-version", "13")
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .body(())
-            .unwrap();
-        tokio_tungstenite::client_async(req, tcp).await.unwrap().0
+        common::chat_socket(self.http, "demo.example.test", &self.cookie).await
     }
 
     async fn conversation(&self) -> String {

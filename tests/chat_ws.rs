@@ -3,6 +3,8 @@
 //! (`tests/fixtures/fake-claude.sh`). Two tabs see the same frames; a third catches up from
 //! disk; cancel ends a run once; limits answer `rejected` over the socket and 429 over HTTP.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -71,24 +73,7 @@ listen = "{chat_addr}"
         .login_url(&format!("http://{host}/chat"), "operator")
         .await
         .unwrap();
-    let path = link.strip_prefix(&format!("http://{host}")).unwrap();
-    let r = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(format!("http://{http}{path}"))
-        .header("host", &host)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 302);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = common::cookie_from_link(http.port(), &host, &link).await;
     Env {
         host,
         http,
@@ -122,21 +107,7 @@ impl Env {
     }
 
     async fn tab(&self) -> Tab {
-        let tcp = tokio::net::TcpStream::connect(self.http).await.unwrap();
-        let req = tokio_tungstenite::tungstenite::http::Request::builder()
-            .uri(format!("ws://{}/chat/ws", self.host))
-            .header("host", &self.host)
-            .header("cookie", &self.cookie)
-            .header("origin", format!("http://{}", self.host))
-            .header("sec-websocket-protocol", "chat.v1")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .header("sec-websocket-version", "13")
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .body(())
-            .unwrap();
-        let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
-        assert_eq!(resp.status(), 101);
+        let ws = common::chat_socket(self.http.port(), &self.host, &self.cookie).await;
         let mut t = Tab { ws };
         t.send(json!({"t": "hello"})).await;
         let h = t.next().await;
@@ -466,55 +437,9 @@ async fn after_kill_9_mid_run_the_history_is_intact_and_the_run_interrupted() {
         ),
     )
     .unwrap();
-    let start = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
-            .args(["up", "--config"])
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
-    let wait_up = || async {
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", http))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("edge did not start");
-    };
-    let mut edge = start();
-    wait_up().await;
-    let link = std::process::Command::new(env!("CARGO_BIN_EXE_edge"))
-        .args(["chat", "login-url", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let link = String::from_utf8(link.stdout).unwrap();
-    let path = &link.trim()[link.find("/chat/").unwrap()..];
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let r = client
-        .get(format!("http://127.0.0.1:{http}{path}"))
-        .header("host", "demo.example.test")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 302);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let mut edge = common::edge_up(&cfg, http).await;
+    let cookie = common::sign_in_with_cli(&cfg, http, "demo.example.test").await;
+    let client = reqwest::Client::new();
     let api = |m: reqwest::Method, p: &str| {
         client
             .request(m, format!("http://127.0.0.1:{http}/chat{p}"))
@@ -560,8 +485,7 @@ async fn after_kill_9_mid_run_the_history_is_intact_and_the_run_interrupted() {
     edge.start_kill().unwrap();
     edge.wait().await.unwrap();
 
-    let mut edge = start();
-    wait_up().await;
+    let mut edge = common::edge_up(&cfg, http).await;
     let v: Value = api(reqwest::Method::GET, &format!("/api/conversations/{conv}"))
         .send()
         .await

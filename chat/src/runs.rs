@@ -260,6 +260,9 @@ impl Orchestrator {
     }
 }
 
+/// What the agent's `result` line said: is_error, usage, cost.
+type AgentResult = (bool, Usage, Option<f64>);
+
 struct RunTask<'a> {
     orch: &'a Orchestrator,
     run: &'a Run,
@@ -318,6 +321,28 @@ impl RunTask<'_> {
             // No listener is fine: runs do not need one.
             let _ = self.run.tx.send(f);
         }
+    }
+
+    /// Emits agent events, remembering what the agent's `result` said.
+    async fn emit_events(&mut self, events: Vec<Event>, result: &mut Option<AgentResult>) {
+        for e in &events {
+            if let Event::Result {
+                is_error,
+                usage,
+                cost_usd,
+                ..
+            } = e
+            {
+                *result = Some((*is_error, *usage, *cost_usd));
+            }
+        }
+        self.emit(
+            events
+                .into_iter()
+                .map(|event| RunBody::Event { event })
+                .collect(),
+        )
+        .await;
     }
 
     async fn drive(&mut self, argv: Vec<String>, spec: &AgentSpec, mut cancel: mpsc::Receiver<()>) {
@@ -396,7 +421,7 @@ impl RunTask<'_> {
             .await;
             return;
         }
-        let mut result: Option<(bool, Usage, Option<f64>)> = None;
+        let mut result: Option<AgentResult> = None;
         let mut stderr_tail: VecDeque<String> = VecDeque::new();
         let mut cancelled = false;
         // A frame read while draining, handled on the next turn.
@@ -456,24 +481,7 @@ impl RunTask<'_> {
                                     None => break,
                                 }
                             }
-                            for e in &events {
-                                if let Event::Result {
-                                    is_error,
-                                    usage,
-                                    cost_usd,
-                                    ..
-                                } = e
-                                {
-                                    result = Some((*is_error, *usage, *cost_usd));
-                                }
-                            }
-                            self.emit(
-                                events
-                                    .into_iter()
-                                    .map(|event| RunBody::Event { event })
-                                    .collect(),
-                            )
-                            .await;
+                            self.emit_events(events, &mut result).await;
                         }
                         FromWorker::Out {
                             fd: Fd::Stderr,
@@ -488,24 +496,7 @@ impl RunTask<'_> {
                         FromWorker::Exit { code, reason, .. } => {
                             if let Parser::Command(p) = &mut parser {
                                 let events = p.finish(code);
-                                for e in &events {
-                                    if let Event::Result {
-                                        is_error,
-                                        usage,
-                                        cost_usd,
-                                        ..
-                                    } = e
-                                    {
-                                        result = Some((*is_error, *usage, *cost_usd));
-                                    }
-                                }
-                                self.emit(
-                                    events
-                                        .into_iter()
-                                        .map(|event| RunBody::Event { event })
-                                        .collect(),
-                                )
-                                .await;
+                                self.emit_events(events, &mut result).await;
                             }
                             let tail = stderr_tail.iter().cloned().collect::<Vec<_>>().join("\n");
                             break match reason {

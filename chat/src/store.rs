@@ -303,6 +303,32 @@ pub struct Used {
     pub tokens_day: u64,
 }
 
+/// What `user` has used in the UTC hour and day around `t`.
+fn window_usage(c: &Connection, user: &str, t: i64) -> rusqlite::Result<Used> {
+    let (hour, day) = (t - t.rem_euclid(3600), t - t.rem_euclid(86400));
+    let n = |since: i64| -> rusqlite::Result<u64> {
+        c.query_row(
+            "SELECT COUNT(*) FROM requests WHERE user = ?1 AND ts >= ?2",
+            params![user, since],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
+    };
+    let tokens = c
+        .query_row(
+            "SELECT tokens FROM tokens WHERE user = ?1 AND day = ?2",
+            params![user, day],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .unwrap_or(0) as u64;
+    Ok(Used {
+        hour: n(hour)?,
+        day: n(day)?,
+        tokens_day: tokens,
+    })
+}
+
 impl Store {
     /// Counts a request, if the user's hourly and daily request limits allow it. `Err(secs)`:
     /// refused, retry after that many seconds (the end of the full window).
@@ -318,27 +344,11 @@ impl Store {
             let t = now();
             let (hour, day) = (t - t.rem_euclid(3600), t - t.rem_euclid(86400));
             let tx = c.transaction()?;
-            let n = |since: i64| -> rusqlite::Result<u64> {
-                tx.query_row(
-                    "SELECT COUNT(*) FROM requests WHERE user = ?1 AND ts >= ?2",
-                    params![user, since],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|n| n as u64)
-            };
-            let (in_hour, in_day) = (n(hour)?, n(day)?);
-            let tokens: u64 = tx
-                .query_row(
-                    "SELECT tokens FROM tokens WHERE user = ?1 AND day = ?2",
-                    params![user, day],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()?
-                .unwrap_or(0) as u64;
-            if in_day >= per_day || tokens >= tokens_per_day {
+            let used = window_usage(&tx, &user, t)?;
+            if used.day >= per_day || used.tokens_day >= tokens_per_day {
                 return Ok(Err((day + 86400 - t) as u64));
             }
-            if in_hour >= per_hour {
+            if used.hour >= per_hour {
                 return Ok(Err((hour + 3600 - t) as u64));
             }
             tx.execute(
@@ -351,9 +361,9 @@ impl Store {
             )?;
             tx.commit()?;
             Ok(Ok(Used {
-                hour: in_hour + 1,
-                day: in_day + 1,
-                tokens_day: tokens,
+                hour: used.hour + 1,
+                day: used.day + 1,
+                ..used
             }))
         })
         .await
@@ -362,32 +372,7 @@ impl Store {
     /// What the user has used in the current windows.
     pub async fn used(&self, user: &str) -> Result<Used, Error> {
         let user = user.to_string();
-        self.call(move |c| {
-            let t = now();
-            let (hour, day) = (t - t.rem_euclid(3600), t - t.rem_euclid(86400));
-            let n = |since: i64| -> rusqlite::Result<u64> {
-                c.query_row(
-                    "SELECT COUNT(*) FROM requests WHERE user = ?1 AND ts >= ?2",
-                    params![user, since],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|n| n as u64)
-            };
-            let tokens = c
-                .query_row(
-                    "SELECT tokens FROM tokens WHERE user = ?1 AND day = ?2",
-                    params![user, day],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()?
-                .unwrap_or(0) as u64;
-            Ok(Used {
-                hour: n(hour)?,
-                day: n(day)?,
-                tokens_day: tokens,
-            })
-        })
-        .await
+        self.call(move |c| window_usage(c, &user, now())).await
     }
 
     /// Adds a run's tokens to the user's day.

@@ -1,0 +1,88 @@
+//! Helpers for the tests that drive the real `edge` binary's chat: starting `edge up`, signing
+//! in with a one-time link, and opening the chat's WebSocket.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+/// `edge up --config CFG`, killed when dropped; returns once `http_port` accepts.
+pub async fn edge_up(cfg: &Path, http_port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["up", "--config"])
+        .arg(cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+            .await
+            .is_ok()
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("edge did not start");
+}
+
+/// Signs in with a one-time link (a full URL or a path under `/chat/`) through the gateway at
+/// `http_port` for `host`; the session cookie as `name=value`.
+pub async fn cookie_from_link(http_port: u16, host: &str, link: &str) -> String {
+    let path = &link.trim()[link.find("/chat/").expect("a chat link")..];
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{http_port}{path}"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302, "signing in with {link}");
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// `edge chat login-url --config CFG`, then signed in with it.
+pub async fn sign_in_with_cli(cfg: &Path, http_port: u16, host: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["chat", "login-url", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let link = String::from_utf8(out.stdout).unwrap();
+    cookie_from_link(http_port, host, &link).await
+}
+
+/// Opens the chat's WebSocket (`chat.v1`) through the gateway, signed in and same-origin.
+pub async fn chat_socket(
+    http_port: u16,
+    host: &str,
+    cookie: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+        .await
+        .unwrap();
+    let req = tokio_tungstenite::tungstenite::http::Request::builder()
+        .uri(format!("ws://{host}/chat/ws"))
+        .header("host", host)
+        .header("cookie", cookie)
+        .header("origin", format!("http://{host}"))
+        .header("sec-websocket-protocol", "chat.v1")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(())
+        .unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
