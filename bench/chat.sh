@@ -3,8 +3,8 @@
 # with 1 and 100 runs streaming, frames/s delivered, and edge's memory per idle WebSocket.
 # Runs the real `edge up` (release) with a stand-in agent that stamps each line with the time.
 #
-#   bench/chat.sh                     # 5,000 idle sockets (each costs edge 3 fds)
-#   IDLE_SOCKETS=10000 bench/chat.sh  # needs `ulimit -n` above 30,000
+#   bench/chat.sh   # then 5,000 idle sockets through the gateway (3 fds each), 10,000 to the chat
+#   IDLE_SOCKETS=N IDLE_DIRECT=M bench/chat.sh  # idle sockets through the gateway, straight to the chat
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"

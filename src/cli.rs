@@ -52,6 +52,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         oneshot: Option<PathBuf>,
     },
+    /// Confine agent runs: check which layers this host enforces, try a profile.
+    Sandbox {
+        #[command(subcommand)]
+        command: SandboxCommand,
+    },
     /// Work with config files.
     Config {
         #[command(subcommand)]
@@ -76,6 +81,56 @@ pub enum ChatCommand {
         #[arg(long)]
         project: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Print each layer (enforced / degraded / unavailable, and why) and prove each enforced
+    /// one with a probe that must fail inside. Exit 0 only when every required layer holds.
+    Verify {
+        /// The profile to verify (`[sandbox.profiles.NAME]`)
+        #[arg(long, default_value = "default")]
+        profile: String,
+        /// Config file with the profiles [env: EDGE_CONFIG]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only these probes (repeatable)
+        #[arg(long = "probe", value_name = "NAME")]
+        probes: Vec<String>,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command confined exactly as an agent would be.
+    Run {
+        #[arg(long, default_value = "default")]
+        profile: String,
+        /// Config file with the profiles [env: EDGE_CONFIG]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The working tree (read-write)
+        #[arg(long)]
+        workspace: PathBuf,
+        /// The agent's home (read-write; default: a fresh one under the state directory)
+        #[arg(long)]
+        home: Option<PathBuf>,
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// (internal) The helper that applies the layers and executes the command.
+    #[command(hide = true)]
+    Exec {
+        #[arg(long)]
+        inner: bool,
+        #[arg(long)]
+        spec: String,
+    },
+    /// (internal) One probe of `verify`, run inside the sandbox.
+    #[command(hide = true)]
+    Probe { name: String, arg: Option<String> },
+    /// (internal) The relay to the egress proxy, inside the network namespace.
+    #[command(hide = true)]
+    Relay { socket: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,6 +257,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             crate::worker::stdio()
         }
+        Command::Sandbox { command } => crate::sandbox::run(command),
         Command::Config {
             command: ConfigCommand::Check { files },
         } => {

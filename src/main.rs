@@ -3,6 +3,7 @@
 
 mod chat;
 mod cli;
+mod sandbox;
 mod up;
 mod worker;
 

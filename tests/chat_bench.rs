@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 struct Edge {
     child: tokio::process::Child,
     http: u16,
+    chat: u16,
     cookie: String,
     _dir: tempfile::TempDir,
 }
@@ -47,12 +48,22 @@ async fn edge() -> Edge {
     Edge {
         child,
         http,
+        chat,
         cookie,
         _dir: dir,
     }
 }
 
 impl Edge {
+    /// edge's CPU time so far (user + system, all threads), in seconds.
+    fn cpu_secs(&self) -> f64 {
+        let pid = self.child.id().unwrap();
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = s[s.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        ticks as f64 / 100.0
+    }
+
     fn rss_kib(&self) -> u64 {
         let pid = self.child.id().unwrap();
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -64,6 +75,33 @@ impl Edge {
 
     async fn ws(&self) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
         common::chat_socket(self.http, "demo.example.test", &self.cookie).await
+    }
+
+    /// A WebSocket straight to the chat's own listener, as the gateway would open it (the
+    /// gateway strips `/chat`): what one socket costs the chat alone.
+    async fn ws_direct(&self) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.chat))
+            .await
+            .unwrap();
+        let host = "demo.example.test";
+        let req = tokio_tungstenite::tungstenite::http::Request::builder()
+            .uri(format!("ws://{host}/ws"))
+            .header("host", host)
+            .header("cookie", &self.cookie)
+            .header("origin", format!("http://{host}"))
+            .header("x-forwarded-proto", "http")
+            .header("x-forwarded-host", host)
+            .header("x-forwarded-prefix", "/chat")
+            .header("sec-websocket-protocol", "chat.v1")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        ws
     }
 
     async fn conversation(&self) -> String {
@@ -98,37 +136,53 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Runs `streams` runs at once, `deltas` lines each; one socket receives every frame.
-async fn latency(e: &Edge, streams: usize, deltas: usize) {
+/// Runs `streams` runs at once, `deltas` lines each, `gap_ms` apart (0: as fast as they go);
+/// one socket receives every frame. The agents start streaming together, once every agent
+/// process is up (starting 100 Python processes keeps this machine's two cores busy for
+/// seconds), so that start-up is not what is measured. Reports the stdout→frame latency and the deltas per second that reach the client
+/// while they stream.
+async fn latency(e: &Edge, streams: usize, deltas: usize, gap_ms: u64) {
     let mut ws = e.ws().await;
     ws.send(Message::text(r#"{"t":"hello"}"#)).await.unwrap();
     let mut convs = Vec::new();
     for _ in 0..streams {
         convs.push(e.conversation().await);
     }
-    let start = std::time::Instant::now();
+    let lead = Duration::from_secs(if streams > 1 { 12 } else { 1 });
+    let at = now_ns() + lead.as_nanos();
+    let cpu = e.cpu_secs();
     for c in &convs {
         ws.send(Message::text(
-            json!({"t":"send","conversation_id":c,"text":format!("bench {deltas}")}).to_string(),
+            json!({"t":"send","conversation_id":c,"text":format!("bench {deltas} {gap_ms} {at}")})
+                .to_string(),
         ))
         .await
         .unwrap();
     }
     let mut lat = Vec::new();
-    let mut ends = 0;
-    let mut frames = 0u64;
+    let (mut ends, mut ups) = (0, 0);
+    let (mut first, mut last) = (None, std::time::Instant::now());
+    let deadline = tokio::time::Instant::now() + lead + Duration::from_secs(120);
     while ends < streams {
-        let m = tokio::time::timeout(Duration::from_secs(120), ws.next())
+        let m = tokio::time::timeout_at(deadline, ws.next())
             .await
-            .unwrap()
+            .expect("every run ended within 2 minutes")
             .unwrap()
             .unwrap();
         let Message::Text(t) = m else { continue };
         let f: Value = serde_json::from_str(t.as_str()).unwrap();
-        frames += 1;
-        if f["t"] == "end" {
+        if f["t"] == "event" && f["event"]["t"] == "block_start" {
+            // Written by the agent just before it waits for the common start.
+            ups += 1;
+            if ups == streams {
+                assert!(now_ns() < at, "the agents were not all up within {lead:?}");
+            }
+        } else if f["t"] == "end" {
+            assert_eq!(f["outcome"], "ok", "{f}");
             ends += 1;
-        } else if f["t"] == "rejected" {
+        } else if f["t"] == "rejected" || f["t"] == "gap" {
+            // A gap: this client fell so far behind that frames were dropped for it (the run
+            // itself never waits for a slow socket).
             panic!("{f}");
         } else if let Some(text) = f["event"]["text"].as_str() {
             if let Some(ns) = text
@@ -136,16 +190,20 @@ async fn latency(e: &Edge, streams: usize, deltas: usize) {
                 .and_then(|s| s.trim().parse::<u128>().ok())
             {
                 lat.push((now_ns() - ns) as f64 / 1000.0);
+                last = std::time::Instant::now();
+                first.get_or_insert(last);
             }
         }
     }
-    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(lat.len(), streams * deltas, "every delta arrived");
+    let secs = (last - first.unwrap()).as_secs_f64();
+    let cpu = e.cpu_secs() - cpu;
     println!(
-        "streams {streams:>3}: stdout→frame p50 {:.0} µs, p99 {:.0} µs over {} deltas; {:.0} frames/s to the client; edge RSS {} KiB",
+        "streams {streams:>3} x {deltas} deltas {gap_ms} ms apart: stdout→frame p50 {:.0} µs, p99 {:.0} µs; {:.0} deltas/s reached the client; edge (gateway + chat) CPU {:.0} µs per delta; edge RSS {} KiB",
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99),
-        lat.len(),
-        frames as f64 / secs,
+        lat.len() as f64 / secs,
+        cpu * 1e6 / lat.len() as f64,
         e.rss_kib()
     );
 }
@@ -155,27 +213,51 @@ async fn latency(e: &Edge, streams: usize, deltas: usize) {
 async fn chat_bench() {
     let e = edge().await;
     if std::env::var_os("SKIP_LATENCY").is_none() {
-        latency(&e, 1, 300).await;
-        latency(&e, 100, 100).await;
+        latency(&e, 1, 300, 10).await;
+        latency(&e, 100, 100, 10).await;
+        // Sustained: an agent writing as fast as it can.
+        latency(&e, 1, 20_000, 0).await;
     }
-    // Memory per idle, signed-in WebSocket.
+    // Memory per idle, signed-in WebSocket: straight to the chat (one file descriptor each),
+    // then through the gateway (three: the client's, the gateway's to the chat, the chat's),
+    // which is why only the first fits 10,000 under this machine's hard limit of 20,000 descriptors
+    // per process.
     let n: usize = std::env::var("IDLE_SOCKETS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = e.rss_kib();
-    let mut socks = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut ws = e.ws().await;
-        ws.send(Message::text(r#"{"t":"hello"}"#)).await.unwrap();
-        let _ = ws.next().await;
-        socks.push(ws);
+    let direct: usize = std::env::var("IDLE_DIRECT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    drop(e);
+    for (n, through_gateway) in [(direct, false), (n, true)] {
+        // A fresh edge for each, so memory freed by earlier phases does not hide the cost.
+        let e = edge().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = e.rss_kib();
+        let mut socks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut ws = if through_gateway {
+                e.ws().await
+            } else {
+                e.ws_direct().await
+            };
+            ws.send(Message::text(r#"{"t":"hello"}"#)).await.unwrap();
+            let _ = ws.next().await;
+            socks.push(ws);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = e.rss_kib();
+        println!(
+            "{n} idle WebSockets {}: edge RSS {before} → {after} KiB, {:.1} KiB per socket",
+            if through_gateway {
+                "through the gateway"
+            } else {
+                "straight to the chat"
+            },
+            (after as f64 - before as f64) / n as f64
+        );
+        drop(socks);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = e.rss_kib();
-    println!(
-        "{n} idle WebSockets: edge RSS {before} → {after} KiB, {:.1} KiB per socket",
-        (after - before) as f64 / n as f64
-    );
 }

@@ -322,7 +322,7 @@ async fn limits_and_a_missing_agent_are_explained() {
 }
 
 #[tokio::test]
-async fn a_browser_chats_in_two_tabs_and_cancels() {
+async fn a_browser_chats_in_two_tabs_reloads_mid_run_and_cancels() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         std::path::Path::new(&chromium).exists(),
@@ -346,10 +346,15 @@ async fn a_browser_chats_in_two_tabs_and_cancels() {
         )
         .await
         .unwrap();
+    // Screenshots stay in target/ for a person to look at.
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chat-ui-shots");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
     let out = tokio::process::Command::new("node")
         .arg(format!("{js}/chat-ui.mjs"))
         .arg(&link)
         .env("CHROMIUM", &chromium)
+        .env("SHOTS", &shots)
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(120), out)
@@ -370,6 +375,27 @@ async fn a_browser_chats_in_two_tabs_and_cancels() {
         result["cancelled"].as_str().unwrap().contains("cancelled"),
         "{result:#}"
     );
+    // The answer grew between the screenshots; the reload resumed past where it was; the
+    // script itself checked that every number shown is 1, 2, 3... with none twice or missing.
+    let n = |v: &Value| v.as_u64().unwrap();
+    assert!(
+        n(&result["growing"][1]) > n(&result["growing"][0]),
+        "{result:#}"
+    );
+    assert!(
+        n(&result["reload"][1]) > n(&result["reload"][0]),
+        "{result:#}"
+    );
+    assert!(n(&result["final"]) >= n(&result["reload"][1]), "{result:#}");
+    let png = |name: &str| std::fs::read(shots.join(format!("{name}.png"))).unwrap();
+    let (a, b) = (png("1-answer-starts"), png("2-answer-grew"));
+    assert!(
+        a.starts_with(b"\x89PNG") && a != b,
+        "the screenshots differ as the answer grows"
+    );
+    for name in ["3-second-tab-live", "4-after-reload", "5-cancelled"] {
+        assert!(png(name).starts_with(b"\x89PNG"), "{name}");
+    }
 }
 
 #[tokio::test]

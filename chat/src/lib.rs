@@ -40,7 +40,7 @@ pub use secret::{load_or_create_secret, read_secret};
 pub use store::{Session, Store, FLOW_TTL};
 
 /// What went wrong in the chat.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("chat config: {0}")]
     Config(String),

@@ -41,6 +41,8 @@ pub struct AgentSpec {
     /// The agent's working directory.
     pub workspace: String,
     pub timeout: Duration,
+    /// The sandbox the worker confines the agent in (`None`: not confined, tests only).
+    pub sandbox: Option<edge_sandbox::Confine>,
 }
 
 /// How a run ended.
@@ -275,9 +277,8 @@ enum Parser {
 }
 
 impl RunTask<'_> {
-    /// Stores, then publishes, frames (one durable append per batch, off the async threads:
-    /// the fsync must not hold up other connections, and concurrent runs' fsyncs can share a
-    /// journal commit).
+    /// Stores, then publishes, frames: one durable append per batch, through the journal
+    /// thread, so the sync holds up no async thread and concurrent runs share commits.
     async fn emit(&mut self, bodies: Vec<RunBody>) {
         if bodies.is_empty() {
             return;
@@ -305,10 +306,11 @@ impl RunTask<'_> {
             });
             frames.push(f);
         }
-        if let Err(e) =
-            self.orch
-                .conversations
-                .append(&self.run.user, &self.run.conversation, &records)
+        if let Err(e) = self
+            .orch
+            .conversations
+            .append_shared(&self.run.user, &self.run.conversation, &records)
+            .await
         {
             tracing::error!(run = %self.run.id, error = %e, "could not store run events");
         }
@@ -404,6 +406,7 @@ impl RunTask<'_> {
             env: Default::default(),
             stdin: None,
             deadline_unix: Some(deadline.as_secs()),
+            sandbox: spec.sandbox.clone(),
         };
         if let Err(e) = async {
             to.send(&ToWorker::Hello {

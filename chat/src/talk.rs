@@ -124,6 +124,23 @@ pub(crate) async fn send(
             format!("the agent {program:?} is not installed on this host (chat.agent.command)"),
         ));
     }
+    let Some(profile) = cfg.sandbox_profiles.get(&agent.sandbox) else {
+        return Err(reject(
+            "sandbox",
+            format!(
+                "no sandbox profile {:?}: define [sandbox.profiles.{}] or set chat.agent.sandbox",
+                agent.sandbox, agent.sandbox
+            ),
+        ));
+    };
+    let state_dir = std::path::absolute(&cfg.state_dir).unwrap_or_else(|_| cfg.state_dir.clone());
+    let mut profile = profile.clone();
+    // The agent never sees edge's own state (sessions, secrets, conversations).
+    profile.hidden.push(state_dir.clone());
+    let confine = edge_sandbox::Confine {
+        home: profile.home_for(&state_dir),
+        profile,
+    };
     match orch.conversations().open(user, conversation) {
         Ok(Some(_)) => {}
         Ok(None) | Err(crate::Error::Refused(_)) => {
@@ -179,6 +196,7 @@ pub(crate) async fn send(
         },
         workspace: agent.workspace.to_string_lossy().into_owned(),
         timeout: agent.timeout,
+        sandbox: Some(confine),
     };
     let run = orch
         .start(

@@ -10,6 +10,7 @@ use crate::units::parse_duration;
 use crate::walk::{Errors, Table};
 
 mod auth;
+mod sandbox;
 
 pub use auth::{
     AgentConfig, AgentKind, AuthServer, ChatConfig, ChatLimits, ForwardAuth, LoginKind,
@@ -281,6 +282,8 @@ pub struct Config {
     pub projects: Vec<Project>,
     /// The chat service: present when the file has a `[chat]` table or a route uses it.
     pub chat: Option<ChatConfig>,
+    /// `[sandbox.profiles.NAME]`, always with `default`.
+    pub sandbox_profiles: std::collections::BTreeMap<String, edge_sandbox::Profile>,
 }
 
 /// A DNS label: lower-case letters, digits and inner hyphens, 1 to 63 characters.
@@ -415,6 +418,7 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
     let listen = read_listen(top.table(errs, "listen"), errs);
     let limits = read_limits(top.table(errs, "limits"), errs);
     let log = read_log(top.table(errs, "log"), errs);
+    let sandbox_profiles = sandbox::read_sandbox(top.table(errs, "sandbox"), errs);
     let chat_table = top.table(errs, "chat");
     let chat_given = chat_table.is_some();
     let mut chat = auth::read_chat(chat_table, errs);
@@ -456,6 +460,19 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
     if uses_chat && chat.is_none() {
         chat = auth::read_chat(Some(Table::new("chat", &toml::Table::new())), errs);
     }
+    if let Some(a) = chat.as_ref().and_then(|c| c.agent.as_ref()) {
+        if !sandbox_profiles.contains_key(&a.sandbox) {
+            errs.push(
+                "chat.agent.sandbox",
+                format!(
+                    "no profile {:?}: define [sandbox.profiles.{}] (profiles here: {})",
+                    a.sandbox,
+                    a.sandbox,
+                    sandbox_profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+    }
     if let Some(c) = &chat {
         if [listen.https, listen.http, listen.admin].contains(&Some(c.listen)) {
             let key = if chat_given { "chat.listen" } else { "chat" };
@@ -479,6 +496,7 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
         log,
         projects,
         chat,
+        sandbox_profiles,
     })
 }
 

@@ -167,6 +167,26 @@ impl<'a> Table<'a> {
         }
     }
 
+    /// A table of named tables (`[sandbox.profiles.NAME]`), each with its name.
+    pub(crate) fn named_tables(
+        &mut self,
+        errs: &mut Errors,
+        key: &'static str,
+    ) -> Vec<(&'a str, Table<'a>)> {
+        let Some(t) = self.table(errs, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, v) in t.table {
+            let path = t.key(name);
+            match v {
+                toml::Value::Table(inner) => out.push((name.as_str(), Table::new(path, inner))),
+                v => errs.push(path, format!("expected a table, found {}", type_name(v))),
+            }
+        }
+        out
+    }
+
     /// An array of tables (`[[projects]]`), each with its indexed path (`projects[2]`).
     pub(crate) fn tables(&mut self, errs: &mut Errors, key: &'static str) -> Vec<Table<'a>> {
         let Some(v) = self.get(key) else {

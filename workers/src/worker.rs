@@ -63,13 +63,13 @@ where
                         };
                         wr.send(&reply).await?;
                     }
-                    ToWorker::Run { attempt_id, argv, cwd, env, stdin, deadline_unix, .. } => {
+                    ToWorker::Run { attempt_id, argv, cwd, env, stdin, deadline_unix, sandbox, .. } => {
                         if current.is_some() {
                             wr.send(&FromWorker::Busy { attempt_id }).await?;
                             continue;
                         }
                         let (ctl_tx, ctl_rx) = mpsc::channel(4);
-                        let spec = Spec { attempt_id: attempt_id.clone(), argv, cwd, env, stdin, deadline_unix };
+                        let spec = Spec { attempt_id: attempt_id.clone(), argv, cwd, env, stdin, deadline_unix, sandbox };
                         let task = tokio::spawn(attempt(spec, tx.clone(), ctl_rx));
                         current = Some(Current { attempt_id, control: ctl_tx, task });
                     }
@@ -108,6 +108,7 @@ struct Spec {
     env: BTreeMap<String, String>,
     stdin: Option<String>,
     deadline_unix: Option<u64>,
+    sandbox: Option<edge_sandbox::Confine>,
 }
 
 fn signal_group(pgid: i32, sig: Signal) {
@@ -162,54 +163,81 @@ async fn attempt(spec: Spec, tx: mpsc::Sender<FromWorker>, mut control: mpsc::Re
         code: code.into(),
         msg,
     };
+    let exited = || FromWorker::Exit {
+        attempt_id: id.clone(),
+        code: None,
+        signal: None,
+        reason: ExitReason::Exited,
+    };
     let Some((program, args)) = spec.argv.split_first() else {
         let _ = tx.send(fail("spawn", "argv is empty".into())).await;
-        let _ = tx
-            .send(FromWorker::Exit {
-                attempt_id: id.clone(),
-                code: None,
-                signal: None,
-                reason: ExitReason::Exited,
-            })
-            .await;
+        let _ = tx.send(exited()).await;
         return;
     };
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .stdin(if spec.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group: tools the agent starts are signalled with it.
-        .process_group(0)
-        .kill_on_drop(true);
-    for k in BASE_ENV {
-        if let Some(v) = std::env::var_os(k) {
-            cmd.env(k, v);
+    // Confined: the sandbox helper applies the layers, then executes argv.
+    let mut confinement = None;
+    let mut cmd = match &spec.sandbox {
+        None => {
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.args(args).env_clear();
+            for k in BASE_ENV {
+                if let Some(v) = std::env::var_os(k) {
+                    cmd.env(k, v);
+                }
+            }
+            cmd.envs(&spec.env);
+            if let Some(dir) = &spec.cwd {
+                cmd.current_dir(dir);
+            }
+            cmd
         }
-    }
-    cmd.envs(&spec.env);
-    if let Some(dir) = &spec.cwd {
-        cmd.current_dir(dir);
-    }
+        Some(s) => {
+            let req = edge_sandbox::confine::Request {
+                profile: s.profile.clone(),
+                workspace: spec.cwd.clone().unwrap_or_else(|| ".".into()).into(),
+                home: s.home.clone(),
+                argv: spec.argv.clone(),
+                env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            };
+            let prepared = edge_sandbox::confine::prepare(req, &id)
+                .and_then(|c| c.command().map(|cmd| (c, cmd)));
+            match prepared {
+                Ok((c, mut cmd)) => {
+                    confinement = Some(c);
+                    // The helper keeps what it needs from this environment and drops the rest.
+                    cmd.env_clear();
+                    for k in BASE_ENV.into_iter().chain(s.profile.env.iter().map(String::as_str)) {
+                        if let Some(v) = std::env::var_os(k) {
+                            cmd.env(k, v);
+                        }
+                    }
+                    cmd
+                }
+                Err(e) => {
+                    let _ = tx.send(fail("sandbox", e)).await;
+                    let _ = tx.send(exited()).await;
+                    return;
+                }
+            }
+        }
+    };
+    cmd.stdin(if spec.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    // Its own process group: tools the agent starts are signalled with it.
+    .process_group(0)
+    .kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             let _ = tx
                 .send(fail("spawn", format!("starting {program:?}: {e}")))
                 .await;
-            let _ = tx
-                .send(FromWorker::Exit {
-                    attempt_id: id.clone(),
-                    code: None,
-                    signal: None,
-                    reason: ExitReason::Exited,
-                })
-                .await;
+            let _ = tx.send(exited()).await;
             return;
         }
     };
@@ -287,8 +315,24 @@ async fn attempt(spec: Spec, tx: mpsc::Sender<FromWorker>, mut control: mpsc::Re
             }
         }
     };
-    // Whatever the agent left running in its group goes with it.
+    // Whatever the agent left running in its group goes with it, and with a sandbox, whatever
+    // is left in the run's cgroup (the namespaces' own session included).
     signal_group(pgid, Signal::SIGKILL);
+    if let Some(c) = confinement.take() {
+        if let Ok(fin) = tokio::task::spawn_blocking(move || c.finish()).await {
+            if fin.oom_killed {
+                seq += 1;
+                let _ = tx
+                    .send(FromWorker::Out {
+                        attempt_id: id.clone(),
+                        seq,
+                        fd: Fd::Stderr,
+                        line: "edge sandbox: the run went past its memory limit and was killed".into(),
+                    })
+                    .await;
+            }
+        }
+    }
     // The rest of the output, bounded: a grandchild outside the group could hold a pipe open.
     let drain = async {
         while let Some((fd, line)) = lines.recv().await {

@@ -3,8 +3,10 @@
 //   node chat-ui.mjs LOGIN_LINK
 //
 // Signs in with the one-time link, sends a message and waits for the streamed answer, opens a
-// second tab that must show the same conversation, then starts a long answer and presses
-// Cancel. Prints one JSON line: {"ok":true,...} or {"ok":false,"error":...}.
+// second tab that must show the same conversation, then starts a long numbered answer: takes
+// screenshots as it grows (into $SHOTS, if set), follows it in the second tab, reloads mid-run
+// and checks that no number is shown twice or missing, and presses Cancel. Prints one JSON
+// line: {"ok":true,...} or {"ok":false,"error":...}.
 import { chromium } from 'playwright-core';
 
 const [link] = process.argv.slice(2);
@@ -32,13 +34,49 @@ try {
   await tab2.goto(url);
   await tab2.waitForSelector('text=You said: hello from the browser');
   out.second_tab_saw = true;
-  // A long answer, cancelled from the second tab; both tabs see it end.
-  await page.fill('#text', 'go slow please');
+  // A numbered stream (" 1", " 2", ...): the answer grows on screen, the second tab follows it
+  // live, a reload in the middle picks it up again with no number twice and none missing, and
+  // Cancel (from the reloaded tab) ends it in both.
+  const shots = process.env.SHOTS;
+  const shot = async (p, name) => {
+    if (shots) { await p.screenshot({ path: `${shots}/${name}.png` }); (out.shots ||= []).push(name); }
+  };
+  const numbers = async (p) => {
+    const t = await p.locator('.msg.assistant .md').last().innerText();
+    return (t.replace('You said:', '').match(/\d+/g) || []).map(Number);
+  };
+  const atLeast = async (p, k) => {
+    for (let i = 0; i < 400; i++) {
+      const ns = await numbers(p).catch(() => []);
+      if (ns.length >= k) return ns;
+      await p.waitForTimeout(50);
+    }
+    throw new Error(`the answer never reached ${k} numbers: ${await numbers(p).catch(() => [])}`);
+  };
+  const check = (where, ns) => {
+    ns.forEach((n, i) => { if (n !== i + 1) throw new Error(`${where}: number ${i + 1} is ${n}: ${ns}`); });
+    return ns.length;
+  };
+  await page.fill('#text', 'count for me');
   await page.click('#send button[type=submit]');
-  await tab2.waitForSelector('#cancel:not([hidden])');
-  await tab2.click('#cancel');
+  out.growing = [check('page', await atLeast(page, 3))];
+  await shot(page, '1-answer-starts');
+  out.growing.push(check('page', await atLeast(page, out.growing[0] + 8)));
+  await shot(page, '2-answer-grew');
+  out.second_tab = check('second tab', await atLeast(tab2, out.growing[1] + 2));
+  await shot(tab2, '3-second-tab-live');
+  const before = check('page', await numbers(page));
+  await page.reload();
+  out.reload = [before, check('reloaded', await atLeast(page, before + 5))];
+  await shot(page, '4-after-reload');
+  await page.click('#cancel');
   await page.waitForSelector('.msg.assistant .status:has-text("cancelled")');
+  await tab2.waitForSelector('.msg.assistant .status:has-text("cancelled")');
   out.cancelled = await page.locator('.msg.assistant .status').last().innerText();
+  const final = [check('page', await numbers(page)), check('second tab', await numbers(tab2))];
+  if (final[0] !== final[1]) throw new Error(`the tabs ended with different answers: ${final}`);
+  out.final = final[0];
+  await shot(page, '5-cancelled');
   out.ok = true;
 } catch (e) {
   out.error = String(e);

@@ -53,6 +53,9 @@ pub struct AgentConfig {
     pub permission_mode: String,
     /// A run longer than this is stopped.
     pub timeout: Duration,
+    /// The sandbox profile runs use (`[sandbox.profiles.NAME]`; `default` requires every
+    /// layer).
+    pub sandbox: String,
 }
 
 /// `[chat.limits]`, per user; UTC windows.
@@ -371,12 +374,14 @@ fn read_agent(mut t: Table<'_>, errs: &mut Errors) -> Option<AgentConfig> {
     if timeout.is_zero() {
         errs.push(t.key("timeout"), "must be more than 0s");
     }
+    let sandbox = t.str(errs, "sandbox").unwrap_or("default").to_string();
     t.finish(errs);
     Some(AgentConfig {
         kind,
         workspace,
         permission_mode,
         timeout,
+        sandbox,
     })
 }
 
