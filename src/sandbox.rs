@@ -11,20 +11,28 @@ use edge_sandbox::{Profile, RunSpec, State};
 
 use crate::cli::{config_path, load, Failure, SandboxCommand};
 
-fn profile(config: Option<std::path::PathBuf>, name: &str) -> Result<(Profile, std::path::PathBuf), Failure> {
+fn profile(
+    config: Option<std::path::PathBuf>,
+    name: &str,
+) -> Result<(Profile, std::path::PathBuf), Failure> {
     let loaded = load(config_path(config).as_deref(), None)?;
-    let p = loaded.config.sandbox_profiles.get(name).cloned().ok_or_else(|| {
-        Failure::config(anyhow::anyhow!(
-            "no sandbox profile {name:?} (the config has {})",
-            loaded
-                .config
-                .sandbox_profiles
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })?;
+    let p = loaded
+        .config
+        .sandbox_profiles
+        .get(name)
+        .cloned()
+        .ok_or_else(|| {
+            Failure::config(anyhow::anyhow!(
+                "no sandbox profile {name:?} (the config has {})",
+                loaded
+                    .config
+                    .sandbox_profiles
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
     Ok((p, loaded.config.state_dir))
 }
 
@@ -77,9 +85,10 @@ pub fn run(cmd: SandboxCommand) -> Result<(), Failure> {
                 }
             }
             for c in &checks {
-                let relevant = c.layers.iter().any(|l| {
-                    p.enabled(*l) && report.get(*l).state == State::Enforced
-                });
+                let relevant = c
+                    .layers
+                    .iter()
+                    .any(|l| p.enabled(*l) && report.get(*l).state == State::Enforced);
                 if relevant && !c.held {
                     failed.push(format!("probe {} got through: {}", c.probe, c.detail));
                 }
@@ -119,7 +128,9 @@ pub fn run(cmd: SandboxCommand) -> Result<(), Failure> {
             let home = if home.is_absolute() {
                 home
             } else {
-                std::env::current_dir().context("the current directory")?.join(home)
+                std::env::current_dir()
+                    .context("the current directory")?
+                    .join(home)
             };
             let mut p = p;
             p.hidden.push(absolute(&state_dir));
@@ -147,7 +158,11 @@ pub fn run(cmd: SandboxCommand) -> Result<(), Failure> {
                     eprintln!("edge sandbox: the run went past its memory limit and was killed");
                 }
                 use std::os::unix::process::ExitStatusExt;
-                anyhow::Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+                anyhow::Ok(
+                    status
+                        .code()
+                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+                )
             })?;
             let _ = ExitCode::SUCCESS;
             exit(code)
@@ -200,8 +215,16 @@ fn print_table(p: &Profile, report: &edge_sandbox::Report, checks: &[edge_sandbo
         println!(
             "{:<14} {:<6} {:<26} {}",
             c.probe,
-            if c.held { paint("held", "32") } else { paint("FAILED", "31") },
-            c.layers.iter().map(|l| l.name()).collect::<Vec<_>>().join(", "),
+            if c.held {
+                paint("held", "32")
+            } else {
+                paint("FAILED", "31")
+            },
+            c.layers
+                .iter()
+                .map(|l| l.name())
+                .collect::<Vec<_>>()
+                .join(", "),
             c.detail
         );
     }

@@ -557,3 +557,42 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Every chat run is confined: the agent runs as nobody, with no_new_privs and seccomp, and
+/// cannot see /root; a run that cannot be confined never starts and says why.
+#[tokio::test]
+async fn chat_runs_are_confined_and_a_run_that_cannot_be_is_refused() {
+    let agent = "[chat.agent]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"id -u; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; ls /root 2>&1; echo \\\"$0\\\"\", \"{message}\"]\nworkspace = \"/tmp\"\n";
+    let e = env(agent, "").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "hello"}))
+        .await;
+    let frames = a.until_end().await;
+    let text: String = frames
+        .iter()
+        .filter_map(|f| f["event"]["text"].as_str())
+        .collect();
+    assert_eq!(frames.last().unwrap()["outcome"], "ok", "{frames:#?}");
+    assert!(text.starts_with("65534\n"), "{text}");
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert!(text.contains("Seccomp:\t2"), "{text}");
+    assert!(text.contains("Permission denied"), "{text}");
+    assert!(text.contains("hello"), "{text}");
+
+    // /root is no place for nobody's workspace.
+    let agent = "[chat.agent]\nkind = \"command\"\ncommand = [\"echo\", \"{message}\"]\nworkspace = \"/root\"\n";
+    let e = env(agent, "").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "hello"}))
+        .await;
+    let frames = a.until_end().await;
+    let end = frames.last().unwrap();
+    assert_eq!(end["outcome"], "error", "{end}");
+    let detail = end["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("edge sandbox: user: the workspace /root is not writable by uid 65534"),
+        "{end}"
+    );
+}

@@ -15,6 +15,7 @@ fn run(id: &str, script: &str) -> ToWorker {
         env: Default::default(),
         stdin: None,
         deadline_unix: None,
+        sandbox: None,
     }
 }
 

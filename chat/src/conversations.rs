@@ -62,11 +62,13 @@ struct Journal {
     tx: std::sync::mpsc::Sender<Append>,
 }
 
+type Waiter = tokio::sync::oneshot::Sender<Result<(), Error>>;
+
 #[derive(Debug)]
 struct Append {
     log: PathBuf,
     buf: Vec<u8>,
-    done: tokio::sync::oneshot::Sender<Result<(), Error>>,
+    done: Waiter,
 }
 
 impl Journal {
@@ -93,11 +95,7 @@ impl Journal {
 
 /// Writes a batch, file by file in arrival order, then syncs each file once.
 fn commit(batch: Vec<Append>) {
-    let mut files: Vec<(
-        PathBuf,
-        Vec<u8>,
-        Vec<tokio::sync::oneshot::Sender<Result<(), Error>>>,
-    )> = Vec::new();
+    let mut files: Vec<(PathBuf, Vec<u8>, Vec<Waiter>)> = Vec::new();
     for a in batch {
         match files.iter_mut().find(|(p, _, _)| *p == a.log) {
             Some((_, buf, waiters)) => {

@@ -253,12 +253,22 @@ impl Orchestrator {
                 seq: 0,
             };
             task.drive(argv, &spec, cancel_rx).await;
-            me.active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+            me.release(&r);
         });
         Ok(run)
+    }
+
+    /// The run has ended: its conversation may start another. (Only this run's entry goes; a
+    /// newer run of the conversation stays.)
+    fn release(&self, run: &Run) {
+        let key = (run.user.clone(), run.conversation.clone());
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if active
+            .get(&key)
+            .is_some_and(|r| std::ptr::eq(r.as_ref(), run))
+        {
+            active.remove(&key);
+        }
     }
 }
 
@@ -406,7 +416,7 @@ impl RunTask<'_> {
             env: Default::default(),
             stdin: None,
             deadline_unix: Some(deadline.as_secs()),
-            sandbox: spec.sandbox.clone(),
+            sandbox: spec.sandbox.clone().map(Box::new),
         };
         if let Err(e) = async {
             to.send(&ToWorker::Hello {
@@ -427,6 +437,8 @@ impl RunTask<'_> {
         let mut result: Option<AgentResult> = None;
         let mut stderr_tail: VecDeque<String> = VecDeque::new();
         let mut cancelled = false;
+        // Why the worker could not start the agent (the sandbox refused, say).
+        let mut refused: Option<String> = None;
         // A frame read while draining, handled on the next turn.
         let mut stash = None;
         let outcome = loop {
@@ -502,6 +514,9 @@ impl RunTask<'_> {
                                 self.emit_events(events, &mut result).await;
                             }
                             let tail = stderr_tail.iter().cloned().collect::<Vec<_>>().join("\n");
+                            if let Some(why) = refused.take() {
+                                break (Outcome::Error, Some(why));
+                            }
                             break match reason {
                                 ExitReason::Cancelled => (Outcome::Cancelled, None),
                                 ExitReason::Timeout => (
@@ -531,8 +546,13 @@ impl RunTask<'_> {
                                 },
                             };
                         }
-                        FromWorker::Error { msg, .. } => {
-                            stderr_tail.push_back(msg);
+                        FromWorker::Error { code, msg, .. } => {
+                            if code == "sandbox" || code == "spawn" {
+                                // The agent never started: this is the whole story.
+                                refused = Some(msg);
+                            } else {
+                                stderr_tail.push_back(msg);
+                            }
                         }
                         FromWorker::Busy { .. } => {
                             break (Outcome::Error, Some("the worker is busy".to_string()))
@@ -550,6 +570,8 @@ impl RunTask<'_> {
             detail: outcome.1,
         }])
         .await;
+        // Ended: a new message may start the next run at once, while the worker cleans up.
+        self.orch.release(self.run);
         drop(to);
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     }

@@ -468,7 +468,11 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
                     "no profile {:?}: define [sandbox.profiles.{}] (profiles here: {})",
                     a.sandbox,
                     a.sandbox,
-                    sandbox_profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                    sandbox_profiles
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             );
         }

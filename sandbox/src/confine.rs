@@ -41,7 +41,13 @@ fn unique(name: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let clean: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
     format!(
@@ -76,8 +82,11 @@ pub fn prepare(req: Request, name: &str) -> Result<Confinement, String> {
     if !req.home.exists() {
         std::fs::create_dir_all(&req.home)
             .map_err(|e| format!("creating the agent home {}: {e}", req.home.display()))?;
-        std::fs::set_permissions(&req.home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(|e| format!("{}: {e}", req.home.display()))?;
+        std::fs::set_permissions(
+            &req.home,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(|e| format!("{}: {e}", req.home.display()))?;
         if root {
             nix::unistd::chown(
                 &req.home,
@@ -184,7 +193,9 @@ impl Drop for Confinement {
 fn reachable(p: &Path, what: &str, uid: u32, gid: u32) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     for a in p.ancestors().skip(1) {
-        let Ok(m) = std::fs::metadata(a) else { continue };
+        let Ok(m) = std::fs::metadata(a) else {
+            continue;
+        };
         let mode = m.mode();
         let ok = mode & 0o001 != 0
             || (m.uid() == uid && mode & 0o100 != 0)

@@ -86,9 +86,23 @@ async fn serve(mut c: UnixStream, p: &Profile) -> std::io::Result<()> {
         match target.rsplit_once(':') {
             Some((h, port)) => match port.parse::<u16>() {
                 Ok(port) => (h.trim_matches(['[', ']']).to_string(), port, true),
-                Err(_) => return deny(&mut c, "400 Bad Request", &format!("bad CONNECT target {target:?}")).await,
+                Err(_) => {
+                    return deny(
+                        &mut c,
+                        "400 Bad Request",
+                        &format!("bad CONNECT target {target:?}"),
+                    )
+                    .await
+                }
             },
-            None => return deny(&mut c, "400 Bad Request", &format!("bad CONNECT target {target:?}")).await,
+            None => {
+                return deny(
+                    &mut c,
+                    "400 Bad Request",
+                    &format!("bad CONNECT target {target:?}"),
+                )
+                .await
+            }
         }
     } else if let Some(rest) = target.strip_prefix("http://") {
         let authority = rest.split('/').next().unwrap_or("");
@@ -109,18 +123,33 @@ async fn serve(mut c: UnixStream, p: &Profile) -> std::io::Result<()> {
         return deny(
             &mut c,
             "403 Forbidden",
-            &format!("{host}:{port} is not on the allowlist of profile {:?}", p.name),
+            &format!(
+                "{host}:{port} is not on the allowlist of profile {:?}",
+                p.name
+            ),
         )
         .await;
     }
-    let up = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host.as_str(), port))).await;
+    let up = tokio::time::timeout(
+        Duration::from_secs(10),
+        TcpStream::connect((host.as_str(), port)),
+    )
+    .await;
     let mut up = match up {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return deny(&mut c, "502 Bad Gateway", &format!("{host}:{port}: {e}")).await,
-        Err(_) => return deny(&mut c, "504 Gateway Timeout", &format!("{host}:{port}: no answer in 10 s")).await,
+        Err(_) => {
+            return deny(
+                &mut c,
+                "504 Gateway Timeout",
+                &format!("{host}:{port}: no answer in 10 s"),
+            )
+            .await
+        }
     };
     if tunnel {
-        c.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await?;
+        c.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .await?;
         up.write_all(&buf[head_len..]).await?;
     } else {
         up.write_all(&buf).await?;

@@ -22,7 +22,9 @@ use landlock::{
 };
 use nix::sys::resource::{setrlimit, Resource};
 
-use crate::profile::{forbidden_env, Layer, RunSpec, ALWAYS_HIDDEN, DOCKER_SOCKETS, SYSTEM_READ_ONLY};
+use crate::profile::{
+    forbidden_env, Layer, RunSpec, ALWAYS_HIDDEN, DOCKER_SOCKETS, SYSTEM_READ_ONLY,
+};
 
 /// The helper's exit code when a required layer could not be applied (the agent never ran).
 pub const REFUSED: i32 = 125;
@@ -146,8 +148,8 @@ fn stage1_inner(spec: &RunSpec) -> Result<std::convert::Infallible, Refusal> {
     if spec.profile.enabled(Layer::Namespaces)
         && !spec.missing.iter().any(|(l, _)| *l == Layer::Namespaces)
     {
-        let bwrap =
-            crate::probe::bwrap().ok_or_else(|| refuse(Layer::Namespaces, "bwrap is not installed"))?;
+        let bwrap = crate::probe::bwrap()
+            .ok_or_else(|| refuse(Layer::Namespaces, "bwrap is not installed"))?;
         let exe = self_exe().map_err(|e| refuse(Layer::Namespaces, e))?;
         let json = serde_json::to_string(spec).map_err(|e| refuse(Layer::Env, e.to_string()))?;
         let mut cmd = Command::new(bwrap);
@@ -191,8 +193,12 @@ fn stage2_inner(
     layer(spec, Layer::NoNewPrivs, || {
         nix::sys::prctl::set_no_new_privs().map_err(errno("PR_SET_NO_NEW_PRIVS"))
     })?;
-    let program = resolve(&spec.argv[0], env.get("PATH").map(String::as_str))
-        .ok_or_else(|| refuse(Layer::Env, format!("{:?}: no such program on PATH", spec.argv[0])))?;
+    let program = resolve(&spec.argv[0], env.get("PATH").map(String::as_str)).ok_or_else(|| {
+        refuse(
+            Layer::Env,
+            format!("{:?}: no such program on PATH", spec.argv[0]),
+        )
+    })?;
     layer(spec, Layer::Landlock, || landlock(spec, inside, &program))?;
     layer(spec, Layer::Seccomp, crate::seccomp::apply)?;
     let mut cmd = Command::new(&program);
@@ -238,7 +244,13 @@ fn rlimits(spec: &RunSpec) -> Result<(), String> {
 }
 
 /// The agent's environment: an allowlist from edge's own, then the run's, never a credential.
+/// (With the env layer disabled: everything, as it came.)
 pub fn environment(spec: &RunSpec) -> BTreeMap<String, String> {
+    if !spec.profile.enabled(Layer::Env) {
+        let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        env.extend(spec.env.iter().cloned());
+        return env;
+    }
     let mut env = BTreeMap::new();
     let pass = ["PATH", "LANG", "LC_ALL", "TERM", "TZ"]
         .into_iter()
@@ -267,7 +279,14 @@ pub fn environment(spec: &RunSpec) -> BTreeMap<String, String> {
     env.insert("TMPDIR".into(), "/tmp".into());
     if spec.egress_socket.is_some() {
         let proxy = format!("http://127.0.0.1:{RELAY_PORT}");
-        for k in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"] {
+        for k in [
+            "HTTPS_PROXY",
+            "HTTP_PROXY",
+            "ALL_PROXY",
+            "https_proxy",
+            "http_proxy",
+            "all_proxy",
+        ] {
             env.insert(k.into(), proxy.clone());
         }
         env.insert("NO_PROXY".into(), "localhost,127.0.0.1".into());
@@ -285,9 +304,27 @@ pub fn bwrap_args(spec: &RunSpec) -> Vec<OsString> {
         push(&["--share-net"]);
     }
     push(&[
-        "--cap-drop", "ALL", "--hostname", "edge-sandbox", "--ro-bind", "/", "/", "--dev", "/dev",
-        "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/home",
-        "--tmpfs", "/root", "--tmpfs", "/run",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "edge-sandbox",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+        "--tmpfs",
+        "/var/tmp",
+        "--tmpfs",
+        "/home",
+        "--tmpfs",
+        "/root",
+        "--tmpfs",
+        "/run",
     ]);
     // Covered by the tmpfs mounts above.
     let covered = ["/tmp", "/var/tmp", "/home", "/root", "/run"];
@@ -297,9 +334,14 @@ pub fn bwrap_args(spec: &RunSpec) -> Vec<OsString> {
         .map(PathBuf::from)
         .chain(spec.profile.hidden.iter().cloned())
         // Resolve symlinked parents (/var/run → /run): bwrap mounts on real paths.
-        .map(|p| match (p.parent().and_then(|d| std::fs::canonicalize(d).ok()), p.file_name()) {
-            (Some(d), Some(n)) => d.join(n),
-            _ => p,
+        .map(|p| {
+            match (
+                p.parent().and_then(|d| std::fs::canonicalize(d).ok()),
+                p.file_name(),
+            ) {
+                (Some(d), Some(n)) => d.join(n),
+                _ => p,
+            }
         })
         .filter(|p| !covered.iter().any(|c| p.starts_with(c)))
         .collect();
@@ -362,7 +404,9 @@ fn landlock(spec: &RunSpec, inside: bool, program: &Path) -> Result<(), String> 
         .and_then(|r| r.create())
         .and_then(|r| r.add_rules(rules(ro, read).map(Ok::<_, landlock::RulesetError>)))
         .and_then(|r| r.add_rules(rules(rw, all).map(Ok::<_, landlock::RulesetError>)))
-        .and_then(|r| r.add_rules(rules(vec!["/dev".into()], dev).map(Ok::<_, landlock::RulesetError>)))
+        .and_then(|r| {
+            r.add_rules(rules(vec!["/dev".into()], dev).map(Ok::<_, landlock::RulesetError>))
+        })
         .and_then(|r| r.restrict_self())
         .map_err(|e| e.to_string())?;
     match status.ruleset {
@@ -381,7 +425,10 @@ pub fn resolve(program: &str, path: Option<&str>) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(program))
         .find(|p| {
             std::fs::metadata(p)
-                .map(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+                .map(|m| {
+                    m.is_file()
+                        && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                })
                 .unwrap_or(false)
         })
 }

@@ -135,7 +135,11 @@ pub fn probe(p: &Profile) -> Report {
             "the egress proxy needs the network namespace (the namespaces layer)",
         )
     } else if p.egress.is_empty() {
-        status(Layer::Egress, Enforced, "no network at all (empty allowlist)")
+        status(
+            Layer::Egress,
+            Enforced,
+            "no network at all (empty allowlist)",
+        )
     } else {
         status(
             Layer::Egress,
@@ -175,7 +179,10 @@ fn landlock_status() -> LayerStatus {
                 } else {
                     State::Degraded
                 },
-                format!("Landlock ABI {n}{}", if n >= 3 { "" } else { " (no truncate control)" }),
+                format!(
+                    "Landlock ABI {n}{}",
+                    if n >= 3 { "" } else { " (no truncate control)" }
+                ),
             );
         }
     }
@@ -188,10 +195,17 @@ fn landlock_status() -> LayerStatus {
 
 fn seccomp_status() -> LayerStatus {
     let has = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Seccomp_filters:") || l.starts_with("Seccomp:")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Seccomp_filters:") || l.starts_with("Seccomp:"))
+        })
         .unwrap_or(false);
     if !has {
-        return status(Layer::Seccomp, State::Unavailable, "the kernel has no seccomp");
+        return status(
+            Layer::Seccomp,
+            State::Unavailable,
+            "the kernel has no seccomp",
+        );
     }
     match crate::seccomp::filters() {
         Ok(_) => status(

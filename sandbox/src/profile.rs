@@ -242,7 +242,13 @@ mod tests {
 
     #[test]
     fn credentials_never_pass() {
-        for k in ["SSH_AUTH_SOCK", "DOCKER_HOST", "GITHUB_TOKEN", "AWS_ACCESS_KEY_ID", "db_password"] {
+        for k in [
+            "SSH_AUTH_SOCK",
+            "DOCKER_HOST",
+            "GITHUB_TOKEN",
+            "AWS_ACCESS_KEY_ID",
+            "db_password",
+        ] {
             assert!(forbidden_env(k), "{k}");
         }
         for k in ["PATH", "LANG", "ANTHROPIC_BASE_URL"] {

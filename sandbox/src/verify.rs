@@ -29,16 +29,52 @@ pub struct Check {
 
 /// The probes: name, the layers that stop it, and what it tries.
 pub const PROBES: &[(&str, &[Layer], &str)] = &[
-    ("env", &[Layer::Env], "find a token or agent socket in the environment"),
-    ("write-outside", &[Layer::Landlock, Layer::Namespaces], "write a file outside the workspace"),
-    ("read-shadow", &[Layer::Namespaces, Layer::User], "read /etc/shadow"),
-    ("read-secret", &[Layer::Landlock, Layer::Namespaces], "read a secret planted outside the workspace"),
-    ("docker", &[Layer::Namespaces], "connect to the docker socket"),
-    ("setuid", &[Layer::NoNewPrivs, Layer::Namespaces], "gain root through a setuid binary (su)"),
-    ("seccomp", &[Layer::Seccomp], "ptrace, a netlink socket, a new user namespace"),
-    ("pids", &[Layer::Cgroup, Layer::Rlimits], "fork past the process limit"),
+    (
+        "env",
+        &[Layer::Env],
+        "find a token or agent socket in the environment",
+    ),
+    (
+        "write-outside",
+        &[Layer::Landlock, Layer::Namespaces],
+        "write a file outside the workspace",
+    ),
+    (
+        "read-shadow",
+        &[Layer::Namespaces, Layer::User],
+        "read /etc/shadow",
+    ),
+    (
+        "read-secret",
+        &[Layer::Landlock, Layer::Namespaces],
+        "read a secret planted outside the workspace",
+    ),
+    (
+        "docker",
+        &[Layer::Namespaces],
+        "connect to the docker socket",
+    ),
+    (
+        "setuid",
+        &[Layer::NoNewPrivs, Layer::Namespaces],
+        "gain root through a setuid binary (su)",
+    ),
+    (
+        "seccomp",
+        &[Layer::Seccomp],
+        "ptrace, a netlink socket, a new user namespace",
+    ),
+    (
+        "pids",
+        &[Layer::Cgroup, Layer::Rlimits],
+        "fork past the process limit",
+    ),
     ("memory", &[Layer::Cgroup], "allocate past the memory limit"),
-    ("egress", &[Layer::Egress], "reach a host off the allowlist, directly and through the proxy"),
+    (
+        "egress",
+        &[Layer::Egress],
+        "reach a host off the allowlist, directly and through the proxy",
+    ),
 ];
 
 /// A scratch area for one verification: a workspace and home the run's uid owns, a secret
@@ -94,7 +130,9 @@ struct PlantedDocker(Option<PathBuf>);
 
 impl PlantedDocker {
     fn plant() -> PlantedDocker {
-        if crate::profile::DOCKER_SOCKETS.iter().any(|p| Path::new(p).exists())
+        if crate::profile::DOCKER_SOCKETS
+            .iter()
+            .any(|p| Path::new(p).exists())
             || !nix::unistd::geteuid().is_root()
         {
             return PlantedDocker(None);
@@ -102,7 +140,10 @@ impl PlantedDocker {
         let p = PathBuf::from("/run/docker.sock");
         match std::os::unix::net::UnixListener::bind(&p) {
             Ok(l) => {
-                let _ = std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666));
+                let _ = std::fs::set_permissions(
+                    &p,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o666),
+                );
                 std::mem::forget(l);
                 PlantedDocker(Some(p))
             }
@@ -142,7 +183,12 @@ pub async fn verify(profile: &Profile, only: &[String]) -> Result<(Report, Vec<C
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
         }
-        let mut args: Vec<String> = vec![exe.display().to_string(), "sandbox".into(), "probe".into(), name.to_string()];
+        let mut args: Vec<String> = vec![
+            exe.display().to_string(),
+            "sandbox".into(),
+            "probe".into(),
+            name.to_string(),
+        ];
         match *name {
             "write-outside" => args.push(scratch.dir.join("outside/written").display().to_string()),
             "read-secret" => args.push(scratch.dir.join("outside/secret").display().to_string()),
@@ -195,7 +241,12 @@ async fn run_one(req: Request, name: &'static str, layers: &[Layer]) -> Check {
     let mut cmd = match c.command() {
         Ok(c) => c,
         Err(e) => {
-            return Check { probe: name, layers, held: false, detail: e };
+            return Check {
+                probe: name,
+                layers,
+                held: false,
+                detail: e,
+            };
         }
     };
     // Planted in the helper's environment: the env layer must keep them from the probe.
@@ -221,9 +272,15 @@ async fn run_one(req: Request, name: &'static str, layers: &[Layer]) -> Check {
             let line = stdout.lines().last().unwrap_or("").to_string();
             use std::os::unix::process::ExitStatusExt;
             if o.status.code() == Some(crate::helper::REFUSED) {
-                (false, format!("the sandbox refused to start: {}", stderr.trim()))
+                (
+                    false,
+                    format!("the sandbox refused to start: {}", stderr.trim()),
+                )
             } else if name == "memory" && (o.status.signal() == Some(9) || fin.oom_killed) {
-                (true, "held: killed by the kernel at the memory limit".into())
+                (
+                    true,
+                    "held: killed by the kernel at the memory limit".into(),
+                )
             } else if let Some(rest) = line.strip_prefix("held: ") {
                 (o.status.success(), format!("held: {rest}"))
             } else {
@@ -231,15 +288,28 @@ async fn run_one(req: Request, name: &'static str, layers: &[Layer]) -> Check {
                     false,
                     format!(
                         "{} (exit {:?}{})",
-                        if line.is_empty() { "no answer".to_string() } else { line },
+                        if line.is_empty() {
+                            "no answer".to_string()
+                        } else {
+                            line
+                        },
                         o.status.code(),
-                        if stderr.trim().is_empty() { String::new() } else { format!("; stderr: {}", stderr.trim()) }
+                        if stderr.trim().is_empty() {
+                            String::new()
+                        } else {
+                            format!("; stderr: {}", stderr.trim())
+                        }
                     ),
                 )
             }
         }
     };
-    Check { probe: name, layers, held, detail }
+    Check {
+        probe: name,
+        layers,
+        held,
+        detail,
+    }
 }
 
 fn held(msg: String) -> i32 {
@@ -257,9 +327,7 @@ pub fn run_probe(name: &str, arg: Option<&str>) -> i32 {
     match name {
         "env" => {
             let leaks: Vec<String> = std::env::vars()
-                .filter(|(k, v)| {
-                    v.contains(MARKER) || crate::profile::forbidden_env(k)
-                })
+                .filter(|(k, v)| v.contains(MARKER) || crate::profile::forbidden_env(k))
                 .map(|(k, _)| k)
                 .collect();
             if leaks.is_empty() {
@@ -276,7 +344,11 @@ pub fn run_probe(name: &str, arg: Option<&str>) -> i32 {
             }
         }
         "read-shadow" | "read-secret" => {
-            let p = if name == "read-shadow" { "/etc/shadow" } else { arg.unwrap_or("") };
+            let p = if name == "read-shadow" {
+                "/etc/shadow"
+            } else {
+                arg.unwrap_or("")
+            };
             match std::fs::read(p) {
                 Ok(b) if b.is_empty() => held(format!("{p} reads as empty")),
                 Ok(_) => broken(format!("read {p}")),
@@ -344,12 +416,17 @@ pub fn run_probe(name: &str, arg: Option<&str>) -> i32 {
             }
             let proxy = std::env::var("HTTPS_PROXY").unwrap_or_default();
             let Some(addr) = proxy.strip_prefix("http://") else {
-                return held(format!("no direct connection to 127.0.0.1:{port}, and no proxy"));
+                return held(format!(
+                    "no direct connection to 127.0.0.1:{port}, and no proxy"
+                ));
             };
             match std::net::TcpStream::connect(addr.trim_end_matches('/')) {
                 Err(e) => held(format!("no direct connection; the proxy {addr}: {e}")),
                 Ok(mut s) => {
-                    let _ = write!(s, "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+                    let _ = write!(
+                        s,
+                        "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+                    );
                     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                     let mut buf = [0u8; 256];
                     let n = s.read(&mut buf).unwrap_or(0);
@@ -375,13 +452,17 @@ pub fn run_probe(name: &str, arg: Option<&str>) -> i32 {
 /// Starts `su` (setuid root), which waits for a password, and reads its credentials from
 /// /proc while it waits: with no_new_privs its effective uid stays ours.
 fn probe_setuid() -> i32 {
-    let su = ["/usr/bin/su", "/bin/su"].into_iter().find(|p| Path::new(p).exists());
+    let su = ["/usr/bin/su", "/bin/su"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
     let Some(su) = su else {
         return held("no su binary to try".into());
     };
     let me = nix::unistd::getuid().as_raw();
     if me == 0 {
-        return broken("the probe runs as root: there is nothing to gain, and no uid was dropped".into());
+        return broken(
+            "the probe runs as root: there is nothing to gain, and no uid was dropped".into(),
+        );
     }
     let child = std::process::Command::new(su)
         .args(["root", "-c", "true"])
@@ -400,7 +481,10 @@ fn probe_setuid() -> i32 {
             break;
         };
         if let Some(l) = s.lines().find(|l| l.starts_with("Uid:")) {
-            euid = l.split_whitespace().nth(2).and_then(|v| v.parse::<u32>().ok());
+            euid = l
+                .split_whitespace()
+                .nth(2)
+                .and_then(|v| v.parse::<u32>().ok());
             if s.contains("Name:\tsu") {
                 break;
             }

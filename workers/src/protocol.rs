@@ -42,7 +42,7 @@ pub enum ToWorker {
         /// Confine the agent with this sandbox profile (`edge sandbox exec`); a run whose
         /// required layer the worker's host cannot enforce does not start.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        sandbox: Option<edge_sandbox::Confine>,
+        sandbox: Option<Box<edge_sandbox::Confine>>,
     },
     /// Stop the attempt: SIGINT (the agent's interrupt), then SIGTERM, then SIGKILL to its
     /// process group, `grace_ms` apart in total.

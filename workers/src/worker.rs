@@ -108,7 +108,7 @@ struct Spec {
     env: BTreeMap<String, String>,
     stdin: Option<String>,
     deadline_unix: Option<u64>,
-    sandbox: Option<edge_sandbox::Confine>,
+    sandbox: Option<Box<edge_sandbox::Confine>>,
 }
 
 fn signal_group(pgid: i32, sig: Signal) {
@@ -197,7 +197,11 @@ async fn attempt(spec: Spec, tx: mpsc::Sender<FromWorker>, mut control: mpsc::Re
                 workspace: spec.cwd.clone().unwrap_or_else(|| ".".into()).into(),
                 home: s.home.clone(),
                 argv: spec.argv.clone(),
-                env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                env: spec
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             };
             let prepared = edge_sandbox::confine::prepare(req, &id)
                 .and_then(|c| c.command().map(|cmd| (c, cmd)));
@@ -206,7 +210,10 @@ async fn attempt(spec: Spec, tx: mpsc::Sender<FromWorker>, mut control: mpsc::Re
                     confinement = Some(c);
                     // The helper keeps what it needs from this environment and drops the rest.
                     cmd.env_clear();
-                    for k in BASE_ENV.into_iter().chain(s.profile.env.iter().map(String::as_str)) {
+                    for k in BASE_ENV
+                        .into_iter()
+                        .chain(s.profile.env.iter().map(String::as_str))
+                    {
                         if let Some(v) = std::env::var_os(k) {
                             cmd.env(k, v);
                         }
@@ -327,7 +334,8 @@ async fn attempt(spec: Spec, tx: mpsc::Sender<FromWorker>, mut control: mpsc::Re
                         attempt_id: id.clone(),
                         seq,
                         fd: Fd::Stderr,
-                        line: "edge sandbox: the run went past its memory limit and was killed".into(),
+                        line: "edge sandbox: the run went past its memory limit and was killed"
+                            .into(),
                     })
                     .await;
             }

@@ -36,6 +36,7 @@ fn run(id: &str, script: &str) -> ToWorker {
         env: Default::default(),
         stdin: None,
         deadline_unix: None,
+        sandbox: None,
     }
 }
 
@@ -294,6 +295,7 @@ async fn spawn_failures_and_long_lines() {
         env: Default::default(),
         stdin: None,
         deadline_unix: None,
+        sandbox: None,
     })
     .await
     .unwrap();

@@ -37,7 +37,10 @@ fn paths(t: &mut Table<'_>, errs: &mut Errors, key: &'static str) -> Vec<PathBuf
     let mut out = Vec::new();
     for (i, p) in list.iter().enumerate() {
         if !p.starts_with('/') {
-            errs.push(format!("{}[{i}]", t.key(key)), format!("{p:?}: use an absolute path"));
+            errs.push(
+                format!("{}[{i}]", t.key(key)),
+                format!("{p:?}: use an absolute path"),
+            );
         } else {
             out.push(PathBuf::from(p));
         }
@@ -84,7 +87,10 @@ fn read_profile(name: &str, mut t: Table<'_>, errs: &mut Errors) -> Profile {
             *slot = v;
         }
     }
-    for (key, slot, min) in [("pids", &mut p.pids, 8u64), ("open_files", &mut p.open_files, 16)] {
+    for (key, slot, min) in [
+        ("pids", &mut p.pids, 8u64),
+        ("open_files", &mut p.open_files, 16),
+    ] {
         if let Some(v) = t.uint(errs, key) {
             if v < min {
                 errs.push(t.key(key), format!("at least {min}"));

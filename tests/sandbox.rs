@@ -1,0 +1,214 @@
+//! The sandbox on this machine (root, bubblewrap, Landlock, seccomp, cgroup v1): `edge sandbox
+//! verify` with every layer required, and each probe shown to depend on its layer: it holds
+//! with that layer alone, and gets through when the layer is removed too.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const EDGE: &str = env!("CARGO_BIN_EXE_edge");
+
+fn need_root_and_bwrap() {
+    assert!(
+        nix_is_root(),
+        "the sandbox tests run as root (CI does): the uid, cgroup and setuid probes need it"
+    );
+    assert!(
+        std::path::Path::new("/usr/bin/bwrap").exists(),
+        "bubblewrap is missing: apt-get install bubblewrap (bash .ci/run does)"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `edge sandbox verify --json` with `args`; returns the exit success and the JSON.
+fn verify(config: Option<&std::path::Path>, args: &[&str]) -> (bool, Value) {
+    let mut cmd = Command::new(EDGE);
+    cmd.args(["sandbox", "verify", "--json"]).args(args);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
+        panic!(
+            "verify printed: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
+}
+
+/// One test, so that no two verifications plant and remove the stand-in docker socket at once.
+#[test]
+fn verify_passes_and_each_probe_depends_on_its_layer() {
+    verify_passes_with_every_layer_required();
+    each_probe_holds_with_its_layer_and_fails_without_it();
+}
+
+fn verify_passes_with_every_layer_required() {
+    need_root_and_bwrap();
+    let (ok, v) = verify(None, &[]);
+    assert!(ok, "{v:#}");
+    for l in v["layers"].as_array().unwrap() {
+        assert_eq!(l["state"], "enforced", "{l}");
+    }
+    let probes = v["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 10, "{v:#}");
+    for p in probes {
+        assert_eq!(p["held"], true, "{p}");
+    }
+}
+
+const LAYERS: [&str; 9] = [
+    "env",
+    "user",
+    "no_new_privs",
+    "rlimits",
+    "landlock",
+    "seccomp",
+    "namespaces",
+    "cgroup",
+    "egress",
+];
+
+/// A profile with only `on` applied.
+fn only(name: &str, on: &[&str]) -> String {
+    let off: Vec<String> = LAYERS
+        .iter()
+        .filter(|l| !on.contains(l))
+        .map(|l| format!("{l:?}"))
+        .collect();
+    format!(
+        "[sandbox.profiles.{name}]\nrequire = []\ndisable = [{}]\nmemory = \"64MiB\"\npids = 32\negress = [\"allowed.example:443\"]\n",
+        off.join(", ")
+    )
+}
+
+/// (probe, the layers that alone stop it, the layers with which it gets through)
+const CASES: &[(&str, &[&str], &[&str])] = &[
+    ("env", &["env"], &[]),
+    ("write-outside", &["landlock"], &[]),
+    ("read-secret", &["landlock"], &[]),
+    ("read-shadow", &["namespaces"], &[]),
+    ("docker", &["namespaces"], &[]),
+    ("setuid", &["user", "no_new_privs"], &["user"]),
+    ("seccomp", &["seccomp"], &[]),
+    ("pids", &["cgroup"], &[]),
+    ("memory", &["cgroup"], &[]),
+    ("egress", &["namespaces", "egress"], &["namespaces"]),
+];
+
+fn each_probe_holds_with_its_layer_and_fails_without_it() {
+    need_root_and_bwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = String::from(
+        "domain = \"example.test\"\n[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"forge\"\n  upstream = \"http://127.0.0.1:3000\"\n",
+    );
+    for (i, (_, with, without)) in CASES.iter().enumerate() {
+        toml.push_str(&only(&format!("with{i}"), with));
+        toml.push_str(&only(&format!("without{i}"), without));
+    }
+    let cfg = dir.path().join("edge.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut wrong = Vec::new();
+    for (i, (probe, with, without)) in CASES.iter().enumerate() {
+        for (profile, want_held) in [(format!("with{i}"), true), (format!("without{i}"), false)] {
+            let (_, v) = verify(Some(&cfg), &["--profile", &profile, "--probe", probe]);
+            let p = &v["probes"][0];
+            if p["held"] != want_held {
+                wrong.push(format!(
+                    "{probe} with only {:?}: held = {}, want {want_held}: {}",
+                    if want_held { with } else { without },
+                    p["held"],
+                    p["detail"]
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn sandbox_run_confines_a_command_and_refuses_what_it_cannot_confine() {
+    need_root_and_bwrap();
+    let ws = tempfile::tempdir_in("/var/tmp").unwrap();
+    // The run's uid (nobody) must be able to write the workspace.
+    Command::new("chown")
+        .args(["65534:65534", ws.path().to_str().unwrap()])
+        .status()
+        .unwrap();
+    std::fs::set_permissions(
+        ws.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let home = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = Command::new(EDGE)
+        .args(["sandbox", "run", "--workspace"])
+        .arg(ws.path())
+        .arg("--home")
+        .arg(home.path().join("agent"))
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "id -u; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; echo x > f && echo wrote; ls /root 2>&1; echo \"$HTTPS_PROXY\"",
+        ])
+        .env("GITHUB_TOKEN", "ghp_secret")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "65534", "{stdout}");
+    assert!(
+        stdout.contains("NoNewPrivs:\t1") && stdout.contains("Seccomp:\t2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("wrote"),
+        "the workspace is writable: {stdout}"
+    );
+    assert!(
+        stdout.contains("Permission denied"),
+        "/root is out of reach: {stdout}"
+    );
+    assert!(stdout.contains("http://127.0.0.1:3128"), "{stdout}");
+    assert!(ws.path().join("f").exists());
+    // A workspace the run's uid cannot reach: refused before anything runs, with the reason.
+    let private = tempfile::tempdir().unwrap();
+    let inner = private.path().join("ws");
+    std::fs::create_dir(&inner).unwrap();
+    let out = Command::new(EDGE)
+        .args(["sandbox", "run", "--workspace"])
+        .arg(&inner)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // (The workspace itself belongs to root: not writable by the run's uid.)
+    assert!(
+        stderr.contains("edge sandbox: user: the workspace") && stderr.contains("uid 65534"),
+        "{stderr}"
+    );
+}
