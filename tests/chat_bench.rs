@@ -27,7 +27,9 @@ fn free() -> u16 {
         .port()
 }
 
-async fn edge() -> Edge {
+/// The real edge, its runs confined by sandbox profile `sandbox` (`default`: every layer;
+/// `open`: none).
+async fn edge_with(sandbox: &str) -> Edge {
     let dir = tempfile::tempdir().unwrap();
     let (http, chat) = (free(), free());
     let cfg = dir.path().join("edge.toml");
@@ -38,7 +40,8 @@ async fn edge() -> Edge {
              [limits]\nmax_connections_per_client = 100000\nmax_connections = 100000\n[log]\naccess = false\n\
              [[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"chat\"\n  upstream = \"chat\"\n  auth = \"forward\"\n\
              [chat]\nlisten = \"127.0.0.1:{chat}\"\n[chat.limits]\nconcurrent_runs = 1000\nrequests_per_hour = 100000\nrequests_per_day = 100000\n\
-             [chat.agent]\nkind = \"claude\"\ncommand = \"{}/tests/fixtures/clock-claude.sh\"\nworkspace = \"/tmp\"\n",
+             [chat.agent]\nkind = \"claude\"\ncommand = \"{}/tests/fixtures/clock-claude.sh\"\nworkspace = \"/tmp\"\nsandbox = \"{sandbox}\"\n\
+             [sandbox.profiles.open]\nrequire = []\ndisable = [\"all\"]\n",
             env!("CARGO_MANIFEST_DIR")
         ),
     )
@@ -122,6 +125,51 @@ impl Edge {
             .unwrap();
         v["id"].as_str().unwrap().to_string()
     }
+}
+
+async fn edge() -> Edge {
+    edge_with("default").await
+}
+
+/// Time from sending a message to the first token on the client, over `n` runs one after the
+/// other: what a user waits for before anything appears (worker start, sandbox, agent start).
+async fn first_token(e: &Edge, label: &str, n: usize) {
+    let mut ws = e.ws().await;
+    ws.send(Message::text(r#"{"t":"hello"}"#)).await.unwrap();
+    let conv = e.conversation().await;
+    let mut waits = Vec::new();
+    for _ in 0..n {
+        let start = std::time::Instant::now();
+        ws.send(Message::text(
+            json!({"t":"send","conversation_id":conv,"text":"bench 1 0"}).to_string(),
+        ))
+        .await
+        .unwrap();
+        let mut first = None;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                .await
+                .expect("the run answered within 30 s")
+                .unwrap()
+                .unwrap();
+            let Message::Text(t) = m else { continue };
+            let f: Value = serde_json::from_str(t.as_str()).unwrap();
+            if f["t"] == "event" && f["event"]["t"] == "delta" && first.is_none() {
+                first = Some(start.elapsed());
+            }
+            if f["t"] == "end" {
+                assert_eq!(f["outcome"], "ok", "{f}");
+                break;
+            }
+            assert_ne!(f["t"], "rejected", "{f}");
+        }
+        waits.push(first.expect("a token").as_secs_f64() * 1000.0);
+    }
+    println!(
+        "send → first token, {label}: p50 {:.0} ms, p90 {:.0} ms over {n} runs",
+        pct(&mut waits.clone(), 0.5),
+        pct(&mut waits, 0.9)
+    );
 }
 
 fn now_ns() -> u128 {
@@ -211,6 +259,17 @@ async fn latency(e: &Edge, streams: usize, deltas: usize, gap_ms: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: bench/chat.sh"]
 async fn chat_bench() {
+    if std::env::var_os("SKIP_LATENCY").is_none() {
+        // Interleaved, so the machine's noise falls on both.
+        let (sandboxed, open) = (edge().await, edge_with("open").await);
+        for _ in 0..3 {
+            first_token(&sandboxed, "local worker, sandboxed (every layer)", 10).await;
+            first_token(&open, "local worker, no sandbox", 10).await;
+        }
+    }
+    if std::env::var_os("FIRST_TOKEN_ONLY").is_some() {
+        return;
+    }
     let e = edge().await;
     if std::env::var_os("SKIP_LATENCY").is_none() {
         latency(&e, 1, 300, 10).await;

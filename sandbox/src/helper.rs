@@ -236,9 +236,13 @@ fn rlimits(spec: &RunSpec) -> Result<(), String> {
         (Resource::RLIMIT_NOFILE, p.open_files, "RLIMIT_NOFILE"),
         (Resource::RLIMIT_FSIZE, p.file_size, "RLIMIT_FSIZE"),
         (Resource::RLIMIT_CORE, 0, "RLIMIT_CORE"),
-        (Resource::RLIMIT_NPROC, p.pids, "RLIMIT_NPROC"),
     ] {
         setrlimit(r, v, v).map_err(errno(what))?;
+    }
+    // RLIMIT_NPROC counts every process of the uid, across all of its runs: with a cgroup the
+    // limit is per run there; without one, it is the only bound, shared by the uid's runs.
+    if spec.cgroup_procs.is_empty() {
+        setrlimit(Resource::RLIMIT_NPROC, p.pids, p.pids).map_err(errno("RLIMIT_NPROC"))?;
     }
     Ok(())
 }

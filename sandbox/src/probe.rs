@@ -113,7 +113,7 @@ pub fn probe(p: &Profile) -> Report {
             Layer::Rlimits,
             Enforced,
             format!(
-                "nofile {}, fsize {}, nproc {}, core 0",
+                "nofile {}, fsize {}, core 0 (nproc {} for the uid when there is no cgroup)",
                 p.open_files, p.file_size, p.pids
             ),
         ),
