@@ -146,7 +146,7 @@ async fn one_run_per_conversation_and_cancel_ends_it_exactly_once() {
     let frames = until_end(&mut rx).await;
     assert!(frames
         .iter()
-        .any(|f| matches!(&f.body, RunBody::State { state } if state == "cancelling")));
+        .any(|f| matches!(&f.body, RunBody::State { state, .. } if state == "cancelling")));
     let end = frames.last().unwrap();
     assert!(
         matches!(

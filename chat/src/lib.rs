@@ -34,7 +34,7 @@ use edge_routing::Config;
 pub use app::{SECRET_HEADER, USER_HEADER};
 pub use conversations::{now_rfc3339, Conversations, Meta, Record};
 pub use runs::{
-    Agent, AgentSpec, Orchestrator, Outcome, Run, RunBody, RunFrame, CANCEL_GRACE, RING,
+    Agent, AgentSpec, Orchestrator, Outcome, Outpost, Run, RunBody, RunFrame, CANCEL_GRACE, RING,
 };
 pub use secret::{load_or_create_secret, read_secret};
 pub use store::{Session, Store, FLOW_TTL};
@@ -67,6 +67,74 @@ impl std::fmt::Debug for Chat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chat").finish_non_exhaustive()
     }
+}
+
+/// The outposts of a config as the orchestrator runs them: `local` runs this binary's worker,
+/// `ssh` runs the system `ssh` with the key, a known_hosts file holding only the pinned host
+/// key (written under the chat's store), and no fallback to anything else.
+pub fn outposts(
+    list: &[edge_routing::OutpostConfig],
+    state_dir: &Path,
+    local: &[String],
+) -> Result<Vec<runs::Outpost>, Error> {
+    let dir = store_dir(state_dir).join("outposts");
+    let mut out = Vec::new();
+    for o in list {
+        let argv = match &o.kind {
+            edge_routing::OutpostKind::Local => local.to_vec(),
+            edge_routing::OutpostKind::Ssh {
+                host,
+                port,
+                user,
+                key,
+                host_key,
+            } => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Error::Store(format!("{}: {e}", dir.display())))?;
+                let known = dir.join(format!("{}.known_hosts", o.name));
+                let pattern = if *port == 22 {
+                    host.clone()
+                } else {
+                    format!("[{host}]:{port}")
+                };
+                secret::write_private(&known, format!("{pattern} {host_key}\n").as_bytes())
+                    .map_err(|e| Error::Store(format!("{}: {e}", known.display())))?;
+                let opt = |k: &str, v: &str| ["-o".to_string(), format!("{k}={v}")];
+                let mut a = vec![
+                    "ssh".to_string(),
+                    "-T".into(),
+                    "-p".into(),
+                    port.to_string(),
+                    "-i".into(),
+                    key.display().to_string(),
+                ];
+                for (k, v) in [
+                    ("BatchMode", "yes"),
+                    ("IdentitiesOnly", "yes"),
+                    ("IdentityAgent", "none"),
+                    ("StrictHostKeyChecking", "yes"),
+                    ("UserKnownHostsFile", &known.display().to_string()),
+                    ("GlobalKnownHostsFile", "/dev/null"),
+                    ("ConnectTimeout", "10"),
+                    ("ServerAliveInterval", "10"),
+                    ("ServerAliveCountMax", "3"),
+                    ("LogLevel", "ERROR"),
+                ] {
+                    a.extend(opt(k, v));
+                }
+                a.push(format!("{user}@{host}"));
+                // What the forced command runs anyway; says what is wanted without one.
+                a.push("edge worker --stdio".into());
+                a
+            }
+        };
+        out.push(runs::Outpost {
+            name: o.name.clone(),
+            argv,
+            capacity: o.capacity,
+        });
+    }
+    Ok(out)
 }
 
 /// The chat's store directory under a state directory.
@@ -110,7 +178,10 @@ impl Chat {
                 tracing::error!(error = %e, "could not check conversations for interrupted runs")
             }
         }
-        let orch = runs::Orchestrator::new(worker, conversations);
+        let orch = runs::Orchestrator::new(worker.clone(), conversations);
+        if !config.outposts.is_empty() {
+            orch.set_outposts(outposts(&config.outposts, state_dir, &worker)?);
+        }
         Ok(Chat {
             st: Arc::new(app::AppState {
                 config: ArcSwap::from_pointee(config),

@@ -69,9 +69,14 @@ pub struct RunFrame {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum RunBody {
-    /// The run's state: `dispatching`, `running`, `cancelling`.
+    /// The run's state: `dispatching`, `running`, `cancelling`. `outpost` says where the
+    /// attempt runs (or which outpost failed, with `detail`, before the next is tried).
     State {
         state: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outpost: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     Event {
         event: Event,
@@ -133,23 +138,76 @@ impl Run {
 #[derive(Debug)]
 pub struct Orchestrator {
     /// The worker command, e.g. `[/usr/bin/edge, worker, --stdio]`.
-    worker: Mutex<Vec<String>>,
+    outposts: Mutex<Vec<OutpostState>>,
     conversations: Conversations,
     active: Mutex<HashMap<(String, String), Arc<Run>>>,
 }
 
 impl Orchestrator {
+    /// An orchestrator whose runs go to one local outpost running `worker`.
     pub fn new(worker: Vec<String>, conversations: Conversations) -> Arc<Orchestrator> {
         Arc::new(Orchestrator {
-            worker: Mutex::new(worker),
+            outposts: Mutex::new(vec![OutpostState::new(Outpost::local(worker))]),
             conversations,
             active: Mutex::default(),
         })
     }
 
-    /// Sets the worker command for runs started from now on.
+    /// Runs started from now on go to one local outpost running `worker`.
     pub fn set_worker(&self, worker: Vec<String>) {
-        *self.worker.lock().unwrap_or_else(|e| e.into_inner()) = worker;
+        self.set_outposts(vec![Outpost::local(worker)]);
+    }
+
+    /// Runs started from now on go to these outposts, the first with capacity first.
+    pub fn set_outposts(&self, outposts: Vec<Outpost>) {
+        *self.outposts.lock().unwrap_or_else(|e| e.into_inner()) =
+            outposts.into_iter().map(OutpostState::new).collect();
+    }
+
+    /// Each outpost: its name, runs going, capacity, and why it is resting, if it is.
+    pub fn outpost_status(&self) -> Vec<(String, u64, u64, Option<String>)> {
+        let now = std::time::Instant::now();
+        self.outposts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|o| {
+                let resting = o
+                    .resting_until
+                    .filter(|t| *t > now)
+                    .and(o.last_error.clone());
+                (
+                    o.outpost.name.clone(),
+                    o.running,
+                    o.outpost.capacity,
+                    resting,
+                )
+            })
+            .collect()
+    }
+
+    /// The first outpost not yet tried that has capacity and is not resting; counts the run.
+    fn lease(&self, tried: &[String]) -> Option<Outpost> {
+        let now = std::time::Instant::now();
+        let mut all = self.outposts.lock().unwrap_or_else(|e| e.into_inner());
+        let o = all.iter_mut().find(|o| {
+            !tried.contains(&o.outpost.name)
+                && o.running < o.outpost.capacity
+                && o.resting_until.is_none_or(|t| t <= now)
+        })?;
+        o.running += 1;
+        Some(o.outpost.clone())
+    }
+
+    fn release_outpost(&self, name: &str, failed: Option<String>) {
+        let mut all = self.outposts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = all.iter_mut().find(|o| o.outpost.name == name) {
+            o.running = o.running.saturating_sub(1);
+            if let Some(e) = failed {
+                o.resting_until = Some(std::time::Instant::now() + OUTPOST_REST);
+                o.last_error = Some(e);
+            }
+        }
     }
 
     /// The user's active runs.
@@ -272,6 +330,131 @@ impl Orchestrator {
     }
 }
 
+/// How long an outpost that failed is skipped before it is tried again.
+pub const OUTPOST_REST: Duration = Duration::from_secs(30);
+/// How long a worker has to answer `hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where runs go: a command that speaks the worker protocol on its stdin and stdout (`edge
+/// worker --stdio` locally, or `ssh ... user@host`, whose forced command is the worker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outpost {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub capacity: u64,
+}
+
+impl Outpost {
+    pub fn local(argv: Vec<String>) -> Outpost {
+        Outpost {
+            name: "local".into(),
+            argv,
+            capacity: u64::MAX,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct OutpostState {
+    outpost: Outpost,
+    running: u64,
+    resting_until: Option<std::time::Instant>,
+    last_error: Option<String>,
+}
+
+impl OutpostState {
+    fn new(outpost: Outpost) -> OutpostState {
+        OutpostState {
+            outpost,
+            running: 0,
+            resting_until: None,
+            last_error: None,
+        }
+    }
+}
+
+/// A run's hold on an outpost's capacity; given back when dropped (resting the outpost if the
+/// attempt failed there).
+struct Lease<'a> {
+    orch: &'a Orchestrator,
+    name: String,
+    failed: Option<String>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.orch.release_outpost(&self.name, self.failed.take());
+    }
+}
+
+type Worker = (
+    tokio::process::Child,
+    FrameWriter<tokio::process::ChildStdin, ToWorker>,
+    FrameReader<tokio::process::ChildStdout, FromWorker>,
+);
+
+/// Starts the outpost's worker, waits for its `hello`, and hands it the run.
+async fn connect(o: &Outpost, run: &ToWorker) -> Result<Worker, String> {
+    let (program, args) = o.argv.split_first().ok_or("no worker command")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {program:?}: {e}"))?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let mut to = FrameWriter::<_, ToWorker>::new(child.stdin.take().expect("piped"));
+    let mut from = FrameReader::<_, FromWorker>::new(child.stdout.take().expect("piped"));
+    let hello = async {
+        to.send(&ToWorker::Hello {
+            proto: edge_workers::VERSION,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match from.next().await {
+            Some(Ok(FromWorker::HelloOk { busy: false, .. })) => Ok(()),
+            Some(Ok(FromWorker::HelloOk { busy: true, .. })) => {
+                Err("the worker is busy".to_string())
+            }
+            Some(Ok(FromWorker::Error { msg, .. })) => Err(msg),
+            Some(Ok(other)) => Err(format!("unexpected first frame {other:?}")),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("the connection closed".to_string()),
+        }
+    };
+    let r = match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no hello within {HELLO_TIMEOUT:?}")),
+    };
+    if let Err(e) = r {
+        let _ = child.start_kill();
+        // ssh says why on stderr (host key mismatch, refused connection...).
+        let mut why = Vec::new();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut why),
+        )
+        .await;
+        let why = String::from_utf8_lossy(&why);
+        let why = why.trim();
+        return Err(if why.is_empty() {
+            e
+        } else {
+            format!("{e}: {}", why.lines().last().unwrap_or(why))
+        });
+    }
+    // From now on the worker's stderr is edge's (logs, egress denials).
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut stderr, &mut tokio::io::stderr()).await;
+    });
+    to.send(run)
+        .await
+        .map_err(|e| format!("sending the run: {e}"))?;
+    Ok((child, to, from))
+}
+
 /// What the agent's `result` line said: is_error, usage, cost.
 type AgentResult = (bool, Usage, Option<f64>);
 
@@ -360,6 +543,8 @@ impl RunTask<'_> {
     async fn drive(&mut self, argv: Vec<String>, spec: &AgentSpec, mut cancel: mpsc::Receiver<()>) {
         self.emit(vec![RunBody::State {
             state: "dispatching".into(),
+            outpost: None,
+            detail: None,
         }])
         .await;
         let mut parser = match spec.agent {
@@ -372,68 +557,61 @@ impl RunTask<'_> {
             cost_usd: None,
             detail,
         };
-        let worker = self
-            .orch
-            .worker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some((program, args)) = worker.split_first() else {
-            self.emit(vec![end(Outcome::Error, Some("no worker command".into()))])
-                .await;
-            return;
-        };
-        let child = tokio::process::Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                self.emit(vec![end(
-                    Outcome::Error,
-                    Some(format!("starting the worker: {e}")),
-                )])
-                .await;
-                return;
-            }
-        };
-        let mut to = FrameWriter::<_, ToWorker>::new(child.stdin.take().expect("piped"));
-        let mut from = FrameReader::<_, FromWorker>::new(child.stdout.take().expect("piped"));
-        let attempt = format!("{}-1", self.run.id);
         let deadline = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             + spec.timeout;
-        let run = ToWorker::Run {
-            attempt_id: attempt.clone(),
-            run_id: self.run.id.clone(),
-            argv,
-            cwd: Some(spec.workspace.clone()),
-            env: Default::default(),
-            stdin: None,
-            deadline_unix: Some(deadline.as_secs()),
-            sandbox: spec.sandbox.clone().map(Box::new),
+        // The first outpost with capacity that answers; one that does not is skipped (and
+        // rested), and the next one gets a new attempt.
+        let mut tried: Vec<String> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        let (mut child, mut to, mut from, mut lease, attempt) = loop {
+            let Some(outpost) = self.orch.lease(&tried) else {
+                let why = if failures.is_empty() {
+                    "every outpost is at capacity or resting after a failure".to_string()
+                } else {
+                    failures.join("; ")
+                };
+                self.emit(vec![end(
+                    Outcome::Error,
+                    Some(format!("no outpost could take the run: {why}")),
+                )])
+                .await;
+                return;
+            };
+            let attempt = format!("{}-{}", self.run.id, tried.len() + 1);
+            tried.push(outpost.name.clone());
+            let mut lease = Lease {
+                orch: self.orch,
+                name: outpost.name.clone(),
+                failed: None,
+            };
+            let run = ToWorker::Run {
+                attempt_id: attempt.clone(),
+                run_id: self.run.id.clone(),
+                argv: argv.clone(),
+                cwd: Some(spec.workspace.clone()),
+                env: Default::default(),
+                stdin: None,
+                deadline_unix: Some(deadline.as_secs()),
+                sandbox: spec.sandbox.clone().map(Box::new),
+            };
+            match connect(&outpost, &run).await {
+                Ok((child, to, from)) => break (child, to, from, lease, attempt),
+                Err(e) => {
+                    tracing::warn!(run = %self.run.id, outpost = %outpost.name, error = %e, "outpost skipped");
+                    failures.push(format!("{}: {e}", outpost.name));
+                    lease.failed = Some(e.clone());
+                    drop(lease);
+                    self.emit(vec![RunBody::State {
+                        state: "dispatching".into(),
+                        outpost: Some(outpost.name.clone()),
+                        detail: Some(format!("skipped: {e}")),
+                    }])
+                    .await;
+                }
+            }
         };
-        if let Err(e) = async {
-            to.send(&ToWorker::Hello {
-                proto: edge_workers::VERSION,
-            })
-            .await?;
-            to.send(&run).await
-        }
-        .await
-        {
-            self.emit(vec![end(
-                Outcome::Error,
-                Some(format!("talking to the worker: {e}")),
-            )])
-            .await;
-            return;
-        }
         let mut result: Option<AgentResult> = None;
         let mut stderr_tail: VecDeque<String> = VecDeque::new();
         let mut cancelled = false;
@@ -448,7 +626,7 @@ impl RunTask<'_> {
                     c = cancel.recv(), if !cancelled => {
                         if c.is_some() {
                             cancelled = true;
-                            self.emit(vec![RunBody::State { state: "cancelling".into() }]).await;
+                            self.emit(vec![RunBody::State { state: "cancelling".into(), outpost: None, detail: None }]).await;
                             let _ = to.send(&ToWorker::Cancel { attempt_id: attempt.clone(), grace_ms: CANCEL_GRACE.as_millis() as u64 }).await;
                         }
                         continue;
@@ -459,12 +637,18 @@ impl RunTask<'_> {
             {
                 match f {
                     None | Some(Err(_)) => {
-                        break (Outcome::Error, Some("the worker went away".to_string()))
+                        lease.failed = Some("the connection was lost mid-run".into());
+                        break (
+                            Outcome::Error,
+                            Some(format!("the worker went away (outpost {})", lease.name)),
+                        );
                     }
                     Some(Ok(f)) => match f {
                         FromWorker::Started { .. } => {
                             self.emit(vec![RunBody::State {
                                 state: "running".into(),
+                                outpost: Some(lease.name.clone()),
+                                detail: None,
                             }])
                             .await
                         }
@@ -555,7 +739,10 @@ impl RunTask<'_> {
                             }
                         }
                         FromWorker::Busy { .. } => {
-                            break (Outcome::Error, Some("the worker is busy".to_string()))
+                            break (
+                                Outcome::Error,
+                                Some(format!("the worker at outpost {} is busy", lease.name)),
+                            )
                         }
                         FromWorker::HelloOk { .. } | FromWorker::Pong { .. } => {}
                     },

@@ -23,12 +23,19 @@ pub fn load_or_create_secret(path: &Path) -> Result<String, Error> {
         return read_secret(path);
     }
     let secret = crate::app::random(32)?;
-    let io = |e: std::io::Error| Error::Config(format!("{}: {e}", path.display()));
+    write_private(path, format!("{secret}\n").as_bytes())
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    Ok(secret)
+}
+
+/// Writes `bytes` to `path` atomically (a 0600 temporary file, fsync, rename, then the
+/// directory's fsync), creating the directory if needed.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
         path.file_name()
@@ -41,16 +48,15 @@ pub fn load_or_create_secret(path: &Path) -> Result<String, Error> {
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp).map_err(io)?;
-        f.write_all(secret.as_bytes()).map_err(io)?;
-        f.write_all(b"\n").map_err(io)?;
-        f.sync_all().map_err(io)?;
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
     }
-    std::fs::rename(&tmp, path).map_err(io)?;
+    std::fs::rename(&tmp, path)?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(secret)
+    Ok(())
 }
 
 #[cfg(test)]

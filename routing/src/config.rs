@@ -10,12 +10,14 @@ use crate::units::parse_duration;
 use crate::walk::{Errors, Table};
 
 mod auth;
+mod outposts;
 mod sandbox;
 
 pub use auth::{
     AgentConfig, AgentKind, AuthServer, ChatConfig, ChatLimits, ForwardAuth, LoginKind,
     CHAT_COOKIES, PERMISSION_MODES,
 };
+pub use outposts::{OutpostConfig, OutpostKind};
 
 /// The config `edge up` runs with when given no file: project `demo` at
 /// `https://demo.localhost:8443/`, its mounts not yet pointed anywhere.
@@ -284,6 +286,8 @@ pub struct Config {
     pub chat: Option<ChatConfig>,
     /// `[sandbox.profiles.NAME]`, always with `default`.
     pub sandbox_profiles: std::collections::BTreeMap<String, edge_sandbox::Profile>,
+    /// `[[outposts]]`, in dispatch order; empty means one local outpost.
+    pub outposts: Vec<OutpostConfig>,
 }
 
 /// A DNS label: lower-case letters, digits and inner hyphens, 1 to 63 characters.
@@ -419,6 +423,8 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
     let limits = read_limits(top.table(errs, "limits"), errs);
     let log = read_log(top.table(errs, "log"), errs);
     let sandbox_profiles = sandbox::read_sandbox(top.table(errs, "sandbox"), errs);
+    let outpost_tables = top.tables(errs, "outposts");
+    let outposts = outposts::read_outposts(outpost_tables, errs);
     let chat_table = top.table(errs, "chat");
     let chat_given = chat_table.is_some();
     let mut chat = auth::read_chat(chat_table, errs);
@@ -501,6 +507,7 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
         projects,
         chat,
         sandbox_profiles,
+        outposts,
     })
 }
 
@@ -891,6 +898,53 @@ mod tests {
         match Config::from_toml(text) {
             Ok(_) => panic!("expected errors for:\n{text}"),
             Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const BASE: &str = "domain = \"example.test\"\n[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"forge\"\n  upstream = \"http://127.0.0.1:3000\"\n";
+
+    #[test]
+    fn sandbox_profiles_and_outposts_parse_and_explain_mistakes() {
+        let c = Config::from_toml(&format!(
+            "{BASE}[sandbox.profiles.laptop]\nrequire = [\"env\", \"landlock\"]\ndisable = [\"cgroup\"]\nmemory = \"4GiB\"\negress = [\"api.anthropic.com:443\", \"*.example.org:*\"]\n\
+             [[outposts]]\nname = \"here\"\nkind = \"local\"\ncapacity = 3\n\
+             [[outposts]]\nname = \"b1\"\nkind = \"ssh\"\nhost = \"10.0.0.5\"\nuser = \"edge\"\nkey = \"/etc/edge/key\"\nhost_key = \"ssh-ed25519 AAAAC3Nza\"\n"
+        ))
+        .unwrap();
+        let p = &c.sandbox_profiles["laptop"];
+        assert_eq!(
+            p.require,
+            vec![edge_sandbox::Layer::Env, edge_sandbox::Layer::Landlock]
+        );
+        assert_eq!(p.memory, 4 << 30);
+        assert!(c.sandbox_profiles.contains_key("default"));
+        assert_eq!(c.outposts.len(), 2);
+        assert_eq!(c.outposts[0].capacity, 3);
+        assert!(matches!(
+            &c.outposts[1].kind,
+            OutpostKind::Ssh { port: 22, .. }
+        ));
+
+        let errs = errors(&format!(
+            "{BASE}[sandbox.profiles.x]\nrequire = [\"landlock\", \"apparmor\"]\ndisable = [\"landlock\"]\nuid = 0\negress = [\"nohost\"]\nenv = [\"GITHUB_TOKEN\"]\nread_only = [\"rel/path\"]\n\
+             [[outposts]]\nname = \"n\"\nkind = \"nomad\"\n[[outposts]]\nname = \"s\"\nkind = \"ssh\"\n[[outposts]]\nname = \"s\"\n\
+             [chat]\n[chat.agent]\nworkspace = \"/srv\"\nsandbox = \"missing\"\n"
+        ));
+        let all = errs.join("\n");
+        for want in [
+            "sandbox.profiles.x.require[1]",
+            "is both required and disabled",
+            "sandbox.profiles.x.uid",
+            "sandbox.profiles.x.egress[0]",
+            "sandbox.profiles.x.env[0]",
+            "sandbox.profiles.x.read_only[0]",
+            "outposts[0].kind: kind = \"nomad\" is not built yet",
+            "outposts[1].host",
+            "outposts[1].host_key",
+            "outposts[2].name: \"s\" is used twice",
+            "chat.agent.sandbox: no profile \"missing\"",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
     }
 

@@ -12,8 +12,9 @@ mod walk;
 
 pub use config::{
     AgentConfig, AgentKind, AuthServer, ChatConfig, ChatLimits, Config, ConfigError, ConfigErrors,
-    ForwardAuth, Limits, Listen, LogConfig, LoginKind, PrefixMode, Project, Route, RouteTarget,
-    RoutingMode, Scheme, Upstream, CHAT_COOKIES, EMBEDDED_DEFAULT, PERMISSION_MODES,
+    ForwardAuth, Limits, Listen, LogConfig, LoginKind, OutpostConfig, OutpostKind, PrefixMode,
+    Project, Route, RouteTarget, RoutingMode, Scheme, Upstream, CHAT_COOKIES, EMBEDDED_DEFAULT,
+    PERMISSION_MODES,
 };
 pub use resolve::{normalize_host, Decision, RouteTable};
 pub use units::{parse_duration, parse_size};

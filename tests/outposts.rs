@@ -1,0 +1,238 @@
+//! Runs on SSH outposts with real OpenSSH: the test starts `sshd` on a loopback port with its
+//! own host key and an `authorized_keys` line `restrict,command="edge worker --stdio"`; the
+//! orchestrator connects with the system `ssh` and a pinned host key. An outpost that is down
+//! and one whose host key does not match are skipped (and rested); the run goes to the next
+//! and the run's frames say where.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use edge_chat::{Agent, AgentSpec, Conversations, Orchestrator, RunBody, RunFrame};
+use edge_routing::{OutpostConfig, OutpostKind};
+
+const EDGE: &str = env!("CARGO_BIN_EXE_edge");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn keygen(path: &Path) -> String {
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "edge-test", "-f"])
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ssh-keygen");
+    // "ssh-ed25519 AAAA... comment" → "ssh-ed25519 AAAA..."
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+    host_key: String,
+    client_key: PathBuf,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sshd(dir: &Path) -> Sshd {
+    assert!(
+        Path::new("/usr/sbin/sshd").exists(),
+        "OpenSSH's server is missing: apt-get install openssh-server (bash .ci/run does)"
+    );
+    // sshd's privilege separation directory.
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let host_key = keygen(&dir.join("host_key"));
+    let client_key = dir.join("client_key");
+    let client_pub = keygen(&client_key);
+    std::fs::write(
+        dir.join("authorized_keys"),
+        format!("restrict,command=\"{EDGE} worker --stdio\" {client_pub}\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let cfg = dir.join("sshd_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PidFile {d}/sshd.pid\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nLogLevel ERROR\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(&cfg)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sshd {
+        child,
+        port,
+        host_key,
+        client_key,
+    }
+}
+
+fn ssh(name: &str, port: u16, key: &Path, host_key: &str) -> OutpostConfig {
+    OutpostConfig {
+        name: name.into(),
+        kind: OutpostKind::Ssh {
+            host: "127.0.0.1".into(),
+            port,
+            user: "root".into(),
+            key: key.to_path_buf(),
+            host_key: host_key.into(),
+        },
+        capacity: 2,
+    }
+}
+
+async fn until_end(rx: &mut tokio::sync::broadcast::Receiver<RunFrame>) -> Vec<RunFrame> {
+    let mut out = Vec::new();
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("a frame within 30 s")
+            .unwrap();
+        let end = matches!(f.body, RunBody::End { .. });
+        out.push(f);
+        if end {
+            return out;
+        }
+    }
+}
+
+fn states(frames: &[RunFrame]) -> Vec<(String, Option<String>, Option<String>)> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            RunBody::State {
+                state,
+                outpost,
+                detail,
+            } => Some((state.clone(), outpost.clone(), detail.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn runs_go_over_ssh_to_the_first_outpost_that_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = sshd(dir.path());
+    let other_key = keygen(&dir.path().join("other_host_key"));
+    let list = vec![
+        ssh("down", free_port(), &d.client_key, &d.host_key),
+        ssh("wrong-key", d.port, &d.client_key, &other_key),
+        ssh("good", d.port, &d.client_key, &d.host_key),
+    ];
+    let o = Orchestrator::new(Vec::new(), Conversations::new(dir.path().join("c")));
+    o.set_outposts(edge_chat::outposts(&list, dir.path(), &[]).unwrap());
+    let spec = AgentSpec {
+        agent: Agent::Command {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo \"over ssh: $0\"".into(),
+                "{message}".into(),
+            ],
+        },
+        workspace: "/tmp".into(),
+        timeout: Duration::from_secs(30),
+        sandbox: None,
+    };
+    let conv = o.conversations().create("alice", "t").unwrap();
+    let run = o.start("alice", &conv.id, "hello", &spec, None).unwrap();
+    let (missed, mut rx) = run.subscribe(0);
+    let mut frames = missed.unwrap();
+    frames.extend(until_end(&mut rx).await);
+    let end = frames.last().unwrap();
+    assert!(
+        matches!(
+            &end.body,
+            RunBody::End {
+                outcome: edge_chat::Outcome::Ok,
+                ..
+            }
+        ),
+        "{frames:#?}"
+    );
+    let text: String = frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            RunBody::Event {
+                event: edge_sandbox::Event::Delta { text, .. },
+            } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(text.contains("over ssh: hello"), "{frames:#?}");
+    let st = states(&frames);
+    assert_eq!(st[1].1.as_deref(), Some("down"), "{st:#?}");
+    assert!(
+        st[1].2.as_deref().unwrap().starts_with("skipped"),
+        "{st:#?}"
+    );
+    assert_eq!(st[2].1.as_deref(), Some("wrong-key"), "{st:#?}");
+    assert!(
+        st[2]
+            .2
+            .as_deref()
+            .unwrap()
+            .contains("Host key verification failed"),
+        "the pinned host key is enforced: {st:#?}"
+    );
+    assert_eq!(
+        st[3],
+        ("running".into(), Some("good".into()), None),
+        "{st:#?}"
+    );
+    // The failed outposts rest; the next run goes straight to the good one.
+    let status = o.outpost_status();
+    assert!(
+        status[0].3.is_some() && status[1].3.is_some() && status[2].3.is_none(),
+        "{status:?}"
+    );
+    let conv2 = o.conversations().create("alice", "t2").unwrap();
+    let run = o.start("alice", &conv2.id, "again", &spec, None).unwrap();
+    let (missed, mut rx) = run.subscribe(0);
+    let mut frames = missed.unwrap();
+    frames.extend(until_end(&mut rx).await);
+    let st = states(&frames);
+    assert_eq!(st.len(), 2, "no outpost skipped this time: {st:#?}");
+    assert_eq!(st[1].1.as_deref(), Some("good"));
+    // Capacity is given back when the worker is gone (a moment after the run's end).
+    for _ in 0..100 {
+        if o.outpost_status().iter().all(|s| s.1 == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = o.outpost_status();
+    assert!(status.iter().all(|s| s.1 == 0), "{status:?}");
+}
