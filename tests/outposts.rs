@@ -236,3 +236,145 @@ async fn runs_go_over_ssh_to_the_first_outpost_that_answers() {
     let status = o.outpost_status();
     assert!(status.iter().all(|s| s.1 == 0), "{status:?}");
 }
+
+/// The first-token wait for one outpost: `n` runs one after the other.
+async fn first_tokens(o: &std::sync::Arc<Orchestrator>, spec: &AgentSpec, n: usize) -> Vec<f64> {
+    let mut waits = Vec::new();
+    for i in 0..n {
+        let conv = o.conversations().create("bench", &format!("b{i}")).unwrap();
+        let t = std::time::Instant::now();
+        let run = o.start("bench", &conv.id, "hi", spec, None).unwrap();
+        let (missed, mut rx) = run.subscribe(0);
+        let mut frames = missed.unwrap();
+        let mut first = None;
+        loop {
+            if first.is_none()
+                && frames.iter().any(|f| {
+                    matches!(
+                        f.body,
+                        RunBody::Event {
+                            event: edge_sandbox::Event::Delta { .. }
+                        }
+                    )
+                })
+            {
+                first = Some(t.elapsed());
+            }
+            if frames.iter().any(|f| matches!(f.body, RunBody::End { .. })) {
+                break;
+            }
+            frames.push(rx.recv().await.unwrap());
+        }
+        waits.push(first.expect("a token").as_secs_f64() * 1000.0);
+    }
+    waits
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Benchmark (`cargo test --release --test outposts -- --ignored --nocapture`): send → first
+/// token with a local worker and with an SSH worker (sandboxed both, loopback sshd), interleaved;
+/// then the runs per second the orchestrator sustains with many fast agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark"]
+async fn bench_first_token_local_vs_ssh_and_runs_per_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = sshd(dir.path());
+    let local = vec![EDGE.to_string(), "worker".into(), "--stdio".into()];
+    let mk = |list: Vec<OutpostConfig>| {
+        let o = Orchestrator::new(local.clone(), Conversations::new(dir.path().join("c")));
+        o.set_outposts(edge_chat::outposts(&list, dir.path(), &local).unwrap());
+        o
+    };
+    let via_local = mk(vec![OutpostConfig {
+        name: "local".into(),
+        kind: OutpostKind::Local,
+        capacity: 1000,
+    }]);
+    let via_ssh = mk(vec![ssh("ssh", d.port, &d.client_key, &d.host_key)]);
+    let mut profile = edge_sandbox::Profile::default_named("bench");
+    profile.home = Some(dir.path().join("agent-home"));
+    let sandboxed = AgentSpec {
+        agent: Agent::Command {
+            argv: vec!["echo".into(), "{message}".into()],
+        },
+        workspace: "/tmp".into(),
+        timeout: Duration::from_secs(30),
+        sandbox: Some(edge_sandbox::Confine {
+            home: dir.path().join("agent-home"),
+            profile,
+        }),
+    };
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (mut l, mut s) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        l.extend(first_tokens(&via_local, &sandboxed, 10).await);
+        s.extend(first_tokens(&via_ssh, &sandboxed, 10).await);
+    }
+    println!(
+        "send → first token, sandboxed: local worker p50 {:.0} ms p90 {:.0} ms; ssh worker (loopback) p50 {:.0} ms p90 {:.0} ms; {} runs each",
+        pct(&mut l.clone(), 0.5),
+        pct(&mut l, 0.9),
+        pct(&mut s.clone(), 0.5),
+        pct(&mut s, 0.9),
+        s.len()
+    );
+    // Runs per second: 200 runs of a fast agent, 20 at a time, local outpost, no sandbox and
+    // sandboxed.
+    for (label, spec) in [
+        (
+            "no sandbox",
+            AgentSpec {
+                sandbox: None,
+                ..sandboxed.clone()
+            },
+        ),
+        ("sandboxed", sandboxed.clone()),
+    ] {
+        let t = std::time::Instant::now();
+        let total = 200;
+        let mut done = 0;
+        let mut going = Vec::new();
+        let mut i = 0;
+        while done < total {
+            while going.len() < 20 && i < total {
+                let conv = o_conv(&via_local, i);
+                let run = via_local.start("bench", &conv, "hi", &spec, None).unwrap();
+                going.push(run.subscribe(0));
+                i += 1;
+            }
+            let (missed, mut rx) = going.remove(0);
+            let ended = missed
+                .unwrap()
+                .iter()
+                .any(|f| matches!(f.body, RunBody::End { .. }));
+            if !ended {
+                loop {
+                    if matches!(rx.recv().await.unwrap().body, RunBody::End { .. }) {
+                        break;
+                    }
+                }
+            }
+            done += 1;
+        }
+        println!(
+            "runs per second, local outpost, 20 at a time, {label}: {:.0} ({total} runs in {:.1} s)",
+            total as f64 / t.elapsed().as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn o_conv(o: &std::sync::Arc<Orchestrator>, i: usize) -> String {
+    o.conversations()
+        .create("bench", &format!("r{i}"))
+        .unwrap()
+        .id
+}

@@ -119,6 +119,14 @@ pub fn outposts(
                     ("ServerAliveInterval", "10"),
                     ("ServerAliveCountMax", "3"),
                     ("LogLevel", "ERROR"),
+                    // One SSH connection per outpost, shared by its runs (each its own
+                    // channel, so its own worker): a run skips the key exchange and login.
+                    ("ControlMaster", "auto"),
+                    (
+                        "ControlPath",
+                        &dir.join(format!("{}.mux", o.name)).display().to_string(),
+                    ),
+                    ("ControlPersist", "120"),
                 ] {
                     a.extend(opt(k, v));
                 }
