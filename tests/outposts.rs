@@ -53,6 +53,11 @@ impl Drop for Sshd {
 }
 
 fn sshd(dir: &Path) -> Sshd {
+    sshd_running(dir, &format!("{EDGE} worker --stdio"))
+}
+
+/// An sshd whose forced command is `command`, with its files in `dir`.
+fn sshd_running(dir: &Path, command: &str) -> Sshd {
     assert!(
         Path::new("/usr/sbin/sshd").exists(),
         "OpenSSH's server is missing: apt-get install openssh-server (bash .ci/run does)"
@@ -64,7 +69,7 @@ fn sshd(dir: &Path) -> Sshd {
     let client_pub = keygen(&client_key);
     std::fs::write(
         dir.join("authorized_keys"),
-        format!("restrict,command=\"{EDGE} worker --stdio\" {client_pub}\n"),
+        format!("restrict,command=\"{command}\" {client_pub}\n"),
     )
     .unwrap();
     let port = free_port();
@@ -235,6 +240,115 @@ async fn runs_go_over_ssh_to_the_first_outpost_that_answers() {
     }
     let status = o.outpost_status();
     assert!(status.iter().all(|s| s.1 == 0), "{status:?}");
+}
+
+/// Two worker "hosts" (two sshd, each its own host key); the first dies mid-run (its worker is
+/// killed with SIGKILL): the run goes on with a new attempt on the second, and what the first
+/// streamed stays.
+#[tokio::test]
+async fn a_run_whose_worker_dies_mid_run_is_retried_on_the_next_outpost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let pidfile = da.join("worker.pid");
+    let a = sshd_running(
+        &da,
+        &format!(
+            "sh -c 'echo $$ > {}; exec {EDGE} worker --stdio'",
+            pidfile.display()
+        ),
+    );
+    let b = sshd(&db);
+    let list = vec![
+        ssh("host-a", a.port, &a.client_key, &a.host_key),
+        ssh("host-b", b.port, &b.client_key, &b.host_key),
+    ];
+    let o = Orchestrator::new(Vec::new(), Conversations::new(dir.path().join("c")));
+    o.set_outposts(edge_chat::outposts(&list, dir.path(), &[]).unwrap());
+    let spec = AgentSpec {
+        agent: Agent::Command {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "i=0; while [ $i -lt 20 ]; do echo \"$0 $i\"; i=$((i+1)); sleep 0.05; done".into(),
+                "{message}".into(),
+            ],
+        },
+        workspace: "/tmp".into(),
+        timeout: Duration::from_secs(30),
+        sandbox: None,
+    };
+    let conv = o.conversations().create("alice", "t").unwrap();
+    let run = o.start("alice", &conv.id, "line", &spec, None).unwrap();
+    let (missed, mut rx) = run.subscribe(0);
+    let mut frames = missed.unwrap();
+    // The first line from host A, then host A dies.
+    while !frames.iter().any(|f| {
+        matches!(
+            &f.body,
+            RunBody::Event {
+                event: edge_sandbox::Event::Delta { .. }
+            }
+        )
+    }) {
+        frames.push(
+            tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    assert!(Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
+    frames.extend(until_end(&mut rx).await);
+    let end = frames.last().unwrap();
+    assert!(
+        matches!(
+            &end.body,
+            RunBody::End {
+                outcome: edge_chat::Outcome::Ok,
+                ..
+            }
+        ),
+        "{frames:#?}"
+    );
+    let st = states(&frames);
+    assert!(
+        st.iter().any(|(s, o, d)| s == "dispatching"
+            && o.as_deref() == Some("host-a")
+            && d.as_deref()
+                .is_some_and(|d| d.contains("went away mid-run"))),
+        "{st:#?}"
+    );
+    assert_eq!(st.last().unwrap().1.as_deref(), Some("host-b"), "{st:#?}");
+    let running: Vec<_> = st.iter().filter(|s| s.0 == "running").collect();
+    assert_eq!(running.len(), 2, "two attempts: {st:#?}");
+    // Gap-free numbering across the attempts, every frame on disk, the last line from host B.
+    let seqs: Vec<u64> = frames.iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let (_, records) = o.conversations().open("alice", &conv.id).unwrap().unwrap();
+    assert_eq!(
+        records.iter().filter(|r| r.seq.is_some()).count(),
+        frames.len()
+    );
+    let text: String = frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            RunBody::Event {
+                event: edge_sandbox::Event::Delta { text, .. },
+            } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        text.contains("line 0") && text.contains("line 19"),
+        "{text}"
+    );
 }
 
 /// The first-token wait for one outpost: `n` runs one after the other.

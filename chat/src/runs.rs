@@ -565,196 +565,219 @@ impl RunTask<'_> {
         // rested), and the next one gets a new attempt.
         let mut tried: Vec<String> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
-        let (mut child, mut to, mut from, mut lease, attempt) = loop {
-            let Some(outpost) = self.orch.lease(&tried) else {
-                let why = if failures.is_empty() {
-                    "every outpost is at capacity or resting after a failure".to_string()
-                } else {
-                    failures.join("; ")
-                };
-                self.emit(vec![end(
-                    Outcome::Error,
-                    Some(format!("no outpost could take the run: {why}")),
-                )])
-                .await;
-                return;
-            };
-            let attempt = format!("{}-{}", self.run.id, tried.len() + 1);
-            tried.push(outpost.name.clone());
-            let mut lease = Lease {
-                orch: self.orch,
-                name: outpost.name.clone(),
-                failed: None,
-            };
-            let run = ToWorker::Run {
-                attempt_id: attempt.clone(),
-                run_id: self.run.id.clone(),
-                argv: argv.clone(),
-                cwd: Some(spec.workspace.clone()),
-                env: Default::default(),
-                stdin: None,
-                deadline_unix: Some(deadline.as_secs()),
-                sandbox: spec.sandbox.clone().map(Box::new),
-            };
-            match connect(&outpost, &run).await {
-                Ok((child, to, from)) => break (child, to, from, lease, attempt),
-                Err(e) => {
-                    tracing::warn!(run = %self.run.id, outpost = %outpost.name, error = %e, "outpost skipped");
-                    failures.push(format!("{}: {e}", outpost.name));
-                    lease.failed = Some(e.clone());
-                    drop(lease);
-                    self.emit(vec![RunBody::State {
-                        state: "dispatching".into(),
-                        outpost: Some(outpost.name.clone()),
-                        detail: Some(format!("skipped: {e}")),
-                    }])
-                    .await;
-                }
-            }
-        };
-        let mut result: Option<AgentResult> = None;
-        let mut stderr_tail: VecDeque<String> = VecDeque::new();
         let mut cancelled = false;
-        // Why the worker could not start the agent (the sandbox refused, say).
-        let mut refused: Option<String> = None;
-        // A frame read while draining, handled on the next turn.
-        let mut stash = None;
-        let outcome = loop {
-            let f = match stash.take() {
-                Some(f) => f,
-                None => tokio::select! {
-                    c = cancel.recv(), if !cancelled => {
-                        if c.is_some() {
-                            cancelled = true;
-                            self.emit(vec![RunBody::State { state: "cancelling".into(), outpost: None, detail: None }]).await;
-                            let _ = to.send(&ToWorker::Cancel { attempt_id: attempt.clone(), grace_ms: CANCEL_GRACE.as_millis() as u64 }).await;
-                        }
-                        continue;
+        let ((outcome, detail, usage, cost_usd), to, mut child) = 'attempts: loop {
+            let (mut child, mut to, mut from, mut lease, attempt) = loop {
+                let Some(outpost) = self.orch.lease(&tried) else {
+                    let why = if failures.is_empty() {
+                        "every outpost is at capacity or resting after a failure".to_string()
+                    } else {
+                        failures.join("; ")
+                    };
+                    self.emit(vec![end(
+                        Outcome::Error,
+                        Some(format!("no outpost could take the run: {why}")),
+                    )])
+                    .await;
+                    return;
+                };
+                let attempt = format!("{}-{}", self.run.id, tried.len() + 1);
+                tried.push(outpost.name.clone());
+                let mut lease = Lease {
+                    orch: self.orch,
+                    name: outpost.name.clone(),
+                    failed: None,
+                };
+                let run = ToWorker::Run {
+                    attempt_id: attempt.clone(),
+                    run_id: self.run.id.clone(),
+                    argv: argv.clone(),
+                    cwd: Some(spec.workspace.clone()),
+                    env: Default::default(),
+                    stdin: None,
+                    deadline_unix: Some(deadline.as_secs()),
+                    sandbox: spec.sandbox.clone().map(Box::new),
+                };
+                match connect(&outpost, &run).await {
+                    Ok((child, to, from)) => break (child, to, from, lease, attempt),
+                    Err(e) => {
+                        tracing::warn!(run = %self.run.id, outpost = %outpost.name, error = %e, "outpost skipped");
+                        failures.push(format!("{}: {e}", outpost.name));
+                        lease.failed = Some(e.clone());
+                        drop(lease);
+                        self.emit(vec![RunBody::State {
+                            state: "dispatching".into(),
+                            outpost: Some(outpost.name.clone()),
+                            detail: Some(format!("skipped: {e}")),
+                        }])
+                        .await;
                     }
-                    f = from.next() => f,
-                },
+                }
             };
-            {
-                match f {
-                    None | Some(Err(_)) => {
-                        lease.failed = Some("the connection was lost mid-run".into());
-                        break (
-                            Outcome::Error,
-                            Some(format!("the worker went away (outpost {})", lease.name)),
-                        );
-                    }
-                    Some(Ok(f)) => match f {
-                        FromWorker::Started { .. } => {
+            let mut result: Option<AgentResult> = None;
+            let mut stderr_tail: VecDeque<String> = VecDeque::new();
+            // Why the worker could not start the agent (the sandbox refused, say).
+            let mut refused: Option<String> = None;
+            // A frame read while draining, handled on the next turn.
+            let mut stash = None;
+            let outcome = loop {
+                let f = match stash.take() {
+                    Some(f) => f,
+                    None => tokio::select! {
+                        c = cancel.recv(), if !cancelled => {
+                            if c.is_some() {
+                                cancelled = true;
+                                self.emit(vec![RunBody::State { state: "cancelling".into(), outpost: None, detail: None }]).await;
+                                let _ = to.send(&ToWorker::Cancel { attempt_id: attempt.clone(), grace_ms: CANCEL_GRACE.as_millis() as u64 }).await;
+                            }
+                            continue;
+                        }
+                        f = from.next() => f,
+                    },
+                };
+                {
+                    match f {
+                        None | Some(Err(_)) => {
+                            lease.failed = Some("the connection was lost mid-run".into());
+                            if cancelled {
+                                break (Outcome::Cancelled, None);
+                            }
+                            // The host or the connection is gone: a new attempt on the next
+                            // outpost. What the lost attempt streamed stays in the conversation.
+                            let name = lease.name.clone();
+                            failures.push(format!("{name}: the worker went away mid-run"));
+                            drop(lease);
+                            drop(to);
+                            let _ = child.start_kill();
                             self.emit(vec![RunBody::State {
-                                state: "running".into(),
-                                outpost: Some(lease.name.clone()),
-                                detail: None,
+                                state: "dispatching".into(),
+                                outpost: Some(name.clone()),
+                                detail: Some(format!(
+                                    "the worker went away mid-run; attempt {} on another outpost",
+                                    tried.len() + 1
+                                )),
                             }])
-                            .await
+                            .await;
+                            continue 'attempts;
                         }
-                        FromWorker::Out {
-                            fd: Fd::Stdout,
-                            line,
-                            ..
-                        } => {
-                            let parse = |parser: &mut Parser, line: &str| match parser {
-                                Parser::Claude(p) => p.line(line),
-                                Parser::Command(p) => p.line(line),
-                            };
-                            let mut events = parse(&mut parser, &line);
-                            // What the worker has already sent joins this batch: one append,
-                            // one fsync, however fast the agent writes.
-                            while events.len() < 1024 {
-                                match from.next().now_or_never() {
-                                    Some(Some(Ok(FromWorker::Out {
-                                        fd: Fd::Stdout,
-                                        line,
-                                        ..
-                                    }))) => {
-                                        events.extend(parse(&mut parser, &line));
+                        Some(Ok(f)) => match f {
+                            FromWorker::Started { .. } => {
+                                self.emit(vec![RunBody::State {
+                                    state: "running".into(),
+                                    outpost: Some(lease.name.clone()),
+                                    detail: None,
+                                }])
+                                .await
+                            }
+                            FromWorker::Out {
+                                fd: Fd::Stdout,
+                                line,
+                                ..
+                            } => {
+                                let parse = |parser: &mut Parser, line: &str| match parser {
+                                    Parser::Claude(p) => p.line(line),
+                                    Parser::Command(p) => p.line(line),
+                                };
+                                let mut events = parse(&mut parser, &line);
+                                // What the worker has already sent joins this batch: one append,
+                                // one fsync, however fast the agent writes.
+                                while events.len() < 1024 {
+                                    match from.next().now_or_never() {
+                                        Some(Some(Ok(FromWorker::Out {
+                                            fd: Fd::Stdout,
+                                            line,
+                                            ..
+                                        }))) => {
+                                            events.extend(parse(&mut parser, &line));
+                                        }
+                                        Some(other) => {
+                                            stash = Some(other);
+                                            break;
+                                        }
+                                        None => break,
                                     }
-                                    Some(other) => {
-                                        stash = Some(other);
-                                        break;
-                                    }
-                                    None => break,
                                 }
-                            }
-                            self.emit_events(events, &mut result).await;
-                        }
-                        FromWorker::Out {
-                            fd: Fd::Stderr,
-                            line,
-                            ..
-                        } => {
-                            if stderr_tail.len() == 20 {
-                                stderr_tail.pop_front();
-                            }
-                            stderr_tail.push_back(line);
-                        }
-                        FromWorker::Exit { code, reason, .. } => {
-                            if let Parser::Command(p) = &mut parser {
-                                let events = p.finish(code);
                                 self.emit_events(events, &mut result).await;
                             }
-                            let tail = stderr_tail.iter().cloned().collect::<Vec<_>>().join("\n");
-                            if let Some(why) = refused.take() {
-                                break (Outcome::Error, Some(why));
+                            FromWorker::Out {
+                                fd: Fd::Stderr,
+                                line,
+                                ..
+                            } => {
+                                if stderr_tail.len() == 20 {
+                                    stderr_tail.pop_front();
+                                }
+                                stderr_tail.push_back(line);
                             }
-                            break match reason {
-                                ExitReason::Cancelled => (Outcome::Cancelled, None),
-                                ExitReason::Timeout => (
-                                    Outcome::Timeout,
-                                    Some(format!("the run passed its limit of {:?}", spec.timeout)),
-                                ),
-                                ExitReason::Exited => match (code, &result) {
-                                    (Some(0), Some((false, _, _))) => (Outcome::Ok, None),
-                                    (Some(0), Some((true, _, _))) => (
-                                        Outcome::Error,
-                                        Some("the agent reported an error".to_string()),
-                                    ),
-                                    (Some(0), None) => (
-                                        Outcome::Error,
-                                        Some("the agent ended without a result".to_string()),
-                                    ),
-                                    (c, _) => (
-                                        Outcome::Error,
+                            FromWorker::Exit { code, reason, .. } => {
+                                if let Parser::Command(p) = &mut parser {
+                                    let events = p.finish(code);
+                                    self.emit_events(events, &mut result).await;
+                                }
+                                let tail =
+                                    stderr_tail.iter().cloned().collect::<Vec<_>>().join("\n");
+                                if let Some(why) = refused.take() {
+                                    break (Outcome::Error, Some(why));
+                                }
+                                break match reason {
+                                    ExitReason::Cancelled => (Outcome::Cancelled, None),
+                                    ExitReason::Timeout => (
+                                        Outcome::Timeout,
                                         Some(format!(
-                                            "the agent exited with {}{}{tail}",
-                                            c.map_or("a signal".to_string(), |c| format!(
-                                                "code {c}"
-                                            )),
-                                            if tail.is_empty() { "" } else { ": " }
+                                            "the run passed its limit of {:?}",
+                                            spec.timeout
                                         )),
                                     ),
-                                },
-                            };
-                        }
-                        FromWorker::Error { code, msg, .. } => {
-                            if code == "sandbox" || code == "spawn" {
-                                // The agent never started: this is the whole story.
-                                refused = Some(msg);
-                            } else {
-                                stderr_tail.push_back(msg);
+                                    ExitReason::Exited => match (code, &result) {
+                                        (Some(0), Some((false, _, _))) => (Outcome::Ok, None),
+                                        (Some(0), Some((true, _, _))) => (
+                                            Outcome::Error,
+                                            Some("the agent reported an error".to_string()),
+                                        ),
+                                        (Some(0), None) => (
+                                            Outcome::Error,
+                                            Some("the agent ended without a result".to_string()),
+                                        ),
+                                        (c, _) => (
+                                            Outcome::Error,
+                                            Some(format!(
+                                                "the agent exited with {}{}{tail}",
+                                                c.map_or("a signal".to_string(), |c| format!(
+                                                    "code {c}"
+                                                )),
+                                                if tail.is_empty() { "" } else { ": " }
+                                            )),
+                                        ),
+                                    },
+                                };
                             }
-                        }
-                        FromWorker::Busy { .. } => {
-                            break (
-                                Outcome::Error,
-                                Some(format!("the worker at outpost {} is busy", lease.name)),
-                            )
-                        }
-                        FromWorker::HelloOk { .. } | FromWorker::Pong { .. } => {}
-                    },
+                            FromWorker::Error { code, msg, .. } => {
+                                if code == "sandbox" || code == "spawn" {
+                                    // The agent never started: this is the whole story.
+                                    refused = Some(msg);
+                                } else {
+                                    stderr_tail.push_back(msg);
+                                }
+                            }
+                            FromWorker::Busy { .. } => {
+                                break (
+                                    Outcome::Error,
+                                    Some(format!("the worker at outpost {} is busy", lease.name)),
+                                )
+                            }
+                            FromWorker::HelloOk { .. } | FromWorker::Pong { .. } => {}
+                        },
+                    }
                 }
-            }
+            };
+            let (usage, cost_usd) = result.map(|(_, u, c)| (u, c)).unwrap_or_default();
+            break 'attempts ((outcome.0, outcome.1, usage, cost_usd), to, child);
         };
-        let (usage, cost_usd) = result.map(|(_, u, c)| (u, c)).unwrap_or_default();
         self.emit(vec![RunBody::End {
-            outcome: outcome.0,
+            outcome,
             usage,
             cost_usd,
-            detail: outcome.1,
+            detail,
         }])
         .await;
         // Ended: a new message may start the next run at once, while the worker cleans up.
