@@ -52,6 +52,19 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         oneshot: Option<PathBuf>,
     },
+    /// The outposts: runs going, capacity and health from a running edge, or (--probe) a hello
+    /// from each one's worker.
+    Workers {
+        /// Config file [env: EDGE_CONFIG]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The running edge's admin address, instead of reading it from the config
+        #[arg(long)]
+        admin: Option<String>,
+        /// Connect to each outpost's worker and say hello (needs no running edge)
+        #[arg(long)]
+        probe: bool,
+    },
     /// Confine agent runs: check which layers this host enforces, try a profile.
     Sandbox {
         #[command(subcommand)]
@@ -258,6 +271,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             crate::worker::stdio()
         }
         Command::Sandbox { command } => crate::sandbox::run(command),
+        Command::Workers {
+            config,
+            admin,
+            probe,
+        } => crate::worker::workers(config_path(config), admin, probe),
         Command::Config {
             command: ConfigCommand::Check { files },
         } => {

@@ -98,6 +98,10 @@ async fn serve(
             .map_err(Failure::config)?;
     }
     let chat = chat.map(|(c, _)| c);
+    if let Some(c) = &chat {
+        let c = c.clone();
+        gateway.set_outposts_status(std::sync::Arc::new(move || c.outposts_json()));
+    }
 
     let https = match config.listen.https {
         Some(a) => Some(bind(a, "https").await?),
@@ -152,7 +156,7 @@ async fn serve(
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "the admin listener is not on loopback and has no authentication");
         }
-        tracing::info!(%addr, "admin: /healthz /readyz /metrics, POST /reload");
+        tracing::info!(%addr, "admin: /healthz /readyz /metrics /outposts, POST /reload");
         let gw = gateway.clone();
         let t = token.clone();
         let reload = reload.clone();
@@ -320,6 +324,32 @@ fn print_welcome(config: &Config, https_port: Option<u16>, ca: Option<&Path>) {
         );
     }
     println!();
+}
+
+/// A GET on the admin listener; the body of a 200, else an error with the answer.
+pub fn admin_get(admin: &str, path: &str) -> Result<String, Failure> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).with_context(|| {
+        format!("connecting to the admin listener at {admin} (is edge running?)")
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .context("socket")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .context("sending")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).context("reading the answer")?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(body.to_string())
+    } else {
+        Err(Failure::from(anyhow::anyhow!(
+            "{admin}{path}: {}",
+            body.trim()
+        )))
+    }
 }
 
 /// `edge reload`: POST /reload on the admin listener.

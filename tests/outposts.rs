@@ -4,6 +4,8 @@
 //! and one whose host key does not match are skipped (and rested); the run goes to the next
 //! and the run's frames say where.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -347,6 +349,74 @@ async fn a_run_whose_worker_dies_mid_run_is_retried_on_the_next_outpost() {
         .collect();
     assert!(
         text.contains("line 0") && text.contains("line 19"),
+        "{text}"
+    );
+}
+
+/// `edge workers`: from the running edge (admin listener) and with `--probe`.
+#[tokio::test]
+async fn edge_workers_lists_outposts_and_probes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = sshd(dir.path());
+    let (http, admin, chat) = (free_port(), free_port(), free_port());
+    let cfg = dir.path().join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "domain = \"example.test\"\nstate_dir = \"state\"\n[listen]\nhttps = \"\"\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\nhttp_redirect = false\n\
+             [[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"chat\"\n  upstream = \"chat\"\n  auth = \"forward\"\n\
+             [chat]\nlisten = \"127.0.0.1:{chat}\"\n\
+             [[outposts]]\nname = \"here\"\nkind = \"local\"\ncapacity = 3\n\
+             [[outposts]]\nname = \"far\"\nkind = \"ssh\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nkey = \"{}\"\nhost_key = \"{}\"\n\
+             [[outposts]]\nname = \"gone\"\nkind = \"ssh\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nkey = \"{}\"\nhost_key = \"{}\"\n",
+            d.port,
+            d.client_key.display(),
+            d.host_key,
+            free_port(),
+            d.client_key.display(),
+            d.host_key,
+        ),
+    )
+    .unwrap();
+    let _edge = common::edge_up(&cfg, http).await;
+    let out = Command::new(EDGE)
+        .args(["workers", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[1].starts_with("here") && lines[1].contains(" 3 ") && lines[1].ends_with("ok"),
+        "{text}"
+    );
+    assert!(lines[2].starts_with("far"), "{text}");
+    let out = Command::new(EDGE)
+        .args(["workers", "--probe", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "one outpost is down: {text}");
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name}: {text}"))
+            .to_string()
+    };
+    assert!(
+        line("here").contains(" ok ") && line("here").contains("idle"),
+        "{text}"
+    );
+    assert!(line("far").contains(" ok "), "{text}");
+    assert!(
+        line("gone").contains("FAILED") && line("gone").contains("Connection refused"),
         "{text}"
     );
 }

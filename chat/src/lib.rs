@@ -34,7 +34,8 @@ use edge_routing::Config;
 pub use app::{SECRET_HEADER, USER_HEADER};
 pub use conversations::{now_rfc3339, Conversations, Meta, Record};
 pub use runs::{
-    Agent, AgentSpec, Orchestrator, Outcome, Outpost, Run, RunBody, RunFrame, CANCEL_GRACE, RING,
+    probe_outpost, Agent, AgentSpec, Hello, Orchestrator, Outcome, Outpost, Run, RunBody, RunFrame,
+    CANCEL_GRACE, RING,
 };
 pub use secret::{load_or_create_secret, read_secret};
 pub use store::{Session, Store, FLOW_TTL};
@@ -213,6 +214,26 @@ impl Chat {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
         self.st.config.store(Arc::new(config));
+    }
+
+    /// The outposts as JSON: name, runs going, capacity, and why one is resting (`GET
+    /// /outposts` on edge's admin listener, `edge workers`).
+    pub fn outposts_json(&self) -> String {
+        let list: Vec<serde_json::Value> = self
+            .st
+            .orch
+            .outpost_status()
+            .into_iter()
+            .map(|(name, running, capacity, resting)| {
+                serde_json::json!({
+                    "name": name,
+                    "running": running,
+                    "capacity": if capacity == u64::MAX { serde_json::Value::Null } else { capacity.into() },
+                    "resting": resting,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(list).to_string()
     }
 
     pub fn router(&self) -> axum::Router {

@@ -393,6 +393,75 @@ type Worker = (
     FrameReader<tokio::process::ChildStdout, FromWorker>,
 );
 
+/// What an outpost's worker says about itself, and how long it took to answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hello {
+    pub worker: String,
+    pub version: String,
+    pub busy: bool,
+    pub millis: u64,
+}
+
+/// Connects to an outpost's worker and says `hello` (`edge workers --probe`).
+pub async fn probe_outpost(o: &Outpost) -> Result<Hello, String> {
+    let t = std::time::Instant::now();
+    let (program, args) = o.argv.split_first().ok_or("no worker command")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {program:?}: {e}"))?;
+    let mut to = FrameWriter::<_, ToWorker>::new(child.stdin.take().expect("piped"));
+    let mut from = FrameReader::<_, FromWorker>::new(child.stdout.take().expect("piped"));
+    let answer = tokio::time::timeout(HELLO_TIMEOUT, async {
+        to.send(&ToWorker::Hello {
+            proto: edge_workers::VERSION,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        from.next()
+            .await
+            .ok_or("the connection closed")?
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let r = match answer {
+        Ok(Ok(FromWorker::HelloOk {
+            worker,
+            version,
+            busy,
+        })) => Ok(Hello {
+            worker,
+            version,
+            busy,
+            millis: t.elapsed().as_millis() as u64,
+        }),
+        Ok(Ok(FromWorker::Error { msg, .. })) => Err(msg),
+        Ok(Ok(other)) => Err(format!("unexpected first frame {other:?}")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no hello within {HELLO_TIMEOUT:?}")),
+    };
+    let _ = child.start_kill();
+    if r.is_err() {
+        let mut why = Vec::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::io::AsyncReadExt::read_to_end(&mut e, &mut why),
+            )
+            .await;
+        }
+        let why = String::from_utf8_lossy(&why);
+        if let (Err(e), Some(line)) = (&r, why.trim().lines().last()) {
+            return Err(format!("{e}: {line}"));
+        }
+    }
+    r
+}
+
 /// Starts the outpost's worker, waits for its `hello`, and hands it the run.
 async fn connect(o: &Outpost, run: &ToWorker) -> Result<Worker, String> {
     let (program, args) = o.argv.split_first().ok_or("no worker command")?;

@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and `POST /reload`. Bind it to
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/outposts`, and `POST /reload`. Bind it to
 //! loopback (the default): it has no authentication of its own.
 
 use std::convert::Infallible;
@@ -17,6 +17,9 @@ use crate::Shared;
 
 /// Re-reads the config and applies it; `Err` carries the reason it was refused.
 pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The outposts' status as JSON (`GET /outposts`), from whoever runs them (the chat).
+pub type StatusFn = Arc<dyn Fn() -> String + Send + Sync>;
 
 fn text(status: StatusCode, body: String) -> Response<ResBody> {
     let mut r = Response::new(ResBody::full(body));
@@ -67,12 +70,26 @@ async fn handle(
                 }
             }
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => {
+        (&Method::GET, "/outposts") => match shared.outposts.get() {
+            Some(f) => {
+                let mut r = text(StatusCode::OK, f());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "this edge runs no chat, so no outposts\n".into(),
+            ),
+        },
+        (_, "/healthz" | "/readyz" | "/metrics" | "/reload" | "/outposts") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n".into())
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /healthz /readyz /metrics POST /reload\n".into(),
+            "admin endpoints: /healthz /readyz /metrics /outposts POST /reload\n".into(),
         ),
     };
     Ok(resp)

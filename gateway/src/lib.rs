@@ -24,7 +24,7 @@ mod static_files;
 mod tls;
 mod upstream;
 
-pub use admin::ReloadFn;
+pub use admin::{ReloadFn, StatusFn};
 pub use forward_auth::{SECRET_HEADER, VERIFY_PATH};
 pub use hygiene::{is_client_claim, strip_client_claims, strip_hop_by_hop};
 pub use metrics::Metrics;

@@ -36,6 +36,8 @@ pub enum Error {
 }
 
 pub(crate) struct Shared {
+    /// `GET /outposts` on the admin listener.
+    pub(crate) outposts: std::sync::OnceLock<crate::admin::StatusFn>,
     pub(crate) runtime: ArcSwap<Runtime>,
     pub(crate) client: Client<HttpConnector, ReqBody>,
     pub(crate) h2c: Client<HttpConnector, ReqBody>,
@@ -106,6 +108,7 @@ impl Gateway {
             .build(connector());
         Ok(Gateway {
             shared: Arc::new(Shared {
+                outposts: std::sync::OnceLock::new(),
                 runtime: ArcSwap::from_pointee(runtime),
                 client,
                 h2c,
@@ -221,6 +224,11 @@ impl Gateway {
         shutdown: impl Future<Output = ()>,
     ) {
         admin::serve(self.shared.clone(), listener, reload, shutdown).await;
+    }
+
+    /// What `GET /outposts` on the admin listener answers (set once, by `edge up`).
+    pub fn set_outposts_status(&self, f: crate::admin::StatusFn) {
+        let _ = self.shared.outposts.set(f);
     }
 
     /// Marks the gateway as going away: `/readyz` answers 503 from now on.
