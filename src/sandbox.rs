@@ -142,6 +142,7 @@ pub fn run(cmd: SandboxCommand) -> Result<(), Failure> {
                         home,
                         argv: command,
                         env: Vec::new(),
+                        notices: None,
                     },
                     "run",
                 )

@@ -596,3 +596,36 @@ async fn chat_runs_are_confined_and_a_run_that_cannot_be_is_refused() {
         "{end}"
     );
 }
+
+/// What the sandbox's egress proxy refuses shows in the run as a notice.
+#[tokio::test]
+async fn egress_denials_show_in_the_run() {
+    let edge = env!("CARGO_BIN_EXE_edge");
+    let bin_dir = std::path::Path::new(edge)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    // The agent is edge's own egress probe: CONNECT 127.0.0.1:9 through the proxy.
+    let agent = format!(
+        "[chat.agent]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"{edge} sandbox probe egress 9 # $0\", \"{{message}}\"]\nworkspace = \"/tmp\"\nsandbox = \"probe\"\n\
+         [sandbox.profiles.probe]\nread_only = [\"{bin_dir}\"]\n"
+    );
+    let e = env(&agent, "").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "go"}))
+        .await;
+    let frames = a.until_end().await;
+    let notice = frames
+        .iter()
+        .find(|f| f["event"]["t"] == "notice" && f["event"]["kind"] == "egress_denied")
+        .unwrap_or_else(|| panic!("no egress notice: {frames:#?}"));
+    assert!(
+        notice["event"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:9 is not on the allowlist of profile \"probe\""),
+        "{notice}"
+    );
+}

@@ -773,6 +773,15 @@ impl RunTask<'_> {
                                 line,
                                 ..
                             } => {
+                                // What the sandbox's egress proxy refused: shown in the run.
+                                if let Some(why) = line.strip_prefix(edge_workers::EGRESS_PREFIX) {
+                                    let notice = Event::Notice {
+                                        kind: "egress_denied".into(),
+                                        detail: why.to_string(),
+                                    };
+                                    self.emit_events(vec![notice], &mut result).await;
+                                    continue;
+                                }
                                 if stderr_tail.len() == 20 {
                                     stderr_tail.pop_front();
                                 }

@@ -19,6 +19,8 @@ pub struct Request {
     pub home: PathBuf,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Where the egress proxy reports what it refused (one line each), for the run's log.
+    pub notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 #[derive(Debug)]
@@ -134,7 +136,7 @@ pub fn prepare(req: Request, name: &str) -> Result<Confinement, String> {
             })
             .map_err(|e| format!("{}: {e}", dir.display()));
         let sock = dir.join("egress.sock");
-        match made.and_then(|()| crate::egress::start(&sock, p)) {
+        match made.and_then(|()| crate::egress::start(&sock, p, req.notices.clone())) {
             Ok(g) => {
                 c.egress = Some(g);
                 c.spec.egress_socket = Some(sock);

@@ -27,8 +27,11 @@ impl Drop for Egress {
     }
 }
 
-/// Starts the proxy on `socket` (which the sandboxed uid may connect to).
-pub fn start(socket: &Path, profile: &Profile) -> Result<Egress, String> {
+type Notices = Option<tokio::sync::mpsc::UnboundedSender<String>>;
+
+/// Starts the proxy on `socket` (which the sandboxed uid may connect to). What it refuses is
+/// sent to `notices` (else printed on stderr).
+pub fn start(socket: &Path, profile: &Profile, notices: Notices) -> Result<Egress, String> {
     let l = UnixListener::bind(socket)
         .map_err(|e| format!("listening on {}: {e}", socket.display()))?;
     std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
@@ -37,16 +40,22 @@ pub fn start(socket: &Path, profile: &Profile) -> Result<Egress, String> {
     let task = tokio::spawn(async move {
         while let Ok((c, _)) = l.accept().await {
             let p = profile.clone();
+            let n = notices.clone();
             tokio::spawn(async move {
-                let _ = serve(c, &p).await;
+                let _ = serve(c, &p, &n).await;
             });
         }
     });
     Ok(Egress { task })
 }
 
-async fn deny(c: &mut UnixStream, status: &str, why: &str) -> std::io::Result<()> {
-    eprintln!("edge egress: {why}");
+async fn deny(c: &mut UnixStream, n: &Notices, status: &str, why: &str) -> std::io::Result<()> {
+    match n {
+        Some(tx) => {
+            let _ = tx.send(why.to_string());
+        }
+        None => eprintln!("edge egress: {why}"),
+    }
     let body = format!("edge egress: {why}\n");
     c.write_all(
         format!(
@@ -58,7 +67,7 @@ async fn deny(c: &mut UnixStream, status: &str, why: &str) -> std::io::Result<()
     .await
 }
 
-async fn serve(mut c: UnixStream, p: &Profile) -> std::io::Result<()> {
+async fn serve(mut c: UnixStream, p: &Profile, notices: &Notices) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(2048);
     let head_len = loop {
         let mut chunk = [0u8; 2048];
@@ -74,7 +83,15 @@ async fn serve(mut c: UnixStream, p: &Profile) -> std::io::Result<()> {
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(len)) => break len,
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
-            _ => return deny(&mut c, "400 Bad Request", "not an HTTP proxy request").await,
+            _ => {
+                return deny(
+                    &mut c,
+                    notices,
+                    "400 Bad Request",
+                    "not an HTTP proxy request",
+                )
+                .await
+            }
         }
     };
     let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -89,6 +106,7 @@ async fn serve(mut c: UnixStream, p: &Profile) -> std::io::Result<()> {
                 Err(_) => {
                     return deny(
                         &mut c,
+                        notices,
                         "400 Bad Request",
                         &format!("bad CONNECT target {target:?}"),
                     )
@@ -98,6 +116,7 @@ async fn serve(mut c: UnixStream, p: &Profile) -> std::io::Result<()> {
             None => {
                 return deny(
                     &mut c,
+                    notices,
                     "400 Bad Request",
                     &format!("bad CONNECT target {target:?}"),
                 )
@@ -114,6 +133,7 @@ async fn serve(mut c: UnixStream, p: &Profile) -> std::io::Result<()> {
     } else {
         return deny(
             &mut c,
+            notices,
             "400 Bad Request",
             &format!("{method} {target:?}: only CONNECT and http:// requests go through"),
         )
@@ -122,6 +142,7 @@ async fn serve(mut c: UnixStream, p: &Profile) -> std::io::Result<()> {
     if !p.egress_allows(&host, port) {
         return deny(
             &mut c,
+            notices,
             "403 Forbidden",
             &format!(
                 "{host}:{port} is not on the allowlist of profile {:?}",
@@ -137,10 +158,19 @@ async fn serve(mut c: UnixStream, p: &Profile) -> std::io::Result<()> {
     .await;
     let mut up = match up {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return deny(&mut c, "502 Bad Gateway", &format!("{host}:{port}: {e}")).await,
+        Ok(Err(e)) => {
+            return deny(
+                &mut c,
+                notices,
+                "502 Bad Gateway",
+                &format!("{host}:{port}: {e}"),
+            )
+            .await
+        }
         Err(_) => {
             return deny(
                 &mut c,
+                notices,
                 "504 Gateway Timeout",
                 &format!("{host}:{port}: no answer in 10 s"),
             )

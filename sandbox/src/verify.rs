@@ -208,6 +208,7 @@ pub async fn verify(profile: &Profile, only: &[String]) -> Result<(Report, Vec<C
             home: scratch.dir.join(format!("home-{name}")),
             argv: args,
             env: Vec::new(),
+            notices: None,
         };
         let check = run_one(req, name, layers).await;
         let check = match *name {

@@ -12,4 +12,4 @@ mod worker;
 pub use protocol::{
     ExitReason, Fd, FrameError, FrameReader, FrameWriter, FromWorker, ToWorker, MAX_FRAME, VERSION,
 };
-pub use worker::{serve, MAX_LINE};
+pub use worker::{serve, EGRESS_PREFIX, MAX_LINE};

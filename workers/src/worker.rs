@@ -19,6 +19,8 @@ use crate::protocol::{
 
 /// Output lines longer than this are sent in pieces (a frame holds one piece and its envelope).
 pub const MAX_LINE: usize = MAX_FRAME - 4096;
+/// Stderr lines that report what the run's egress proxy refused.
+pub const EGRESS_PREFIX: &str = "edge egress: ";
 /// Grace used when a deadline passes.
 const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 /// The variables an agent gets from the worker's own environment; everything else comes from the
@@ -174,8 +176,10 @@ async fn attempt(spec: Spec, tx: mpsc::Sender<FromWorker>, mut control: mpsc::Re
         let _ = tx.send(exited()).await;
         return;
     };
-    // Confined: the sandbox helper applies the layers, then executes argv.
+    // Confined: the sandbox helper applies the layers, then executes argv. What the egress
+    // proxy refuses comes back as stderr lines `edge egress: ...`.
     let mut confinement = None;
+    let (notices_tx, mut notices) = mpsc::unbounded_channel::<String>();
     let mut cmd = match &spec.sandbox {
         None => {
             let mut cmd = tokio::process::Command::new(program);
@@ -202,6 +206,7 @@ async fn attempt(spec: Spec, tx: mpsc::Sender<FromWorker>, mut control: mpsc::Re
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                notices: Some(notices_tx.clone()),
             };
             let prepared = edge_sandbox::confine::prepare(req, &id)
                 .and_then(|c| c.command().map(|cmd| (c, cmd)));
@@ -292,6 +297,11 @@ async fn attempt(spec: Spec, tx: mpsc::Sender<FromWorker>, mut control: mpsc::Re
             Some((fd, line)) = lines.recv() => {
                 seq += 1;
                 let _ = tx.send(FromWorker::Out { attempt_id: id.clone(), seq, fd, line }).await;
+            }
+            Some(why) = notices.recv() => {
+                seq += 1;
+                let line = format!("{EGRESS_PREFIX}{why}");
+                let _ = tx.send(FromWorker::Out { attempt_id: id.clone(), seq, fd: Fd::Stderr, line }).await;
             }
             c = control.recv(), if control_open => match c {
                 Some(Control::Cancel(grace)) => {
