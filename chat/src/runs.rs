@@ -402,68 +402,11 @@ pub struct Hello {
     pub millis: u64,
 }
 
-/// Connects to an outpost's worker and says `hello` (`edge workers --probe`).
-pub async fn probe_outpost(o: &Outpost) -> Result<Hello, String> {
+/// Starts the outpost's worker and says `hello`: the worker and what it answered. On failure,
+/// why, with the last line the worker (or ssh: host key mismatch, refused connection...) wrote
+/// on stderr. Afterwards the worker's stderr is edge's.
+async fn hello(o: &Outpost) -> Result<(Worker, Hello), String> {
     let t = std::time::Instant::now();
-    let (program, args) = o.argv.split_first().ok_or("no worker command")?;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("starting {program:?}: {e}"))?;
-    let mut to = FrameWriter::<_, ToWorker>::new(child.stdin.take().expect("piped"));
-    let mut from = FrameReader::<_, FromWorker>::new(child.stdout.take().expect("piped"));
-    let answer = tokio::time::timeout(HELLO_TIMEOUT, async {
-        to.send(&ToWorker::Hello {
-            proto: edge_workers::VERSION,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        from.next()
-            .await
-            .ok_or("the connection closed")?
-            .map_err(|e| e.to_string())
-    })
-    .await;
-    let r = match answer {
-        Ok(Ok(FromWorker::HelloOk {
-            worker,
-            version,
-            busy,
-        })) => Ok(Hello {
-            worker,
-            version,
-            busy,
-            millis: t.elapsed().as_millis() as u64,
-        }),
-        Ok(Ok(FromWorker::Error { msg, .. })) => Err(msg),
-        Ok(Ok(other)) => Err(format!("unexpected first frame {other:?}")),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("no hello within {HELLO_TIMEOUT:?}")),
-    };
-    let _ = child.start_kill();
-    if r.is_err() {
-        let mut why = Vec::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                tokio::io::AsyncReadExt::read_to_end(&mut e, &mut why),
-            )
-            .await;
-        }
-        let why = String::from_utf8_lossy(&why);
-        if let (Err(e), Some(line)) = (&r, why.trim().lines().last()) {
-            return Err(format!("{e}: {line}"));
-        }
-    }
-    r
-}
-
-/// Starts the outpost's worker, waits for its `hello`, and hands it the run.
-async fn connect(o: &Outpost, run: &ToWorker) -> Result<Worker, String> {
     let (program, args) = o.argv.split_first().ok_or("no worker command")?;
     let mut child = tokio::process::Command::new(program)
         .args(args)
@@ -476,48 +419,68 @@ async fn connect(o: &Outpost, run: &ToWorker) -> Result<Worker, String> {
     let mut stderr = child.stderr.take().expect("piped");
     let mut to = FrameWriter::<_, ToWorker>::new(child.stdin.take().expect("piped"));
     let mut from = FrameReader::<_, FromWorker>::new(child.stdout.take().expect("piped"));
-    let hello = async {
+    let answer = async {
         to.send(&ToWorker::Hello {
             proto: edge_workers::VERSION,
         })
         .await
         .map_err(|e| e.to_string())?;
         match from.next().await {
-            Some(Ok(FromWorker::HelloOk { busy: false, .. })) => Ok(()),
-            Some(Ok(FromWorker::HelloOk { busy: true, .. })) => {
-                Err("the worker is busy".to_string())
-            }
+            Some(Ok(FromWorker::HelloOk {
+                worker,
+                version,
+                busy,
+            })) => Ok(Hello {
+                worker,
+                version,
+                busy,
+                millis: t.elapsed().as_millis() as u64,
+            }),
             Some(Ok(FromWorker::Error { msg, .. })) => Err(msg),
             Some(Ok(other)) => Err(format!("unexpected first frame {other:?}")),
             Some(Err(e)) => Err(e.to_string()),
             None => Err("the connection closed".to_string()),
         }
     };
-    let r = match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
+    let r = match tokio::time::timeout(HELLO_TIMEOUT, answer).await {
         Ok(r) => r,
         Err(_) => Err(format!("no hello within {HELLO_TIMEOUT:?}")),
     };
-    if let Err(e) = r {
-        let _ = child.start_kill();
-        // ssh says why on stderr (host key mismatch, refused connection...).
-        let mut why = Vec::new();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut why),
-        )
-        .await;
-        let why = String::from_utf8_lossy(&why);
-        let why = why.trim();
-        return Err(if why.is_empty() {
-            e
-        } else {
-            format!("{e}: {}", why.lines().last().unwrap_or(why))
-        });
+    match r {
+        Ok(h) => {
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut stderr, &mut tokio::io::stderr()).await;
+            });
+            Ok(((child, to, from), h))
+        }
+        Err(e) => {
+            let _ = child.start_kill();
+            let mut why = Vec::new();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut why),
+            )
+            .await;
+            let why = String::from_utf8_lossy(&why);
+            Err(match why.trim().lines().last() {
+                Some(line) => format!("{e}: {line}"),
+                None => e,
+            })
+        }
     }
-    // From now on the worker's stderr is edge's (logs, egress denials).
-    tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut stderr, &mut tokio::io::stderr()).await;
-    });
+}
+
+/// Connects to an outpost's worker and says `hello` (`edge workers --probe`).
+pub async fn probe_outpost(o: &Outpost) -> Result<Hello, String> {
+    hello(o).await.map(|(_, h)| h)
+}
+
+/// Starts the outpost's worker, waits for its `hello`, and hands it the run.
+async fn connect(o: &Outpost, run: &ToWorker) -> Result<Worker, String> {
+    let ((child, mut to, from), h) = hello(o).await?;
+    if h.busy {
+        return Err("the worker is busy".into());
+    }
     to.send(run)
         .await
         .map_err(|e| format!("sending the run: {e}"))?;
