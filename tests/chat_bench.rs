@@ -83,28 +83,12 @@ impl Edge {
     /// A WebSocket straight to the chat's own listener, as the gateway would open it (the
     /// gateway strips `/chat`): what one socket costs the chat alone.
     async fn ws_direct(&self) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.chat))
-            .await
-            .unwrap();
-        let host = "demo.example.test";
-        let req = tokio_tungstenite::tungstenite::http::Request::builder()
-            .uri(format!("ws://{host}/ws"))
-            .header("host", host)
-            .header("cookie", &self.cookie)
-            .header("origin", format!("http://{host}"))
-            .header("x-forwarded-proto", "http")
-            .header("x-forwarded-host", host)
-            .header("x-forwarded-prefix", "/chat")
-            .header("sec-websocket-protocol", "chat.v1")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .header("sec-websocket-version", "13")
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .body(())
-            .unwrap();
-        let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
-        assert_eq!(resp.status(), 101);
-        ws
+        let extra = [
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "demo.example.test"),
+            ("x-forwarded-prefix", "/chat"),
+        ];
+        common::socket_at(self.chat, "demo.example.test", "/ws", &self.cookie, &extra).await
     }
 
     async fn conversation(&self) -> String {

@@ -119,6 +119,18 @@ fn ssh(name: &str, port: u16, key: &Path, host_key: &str) -> OutpostConfig {
     }
 }
 
+/// A shell script as the agent (`$0` is the message), not sandboxed.
+fn sh_agent(script: &str) -> AgentSpec {
+    AgentSpec {
+        agent: Agent::Command {
+            argv: vec!["sh".into(), "-c".into(), script.into(), "{message}".into()],
+        },
+        workspace: "/tmp".into(),
+        timeout: Duration::from_secs(30),
+        sandbox: None,
+    }
+}
+
 async fn until_end(rx: &mut tokio::sync::broadcast::Receiver<RunFrame>) -> Vec<RunFrame> {
     let mut out = Vec::new();
     loop {
@@ -160,19 +172,7 @@ async fn runs_go_over_ssh_to_the_first_outpost_that_answers() {
     ];
     let o = Orchestrator::new(Vec::new(), Conversations::new(dir.path().join("c")));
     o.set_outposts(edge_chat::outposts(&list, dir.path(), &[]).unwrap());
-    let spec = AgentSpec {
-        agent: Agent::Command {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                "echo \"over ssh: $0\"".into(),
-                "{message}".into(),
-            ],
-        },
-        workspace: "/tmp".into(),
-        timeout: Duration::from_secs(30),
-        sandbox: None,
-    };
+    let spec = sh_agent("echo \"over ssh: $0\"");
     let conv = o.conversations().create("alice", "t").unwrap();
     let run = o.start("alice", &conv.id, "hello", &spec, None).unwrap();
     let (missed, mut rx) = run.subscribe(0);
@@ -268,19 +268,8 @@ async fn a_run_whose_worker_dies_mid_run_is_retried_on_the_next_outpost() {
     ];
     let o = Orchestrator::new(Vec::new(), Conversations::new(dir.path().join("c")));
     o.set_outposts(edge_chat::outposts(&list, dir.path(), &[]).unwrap());
-    let spec = AgentSpec {
-        agent: Agent::Command {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                "i=0; while [ $i -lt 20 ]; do echo \"$0 $i\"; i=$((i+1)); sleep 0.05; done".into(),
-                "{message}".into(),
-            ],
-        },
-        workspace: "/tmp".into(),
-        timeout: Duration::from_secs(30),
-        sandbox: None,
-    };
+    let spec =
+        sh_agent("i=0; while [ $i -lt 20 ]; do echo \"$0 $i\"; i=$((i+1)); sleep 0.05; done");
     let conv = o.conversations().create("alice", "t").unwrap();
     let run = o.start("alice", &conv.id, "line", &spec, None).unwrap();
     let (missed, mut rx) = run.subscribe(0);

@@ -298,38 +298,43 @@ pub fn environment(spec: &RunSpec) -> BTreeMap<String, String> {
     env
 }
 
+/// The namespaces and mounts of every run (and of the probe that checks bwrap works here).
+pub(crate) const BWRAP_BASE: &[&str] = &[
+    "--die-with-parent",
+    "--new-session",
+    "--unshare-all",
+    "--cap-drop",
+    "ALL",
+    "--hostname",
+    "edge-sandbox",
+    "--ro-bind",
+    "/",
+    "/",
+    "--dev",
+    "/dev",
+    "--proc",
+    "/proc",
+    "--tmpfs",
+    "/tmp",
+    "--tmpfs",
+    "/var/tmp",
+    "--tmpfs",
+    "/home",
+    "--tmpfs",
+    "/root",
+    "--tmpfs",
+    "/run",
+];
+
 /// The bubblewrap command line (before `--`).
 pub fn bwrap_args(spec: &RunSpec) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(OsString::from));
-    push(&["--die-with-parent", "--new-session", "--unshare-all"]);
+    push(BWRAP_BASE);
     if spec.egress_socket.is_none() && !spec.profile.requires(Layer::Egress) {
         // No proxy: the agent keeps the host's network (the egress layer is off).
         push(&["--share-net"]);
     }
-    push(&[
-        "--cap-drop",
-        "ALL",
-        "--hostname",
-        "edge-sandbox",
-        "--ro-bind",
-        "/",
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-        "--tmpfs",
-        "/tmp",
-        "--tmpfs",
-        "/var/tmp",
-        "--tmpfs",
-        "/home",
-        "--tmpfs",
-        "/root",
-        "--tmpfs",
-        "/run",
-    ]);
     // Covered by the tmpfs mounts above.
     let covered = ["/tmp", "/var/tmp", "/home", "/root", "/run"];
     let mut hide: Vec<PathBuf> = ALWAYS_HIDDEN

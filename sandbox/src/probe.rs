@@ -230,26 +230,11 @@ fn namespaces_status(p: &Profile, root: bool) -> LayerStatus {
     };
     // The same kind of sandbox a run gets, as the uid runs use.
     let mut cmd = Command::new(&bwrap);
-    cmd.args([
-        "--unshare-all",
-        "--die-with-parent",
-        "--cap-drop",
-        "ALL",
-        "--ro-bind",
-        "/",
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-        "--tmpfs",
-        "/tmp",
-        "--",
-        "true",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    cmd.args(crate::helper::BWRAP_BASE)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     if root {
         std::os::unix::process::CommandExt::uid(&mut cmd, p.uid);
         std::os::unix::process::CommandExt::gid(&mut cmd, p.gid);

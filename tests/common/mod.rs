@@ -67,11 +67,22 @@ pub async fn chat_socket(
     host: &str,
     cookie: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+    socket_at(http_port, host, "/chat/ws", cookie, &[]).await
+}
+
+/// Opens a `chat.v1` WebSocket at `path` on a loopback port, with `extra` headers.
+pub async fn socket_at(
+    port: u16,
+    host: &str,
+    path: &str,
+    cookie: &str,
+    extra: &[(&str, &str)],
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let req = tokio_tungstenite::tungstenite::http::Request::builder()
-        .uri(format!("ws://{host}/chat/ws"))
+    let mut req = tokio_tungstenite::tungstenite::http::Request::builder()
+        .uri(format!("ws://{host}{path}"))
         .header("host", host)
         .header("cookie", cookie)
         .header("origin", format!("http://{host}"))
@@ -79,10 +90,13 @@ pub async fn chat_socket(
         .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
         .header("sec-websocket-version", "13")
         .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .body(())
+        .header("upgrade", "websocket");
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let (ws, resp) = tokio_tungstenite::client_async(req.body(()).unwrap(), tcp)
+        .await
         .unwrap();
-    let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
     assert_eq!(resp.status(), 101);
     ws
 }
