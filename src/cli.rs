@@ -45,10 +45,27 @@ pub enum Command {
         /// Speak the protocol on stdin and stdout
         #[arg(long)]
         stdio: bool,
-        /// Serve the protocol over HTTP (`POST /work`) on this address (not built yet)
+        /// Serve the protocol over HTTP (`POST /work`, `/healthz`, `/readyz`, `/metrics`) on
+        /// this address
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
-        /// Run the single attempt described in this file (Nomad; not built yet)
+        /// With --listen: the file holding the bearer token clients must send
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// With --listen: serve TLS with this certificate chain (PEM)
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// With --listen: the TLS certificate's private key (PEM)
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// With --listen and TLS: require client certificates issued by this CA (mTLS)
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
+        /// The name the worker gives in `hello` (default: the host name)
+        #[arg(long)]
+        name: Option<String>,
+        /// Run the single attempt whose run frame is in this file, print its frames as NDJSON on
+        /// stdout and exit with the agent's code (a Nomad task)
         #[arg(long, value_name = "FILE")]
         oneshot: Option<PathBuf>,
     },
@@ -256,19 +273,33 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Worker {
             stdio,
             listen,
+            token_file,
+            tls_cert,
+            tls_key,
+            client_ca,
+            name,
             oneshot,
         } => {
-            if listen.is_some() || oneshot.is_some() {
+            let modes =
+                usize::from(stdio) + usize::from(listen.is_some()) + usize::from(oneshot.is_some());
+            if modes != 1 {
                 return Err(Failure::config(anyhow::anyhow!(
-                    "edge worker --listen and --oneshot are not built yet; use --stdio (a pipe or an SSH forced command)"
+                    "say how to reach the worker, once: --stdio, --listen ADDR or --oneshot FILE"
                 )));
             }
-            if !stdio {
+            if let Some(addr) = listen {
+                let tls = tls_cert.zip(tls_key);
+                return crate::worker::listen(&addr, token_file, tls, client_ca, name);
+            }
+            if token_file.is_some() || tls_cert.is_some() || client_ca.is_some() {
                 return Err(Failure::config(anyhow::anyhow!(
-                    "say how to reach the worker: --stdio"
+                    "--token-file, --tls-cert, --tls-key and --client-ca go with --listen"
                 )));
             }
-            crate::worker::stdio()
+            match oneshot {
+                Some(file) => crate::worker::oneshot(&file),
+                None => crate::worker::stdio(name),
+            }
         }
         Command::Sandbox { command } => crate::sandbox::run(command),
         Command::Workers {

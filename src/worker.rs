@@ -1,23 +1,121 @@
-//! `edge worker --stdio`: the worker protocol on stdin and stdout. Logs go to stderr, which
+//! `edge worker`: the worker protocol on stdin and stdout (`--stdio`), over HTTP (`--listen`),
+//! or for one attempt described in a file (`--oneshot`, a Nomad task). Logs go to stderr, which
 //! never carries frames.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
 use crate::cli::Failure;
 
-pub fn stdio() -> Result<(), Failure> {
+pub fn stdio(name: Option<String>) -> Result<(), Failure> {
     crate::up::init_tracing(false);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let name = hostname();
+    let name = name.unwrap_or_else(hostname);
     rt.block_on(async move {
         edge_workers::serve(tokio::io::stdin(), tokio::io::stdout(), &name)
             .await
             .context("worker protocol")
     })?;
     Ok(())
+}
+
+/// `edge worker --listen ADDR`: `POST /work` and friends, with a bearer token, mTLS or both.
+pub fn listen(
+    addr: &str,
+    token_file: Option<PathBuf>,
+    tls: Option<(PathBuf, PathBuf)>,
+    client_ca: Option<PathBuf>,
+    name: Option<String>,
+) -> Result<(), Failure> {
+    crate::up::init_tracing(false);
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| Failure::config(anyhow::anyhow!("--listen {addr:?}: {e} (use IP:PORT)")))?;
+    let token = match &token_file {
+        None => None,
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("--token-file {}", f.display()))
+                .map_err(Failure::config)?;
+            let t = t.trim().to_string();
+            if t.len() < 16 {
+                return Err(Failure::config(anyhow::anyhow!(
+                    "--token-file {}: the token must be at least 16 characters",
+                    f.display()
+                )));
+            }
+            Some(t)
+        }
+    };
+    let tls_config = match &tls {
+        None => None,
+        Some((cert, key)) => Some(
+            edge_workers::http::tls_config(cert, key, client_ca.as_deref())
+                .map_err(|e| Failure::config(anyhow::anyhow!("{e}")))?,
+        ),
+    };
+    if token.is_none() && client_ca.is_none() {
+        return Err(Failure::config(anyhow::anyhow!(
+            "edge worker --listen needs --token-file, or --tls-cert/--tls-key with --client-ca (mTLS): \
+             whoever reaches the worker could run anything"
+        )));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let opts = edge_workers::http::HttpOptions {
+        name: name.unwrap_or_else(hostname),
+        token,
+        client_certs: client_ca.is_some(),
+        tls: tls_config,
+    };
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            tls = tls.is_some(),
+            mtls = opts.client_certs,
+            "edge worker serving POST /work"
+        );
+        // Tests and scripts wait for this line.
+        eprintln!("edge worker listening on {}", listener.local_addr()?);
+        edge_workers::http::serve_http(listener, opts)
+            .await
+            .context("serving the worker")
+    })?;
+    Ok(())
+}
+
+/// `edge worker --oneshot FILE`: the run frame in FILE (Nomad writes the dispatch payload
+/// there), its frames on stdout as NDJSON, and the agent's exit code as edge's.
+pub fn oneshot(file: &Path) -> Result<(), Failure> {
+    crate::up::init_tracing(false);
+    let bytes = std::fs::read(file)
+        .with_context(|| format!("--oneshot {}", file.display()))
+        .map_err(Failure::config)?;
+    let frame: edge_workers::ToWorker = edge_workers::decode(&bytes)
+        .with_context(|| format!("--oneshot {}: not a run frame", file.display()))
+        .map_err(Failure::config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    // Nomad's default kill_timeout is 5 s: the agent gets 4 of them.
+    let code = rt
+        .block_on(edge_workers::oneshot(
+            frame,
+            tokio::io::stdout(),
+            std::time::Duration::from_secs(4),
+        ))
+        .context("running the attempt")?;
+    std::process::exit(code);
 }
 
 fn hostname() -> String {

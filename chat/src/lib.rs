@@ -15,6 +15,7 @@
 mod api;
 mod app;
 mod conversations;
+pub mod links;
 mod login;
 mod pages;
 mod runs;
@@ -81,8 +82,92 @@ pub fn outposts(
     let dir = store_dir(state_dir).join("outposts");
     let mut out = Vec::new();
     for o in list {
-        let argv = match &o.kind {
-            edge_routing::OutpostKind::Local => local.to_vec(),
+        let via = match &o.kind {
+            edge_routing::OutpostKind::Local => links::Via::Command(local.to_vec()),
+            edge_routing::OutpostKind::Http {
+                url,
+                token_file,
+                ca,
+                client_cert,
+            } => {
+                let name = &o.name;
+                let token = token_file
+                    .as_ref()
+                    .map(|f| read_token(state_dir, f, &format!("outposts {name:?} token_file")))
+                    .transpose()?;
+                let mut b = reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .tcp_keepalive(Duration::from_secs(30))
+                    .tcp_nodelay(true)
+                    .http1_only()
+                    .redirect(reqwest::redirect::Policy::none());
+                if let Some(ca) = ca {
+                    let pem = std::fs::read(state_dir.join(ca)).map_err(|e| {
+                        Error::Config(format!("outposts {name:?} ca {}: {e}", ca.display()))
+                    })?;
+                    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                        Error::Config(format!("outposts {name:?} ca {}: {e}", ca.display()))
+                    })?;
+                    b = b.tls_built_in_root_certs(false);
+                    for c in certs {
+                        b = b.add_root_certificate(c);
+                    }
+                }
+                if let Some((cert, key)) = client_cert {
+                    let mut pem = std::fs::read(state_dir.join(cert)).map_err(|e| {
+                        Error::Config(format!(
+                            "outposts {name:?} client_cert {}: {e}",
+                            cert.display()
+                        ))
+                    })?;
+                    pem.push(b'\n');
+                    pem.extend(std::fs::read(state_dir.join(key)).map_err(|e| {
+                        Error::Config(format!(
+                            "outposts {name:?} client_key {}: {e}",
+                            key.display()
+                        ))
+                    })?);
+                    let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                        Error::Config(format!("outposts {name:?} client_cert/client_key: {e}"))
+                    })?;
+                    b = b.identity(id);
+                }
+                let client = b
+                    .build()
+                    .map_err(|e| Error::Config(format!("outposts {name:?}: {e}")))?;
+                links::Via::Http(links::HttpTarget {
+                    url: url.clone(),
+                    token,
+                    client,
+                })
+            }
+            edge_routing::OutpostKind::Nomad {
+                address,
+                token_file,
+                job,
+                task,
+                namespace,
+            } => {
+                let name = &o.name;
+                let token = token_file
+                    .as_ref()
+                    .map(|f| read_token(state_dir, f, &format!("outposts {name:?} token_file")))
+                    .transpose()?;
+                let client = reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .tcp_keepalive(Duration::from_secs(30))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| Error::Config(format!("outposts {name:?}: {e}")))?;
+                links::Via::Nomad(links::NomadTarget {
+                    address: address.clone(),
+                    token,
+                    job: job.clone(),
+                    task: task.clone(),
+                    namespace: namespace.clone(),
+                    client,
+                })
+            }
             edge_routing::OutpostKind::Ssh {
                 host,
                 port,
@@ -134,16 +219,32 @@ pub fn outposts(
                 a.push(format!("{user}@{host}"));
                 // What the forced command runs anyway; says what is wanted without one.
                 a.push("edge worker --stdio".into());
-                a
+                links::Via::Command(a)
             }
         };
         out.push(runs::Outpost {
             name: o.name.clone(),
-            argv,
+            via,
             capacity: o.capacity,
         });
     }
     Ok(out)
+}
+
+/// A token from a file (relative paths: under the state directory), trimmed; an empty one is
+/// an error, so a missing secret never means "no auth".
+fn read_token(state_dir: &Path, file: &Path, what: &str) -> Result<String, Error> {
+    let path = state_dir.join(file);
+    let t = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(Error::Config(format!(
+            "{what} {}: the file is empty",
+            path.display()
+        )));
+    }
+    Ok(t.to_string())
 }
 
 /// The chat's store directory under a state directory.

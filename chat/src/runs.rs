@@ -5,17 +5,17 @@
 //! gone, and ends with exactly one `end` frame.
 
 use std::collections::{HashMap, VecDeque};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edge_sandbox::{ClaudeParser, CommandOutput, Event, Usage};
-use edge_workers::{ExitReason, Fd, FrameReader, FrameWriter, FromWorker, ToWorker};
-use futures_util::FutureExt;
+use edge_workers::{ExitReason, Fd, FromWorker, ToWorker};
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::conversations::{now_rfc3339, Conversations, Record};
+pub use crate::links::{Hello, Via};
 use crate::Error;
 
 /// Frames kept in memory per run for listeners that reconnect.
@@ -332,23 +332,20 @@ impl Orchestrator {
 
 /// How long an outpost that failed is skipped before it is tried again.
 pub const OUTPOST_REST: Duration = Duration::from_secs(30);
-/// How long a worker has to answer `hello`.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Where runs go: a command that speaks the worker protocol on its stdin and stdout (`edge
-/// worker --stdio` locally, or `ssh ... user@host`, whose forced command is the worker).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where runs go, and how they get there (see [`crate::links`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Outpost {
     pub name: String,
-    pub argv: Vec<String>,
+    pub via: Via,
     pub capacity: u64,
 }
 
 impl Outpost {
-    pub fn local(argv: Vec<String>) -> Outpost {
+    /// A local outpost: `worker` (e.g. `edge worker --stdio`) as edge's child.
+    pub fn local(worker: Vec<String>) -> Outpost {
         Outpost {
             name: "local".into(),
-            argv,
+            via: Via::Command(worker),
             capacity: u64::MAX,
         }
     }
@@ -387,104 +384,9 @@ impl Drop for Lease<'_> {
     }
 }
 
-type Worker = (
-    tokio::process::Child,
-    FrameWriter<tokio::process::ChildStdin, ToWorker>,
-    FrameReader<tokio::process::ChildStdout, FromWorker>,
-);
-
-/// What an outpost's worker says about itself, and how long it took to answer.
-#[derive(Debug, Clone, Serialize)]
-pub struct Hello {
-    pub worker: String,
-    pub version: String,
-    pub busy: bool,
-    pub millis: u64,
-}
-
-/// Starts the outpost's worker and says `hello`: the worker and what it answered. On failure,
-/// why, with the last line the worker (or ssh: host key mismatch, refused connection...) wrote
-/// on stderr. Afterwards the worker's stderr is edge's.
-async fn hello(o: &Outpost) -> Result<(Worker, Hello), String> {
-    let t = std::time::Instant::now();
-    let (program, args) = o.argv.split_first().ok_or("no worker command")?;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("starting {program:?}: {e}"))?;
-    let mut stderr = child.stderr.take().expect("piped");
-    let mut to = FrameWriter::<_, ToWorker>::new(child.stdin.take().expect("piped"));
-    let mut from = FrameReader::<_, FromWorker>::new(child.stdout.take().expect("piped"));
-    let answer = async {
-        to.send(&ToWorker::Hello {
-            proto: edge_workers::VERSION,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        match from.next().await {
-            Some(Ok(FromWorker::HelloOk {
-                worker,
-                version,
-                busy,
-            })) => Ok(Hello {
-                worker,
-                version,
-                busy,
-                millis: t.elapsed().as_millis() as u64,
-            }),
-            Some(Ok(FromWorker::Error { msg, .. })) => Err(msg),
-            Some(Ok(other)) => Err(format!("unexpected first frame {other:?}")),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("the connection closed".to_string()),
-        }
-    };
-    let r = match tokio::time::timeout(HELLO_TIMEOUT, answer).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no hello within {HELLO_TIMEOUT:?}")),
-    };
-    match r {
-        Ok(h) => {
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut stderr, &mut tokio::io::stderr()).await;
-            });
-            Ok(((child, to, from), h))
-        }
-        Err(e) => {
-            let _ = child.start_kill();
-            let mut why = Vec::new();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut why),
-            )
-            .await;
-            let why = String::from_utf8_lossy(&why);
-            Err(match why.trim().lines().last() {
-                Some(line) => format!("{e}: {line}"),
-                None => e,
-            })
-        }
-    }
-}
-
 /// Connects to an outpost's worker and says `hello` (`edge workers --probe`).
 pub async fn probe_outpost(o: &Outpost) -> Result<Hello, String> {
-    hello(o).await.map(|(_, h)| h)
-}
-
-/// Starts the outpost's worker, waits for its `hello`, and hands it the run.
-async fn connect(o: &Outpost, run: &ToWorker) -> Result<Worker, String> {
-    let ((child, mut to, from), h) = hello(o).await?;
-    if h.busy {
-        return Err("the worker is busy".into());
-    }
-    to.send(run)
-        .await
-        .map_err(|e| format!("sending the run: {e}"))?;
-    Ok((child, to, from))
+    crate::links::probe(&o.via).await
 }
 
 /// What the agent's `result` line said: is_error, usage, cost.
@@ -598,8 +500,8 @@ impl RunTask<'_> {
         let mut tried: Vec<String> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         let mut cancelled = false;
-        let ((outcome, detail, usage, cost_usd), to, mut child) = 'attempts: loop {
-            let (mut child, mut to, mut from, mut lease, attempt) = loop {
+        let ((outcome, detail, usage, cost_usd), link) = 'attempts: loop {
+            let (mut link, mut lease, attempt) = loop {
                 let Some(outpost) = self.orch.lease(&tried) else {
                     let why = if failures.is_empty() {
                         "every outpost is at capacity or resting after a failure".to_string()
@@ -630,8 +532,8 @@ impl RunTask<'_> {
                     deadline_unix: Some(deadline.as_secs()),
                     sandbox: spec.sandbox.clone().map(Box::new),
                 };
-                match connect(&outpost, &run).await {
-                    Ok((child, to, from)) => break (child, to, from, lease, attempt),
+                match crate::links::connect(&outpost.via, &run).await {
+                    Ok(link) => break (link, lease, attempt),
                     Err(e) => {
                         tracing::warn!(run = %self.run.id, outpost = %outpost.name, error = %e, "outpost skipped");
                         failures.push(format!("{}: {e}", outpost.name));
@@ -660,32 +562,37 @@ impl RunTask<'_> {
                             if c.is_some() {
                                 cancelled = true;
                                 self.emit(vec![RunBody::State { state: "cancelling".into(), outpost: None, detail: None }]).await;
-                                let _ = to.send(&ToWorker::Cancel { attempt_id: attempt.clone(), grace_ms: CANCEL_GRACE.as_millis() as u64 }).await;
+                                let _ = link.to.send(ToWorker::Cancel { attempt_id: attempt.clone(), grace_ms: CANCEL_GRACE.as_millis() as u64 });
                             }
                             continue;
                         }
-                        f = from.next() => f,
+                        f = link.from.next() => f,
                     },
                 };
                 {
                     match f {
                         None | Some(Err(_)) => {
-                            lease.failed = Some("the connection was lost mid-run".into());
+                            let why = match &f {
+                                Some(Err(e)) => format!("the worker went away mid-run ({e})"),
+                                _ => "the worker went away mid-run".to_string(),
+                            };
+                            lease.failed = Some(why.clone());
                             if cancelled {
                                 break (Outcome::Cancelled, None);
                             }
                             // The host or the connection is gone: a new attempt on the next
                             // outpost. What the lost attempt streamed stays in the conversation.
                             let name = lease.name.clone();
-                            failures.push(format!("{name}: the worker went away mid-run"));
+                            failures.push(format!("{name}: {why}"));
                             drop(lease);
-                            drop(to);
-                            let _ = child.start_kill();
+                            // Tears the link down (kills the local child, closes the stream,
+                            // stops the Nomad job).
+                            drop(link);
                             self.emit(vec![RunBody::State {
                                 state: "dispatching".into(),
                                 outpost: Some(name.clone()),
                                 detail: Some(format!(
-                                    "the worker went away mid-run; attempt {} on another outpost",
+                                    "{why}; attempt {} on another outpost",
                                     tried.len() + 1
                                 )),
                             }])
@@ -714,7 +621,7 @@ impl RunTask<'_> {
                                 // What the worker has already sent joins this batch: one append,
                                 // one fsync, however fast the agent writes.
                                 while events.len() < 1024 {
-                                    match from.next().now_or_never() {
+                                    match link.from.next().now_or_never() {
                                         Some(Some(Ok(FromWorker::Out {
                                             fd: Fd::Stdout,
                                             line,
@@ -812,7 +719,7 @@ impl RunTask<'_> {
                 }
             };
             let (usage, cost_usd) = result.map(|(_, u, c)| (u, c)).unwrap_or_default();
-            break 'attempts ((outcome.0, outcome.1, usage, cost_usd), to, child);
+            break 'attempts ((outcome.0, outcome.1, usage, cost_usd), link);
         };
         self.emit(vec![RunBody::End {
             outcome,
@@ -823,7 +730,8 @@ impl RunTask<'_> {
         .await;
         // Ended: a new message may start the next run at once, while the worker cleans up.
         self.orch.release(self.run);
+        let crate::links::Link { to, finish, .. } = link;
         drop(to);
-        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        finish.await;
     }
 }

@@ -908,7 +908,9 @@ mod tests {
         let c = Config::from_toml(&format!(
             "{BASE}[sandbox.profiles.laptop]\nrequire = [\"env\", \"landlock\"]\ndisable = [\"cgroup\"]\nmemory = \"4GiB\"\negress = [\"api.anthropic.com:443\", \"*.example.org:*\"]\n\
              [[outposts]]\nname = \"here\"\nkind = \"local\"\ncapacity = 3\n\
-             [[outposts]]\nname = \"b1\"\nkind = \"ssh\"\nhost = \"10.0.0.5\"\nuser = \"edge\"\nkey = \"/etc/edge/key\"\nhost_key = \"ssh-ed25519 AAAAC3Nza\"\n"
+             [[outposts]]\nname = \"b1\"\nkind = \"ssh\"\nhost = \"10.0.0.5\"\nuser = \"edge\"\nkey = \"/etc/edge/key\"\nhost_key = \"ssh-ed25519 AAAAC3Nza\"\n\
+             [[outposts]]\nname = \"h1\"\nkind = \"http\"\nurl = \"https://10.0.0.6:7900/\"\nca = \"/etc/edge/ca.pem\"\nclient_cert = \"c.pem\"\nclient_key = \"k.pem\"\n\
+             [[outposts]]\nname = \"cluster\"\nkind = \"nomad\"\naddress = \"http://nomad.internal:4646\"\n"
         ))
         .unwrap();
         let p = &c.sandbox_profiles["laptop"];
@@ -918,16 +920,25 @@ mod tests {
         );
         assert_eq!(p.memory, 4 << 30);
         assert!(c.sandbox_profiles.contains_key("default"));
-        assert_eq!(c.outposts.len(), 2);
+        assert_eq!(c.outposts.len(), 4);
         assert_eq!(c.outposts[0].capacity, 3);
         assert!(matches!(
             &c.outposts[1].kind,
             OutpostKind::Ssh { port: 22, .. }
         ));
+        assert_eq!(c.outposts[2].capacity, 1, "an http worker runs one attempt");
+        assert!(
+            matches!(&c.outposts[2].kind, OutpostKind::Http { url, client_cert: Some(_), .. } if url == "https://10.0.0.6:7900")
+        );
+        assert!(
+            matches!(&c.outposts[3].kind, OutpostKind::Nomad { job, task, token_file: None, .. } if job == "edge-agent" && task == "agent")
+        );
 
         let errs = errors(&format!(
             "{BASE}[sandbox.profiles.x]\nrequire = [\"landlock\", \"apparmor\"]\ndisable = [\"landlock\"]\nuid = 0\negress = [\"nohost\"]\nenv = [\"GITHUB_TOKEN\"]\nread_only = [\"rel/path\"]\n\
              [[outposts]]\nname = \"n\"\nkind = \"nomad\"\n[[outposts]]\nname = \"s\"\nkind = \"ssh\"\n[[outposts]]\nname = \"s\"\n\
+             [[outposts]]\nname = \"h\"\nkind = \"http\"\nurl = \"http://10.0.0.7:7900/work\"\n[[outposts]]\nname = \"h2\"\nkind = \"http\"\nurl = \"http://10.0.0.7:7900\"\nclient_key = \"k.pem\"\n\
+             [[outposts]]\nname = \"q\"\nkind = \"queue\"\n\
              [chat]\n[chat.agent]\nworkspace = \"/srv\"\nsandbox = \"missing\"\n"
         ));
         let all = errs.join("\n");
@@ -938,7 +949,11 @@ mod tests {
             "sandbox.profiles.x.egress[0]",
             "sandbox.profiles.x.env[0]",
             "sandbox.profiles.x.read_only[0]",
-            "outposts[0].kind: kind = \"nomad\" is not built yet",
+            "outposts[0].address: a nomad outpost needs address",
+            "outposts[3].url: \"http://10.0.0.7:7900/work\": use http://HOST:PORT",
+            "outposts[4].client_cert: client_key needs its client_cert",
+            "outposts[4].token_file: an http outpost needs token_file, or client_cert",
+            "outposts[5].kind: \"queue\": use \"local\", \"ssh\", \"http\" or \"nomad\"",
             "outposts[1].host",
             "outposts[1].host_key",
             "outposts[2].name: \"s\" is used twice",

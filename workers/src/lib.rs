@@ -2,14 +2,16 @@
 //! (`edge worker --stdio`), which runs one agent attempt at a time in its own process group and
 //! streams its output back as frames.
 //!
-//! Built so far: the frames, and the local worker over any byte stream (a pipe, and so also an
-//! SSH forced command). Not yet: the orchestrator side, `--listen` (HTTP), `--oneshot` (Nomad),
-//! outposts, and the sandbox around the agent.
+//! The same frames travel over a pipe (`--stdio`: local, and SSH as a forced command), over
+//! HTTP (`--listen`: `POST /work` streams them as NDJSON, see [`http`]) and out of a Nomad task
+//! (`--oneshot FILE`: NDJSON on stdout). The orchestrator's side is in `edge-chat`.
 
+pub mod http;
 mod protocol;
 mod worker;
 
 pub use protocol::{
-    ExitReason, Fd, FrameError, FrameReader, FrameWriter, FromWorker, ToWorker, MAX_FRAME, VERSION,
+    decode, encode, ExitReason, Fd, FrameError, FrameReader, FrameWriter, FromWorker, ToWorker,
+    MAX_FRAME, VERSION,
 };
-pub use worker::{serve, EGRESS_PREFIX, MAX_LINE};
+pub use worker::{hello_reply, oneshot, serve, Attempt, Canceller, EGRESS_PREFIX, MAX_LINE};

@@ -156,7 +156,8 @@ impl<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>> FrameReader<R, T> {
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, FrameError> {
+/// Decodes one frame (JSON with `"v":1`), without the length prefix.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, FrameError> {
     let v: serde_json::Value = serde_json::from_slice(bytes)?;
     match v.get("v").and_then(|v| v.as_u64()) {
         Some(1) => {}
@@ -164,6 +165,15 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, FrameError> {
         None => return Err(FrameError::Version(0)),
     }
     Ok(serde_json::from_value(v)?)
+}
+
+/// Encodes one frame as JSON with its version (`"v":1`), without the length prefix.
+pub fn encode<T: Serialize>(frame: &T) -> std::io::Result<Vec<u8>> {
+    let mut v = serde_json::to_value(frame).map_err(std::io::Error::other)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("v".into(), VERSION.into());
+    }
+    serde_json::to_vec(&v).map_err(std::io::Error::other)
 }
 
 /// Writes frames of type `T`.
@@ -182,12 +192,7 @@ impl<W: AsyncWrite + Unpin, T: Serialize> FrameWriter<W, T> {
     }
 
     pub async fn send(&mut self, frame: &T) -> std::io::Result<()> {
-        let mut v = serde_json::to_value(frame).map_err(std::io::Error::other)?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("v".into(), VERSION.into());
-        }
-        let bytes = serde_json::to_vec(&v).map_err(std::io::Error::other)?;
-        self.inner.send(Bytes::from(bytes)).await
+        self.inner.send(Bytes::from(encode(frame)?)).await
     }
 }
 

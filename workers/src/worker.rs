@@ -27,14 +27,106 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 /// run frame. (The sandbox's full environment policy is a later layer.)
 const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TERM"];
 
+#[derive(Debug)]
 enum Control {
     Cancel(Duration),
+    /// Whoever asked is gone: kill at once.
+    Lost,
 }
 
-struct Current {
-    attempt_id: String,
-    control: mpsc::Sender<Control>,
-    task: tokio::task::JoinHandle<()>,
+/// One attempt, started: the frames it sends (ending with exactly one `exit`), and the handle
+/// that stops it. Dropped before its `exit` was read, it kills the agent's process group at
+/// once (the connection that asked for it is gone).
+#[derive(Debug)]
+pub struct Attempt {
+    pub attempt_id: String,
+    pub frames: mpsc::Receiver<FromWorker>,
+    control: mpsc::UnboundedSender<Control>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    ended: bool,
+}
+
+/// Cancels an attempt from elsewhere (`POST /work/{id}/cancel`, a signal).
+#[derive(Debug, Clone)]
+pub struct Canceller(mpsc::UnboundedSender<Control>);
+
+impl Canceller {
+    /// SIGINT, then SIGTERM, then SIGKILL to the agent's group, `grace` apart in total.
+    pub fn cancel(&self, grace: Duration) {
+        let _ = self.0.send(Control::Cancel(grace));
+    }
+}
+
+impl Attempt {
+    /// Starts the attempt a `run` frame describes; `None` for any other frame.
+    pub fn start(frame: ToWorker) -> Option<Attempt> {
+        let ToWorker::Run {
+            attempt_id,
+            argv,
+            cwd,
+            env,
+            stdin,
+            deadline_unix,
+            sandbox,
+            ..
+        } = frame
+        else {
+            return None;
+        };
+        let (tx, frames) = mpsc::channel(1024);
+        let (control, ctl_rx) = mpsc::unbounded_channel();
+        let spec = Spec {
+            attempt_id: attempt_id.clone(),
+            argv,
+            cwd,
+            env,
+            stdin,
+            deadline_unix,
+            sandbox,
+        };
+        let task = tokio::spawn(attempt(spec, tx, ctl_rx));
+        Some(Attempt {
+            attempt_id,
+            frames,
+            control,
+            task: Some(task),
+            ended: false,
+        })
+    }
+
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.control.clone())
+    }
+
+    /// The next frame; after `exit`, `None`.
+    pub async fn next(&mut self) -> Option<FromWorker> {
+        if self.ended {
+            return None;
+        }
+        let f = self.frames.recv().await;
+        if matches!(f, Some(FromWorker::Exit { .. }) | None) {
+            self.ended = true;
+        }
+        f
+    }
+
+    /// Waits until the attempt's clean-up (process group, cgroup) is over.
+    pub fn done(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let task = self.task.take();
+        async move {
+            if let Some(t) = task {
+                let _ = t.await;
+            }
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.control.send(Control::Lost);
+        }
+    }
 }
 
 /// Serves one orchestrator connection until it closes. Returns after any attempt still running
@@ -46,8 +138,7 @@ where
 {
     let mut rd = FrameReader::<R, ToWorker>::new(r);
     let mut wr = FrameWriter::<W, FromWorker>::new(w);
-    let (tx, mut rx) = mpsc::channel::<FromWorker>(1024);
-    let mut current: Option<Current> = None;
+    let mut current: Option<Attempt> = None;
     let result = loop {
         tokio::select! {
             frame = rd.next() => match frame {
@@ -58,49 +149,105 @@ where
                 }
                 Some(Ok(f)) => match f {
                     ToWorker::Hello { proto } => {
-                        let reply = if proto == VERSION {
-                            FromWorker::HelloOk { worker: worker_name.to_string(), version: env!("CARGO_PKG_VERSION").into(), busy: current.is_some() }
-                        } else {
-                            FromWorker::Error { attempt_id: None, code: "protocol".into(), msg: format!("protocol {proto} is not supported; this worker speaks {VERSION}") }
-                        };
-                        wr.send(&reply).await?;
+                        wr.send(&hello_reply(proto, worker_name, current.is_some())).await?;
                     }
-                    ToWorker::Run { attempt_id, argv, cwd, env, stdin, deadline_unix, sandbox, .. } => {
+                    run @ ToWorker::Run { .. } => {
                         if current.is_some() {
-                            wr.send(&FromWorker::Busy { attempt_id }).await?;
+                            if let ToWorker::Run { attempt_id, .. } = run {
+                                wr.send(&FromWorker::Busy { attempt_id }).await?;
+                            }
                             continue;
                         }
-                        let (ctl_tx, ctl_rx) = mpsc::channel(4);
-                        let spec = Spec { attempt_id: attempt_id.clone(), argv, cwd, env, stdin, deadline_unix, sandbox };
-                        let task = tokio::spawn(attempt(spec, tx.clone(), ctl_rx));
-                        current = Some(Current { attempt_id, control: ctl_tx, task });
+                        current = Attempt::start(run);
                     }
                     ToWorker::Cancel { attempt_id, grace_ms } => {
                         if let Some(c) = current.as_ref().filter(|c| c.attempt_id == attempt_id) {
-                            let _ = c.control.send(Control::Cancel(Duration::from_millis(grace_ms))).await;
+                            c.canceller().cancel(Duration::from_millis(grace_ms));
                         }
                     }
                     ToWorker::Ping { ts } => wr.send(&FromWorker::Pong { ts }).await?,
                 }
             },
-            Some(ev) = rx.recv() => {
+            Some(ev) = next_of(&mut current) => {
                 let ended = matches!(ev, FromWorker::Exit { .. });
                 wr.send(&ev).await?;
                 if ended {
-                    if let Some(c) = current.take() {
-                        let _ = c.task.await;
+                    if let Some(mut c) = current.take() {
+                        c.done().await;
                     }
                 }
             }
         }
     };
     // The orchestrator is gone (or broke the protocol): nobody will read this attempt's
-    // output, so it must not go on. Dropping the control channel kills the process group.
-    if let Some(c) = current.take() {
-        drop(c.control);
-        let _ = c.task.await;
+    // output, so it must not go on. Dropping it kills the process group.
+    if let Some(mut c) = current.take() {
+        let done = c.done();
+        drop(c);
+        done.await;
     }
     result
+}
+
+async fn next_of(current: &mut Option<Attempt>) -> Option<FromWorker> {
+    match current {
+        Some(a) => a.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one attempt on its own (`edge worker --oneshot`, a Nomad task): its frames as NDJSON
+/// lines on `out`, ending with `exit`. SIGINT or SIGTERM (how Nomad stops a task) cancels it
+/// with `grace`. Returns the agent's exit code (128 + signal when a signal ended it, 1 when it
+/// never started).
+pub async fn oneshot<W: AsyncWrite + Unpin>(
+    frame: ToWorker,
+    mut out: W,
+    grace: Duration,
+) -> std::io::Result<i32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(mut a) = Attempt::start(frame) else {
+        return Err(std::io::Error::other(
+            "the file must hold a run frame (\"t\":\"run\")",
+        ));
+    };
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut status = 1;
+    loop {
+        let f = tokio::select! {
+            f = a.next() => f,
+            _ = term.recv() => { a.canceller().cancel(grace); continue; }
+            _ = int.recv() => { a.canceller().cancel(grace); continue; }
+        };
+        let Some(f) = f else { break };
+        if let FromWorker::Exit { code, signal, .. } = &f {
+            status = code.unwrap_or_else(|| signal.map_or(1, |s| 128 + s));
+        }
+        let mut line = crate::protocol::encode(&f)?;
+        line.push(b'\n');
+        out.write_all(&line).await?;
+        out.flush().await?;
+    }
+    a.done().await;
+    Ok(status)
+}
+
+/// The answer to `hello`.
+pub fn hello_reply(proto: u32, worker_name: &str, busy: bool) -> FromWorker {
+    if proto == VERSION {
+        FromWorker::HelloOk {
+            worker: worker_name.to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            busy,
+        }
+    } else {
+        FromWorker::Error {
+            attempt_id: None,
+            code: "protocol".into(),
+            msg: format!("protocol {proto} is not supported; this worker speaks {VERSION}"),
+        }
+    }
 }
 
 struct Spec {
@@ -158,7 +305,11 @@ async fn read_lines<R: AsyncRead + Unpin>(r: R, fd: Fd, out: mpsc::Sender<(Fd, S
     }
 }
 
-async fn attempt(spec: Spec, tx: mpsc::Sender<FromWorker>, mut control: mpsc::Receiver<Control>) {
+async fn attempt(
+    spec: Spec,
+    tx: mpsc::Sender<FromWorker>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
     let id = spec.attempt_id.clone();
     let fail = |code: &str, msg: String| FromWorker::Error {
         attempt_id: Some(id.clone()),
@@ -311,7 +462,7 @@ async fn attempt(spec: Spec, tx: mpsc::Sender<FromWorker>, mut control: mpsc::Re
                         next = Some((Signal::SIGTERM, Instant::now() + grace / 2, grace / 2));
                     }
                 }
-                None => {
+                Some(Control::Lost) | None => {
                     // The connection is gone: no grace.
                     control_open = false;
                     signal_group(pgid, Signal::SIGKILL);

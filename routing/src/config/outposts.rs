@@ -19,6 +19,32 @@ pub enum OutpostKind {
         /// The host's public key as in `known_hosts`: `ssh-ed25519 AAAA...`.
         host_key: String,
     },
+    /// `edge worker --listen` on another host: `POST {url}/work`.
+    Http {
+        /// `http://host:port` or `https://host:port` (no path).
+        url: String,
+        /// The file holding the worker's bearer token.
+        token_file: Option<PathBuf>,
+        /// With https: the CA (PEM) that issued the worker's certificate, instead of the
+        /// system's roots.
+        ca: Option<PathBuf>,
+        /// With https: the certificate and key (PEM) edge presents (mTLS).
+        client_cert: Option<(PathBuf, PathBuf)>,
+    },
+    /// A parameterized batch job on a Nomad cluster, each attempt one dispatch whose task runs
+    /// `edge worker --oneshot`.
+    Nomad {
+        /// The Nomad HTTP API, e.g. `http://127.0.0.1:4646`.
+        address: String,
+        /// The file holding the ACL token (`X-Nomad-Token`); none when ACLs are off.
+        token_file: Option<PathBuf>,
+        /// The parameterized job's ID.
+        job: String,
+        /// The task whose stdout carries the worker's frames.
+        task: String,
+        /// The Nomad namespace.
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,11 +67,38 @@ fn read_outpost(mut t: Table<'_>, errs: &mut Errors) -> Option<OutpostConfig> {
             "each outpost needs a name of letters, digits, - and _",
         );
     }
-    let capacity = t.uint(errs, "capacity").unwrap_or(2);
+    let kind_name = t.str(errs, "kind").unwrap_or("local");
+    // An HTTP worker runs one attempt at a time.
+    let capacity = t
+        .uint(errs, "capacity")
+        .unwrap_or(if kind_name == "http" { 1 } else { 2 });
     if capacity == 0 {
         errs.push(t.key("capacity"), "at least 1");
     }
-    let kind = match t.str(errs, "kind").unwrap_or("local") {
+    let url_of = |t: &mut Table<'_>, errs: &mut Errors, key: &'static str, what: &str| match t
+        .str(errs, key)
+    {
+        Some(u) => match u.strip_prefix("http://").or(u.strip_prefix("https://")) {
+            Some(rest) if !rest.is_empty() && !rest.trim_end_matches('/').contains('/') => {
+                u.trim_end_matches('/').to_string()
+            }
+            _ => {
+                errs.push(
+                    t.key(key),
+                    format!("{u:?}: use http://HOST:PORT or https://HOST:PORT, without a path"),
+                );
+                String::new()
+            }
+        },
+        None => {
+            errs.push(t.key(key), format!("{what} needs {key}"));
+            String::new()
+        }
+    };
+    let path = |t: &mut Table<'_>, errs: &mut Errors, key: &'static str| {
+        t.str(errs, key).map(PathBuf::from)
+    };
+    let kind = match kind_name {
         "local" => OutpostKind::Local,
         "ssh" => {
             let mut need = |t: &mut Table<'_>, key: &'static str, what: &str| -> String {
@@ -87,17 +140,68 @@ fn read_outpost(mut t: Table<'_>, errs: &mut Errors) -> Option<OutpostConfig> {
                 host_key,
             }
         }
-        k @ ("http" | "nomad") => {
-            errs.push(
-                t.key("kind"),
-                format!("kind = {k:?} is not built yet: use \"local\" or \"ssh\""),
-            );
-            OutpostKind::Local
+        "http" => {
+            let url = url_of(&mut t, errs, "url", "an http outpost");
+            let token_file = path(&mut t, errs, "token_file");
+            let ca = path(&mut t, errs, "ca");
+            let cert = path(&mut t, errs, "client_cert");
+            let key = path(&mut t, errs, "client_key");
+            let client_cert = match (cert, key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                (Some(_), None) => {
+                    errs.push(t.key("client_key"), "client_cert needs its client_key");
+                    None
+                }
+                (None, Some(_)) => {
+                    errs.push(t.key("client_cert"), "client_key needs its client_cert");
+                    None
+                }
+            };
+            let https = url.starts_with("https://");
+            if !https && (ca.is_some() || client_cert.is_some()) {
+                errs.push(
+                    t.key("url"),
+                    "ca, client_cert and client_key need an https:// url",
+                );
+            }
+            if token_file.is_none() && client_cert.is_none() && !url.is_empty() {
+                errs.push(
+                    t.key("token_file"),
+                    "an http outpost needs token_file, or client_cert and client_key (mTLS): \
+                     the worker refuses runs without one",
+                );
+            }
+            OutpostKind::Http {
+                url,
+                token_file,
+                ca,
+                client_cert,
+            }
+        }
+        "nomad" => {
+            let address = url_of(&mut t, errs, "address", "a nomad outpost");
+            let token_file = path(&mut t, errs, "token_file");
+            let job = t.str(errs, "job").unwrap_or("edge-agent").to_string();
+            let task = t.str(errs, "task").unwrap_or("agent").to_string();
+            let namespace = t.str(errs, "namespace").map(str::to_string);
+            for (key, v) in [("job", &job), ("task", &task)] {
+                if v.is_empty() || v.contains(['/', '?', '#', ' ']) {
+                    errs.push(t.key(key), format!("{v:?} is not a Nomad {key} name"));
+                }
+            }
+            OutpostKind::Nomad {
+                address,
+                token_file,
+                job,
+                task,
+                namespace,
+            }
         }
         other => {
             errs.push(
                 t.key("kind"),
-                format!("{other:?}: use \"local\" or \"ssh\""),
+                format!("{other:?}: use \"local\", \"ssh\", \"http\" or \"nomad\""),
             );
             OutpostKind::Local
         }
