@@ -101,12 +101,63 @@ async fn edge_worker_stdio_speaks_the_protocol_and_dies_with_its_connection() {
     );
 }
 
-#[test]
-fn edge_worker_says_what_is_not_built() {
+/// `edge worker --oneshot FILE` (a Nomad task): the run frame from the file, the frames as
+/// NDJSON on stdout, the agent's exit code as its own; SIGTERM (Nomad stopping the task)
+/// cancels the agent with grace.
+#[tokio::test]
+async fn edge_worker_oneshot_runs_one_attempt_and_is_stopped_by_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("run.json");
+    let frame = |script: &str| {
+        let mut v = serde_json::to_value(run("o1", script)).unwrap();
+        v["v"] = 1.into();
+        v.to_string()
+    };
+    std::fs::write(&file, frame("echo out; echo err >&2; exit 7")).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge"))
-        .args(["worker", "--listen", "127.0.0.1:0"])
+        .args(["worker", "--oneshot"])
+        .arg(&file)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+    assert_eq!(out.status.code(), Some(7));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["t"], "started");
+    assert!(lines.iter().any(|l| l["line"] == "out" && l["fd"] == "stdout"));
+    assert!(lines.iter().any(|l| l["line"] == "err" && l["fd"] == "stderr"));
+    let last = lines.last().unwrap();
+    assert_eq!((last["t"].as_str(), last["code"].as_i64()), (Some("exit"), Some(7)));
+
+    // The agent traps the interrupt and says so: cancel reached it first, with grace.
+    std::fs::write(
+        &file,
+        frame("trap 'echo interrupted; exit 130' INT; echo ready; while :; do sleep 0.05; done"),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["worker", "--oneshot"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    while !text.contains("\"line\":\"ready\"") {
+        let mut l = String::new();
+        tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut l))
+            .await
+            .unwrap()
+            .unwrap();
+        text.push_str(&l);
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text).await.unwrap();
+    assert!(text.contains("\"line\":\"interrupted\""), "{text}");
+    assert!(text.contains("\"reason\":\"cancelled\""), "{text}");
+    assert_eq!(status.code(), Some(130));
 }

@@ -100,3 +100,126 @@ pub async fn socket_at(
     assert_eq!(resp.status(), 101);
     ws
 }
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A shell script as the agent (`$0` is the message), not sandboxed.
+pub fn sh_agent(script: &str) -> edge_chat::AgentSpec {
+    edge_chat::AgentSpec {
+        agent: edge_chat::Agent::Command {
+            argv: vec!["sh".into(), "-c".into(), script.into(), "{message}".into()],
+        },
+        workspace: "/tmp".into(),
+        timeout: Duration::from_secs(30),
+        sandbox: None,
+    }
+}
+
+/// A run's frames from `rx` up to and including its `end` (30 s at most between two).
+pub async fn until_end(
+    rx: &mut tokio::sync::broadcast::Receiver<edge_chat::RunFrame>,
+) -> Vec<edge_chat::RunFrame> {
+    let mut out = Vec::new();
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("a frame within 30 s")
+            .unwrap();
+        let end = matches!(f.body, edge_chat::RunBody::End { .. });
+        out.push(f);
+        if end {
+            return out;
+        }
+    }
+}
+
+/// Frames of `run` until (and with) the first for which `stop` holds.
+pub async fn frames_until(
+    run: &edge_chat::Run,
+    stop: impl Fn(&edge_chat::RunFrame) -> bool,
+) -> (
+    Vec<edge_chat::RunFrame>,
+    tokio::sync::broadcast::Receiver<edge_chat::RunFrame>,
+) {
+    let (missed, mut rx) = run.subscribe(0);
+    let mut frames = missed.unwrap();
+    while !frames.iter().any(&stop) {
+        frames.push(
+            tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .expect("a frame within 30 s")
+                .unwrap(),
+        );
+    }
+    (frames, rx)
+}
+
+/// Starts a run of `message` in a new conversation of alice's and returns all its frames.
+pub async fn run_to_end(
+    o: &std::sync::Arc<edge_chat::Orchestrator>,
+    message: &str,
+    spec: &edge_chat::AgentSpec,
+) -> Vec<edge_chat::RunFrame> {
+    let conv = o.conversations().create("alice", "t").unwrap();
+    let run = o.start("alice", &conv.id, message, spec, None).unwrap();
+    let (mut frames, mut rx) = frames_until(&run, |_| true).await;
+    if !matches!(frames.last().unwrap().body, edge_chat::RunBody::End { .. }) {
+        frames.extend(until_end(&mut rx).await);
+    }
+    frames
+}
+
+/// The run's `state` frames: (state, outpost, detail).
+pub fn states(frames: &[edge_chat::RunFrame]) -> Vec<(String, Option<String>, Option<String>)> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            edge_chat::RunBody::State {
+                state,
+                outpost,
+                detail,
+            } => Some((state.clone(), outpost.clone(), detail.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The text the agent streamed.
+pub fn delta_text(frames: &[edge_chat::RunFrame]) -> String {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            edge_chat::RunBody::Event {
+                event: edge_sandbox::Event::Delta { text, .. },
+            } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether a frame is a delta (the agent has started streaming).
+pub fn is_delta(f: &edge_chat::RunFrame) -> bool {
+    matches!(
+        &f.body,
+        edge_chat::RunBody::Event {
+            event: edge_sandbox::Event::Delta { .. }
+        }
+    )
+}
+
+/// The run's outcome and detail.
+pub fn outcome(frames: &[edge_chat::RunFrame]) -> (edge_chat::Outcome, Option<String>) {
+    match &frames.last().unwrap().body {
+        edge_chat::RunBody::End {
+            outcome, detail, ..
+        } => (*outcome, detail.clone()),
+        other => panic!("the last frame is not the end: {other:?}"),
+    }
+}

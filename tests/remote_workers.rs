@@ -1,0 +1,555 @@
+//! Runs on HTTP workers (`edge worker --listen`, the real binary, through real sockets: bearer
+//! token, mTLS, busy, a dropped connection killing the agent, a worker dying mid-run, cancel)
+//! and on Nomad (a fake following Nomad's HTTP API that runs each dispatched task, `edge
+//! worker --oneshot`, for real).
+
+mod common;
+mod fake_nomad;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{delta_text, free_port, frames_until, is_delta, outcome, run_to_end, sh_agent, states};
+use edge_chat::{Conversations, Orchestrator, Outcome};
+use edge_routing::{OutpostConfig, OutpostKind};
+use fake_nomad::{FakeNomad, ParentJob};
+use tokio::io::AsyncBufReadExt;
+
+const EDGE: &str = env!("CARGO_BIN_EXE_edge");
+
+/// `edge worker --listen` on a free loopback port, killed when dropped.
+struct HttpWorker {
+    child: tokio::process::Child,
+    url: String,
+}
+
+async fn http_worker(args: &[&str], https: bool) -> HttpWorker {
+    let port = free_port();
+    let mut child = tokio::process::Command::new(EDGE)
+        .args(["worker", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.starts_with("edge worker listening on") {
+                return;
+            }
+        }
+        panic!("the worker exited before listening");
+    });
+    ready.await.expect("the worker listens within 10 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    HttpWorker {
+        child,
+        url: format!("{}://127.0.0.1:{port}", if https { "https" } else { "http" }),
+    }
+}
+
+fn token_file(dir: &Path, name: &str, token: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{token}\n")).unwrap();
+    p
+}
+
+fn http(name: &str, url: &str, token: Option<&Path>) -> OutpostConfig {
+    OutpostConfig {
+        name: name.into(),
+        kind: OutpostKind::Http {
+            url: url.into(),
+            token_file: token.map(Path::to_path_buf),
+            ca: None,
+            client_cert: None,
+        },
+        capacity: 1,
+    }
+}
+
+fn orchestrator(dir: &Path, list: &[OutpostConfig]) -> Arc<Orchestrator> {
+    let o = Orchestrator::new(Vec::new(), Conversations::new(dir.join("c")));
+    let local = vec![EDGE.to_string(), "worker".into(), "--stdio".into()];
+    o.set_outposts(edge_chat::outposts(list, dir, &local).unwrap());
+    o
+}
+
+fn local() -> OutpostConfig {
+    OutpostConfig {
+        name: "here".into(),
+        kind: OutpostKind::Local,
+        capacity: 2,
+    }
+}
+
+fn pid_alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{}", pid.trim())).exists()
+        && !std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} within 10 s");
+}
+
+const SECRET: &str = "0123456789abcdef-worker-token";
+
+#[tokio::test]
+async fn an_http_worker_runs_with_its_token_refuses_others_and_kills_the_agent_when_the_client_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = token_file(dir.path(), "good", SECRET);
+    let bad = token_file(dir.path(), "bad", "not-the-token-at-all");
+    let w = http_worker(&["--token-file", good.to_str().unwrap()], false).await;
+
+    // Through the orchestrator: the wrong token is skipped with the worker's reason.
+    let o = orchestrator(
+        dir.path(),
+        &[http("wrong", &w.url, Some(&bad)), http("right", &w.url, Some(&good))],
+    );
+    let frames = run_to_end(&o, "hello", &sh_agent("echo \"over http: $0\"")).await;
+    assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
+    assert!(delta_text(&frames).contains("over http: hello"), "{frames:#?}");
+    let st = states(&frames);
+    assert_eq!(st[1].1.as_deref(), Some("wrong"), "{st:#?}");
+    assert!(
+        st[1].2.as_deref().unwrap().contains("refused edge's credentials (401"),
+        "{st:#?}"
+    );
+    assert_eq!(st.last().unwrap().1.as_deref(), Some("right"), "{st:#?}");
+
+    // Straight at the worker: one attempt at a time, and a client that goes away takes the
+    // agent with it.
+    let c = reqwest::Client::new();
+    let pidfile = dir.path().join("agent.pid");
+    let run = serde_json::json!({
+        "v": 1, "t": "run", "attempt_id": "slow-1", "run_id": "slow",
+        "argv": ["sh", "-c", format!("echo $$ > {}; echo started; exec sleep 60", pidfile.display())],
+    });
+    let mut first = c
+        .post(format!("{}/work", w.url))
+        .bearer_auth(SECRET)
+        .json(&run)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("\"line\":\"started\"") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), first.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    assert!(pid_alive(&pid));
+    let second = c
+        .post(format!("{}/work", w.url))
+        .bearer_auth(SECRET)
+        .json(&serde_json::json!({"v":1,"t":"run","attempt_id":"other-1","run_id":"other","argv":["true"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 409);
+    assert!(second.text().await.unwrap().contains("\"t\":\"busy\""));
+    assert_eq!(c.get(format!("{}/readyz", w.url)).send().await.unwrap().status(), 503);
+    drop(first);
+    wait_until("the agent is killed when its client goes", || !pid_alive(&pid)).await;
+    wait_until("the worker is free again", || {
+        std::process::Command::new("curl")
+            .args(["-sf", &format!("{}/readyz", w.url)])
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+    .await;
+
+    // Health without a token, everything else with one.
+    assert_eq!(c.get(format!("{}/healthz", w.url)).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{}/metrics", w.url)).send().await.unwrap().status(), 401);
+    let bad_body = c
+        .post(format!("{}/work", w.url))
+        .bearer_auth(SECRET)
+        .body("{\"v\":1,\"t\":\"ping\",\"ts\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_body.status(), 400);
+    assert!(bad_body.text().await.unwrap().contains("must be a run frame"));
+    let metrics = c
+        .get(format!("{}/metrics", w.url))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "edge_worker_refused_total{why=\"unauthorized\"} 2",
+        "edge_worker_refused_total{why=\"busy\"} 1",
+        "edge_worker_refused_total{why=\"bad_request\"} 1",
+        "edge_worker_attempts_started_total 2",
+        "edge_worker_attempts_ended_total{reason=\"exited\"} 1",
+        "edge_worker_attempts_ended_total{reason=\"lost\"} 1",
+        "edge_worker_busy 0",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn an_http_worker_without_a_token_or_mtls_does_not_start() {
+    let out = std::process::Command::new(EDGE)
+        .args(["worker", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs --token-file"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let short = token_file(dir.path(), "short", "abc");
+    let out = std::process::Command::new(EDGE)
+        .args(["worker", "--listen", "127.0.0.1:0", "--token-file"])
+        .arg(&short)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 characters"));
+}
+
+/// A private CA (rcgen) issues the worker's server certificate and edge's client certificate.
+fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "edge workers CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issue = |names: Vec<String>, cn: &str, eku: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![eku];
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = issue(
+        vec!["127.0.0.1".into()],
+        "worker-a",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client, client_key) = issue(vec![], "edge-orchestrator", ExtendedKeyUsagePurpose::ClientAuth);
+    let w = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    (
+        w("ca.pem", &ca_cert.pem()),
+        w("server.pem", &server),
+        w("server.key", &server_key),
+        w("client.pem", &client),
+        w("client.key", &client_key),
+    )
+}
+
+#[tokio::test]
+async fn an_http_worker_with_mtls_takes_runs_only_from_certified_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key, client, client_key) = pki(dir.path());
+    let w = http_worker(
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--client-ca",
+            ca.to_str().unwrap(),
+        ],
+        true,
+    )
+    .await;
+    let with_cert = |name: &str, cert: bool| OutpostConfig {
+        name: name.into(),
+        kind: OutpostKind::Http {
+            url: w.url.clone(),
+            token_file: None,
+            ca: Some(ca.clone()),
+            client_cert: cert.then(|| (client.clone(), client_key.clone())),
+        },
+        capacity: 1,
+    };
+    let o = orchestrator(dir.path(), &[with_cert("no-cert", false), with_cert("certified", true)]);
+    let frames = run_to_end(&o, "hi", &sh_agent("echo \"over mtls: $0\"")).await;
+    assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
+    assert!(delta_text(&frames).contains("over mtls: hi"));
+    let st = states(&frames);
+    assert_eq!(st[1].1.as_deref(), Some("no-cert"), "{st:#?}");
+    // TLS 1.3: the worker's alert says what was missing.
+    assert!(
+        st[1].2.as_deref().unwrap().contains("CertificateRequired"),
+        "{st:#?}"
+    );
+    assert_eq!(st.last().unwrap().1.as_deref(), Some("certified"), "{st:#?}");
+}
+
+#[tokio::test]
+async fn a_run_whose_http_worker_dies_is_retried_and_cancel_reaches_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = token_file(dir.path(), "good", SECRET);
+    let mut a = http_worker(&["--token-file", good.to_str().unwrap()], false).await;
+    let b = http_worker(&["--token-file", good.to_str().unwrap()], false).await;
+    let o = orchestrator(
+        dir.path(),
+        &[http("host-a", &a.url, Some(&good)), http("host-b", &b.url, Some(&good))],
+    );
+    let spec = sh_agent("i=0; while [ $i -lt 20 ]; do echo \"$0 $i\"; i=$((i+1)); sleep 0.05; done");
+    let conv = o.conversations().create("alice", "t").unwrap();
+    let run = o.start("alice", &conv.id, "line", &spec, None).unwrap();
+    let (mut frames, mut rx) = frames_until(&run, is_delta).await;
+    a.child.start_kill().unwrap();
+    frames.extend(common::until_end(&mut rx).await);
+    assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
+    let st = states(&frames);
+    assert!(
+        st.iter().any(|(s, o, d)| s == "dispatching"
+            && o.as_deref() == Some("host-a")
+            && d.as_deref().is_some_and(|d| d.contains("went away mid-run"))),
+        "{st:#?}"
+    );
+    assert_eq!(st.last().unwrap().1.as_deref(), Some("host-b"), "{st:#?}");
+    let text = delta_text(&frames);
+    assert!(text.contains("line 0") && text.contains("line 19"), "{text}");
+    let seqs: Vec<u64> = frames.iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+
+    // Cancel goes to the worker (POST /work/{attempt}/cancel) and the agent stops.
+    let pidfile = dir.path().join("agent.pid");
+    let spec = sh_agent(&format!("echo $$ > {}; echo going; exec sleep 60", pidfile.display()));
+    let conv = o.conversations().create("alice", "t2").unwrap();
+    let run = o.start("alice", &conv.id, "x", &spec, None).unwrap();
+    let (_, mut rx) = frames_until(&run, is_delta).await;
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    run.cancel();
+    let frames = common::until_end(&mut rx).await;
+    assert_eq!(outcome(&frames).0, Outcome::Cancelled, "{frames:#?}");
+    assert!(!pid_alive(&pid), "the agent is gone once the run is cancelled");
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", b.url))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("edge_worker_attempts_ended_total{reason=\"cancelled\"} 1"),
+        "{metrics}"
+    );
+}
+
+// ---- Nomad ----
+
+const NOMAD_TOKEN: &str = "8c6b2a3e-nomad-acl-token";
+
+async fn nomad(dir: &Path) -> FakeNomad {
+    FakeNomad::start(
+        dir.join("nomad"),
+        Some(NOMAD_TOKEN.into()),
+        vec![ParentJob {
+            id: "edge-agent".into(),
+            task: "agent".into(),
+            command: EDGE.into(),
+            args: vec!["worker".into(), "--oneshot".into(), "${NOMAD_TASK_DIR}/run.json".into()],
+            meta_required: vec!["run_id".into(), "attempt_id".into()],
+        }],
+    )
+    .await
+}
+
+fn nomad_outpost(name: &str, f: &FakeNomad, token: &Path) -> OutpostConfig {
+    OutpostConfig {
+        name: name.into(),
+        kind: OutpostKind::Nomad {
+            address: f.address(),
+            token_file: Some(token.to_path_buf()),
+            job: "edge-agent".into(),
+            task: "agent".into(),
+            namespace: None,
+        },
+        capacity: 4,
+    }
+}
+
+#[tokio::test]
+async fn a_run_on_nomad_is_a_dispatch_followed_to_its_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = nomad(dir.path()).await;
+    let token = token_file(dir.path(), "nomad-token", NOMAD_TOKEN);
+    let wrong = token_file(dir.path(), "wrong-token", "not-the-nomad-token");
+    let o = orchestrator(
+        dir.path(),
+        &[nomad_outpost("no-acl", &f, &wrong), nomad_outpost("cluster", &f, &token)],
+    );
+    let frames = run_to_end(&o, "hello", &sh_agent("echo \"on nomad: $0\"; echo to stderr >&2")).await;
+    assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
+    assert!(delta_text(&frames).contains("on nomad: hello"), "{frames:#?}");
+    let st = states(&frames);
+    assert_eq!(st[1].1.as_deref(), Some("no-acl"), "{st:#?}");
+    assert!(st[1].2.as_deref().unwrap().contains("Permission denied"), "{st:#?}");
+    assert_eq!(st.last().unwrap(), &("running".into(), Some("cluster".into()), None));
+
+    // The dispatch: the run frame as payload, the attempt as idempotency token and meta.
+    let run_id = frames[0].run_id.clone();
+    let d = f.dispatched();
+    assert_eq!(d.len(), 1, "{d:?}");
+    let (job, payload, meta) = &d[0];
+    assert!(job.starts_with(&format!("edge-agent/dispatch-run-{run_id}-")), "{job}");
+    let frame: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(frame["t"], "run");
+    // Attempt 1 went to "no-acl" (refused); attempt 2 is this one.
+    assert_eq!(frame["attempt_id"], format!("{run_id}-2"));
+    assert_eq!(meta["run_id"], run_id.as_str());
+    let reqs = f.requests();
+    let has = |p: &dyn Fn(&str) -> bool| reqs.iter().any(|r| p(r));
+    assert!(
+        has(&|r| r.starts_with("POST /v1/job/edge-agent/dispatch?idempotency_token=") && r.ends_with(&format!("{run_id}-2"))),
+        "{reqs:#?}"
+    );
+    // Blocking queries (an index past 0), the child job's id escaped in the path.
+    assert!(
+        has(&|r| r.starts_with("GET /v1/job/edge-agent%2Fdispatch-") && r.contains("/allocations?index=") && !r.contains("index=0&")),
+        "{reqs:#?}"
+    );
+    assert!(has(&|r| r.starts_with("GET /v1/allocation/") && r.contains("wait=30s")), "{reqs:#?}");
+    assert!(
+        has(&|r| r.starts_with("GET /v1/client/fs/logs/") && r.contains("type=stdout") && r.contains("follow=true") && r.contains("plain=true")),
+        "{reqs:#?}"
+    );
+    assert_eq!(f.allocs()[0].1, "complete");
+
+    // The agent's exit code comes back.
+    let frames = run_to_end(&o, "x", &sh_agent("echo partial; echo broke >&2; exit 3")).await;
+    let (oc, detail) = outcome(&frames);
+    assert_eq!(oc, Outcome::Error, "{frames:#?}");
+    let detail = detail.unwrap();
+    assert!(detail.contains("code 3") && detail.contains("broke"), "{detail}");
+    assert_eq!(f.allocs()[1].1, "failed");
+
+    // A payload over Nomad's 16 KiB is refused before dispatch, naming the limit.
+    let big = sh_agent(&format!("echo {}", "x".repeat(17 * 1024)));
+    let frames = run_to_end(&o, "big", &big).await;
+    let (oc, detail) = outcome(&frames);
+    assert_eq!(oc, Outcome::Error);
+    assert!(detail.unwrap().contains("at most 16384"), "{frames:#?}");
+}
+
+#[tokio::test]
+async fn cancel_stops_the_nomad_allocation_and_a_lost_one_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = nomad(dir.path()).await;
+    let token = token_file(dir.path(), "nomad-token", NOMAD_TOKEN);
+    let o = orchestrator(dir.path(), &[nomad_outpost("cluster", &f, &token), local()]);
+
+    // Cancel: the allocation is stopped; the worker gets Nomad's kill signal and cancels the
+    // agent with grace, so the run ends `cancelled` (not killed, not lost).
+    let pidfile = dir.path().join("agent.pid");
+    let spec = sh_agent(&format!("echo $$ > {}; echo going; exec sleep 60", pidfile.display()));
+    let conv = o.conversations().create("alice", "t").unwrap();
+    let run = o.start("alice", &conv.id, "x", &spec, None).unwrap();
+    let (_, mut rx) = frames_until(&run, is_delta).await;
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    run.cancel();
+    let frames = common::until_end(&mut rx).await;
+    assert_eq!(outcome(&frames).0, Outcome::Cancelled, "{frames:#?}");
+    let reqs = f.requests();
+    assert!(
+        reqs.iter().any(|r| r.starts_with("POST /v1/allocation/") && r.ends_with("/stop")),
+        "{reqs:#?}"
+    );
+    assert!(!pid_alive(&pid));
+    wait_until("the allocation ends", || f.allocs()[0].2 == "dead").await;
+
+    // Lost: the node goes away mid-run; a new attempt runs on the next outpost.
+    let spec = sh_agent("i=0; while [ $i -lt 20 ]; do echo \"$0 $i\"; i=$((i+1)); sleep 0.05; done");
+    let conv = o.conversations().create("alice", "t2").unwrap();
+    let run = o.start("alice", &conv.id, "line", &spec, None).unwrap();
+    let (mut frames, mut rx) = frames_until(&run, is_delta).await;
+    let alloc = f.allocs().last().unwrap().0.clone();
+    f.lose(&alloc);
+    frames.extend(common::until_end(&mut rx).await);
+    assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
+    let st = states(&frames);
+    assert!(
+        st.iter().any(|(_, o, d)| o.as_deref() == Some("cluster")
+            && d.as_deref().is_some_and(|d| d.contains("Nomad lost allocation"))),
+        "{st:#?}"
+    );
+    assert_eq!(st.last().unwrap().1.as_deref(), Some("here"), "{st:#?}");
+    let text = delta_text(&frames);
+    assert!(text.contains("line 0") && text.contains("line 19"), "{text}");
+}
+
+/// `edge workers --probe` says hello to HTTP and Nomad outposts too.
+#[tokio::test]
+async fn edge_workers_probe_reaches_http_and_nomad_outposts() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = token_file(dir.path(), "good", SECRET);
+    let w = http_worker(&["--token-file", good.to_str().unwrap()], false).await;
+    let f = nomad(dir.path()).await;
+    let token = token_file(dir.path(), "nomad-token", NOMAD_TOKEN);
+    let cfg = dir.path().join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "domain = \"example.test\"\nstate_dir = \"{}\"\n[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"chat\"\n  upstream = \"chat\"\n  auth = \"forward\"\n\
+             [chat]\n\
+             [[outposts]]\nname = \"box\"\nkind = \"http\"\nurl = \"{}\"\ntoken_file = \"{}\"\n\
+             [[outposts]]\nname = \"cluster\"\nkind = \"nomad\"\naddress = \"{}\"\ntoken_file = \"{}\"\n\
+             [[outposts]]\nname = \"nowhere\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{}\"\ntoken_file = \"{}\"\n",
+            dir.path().join("state").display(),
+            w.url,
+            good.display(),
+            f.address(),
+            token.display(),
+            free_port(),
+            good.display(),
+        ),
+    )
+    .unwrap();
+    // Not std's Command: the fake Nomad answers on this test's runtime.
+    let out = tokio::process::Command::new(EDGE)
+        .args(["workers", "--probe", "--config"])
+        .arg(&cfg)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "one outpost is down: {text}");
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name}: {text}"))
+            .to_string()
+    };
+    assert!(line("box").contains(" ok "), "{text}");
+    assert!(line("cluster").contains("nomad job edge-agent"), "{text}");
+    assert!(line("nowhere").contains("FAILED"), "{text}");
+}
