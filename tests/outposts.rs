@@ -6,22 +6,16 @@
 
 mod common;
 
+use common::{free_port, sh_agent, states, until_end};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use edge_chat::{Agent, AgentSpec, Conversations, Orchestrator, RunBody, RunFrame};
+use edge_chat::{Agent, AgentSpec, Conversations, Orchestrator, RunBody};
 use edge_routing::{OutpostConfig, OutpostKind};
 
 const EDGE: &str = env!("CARGO_BIN_EXE_edge");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn keygen(path: &Path) -> String {
     let ok = Command::new("ssh-keygen")
@@ -117,47 +111,6 @@ fn ssh(name: &str, port: u16, key: &Path, host_key: &str) -> OutpostConfig {
         },
         capacity: 2,
     }
-}
-
-/// A shell script as the agent (`$0` is the message), not sandboxed.
-fn sh_agent(script: &str) -> AgentSpec {
-    AgentSpec {
-        agent: Agent::Command {
-            argv: vec!["sh".into(), "-c".into(), script.into(), "{message}".into()],
-        },
-        workspace: "/tmp".into(),
-        timeout: Duration::from_secs(30),
-        sandbox: None,
-    }
-}
-
-async fn until_end(rx: &mut tokio::sync::broadcast::Receiver<RunFrame>) -> Vec<RunFrame> {
-    let mut out = Vec::new();
-    loop {
-        let f = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .expect("a frame within 30 s")
-            .unwrap();
-        let end = matches!(f.body, RunBody::End { .. });
-        out.push(f);
-        if end {
-            return out;
-        }
-    }
-}
-
-fn states(frames: &[RunFrame]) -> Vec<(String, Option<String>, Option<String>)> {
-    frames
-        .iter()
-        .filter_map(|f| match &f.body {
-            RunBody::State {
-                state,
-                outpost,
-                detail,
-            } => Some((state.clone(), outpost.clone(), detail.clone())),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{delta_text, free_port, frames_until, is_delta, outcome, run_to_end, sh_agent, states};
+use common::{
+    delta_text, frames_until, free_port, is_delta, outcome, run_to_end, sh_agent, states,
+};
 use edge_chat::{Conversations, Orchestrator, Outcome};
 use edge_routing::{OutpostConfig, OutpostKind};
 use fake_nomad::{FakeNomad, ParentJob};
@@ -48,7 +50,10 @@ async fn http_worker(args: &[&str], https: bool) -> HttpWorker {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     HttpWorker {
         child,
-        url: format!("{}://127.0.0.1:{port}", if https { "https" } else { "http" }),
+        url: format!(
+            "{}://127.0.0.1:{port}",
+            if https { "https" } else { "http" }
+        ),
     }
 }
 
@@ -106,7 +111,8 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 const SECRET: &str = "0123456789abcdef-worker-token";
 
 #[tokio::test]
-async fn an_http_worker_runs_with_its_token_refuses_others_and_kills_the_agent_when_the_client_goes() {
+async fn an_http_worker_runs_with_its_token_refuses_others_and_kills_the_agent_when_the_client_goes(
+) {
     let dir = tempfile::tempdir().unwrap();
     let good = token_file(dir.path(), "good", SECRET);
     let bad = token_file(dir.path(), "bad", "not-the-token-at-all");
@@ -115,15 +121,25 @@ async fn an_http_worker_runs_with_its_token_refuses_others_and_kills_the_agent_w
     // Through the orchestrator: the wrong token is skipped with the worker's reason.
     let o = orchestrator(
         dir.path(),
-        &[http("wrong", &w.url, Some(&bad)), http("right", &w.url, Some(&good))],
+        &[
+            http("wrong", &w.url, Some(&bad)),
+            http("right", &w.url, Some(&good)),
+        ],
     );
     let frames = run_to_end(&o, "hello", &sh_agent("echo \"over http: $0\"")).await;
     assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
-    assert!(delta_text(&frames).contains("over http: hello"), "{frames:#?}");
+    assert!(
+        delta_text(&frames).contains("over http: hello"),
+        "{frames:#?}"
+    );
     let st = states(&frames);
     assert_eq!(st[1].1.as_deref(), Some("wrong"), "{st:#?}");
     assert!(
-        st[1].2.as_deref().unwrap().contains("refused edge's credentials (401"),
+        st[1]
+            .2
+            .as_deref()
+            .unwrap()
+            .contains("refused edge's credentials (401"),
         "{st:#?}"
     );
     assert_eq!(st.last().unwrap().1.as_deref(), Some("right"), "{st:#?}");
@@ -164,9 +180,19 @@ async fn an_http_worker_runs_with_its_token_refuses_others_and_kills_the_agent_w
         .unwrap();
     assert_eq!(second.status(), 409);
     assert!(second.text().await.unwrap().contains("\"t\":\"busy\""));
-    assert_eq!(c.get(format!("{}/readyz", w.url)).send().await.unwrap().status(), 503);
+    assert_eq!(
+        c.get(format!("{}/readyz", w.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
     drop(first);
-    wait_until("the agent is killed when its client goes", || !pid_alive(&pid)).await;
+    wait_until("the agent is killed when its client goes", || {
+        !pid_alive(&pid)
+    })
+    .await;
     wait_until("the worker is free again", || {
         std::process::Command::new("curl")
             .args(["-sf", &format!("{}/readyz", w.url)])
@@ -176,8 +202,22 @@ async fn an_http_worker_runs_with_its_token_refuses_others_and_kills_the_agent_w
     .await;
 
     // Health without a token, everything else with one.
-    assert_eq!(c.get(format!("{}/healthz", w.url)).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(format!("{}/metrics", w.url)).send().await.unwrap().status(), 401);
+    assert_eq!(
+        c.get(format!("{}/healthz", w.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{}/metrics", w.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     let bad_body = c
         .post(format!("{}/work", w.url))
         .bearer_auth(SECRET)
@@ -186,7 +226,11 @@ async fn an_http_worker_runs_with_its_token_refuses_others_and_kills_the_agent_w
         .await
         .unwrap();
     assert_eq!(bad_body.status(), 400);
-    assert!(bad_body.text().await.unwrap().contains("must be a run frame"));
+    assert!(bad_body
+        .text()
+        .await
+        .unwrap()
+        .contains("must be a run frame"));
     let metrics = c
         .get(format!("{}/metrics", w.url))
         .bearer_auth(SECRET)
@@ -238,7 +282,8 @@ fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "edge workers CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "edge workers CA");
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issue = |names: Vec<String>, cn: &str, eku: ExtendedKeyUsagePurpose| {
@@ -254,7 +299,11 @@ fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
         "worker-a",
         ExtendedKeyUsagePurpose::ServerAuth,
     );
-    let (client, client_key) = issue(vec![], "edge-orchestrator", ExtendedKeyUsagePurpose::ClientAuth);
+    let (client, client_key) = issue(
+        vec![],
+        "edge-orchestrator",
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
     let w = |name: &str, body: &str| {
         let p = dir.join(name);
         std::fs::write(&p, body).unwrap();
@@ -295,7 +344,10 @@ async fn an_http_worker_with_mtls_takes_runs_only_from_certified_clients() {
         },
         capacity: 1,
     };
-    let o = orchestrator(dir.path(), &[with_cert("no-cert", false), with_cert("certified", true)]);
+    let o = orchestrator(
+        dir.path(),
+        &[with_cert("no-cert", false), with_cert("certified", true)],
+    );
     let frames = run_to_end(&o, "hi", &sh_agent("echo \"over mtls: $0\"")).await;
     assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
     assert!(delta_text(&frames).contains("over mtls: hi"));
@@ -306,7 +358,11 @@ async fn an_http_worker_with_mtls_takes_runs_only_from_certified_clients() {
         st[1].2.as_deref().unwrap().contains("CertificateRequired"),
         "{st:#?}"
     );
-    assert_eq!(st.last().unwrap().1.as_deref(), Some("certified"), "{st:#?}");
+    assert_eq!(
+        st.last().unwrap().1.as_deref(),
+        Some("certified"),
+        "{st:#?}"
+    );
 }
 
 #[tokio::test]
@@ -317,9 +373,13 @@ async fn a_run_whose_http_worker_dies_is_retried_and_cancel_reaches_the_worker()
     let b = http_worker(&["--token-file", good.to_str().unwrap()], false).await;
     let o = orchestrator(
         dir.path(),
-        &[http("host-a", &a.url, Some(&good)), http("host-b", &b.url, Some(&good))],
+        &[
+            http("host-a", &a.url, Some(&good)),
+            http("host-b", &b.url, Some(&good)),
+        ],
     );
-    let spec = sh_agent("i=0; while [ $i -lt 20 ]; do echo \"$0 $i\"; i=$((i+1)); sleep 0.05; done");
+    let spec =
+        sh_agent("i=0; while [ $i -lt 20 ]; do echo \"$0 $i\"; i=$((i+1)); sleep 0.05; done");
     let conv = o.conversations().create("alice", "t").unwrap();
     let run = o.start("alice", &conv.id, "line", &spec, None).unwrap();
     let (mut frames, mut rx) = frames_until(&run, is_delta).await;
@@ -330,18 +390,25 @@ async fn a_run_whose_http_worker_dies_is_retried_and_cancel_reaches_the_worker()
     assert!(
         st.iter().any(|(s, o, d)| s == "dispatching"
             && o.as_deref() == Some("host-a")
-            && d.as_deref().is_some_and(|d| d.contains("went away mid-run"))),
+            && d.as_deref()
+                .is_some_and(|d| d.contains("went away mid-run"))),
         "{st:#?}"
     );
     assert_eq!(st.last().unwrap().1.as_deref(), Some("host-b"), "{st:#?}");
     let text = delta_text(&frames);
-    assert!(text.contains("line 0") && text.contains("line 19"), "{text}");
+    assert!(
+        text.contains("line 0") && text.contains("line 19"),
+        "{text}"
+    );
     let seqs: Vec<u64> = frames.iter().map(|f| f.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
 
     // Cancel goes to the worker (POST /work/{attempt}/cancel) and the agent stops.
     let pidfile = dir.path().join("agent.pid");
-    let spec = sh_agent(&format!("echo $$ > {}; echo going; exec sleep 60", pidfile.display()));
+    let spec = sh_agent(&format!(
+        "echo $$ > {}; echo going; exec sleep 60",
+        pidfile.display()
+    ));
     let conv = o.conversations().create("alice", "t2").unwrap();
     let run = o.start("alice", &conv.id, "x", &spec, None).unwrap();
     let (_, mut rx) = frames_until(&run, is_delta).await;
@@ -349,7 +416,10 @@ async fn a_run_whose_http_worker_dies_is_retried_and_cancel_reaches_the_worker()
     run.cancel();
     let frames = common::until_end(&mut rx).await;
     assert_eq!(outcome(&frames).0, Outcome::Cancelled, "{frames:#?}");
-    assert!(!pid_alive(&pid), "the agent is gone once the run is cancelled");
+    assert!(
+        !pid_alive(&pid),
+        "the agent is gone once the run is cancelled"
+    );
     let metrics = reqwest::Client::new()
         .get(format!("{}/metrics", b.url))
         .bearer_auth(SECRET)
@@ -377,7 +447,11 @@ async fn nomad(dir: &Path) -> FakeNomad {
             id: "edge-agent".into(),
             task: "agent".into(),
             command: EDGE.into(),
-            args: vec!["worker".into(), "--oneshot".into(), "${NOMAD_TASK_DIR}/run.json".into()],
+            args: vec![
+                "worker".into(),
+                "--oneshot".into(),
+                "${NOMAD_TASK_DIR}/run.json".into(),
+            ],
             meta_required: vec!["run_id".into(), "attempt_id".into()],
         }],
     )
@@ -406,22 +480,42 @@ async fn a_run_on_nomad_is_a_dispatch_followed_to_its_exit_code() {
     let wrong = token_file(dir.path(), "wrong-token", "not-the-nomad-token");
     let o = orchestrator(
         dir.path(),
-        &[nomad_outpost("no-acl", &f, &wrong), nomad_outpost("cluster", &f, &token)],
+        &[
+            nomad_outpost("no-acl", &f, &wrong),
+            nomad_outpost("cluster", &f, &token),
+        ],
     );
-    let frames = run_to_end(&o, "hello", &sh_agent("echo \"on nomad: $0\"; echo to stderr >&2")).await;
+    let frames = run_to_end(
+        &o,
+        "hello",
+        &sh_agent("echo \"on nomad: $0\"; echo to stderr >&2"),
+    )
+    .await;
     assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
-    assert!(delta_text(&frames).contains("on nomad: hello"), "{frames:#?}");
+    assert!(
+        delta_text(&frames).contains("on nomad: hello"),
+        "{frames:#?}"
+    );
     let st = states(&frames);
     assert_eq!(st[1].1.as_deref(), Some("no-acl"), "{st:#?}");
-    assert!(st[1].2.as_deref().unwrap().contains("Permission denied"), "{st:#?}");
-    assert_eq!(st.last().unwrap(), &("running".into(), Some("cluster".into()), None));
+    assert!(
+        st[1].2.as_deref().unwrap().contains("Permission denied"),
+        "{st:#?}"
+    );
+    assert_eq!(
+        st.last().unwrap(),
+        &("running".into(), Some("cluster".into()), None)
+    );
 
     // The dispatch: the run frame as payload, the attempt as idempotency token and meta.
     let run_id = frames[0].run_id.clone();
     let d = f.dispatched();
     assert_eq!(d.len(), 1, "{d:?}");
     let (job, payload, meta) = &d[0];
-    assert!(job.starts_with(&format!("edge-agent/dispatch-run-{run_id}-")), "{job}");
+    assert!(
+        job.starts_with(&format!("edge-agent/dispatch-run-{run_id}-")),
+        "{job}"
+    );
     let frame: serde_json::Value = serde_json::from_slice(payload).unwrap();
     assert_eq!(frame["t"], "run");
     // Attempt 1 went to "no-acl" (refused); attempt 2 is this one.
@@ -430,17 +524,28 @@ async fn a_run_on_nomad_is_a_dispatch_followed_to_its_exit_code() {
     let reqs = f.requests();
     let has = |p: &dyn Fn(&str) -> bool| reqs.iter().any(|r| p(r));
     assert!(
-        has(&|r| r.starts_with("POST /v1/job/edge-agent/dispatch?idempotency_token=") && r.ends_with(&format!("{run_id}-2"))),
+        has(
+            &|r| r.starts_with("POST /v1/job/edge-agent/dispatch?idempotency_token=")
+                && r.ends_with(&format!("{run_id}-2"))
+        ),
         "{reqs:#?}"
     );
     // Blocking queries (an index past 0), the child job's id escaped in the path.
     assert!(
-        has(&|r| r.starts_with("GET /v1/job/edge-agent%2Fdispatch-") && r.contains("/allocations?index=") && !r.contains("index=0&")),
+        has(&|r| r.starts_with("GET /v1/job/edge-agent%2Fdispatch-")
+            && r.contains("/allocations?index=")
+            && !r.contains("index=0&")),
         "{reqs:#?}"
     );
-    assert!(has(&|r| r.starts_with("GET /v1/allocation/") && r.contains("wait=30s")), "{reqs:#?}");
     assert!(
-        has(&|r| r.starts_with("GET /v1/client/fs/logs/") && r.contains("type=stdout") && r.contains("follow=true") && r.contains("plain=true")),
+        has(&|r| r.starts_with("GET /v1/allocation/") && r.contains("wait=30s")),
+        "{reqs:#?}"
+    );
+    assert!(
+        has(&|r| r.starts_with("GET /v1/client/fs/logs/")
+            && r.contains("type=stdout")
+            && r.contains("follow=true")
+            && r.contains("plain=true")),
         "{reqs:#?}"
     );
     assert_eq!(f.allocs()[0].1, "complete");
@@ -450,7 +555,10 @@ async fn a_run_on_nomad_is_a_dispatch_followed_to_its_exit_code() {
     let (oc, detail) = outcome(&frames);
     assert_eq!(oc, Outcome::Error, "{frames:#?}");
     let detail = detail.unwrap();
-    assert!(detail.contains("code 3") && detail.contains("broke"), "{detail}");
+    assert!(
+        detail.contains("code 3") && detail.contains("broke"),
+        "{detail}"
+    );
     assert_eq!(f.allocs()[1].1, "failed");
 
     // A payload over Nomad's 16 KiB is refused before dispatch, naming the limit.
@@ -471,7 +579,10 @@ async fn cancel_stops_the_nomad_allocation_and_a_lost_one_is_retried() {
     // Cancel: the allocation is stopped; the worker gets Nomad's kill signal and cancels the
     // agent with grace, so the run ends `cancelled` (not killed, not lost).
     let pidfile = dir.path().join("agent.pid");
-    let spec = sh_agent(&format!("echo $$ > {}; echo going; exec sleep 60", pidfile.display()));
+    let spec = sh_agent(&format!(
+        "echo $$ > {}; echo going; exec sleep 60",
+        pidfile.display()
+    ));
     let conv = o.conversations().create("alice", "t").unwrap();
     let run = o.start("alice", &conv.id, "x", &spec, None).unwrap();
     let (_, mut rx) = frames_until(&run, is_delta).await;
@@ -481,14 +592,16 @@ async fn cancel_stops_the_nomad_allocation_and_a_lost_one_is_retried() {
     assert_eq!(outcome(&frames).0, Outcome::Cancelled, "{frames:#?}");
     let reqs = f.requests();
     assert!(
-        reqs.iter().any(|r| r.starts_with("POST /v1/allocation/") && r.ends_with("/stop")),
+        reqs.iter()
+            .any(|r| r.starts_with("POST /v1/allocation/") && r.ends_with("/stop")),
         "{reqs:#?}"
     );
     assert!(!pid_alive(&pid));
     wait_until("the allocation ends", || f.allocs()[0].2 == "dead").await;
 
     // Lost: the node goes away mid-run; a new attempt runs on the next outpost.
-    let spec = sh_agent("i=0; while [ $i -lt 20 ]; do echo \"$0 $i\"; i=$((i+1)); sleep 0.05; done");
+    let spec =
+        sh_agent("i=0; while [ $i -lt 20 ]; do echo \"$0 $i\"; i=$((i+1)); sleep 0.05; done");
     let conv = o.conversations().create("alice", "t2").unwrap();
     let run = o.start("alice", &conv.id, "line", &spec, None).unwrap();
     let (mut frames, mut rx) = frames_until(&run, is_delta).await;
@@ -499,12 +612,16 @@ async fn cancel_stops_the_nomad_allocation_and_a_lost_one_is_retried() {
     let st = states(&frames);
     assert!(
         st.iter().any(|(_, o, d)| o.as_deref() == Some("cluster")
-            && d.as_deref().is_some_and(|d| d.contains("Nomad lost allocation"))),
+            && d.as_deref()
+                .is_some_and(|d| d.contains("Nomad lost allocation"))),
         "{st:#?}"
     );
     assert_eq!(st.last().unwrap().1.as_deref(), Some("here"), "{st:#?}");
     let text = delta_text(&frames);
-    assert!(text.contains("line 0") && text.contains("line 19"), "{text}");
+    assert!(
+        text.contains("line 0") && text.contains("line 19"),
+        "{text}"
+    );
 }
 
 /// `edge workers --probe` says hello to HTTP and Nomad outposts too.

@@ -125,10 +125,17 @@ async fn edge_worker_oneshot_runs_one_attempt_and_is_stopped_by_a_signal() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines[0]["t"], "started");
-    assert!(lines.iter().any(|l| l["line"] == "out" && l["fd"] == "stdout"));
-    assert!(lines.iter().any(|l| l["line"] == "err" && l["fd"] == "stderr"));
+    assert!(lines
+        .iter()
+        .any(|l| l["line"] == "out" && l["fd"] == "stdout"));
+    assert!(lines
+        .iter()
+        .any(|l| l["line"] == "err" && l["fd"] == "stderr"));
     let last = lines.last().unwrap();
-    assert_eq!((last["t"].as_str(), last["code"].as_i64()), (Some("exit"), Some(7)));
+    assert_eq!(
+        (last["t"].as_str(), last["code"].as_i64()),
+        (Some("exit"), Some(7))
+    );
 
     // The agent traps the interrupt and says so: cancel reached it first, with grace.
     std::fs::write(
@@ -147,16 +154,28 @@ async fn edge_worker_oneshot_runs_one_attempt_and_is_stopped_by_a_signal() {
     let mut text = String::new();
     while !text.contains("\"line\":\"ready\"") {
         let mut l = String::new();
-        tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut l))
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut l),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         text.push_str(&l);
     }
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
-    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text).await.unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
+        .await
+        .unwrap();
     assert!(text.contains("\"line\":\"interrupted\""), "{text}");
     assert!(text.contains("\"reason\":\"cancelled\""), "{text}");
     assert_eq!(status.code(), Some(130));

@@ -172,14 +172,15 @@ impl FakeNomad {
         i
     }
 
-    fn authorized(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// The refusal, when the request is not authorized.
+    fn unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
         let st = self.st.lock().unwrap();
         match &st.token {
-            None => Ok(()),
+            None => None,
             Some(t) if headers.get("X-Nomad-Token").and_then(|v| v.to_str().ok()) == Some(t) => {
-                Ok(())
+                None
             }
-            Some(_) => Err((StatusCode::FORBIDDEN, "Permission denied").into_response()),
+            Some(_) => Some((StatusCode::FORBIDDEN, "Permission denied").into_response()),
         }
     }
 
@@ -194,11 +195,7 @@ impl FakeNomad {
             .and_then(|w| w.parse().ok())
             .unwrap_or(300u64);
         let mut rx = self.index.subscribe();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(wait),
-            rx.wait_for(|i| *i > index),
-        )
-        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(wait), rx.wait_for(|i| *i > index)).await;
     }
 
     fn with_index(&self, v: Value) -> Response {
@@ -221,7 +218,9 @@ fn kill_group(pid: u32, sig: &str) {
         while i < pids.len() {
             let parent = pids[i];
             for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+                let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
                 let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
                 // "pid (comm) state ppid ...": the comm may hold spaces, so split after ')'.
                 let ppid = stat
@@ -264,7 +263,7 @@ fn not_found(what: &str) -> Response {
 }
 
 async fn job_get(State(f): S, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = f.authorized(&headers) {
+    if let Some(r) = f.unauthorized(&headers) {
         return r;
     }
     let st = f.st.lock().unwrap();
@@ -293,7 +292,7 @@ async fn dispatch(
     Query(q): Query<HashMap<String, String>>,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Err(r) = f.authorized(&headers) {
+    if let Some(r) = f.unauthorized(&headers) {
         return r;
     }
     let parent = match f.st.lock().unwrap().parents.get(&id).cloned() {
@@ -303,12 +302,24 @@ async fn dispatch(
     let payload = match body.get("Payload").and_then(Value::as_str) {
         Some(p) => match base64::engine::general_purpose::STANDARD.decode(p) {
             Ok(p) => p,
-            Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid payload: {e}")).into_response(),
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("invalid payload: {e}")).into_response()
+            }
         },
-        None => return (StatusCode::BAD_REQUEST, "Payload is not provided but required by parameterized job").into_response(),
+        None => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "Payload is not provided but required by parameterized job",
+            )
+                .into_response()
+        }
     };
     if payload.len() > 16 * 1024 {
-        return (StatusCode::BAD_REQUEST, format!("Payload exceeds maximum size; {} > 16384", payload.len())).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("Payload exceeds maximum size; {} > 16384", payload.len()),
+        )
+            .into_response();
     }
     let meta = body.get("Meta").cloned().unwrap_or(json!({}));
     let missing: Vec<&String> = parent
@@ -317,12 +328,19 @@ async fn dispatch(
         .filter(|k| meta.get(k.as_str()).and_then(Value::as_str).is_none())
         .collect();
     if !missing.is_empty() {
-        return (StatusCode::BAD_REQUEST, format!("Dispatch did not provide required meta keys: {missing:?}")).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("Dispatch did not provide required meta keys: {missing:?}"),
+        )
+            .into_response();
     }
     let token = q.get("idempotency_token").cloned();
     let child_id = {
         let mut st = f.st.lock().unwrap();
-        if let Some(existing) = token.as_ref().and_then(|t| st.by_token.get(&(id.clone(), t.clone()))) {
+        if let Some(existing) = token
+            .as_ref()
+            .and_then(|t| st.by_token.get(&(id.clone(), t.clone())))
+        {
             // Nomad: the job already dispatched with this token is returned, none is created.
             let existing = existing.clone();
             drop(st);
@@ -337,10 +355,16 @@ async fn dispatch(
             .unwrap_or_default();
         let child_id = format!(
             "{id}/dispatch{prefix}-{}-{:08x}",
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
             st.seq * 2654435761 % (1 << 32)
         );
-        st.children.insert(child_id.clone(), (id.clone(), payload.clone(), meta, "pending".into()));
+        st.children.insert(
+            child_id.clone(),
+            (id.clone(), payload.clone(), meta, "pending".into()),
+        );
         if let Some(t) = token {
             st.by_token.insert((id.clone(), t), child_id.clone());
         }
@@ -359,12 +383,22 @@ fn event(kind: &str, msg: &str) -> Value {
 async fn schedule(f: FakeNomad, parent: ParentJob, job_id: String, payload: Vec<u8>) {
     // Placement takes a moment.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    if f.st.lock().unwrap().children.get(&job_id).is_some_and(|c| c.3 == "dead") {
+    if f.st
+        .lock()
+        .unwrap()
+        .children
+        .get(&job_id)
+        .is_some_and(|c| c.3 == "dead")
+    {
         return; // stopped before placement
     }
     let alloc_id = {
         let st = f.st.lock().unwrap();
-        format!("{:08x}-0000-4000-8000-{:012x}", st.seq + 0x1000, st.allocs.len() + 1)
+        format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            st.seq + 0x1000,
+            st.allocs.len() + 1
+        )
     };
     let dir = f.dir.join(&alloc_id).join(&parent.task);
     let local = dir.join("local");
@@ -385,7 +419,10 @@ async fn schedule(f: FakeNomad, parent: ParentJob, job_id: String, payload: Vec<
                 desired_status: "run".into(),
                 task_state: "pending".into(),
                 failed: false,
-                events: vec![event("Received", "Task received by client"), event("Task Setup", "Building Task Directory")],
+                events: vec![
+                    event("Received", "Task received by client"),
+                    event("Task Setup", "Building Task Directory"),
+                ],
                 dir: dir.clone(),
                 pid: None,
             },
@@ -443,14 +480,29 @@ async fn schedule(f: FakeNomad, parent: ParentJob, job_id: String, payload: Vec<
         let a = st.allocs.get_mut(&alloc_id).unwrap();
         let code = status.code().unwrap_or(137);
         let signal = status.signal().unwrap_or(0);
-        let mut ev = event("Terminated", &format!("Exit Code: {code}{}", if signal != 0 { format!(", Signal: {signal}") } else { String::new() }));
+        let mut ev = event(
+            "Terminated",
+            &format!(
+                "Exit Code: {code}{}",
+                if signal != 0 {
+                    format!(", Signal: {signal}")
+                } else {
+                    String::new()
+                }
+            ),
+        );
         ev["ExitCode"] = json!(code);
         ev["Signal"] = json!(signal);
         a.events.push(ev);
         a.task_state = "dead".into();
         a.failed = !status.success();
         if a.client_status != "lost" {
-            a.client_status = if status.success() { "complete" } else { "failed" }.into();
+            a.client_status = if status.success() {
+                "complete"
+            } else {
+                "failed"
+            }
+            .into();
         }
         if let Some(c) = st.children.get_mut(&job_id) {
             c.3 = "dead".into();
@@ -482,7 +534,7 @@ async fn job_allocs(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = f.authorized(&headers) {
+    if let Some(r) = f.unauthorized(&headers) {
         return r;
     }
     if !f.st.lock().unwrap().children.contains_key(&id) {
@@ -506,7 +558,7 @@ async fn alloc_get(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = f.authorized(&headers) {
+    if let Some(r) = f.unauthorized(&headers) {
         return r;
     }
     if !f.st.lock().unwrap().allocs.contains_key(&id) {
@@ -523,9 +575,14 @@ async fn alloc_get(
 async fn stop_alloc(f: &FakeNomad, id: &str) {
     let pid = {
         let mut st = f.st.lock().unwrap();
-        let Some(a) = st.allocs.get_mut(id) else { return };
+        let Some(a) = st.allocs.get_mut(id) else {
+            return;
+        };
         a.desired_status = "stop".into();
-        a.events.push(event("Killing", "Sent interrupt. Waiting 5s before force killing"));
+        a.events.push(event(
+            "Killing",
+            "Sent interrupt. Waiting 5s before force killing",
+        ));
         a.pid.filter(|_| a.task_state == "running")
     };
     f.bump(Some(id));
@@ -536,7 +593,12 @@ async fn stop_alloc(f: &FakeNomad, id: &str) {
         let id = id.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            let running = f.st.lock().unwrap().allocs.get(&id).is_some_and(|a| a.task_state == "running");
+            let running =
+                f.st.lock()
+                    .unwrap()
+                    .allocs
+                    .get(&id)
+                    .is_some_and(|a| a.task_state == "running");
             if running {
                 kill_group(pid, libc_sig::KILL);
             }
@@ -545,7 +607,7 @@ async fn stop_alloc(f: &FakeNomad, id: &str) {
 }
 
 async fn alloc_stop(State(f): S, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = f.authorized(&headers) {
+    if let Some(r) = f.unauthorized(&headers) {
         return r;
     }
     if !f.st.lock().unwrap().allocs.contains_key(&id) {
@@ -557,7 +619,7 @@ async fn alloc_stop(State(f): S, headers: HeaderMap, Path(id): Path<String>) -> 
 }
 
 async fn job_delete(State(f): S, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = f.authorized(&headers) {
+    if let Some(r) = f.unauthorized(&headers) {
         return r;
     }
     let allocs: Vec<String> = {
@@ -566,13 +628,19 @@ async fn job_delete(State(f): S, headers: HeaderMap, Path(id): Path<String>) -> 
             return not_found("job");
         };
         c.3 = "dead".into();
-        st.allocs.values().filter(|a| a.job_id == id).map(|a| a.id.clone()).collect()
+        st.allocs
+            .values()
+            .filter(|a| a.job_id == id)
+            .map(|a| a.id.clone())
+            .collect()
     };
     for a in allocs {
         stop_alloc(&f, &a).await;
     }
     let i = f.bump(None);
-    f.with_index(json!({ "EvalID": format!("eval-{i}"), "EvalCreateIndex": i, "JobModifyIndex": i }))
+    f.with_index(
+        json!({ "EvalID": format!("eval-{i}"), "EvalCreateIndex": i, "JobModifyIndex": i }),
+    )
 }
 
 async fn logs(
@@ -581,7 +649,7 @@ async fn logs(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = f.authorized(&headers) {
+    if let Some(r) = f.unauthorized(&headers) {
         return r;
     }
     let dir = match f.st.lock().unwrap().allocs.get(&id) {

@@ -88,9 +88,10 @@ impl Shared {
         }
     }
 
-    fn authorized(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// The refusal, when the request is not authorized.
+    fn unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
         let Some(token) = &self.token else {
-            return Ok(());
+            return None;
         };
         let given = headers
             .get(header::AUTHORIZATION)
@@ -99,7 +100,7 @@ impl Shared {
         let ok = given
             .is_some_and(|g| subtle::ConstantTimeEq::ct_eq(g.as_bytes(), token.as_bytes()).into());
         if ok {
-            return Ok(());
+            return None;
         }
         self.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
         let why = if given.is_none() {
@@ -107,7 +108,7 @@ impl Shared {
         } else {
             "the bearer token does not match this worker's\n"
         };
-        Err((
+        Some((
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
             why,
@@ -131,7 +132,7 @@ fn now() -> u64 {
 
 async fn work(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     s.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    if let Err(r) = s.authorized(&headers) {
+    if let Some(r) = s.unauthorized(&headers) {
         return r;
     }
     let bad = |msg: String| {
@@ -236,7 +237,7 @@ async fn cancel(
     Query(q): Query<CancelQuery>,
 ) -> Response {
     s.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    if let Err(r) = s.authorized(&headers) {
+    if let Some(r) = s.unauthorized(&headers) {
         return r;
     }
     let grace = Duration::from_millis(q.grace_ms.unwrap_or(5000).min(60_000));
@@ -255,7 +256,7 @@ async fn cancel(
 
 async fn hello(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     s.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    if let Err(r) = s.authorized(&headers) {
+    if let Some(r) = s.unauthorized(&headers) {
         return r;
     }
     let busy = s.current().is_some();
@@ -274,7 +275,7 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = s.authorized(&headers) {
+    if let Some(r) = s.unauthorized(&headers) {
         return r;
     }
     let m = &s.metrics;
