@@ -49,11 +49,18 @@ impl Drop for Sshd {
 }
 
 fn sshd(dir: &Path) -> Sshd {
-    sshd_running(dir, &format!("{EDGE} worker --stdio"))
+    sshd_at(
+        dir,
+        &format!("{EDGE} worker --stdio"),
+        None,
+        "127.0.0.1",
+        free_port(),
+    )
 }
 
-/// An sshd whose forced command is `command`, with its files in `dir`.
-fn sshd_running(dir: &Path, command: &str) -> Sshd {
+/// An sshd on `addr:port` (inside the network namespace `netns`, if given) whose forced command
+/// is `command`, with its files in `dir`.
+fn sshd_at(dir: &Path, command: &str, netns: Option<&str>, addr: &str, port: u16) -> Sshd {
     assert!(
         Path::new("/usr/sbin/sshd").exists(),
         "OpenSSH's server is missing: apt-get install openssh-server (bash .ci/run does)"
@@ -68,25 +75,28 @@ fn sshd_running(dir: &Path, command: &str) -> Sshd {
         format!("restrict,command=\"{command}\" {client_pub}\n"),
     )
     .unwrap();
-    let port = free_port();
     let cfg = dir.join("sshd_config");
     std::fs::write(
         &cfg,
         format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+            "Port {port}\nListenAddress {addr}\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
              PidFile {d}/sshd.pid\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nUsePAM no\nLogLevel ERROR\n",
             d = dir.display()
         ),
     )
     .unwrap();
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(&cfg)
-        .spawn()
-        .unwrap();
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "/usr/sbin/sshd"]);
+            c
+        }
+        None => Command::new("/usr/sbin/sshd"),
+    };
+    let child = cmd.args(["-D", "-e", "-f"]).arg(&cfg).spawn().unwrap();
     for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpStream::connect((addr, port)).is_ok() {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -100,10 +110,14 @@ fn sshd_running(dir: &Path, command: &str) -> Sshd {
 }
 
 fn ssh(name: &str, port: u16, key: &Path, host_key: &str) -> OutpostConfig {
+    ssh_to(name, "127.0.0.1", port, key, host_key)
+}
+
+fn ssh_to(name: &str, host: &str, port: u16, key: &Path, host_key: &str) -> OutpostConfig {
     OutpostConfig {
         name: name.into(),
         kind: OutpostKind::Ssh {
-            host: "127.0.0.1".into(),
+            host: host.into(),
             port,
             user: "root".into(),
             key: key.to_path_buf(),
@@ -197,28 +211,101 @@ async fn runs_go_over_ssh_to_the_first_outpost_that_answers() {
     assert!(status.iter().all(|s| s.1 == 0), "{status:?}");
 }
 
-/// Two worker "hosts" (two sshd, each its own host key); the first dies mid-run (its worker is
-/// killed with SIGKILL): the run goes on with a new attempt on the second, and what the first
-/// streamed stays.
+/// A worker "host": a network namespace the test creates (`ip netns`), joined to this one by a
+/// veth pair on a /30 of its own, with its own sshd. Dropped: every process in it killed, the
+/// namespace (and so the pair) deleted.
+struct NetnsHost {
+    ns: String,
+    /// The host's address, seen from here.
+    addr: String,
+    sshd: Option<Sshd>,
+}
+
+impl NetnsHost {
+    fn new(dir: &Path, index: u8) -> NetnsHost {
+        let tag = std::process::id() % 100_000;
+        let ns = format!("edge-t{tag}-{index}");
+        let (here, there) = (format!("ve{tag}h{index}"), format!("ve{tag}w{index}"));
+        let net = format!("10.{}.{}", 200 + index, tag % 250);
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {}: {} (network namespaces need root and iproute2)",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        ip(&["netns", "add", &ns]);
+        let mut host = NetnsHost {
+            ns: ns.clone(),
+            addr: format!("{net}.2"),
+            sshd: None,
+        };
+        ip(&["link", "add", &here, "type", "veth", "peer", "name", &there]);
+        ip(&["link", "set", &there, "netns", &ns]);
+        ip(&["addr", "add", &format!("{net}.1/30"), "dev", &here]);
+        ip(&["link", "set", &here, "up"]);
+        ip(&[
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{net}.2/30"),
+            "dev",
+            &there,
+        ]);
+        ip(&["netns", "exec", &ns, "ip", "link", "set", &there, "up"]);
+        ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        let hd = dir.join(&ns);
+        std::fs::create_dir_all(&hd).unwrap();
+        host.sshd = Some(sshd_at(
+            &hd,
+            &format!("{EDGE} worker --stdio"),
+            Some(&ns),
+            &host.addr,
+            22,
+        ));
+        host
+    }
+
+    /// The host dies: every process in it (sshd, the worker, the agent) is killed at once.
+    fn crash(&self) {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output()
+            .unwrap();
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+
+    fn outpost(&self, name: &str) -> OutpostConfig {
+        let d = self.sshd.as_ref().unwrap();
+        ssh_to(name, &self.addr, 22, &d.client_key, &d.host_key)
+    }
+}
+
+impl Drop for NetnsHost {
+    fn drop(&mut self) {
+        self.crash();
+        drop(self.sshd.take());
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// Two worker hosts in network namespaces, each its own sshd and host key; the first crashes
+/// mid-run (everything in it killed): the run goes on with a new attempt on the second, and
+/// what the first streamed stays.
 #[tokio::test]
-async fn a_run_whose_worker_dies_mid_run_is_retried_on_the_next_outpost() {
+async fn a_run_whose_host_dies_mid_run_is_retried_on_the_next_outpost() {
     let dir = tempfile::tempdir().unwrap();
-    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&da).unwrap();
-    std::fs::create_dir_all(&db).unwrap();
-    let pidfile = da.join("worker.pid");
-    let a = sshd_running(
-        &da,
-        &format!(
-            "sh -c 'echo $$ > {}; exec {EDGE} worker --stdio'",
-            pidfile.display()
-        ),
-    );
-    let b = sshd(&db);
-    let list = vec![
-        ssh("host-a", a.port, &a.client_key, &a.host_key),
-        ssh("host-b", b.port, &b.client_key, &b.host_key),
-    ];
+    let a = NetnsHost::new(dir.path(), 1);
+    let b = NetnsHost::new(dir.path(), 2);
+    let list = vec![a.outpost("host-a"), b.outpost("host-b")];
     let o = Orchestrator::new(Vec::new(), Conversations::new(dir.path().join("c")));
     o.set_outposts(edge_chat::outposts(&list, dir.path(), &[]).unwrap());
     let spec =
@@ -243,12 +330,7 @@ async fn a_run_whose_worker_dies_mid_run_is_retried_on_the_next_outpost() {
                 .unwrap(),
         );
     }
-    let pid = std::fs::read_to_string(&pidfile).unwrap();
-    assert!(Command::new("kill")
-        .args(["-9", pid.trim()])
-        .status()
-        .unwrap()
-        .success());
+    a.crash();
     frames.extend(until_end(&mut rx).await);
     let end = frames.last().unwrap();
     assert!(

@@ -108,12 +108,14 @@ impl Shared {
         } else {
             "the bearer token does not match this worker's\n"
         };
-        Some((
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            why,
+        Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                why,
+            )
+                .into_response(),
         )
-            .into_response())
     }
 }
 
