@@ -484,8 +484,9 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// Benchmark (`cargo test --release --test outposts -- --ignored --nocapture`): send → first
-/// token with a local worker and with an SSH worker (sandboxed both, loopback sshd), interleaved;
-/// then the runs per second the orchestrator sustains with many fast agents.
+/// token with a local worker, an SSH worker and an HTTP worker (sandboxed all, on loopback),
+/// interleaved; then the runs per second the orchestrator sustains with many fast agents, and
+/// with four HTTP workers against a local outpost of capacity four.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark"]
 async fn bench_first_token_local_vs_ssh_and_runs_per_second() {
@@ -503,6 +504,33 @@ async fn bench_first_token_local_vs_ssh_and_runs_per_second() {
         capacity: 1000,
     }]);
     let via_ssh = mk(vec![ssh("ssh", d.port, &d.client_key, &d.host_key)]);
+    let token = dir.path().join("worker-token");
+    std::fs::write(&token, "bench-token-0123456789abcdef").unwrap();
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        workers.push(common::http_worker(&["--token-file", token.to_str().unwrap()], false).await);
+    }
+    let http_outposts: Vec<OutpostConfig> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| OutpostConfig {
+            name: format!("http-{i}"),
+            kind: OutpostKind::Http {
+                url: w.url.clone(),
+                token_file: Some(token.clone()),
+                ca: None,
+                client_cert: None,
+            },
+            capacity: 1,
+        })
+        .collect();
+    let via_http = mk(http_outposts[..1].to_vec());
+    let via_http4 = mk(http_outposts.clone());
+    let via_local4 = mk(vec![OutpostConfig {
+        name: "local".into(),
+        kind: OutpostKind::Local,
+        capacity: 4,
+    }]);
     let mut profile = edge_sandbox::Profile::default_named("bench");
     profile.home = Some(dir.path().join("agent-home"));
     let sandboxed = AgentSpec {
@@ -521,63 +549,87 @@ async fn bench_first_token_local_vs_ssh_and_runs_per_second() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let (mut l, mut s) = (Vec::new(), Vec::new());
+    let (mut l, mut s, mut h) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         l.extend(first_tokens(&via_local, &sandboxed, 10).await);
         s.extend(first_tokens(&via_ssh, &sandboxed, 10).await);
+        h.extend(first_tokens(&via_http, &sandboxed, 10).await);
     }
     println!(
-        "send → first token, sandboxed: local worker p50 {:.0} ms p90 {:.0} ms; ssh worker (loopback) p50 {:.0} ms p90 {:.0} ms; {} runs each",
+        "send → first token, sandboxed: local worker p50 {:.0} ms p90 {:.0} ms; ssh worker (loopback) p50 {:.0} ms p90 {:.0} ms; http worker (loopback) p50 {:.0} ms p90 {:.0} ms; {} runs each",
         pct(&mut l.clone(), 0.5),
         pct(&mut l, 0.9),
         pct(&mut s.clone(), 0.5),
         pct(&mut s, 0.9),
+        pct(&mut h.clone(), 0.5),
+        pct(&mut h, 0.9),
         s.len()
     );
+    // Four at a time: a local outpost of capacity 4 against four HTTP workers, no sandbox.
+    let fast = AgentSpec {
+        sandbox: None,
+        ..sandboxed.clone()
+    };
+    for round in 0..2 {
+        for (label, o) in [
+            ("local, capacity 4", &via_local4),
+            ("4 http workers", &via_http4),
+        ] {
+            let (n, secs) = runs_per_second(o, &fast, 200, 4).await;
+            println!("round {round}: runs per second, 4 at a time, no sandbox, {label}: {:.0} ({n} runs in {secs:.1} s)", n as f64 / secs);
+        }
+    }
     // Runs per second: 200 runs of a fast agent, 20 at a time, local outpost, no sandbox and
     // sandboxed.
     for (label, spec) in [
-        (
-            "no sandbox",
-            AgentSpec {
-                sandbox: None,
-                ..sandboxed.clone()
-            },
-        ),
+        ("no sandbox", fast.clone()),
         ("sandboxed", sandboxed.clone()),
     ] {
-        let t = std::time::Instant::now();
-        let total = 200;
-        let mut done = 0;
-        let mut going = Vec::new();
-        let mut i = 0;
-        while done < total {
-            while going.len() < 20 && i < total {
-                let conv = o_conv(&via_local, i);
-                let run = via_local.start("bench", &conv, "hi", &spec, None).unwrap();
-                going.push(run.subscribe(0));
-                i += 1;
-            }
-            let (missed, mut rx) = going.remove(0);
-            let ended = missed
-                .unwrap()
-                .iter()
-                .any(|f| matches!(f.body, RunBody::End { .. }));
-            if !ended {
-                loop {
-                    if matches!(rx.recv().await.unwrap().body, RunBody::End { .. }) {
-                        break;
-                    }
-                }
-            }
-            done += 1;
-        }
+        let (n, secs) = runs_per_second(&via_local, &spec, 200, 20).await;
         println!(
-            "runs per second, local outpost, 20 at a time, {label}: {:.0} ({total} runs in {:.1} s)",
-            total as f64 / t.elapsed().as_secs_f64(),
-            t.elapsed().as_secs_f64()
+            "runs per second, local outpost, 20 at a time, {label}: {:.0} ({n} runs in {secs:.1} s)",
+            n as f64 / secs
         );
     }
+}
+
+/// `total` runs, `at_once` going at a time: (runs, seconds).
+async fn runs_per_second(
+    o: &std::sync::Arc<Orchestrator>,
+    spec: &AgentSpec,
+    total: usize,
+    at_once: usize,
+) -> (usize, f64) {
+    let t = std::time::Instant::now();
+    let mut done = 0;
+    let mut going = Vec::new();
+    let mut i = 0;
+    while done < total {
+        while going.len() < at_once && i < total {
+            let conv = o_conv(o, i);
+            let run = o.start("bench", &conv, "hi", spec, None).unwrap();
+            going.push(run.subscribe(0));
+            i += 1;
+        }
+        let (missed, mut rx) = going.remove(0);
+        let mut frames = missed.unwrap();
+        if !frames.iter().any(|f| matches!(f.body, RunBody::End { .. })) {
+            frames.extend(until_end(&mut rx).await);
+        }
+        let end = frames.last().unwrap();
+        assert!(
+            matches!(
+                end.body,
+                RunBody::End {
+                    outcome: edge_chat::Outcome::Ok,
+                    ..
+                }
+            ),
+            "{end:?}"
+        );
+        done += 1;
+    }
+    (total, t.elapsed().as_secs_f64())
 }
 
 fn o_conv(o: &std::sync::Arc<Orchestrator>, i: usize) -> String {

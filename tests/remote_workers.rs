@@ -7,55 +7,18 @@ mod common;
 mod fake_nomad;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    delta_text, frames_until, free_port, is_delta, outcome, run_to_end, sh_agent, states,
+    delta_text, frames_until, free_port, http_worker, is_delta, outcome, run_to_end, sh_agent,
+    states,
 };
 use edge_chat::{Conversations, Orchestrator, Outcome};
 use edge_routing::{OutpostConfig, OutpostKind};
 use fake_nomad::{FakeNomad, ParentJob};
-use tokio::io::AsyncBufReadExt;
 
 const EDGE: &str = env!("CARGO_BIN_EXE_edge");
-
-/// `edge worker --listen` on a free loopback port, killed when dropped.
-struct HttpWorker {
-    child: tokio::process::Child,
-    url: String,
-}
-
-async fn http_worker(args: &[&str], https: bool) -> HttpWorker {
-    let port = free_port();
-    let mut child = tokio::process::Command::new(EDGE)
-        .args(["worker", "--listen", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(l) = lines.next_line().await.unwrap() {
-            if l.starts_with("edge worker listening on") {
-                return;
-            }
-        }
-        panic!("the worker exited before listening");
-    });
-    ready.await.expect("the worker listens within 10 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    HttpWorker {
-        child,
-        url: format!(
-            "{}://127.0.0.1:{port}",
-            if https { "https" } else { "http" }
-        ),
-    }
-}
 
 fn token_file(dir: &Path, name: &str, token: &str) -> PathBuf {
     let p = dir.join(name);

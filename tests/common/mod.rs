@@ -223,3 +223,40 @@ pub fn outcome(frames: &[edge_chat::RunFrame]) -> (edge_chat::Outcome, Option<St
         other => panic!("the last frame is not the end: {other:?}"),
     }
 }
+
+/// `edge worker --listen` on a free loopback port, killed when dropped.
+pub struct HttpWorker {
+    pub child: tokio::process::Child,
+    pub url: String,
+}
+
+pub async fn http_worker(args: &[&str], https: bool) -> HttpWorker {
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["worker", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let ready = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.starts_with("edge worker listening on") {
+                return;
+            }
+        }
+        panic!("the worker exited before listening");
+    });
+    ready.await.expect("the worker listens within 10 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    HttpWorker {
+        child,
+        url: format!(
+            "{}://127.0.0.1:{port}",
+            if https { "https" } else { "http" }
+        ),
+    }
+}
