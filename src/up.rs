@@ -268,7 +268,8 @@ fn reload_from(
             if old.chat.as_ref().map(|o| o.listen) != Some(new.listen) {
                 tracing::warn!("chat.listen changed: the chat is re-bound only on restart");
             }
-            c.reload(loaded.config.clone());
+            c.reload(loaded.config.clone())
+                .map_err(|e| format!("the chat refused the new config: {e}"))?;
         }
         (None, Some(_)) => tracing::warn!("the config now has a chat: restart edge to start it"),
         _ => {}

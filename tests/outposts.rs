@@ -443,6 +443,48 @@ async fn edge_workers_lists_outposts_and_probes_them() {
         line("gone").contains("FAILED") && line("gone").contains("Connection refused"),
         "{text}"
     );
+
+    // A reload changes the outposts for the next run: "gone" removed, "here" resized.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let cut = text.find("[[outposts]]\nname = \"gone\"").unwrap();
+    std::fs::write(&cfg, text[..cut].replace("capacity = 3", "capacity = 5")).unwrap();
+    let out = Command::new(EDGE)
+        .args(["reload", "--admin", &format!("127.0.0.1:{admin}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(EDGE)
+        .args(["workers", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[1].starts_with("here") && lines[1].contains(" 5 "),
+        "{text}"
+    );
+    // A reload whose outpost cannot be set up is refused as a whole.
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[[outposts]]\nname = \"h\"\nkind = \"http\"\nurl = \"http://127.0.0.1:1\"\ntoken_file = \"/nonexistent/token\"\n",
+            std::fs::read_to_string(&cfg).unwrap()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(EDGE)
+        .args(["reload", "--admin", &format!("127.0.0.1:{admin}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/token"), "{err}");
 }
 
 /// The first-token wait for one outpost: `n` runs one after the other.

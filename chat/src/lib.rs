@@ -231,6 +231,19 @@ pub fn outposts(
     Ok(out)
 }
 
+/// This binary's `edge worker --stdio`: the local outpost's worker.
+fn local_worker() -> Vec<String> {
+    std::env::current_exe()
+        .map(|e| {
+            vec![
+                e.to_string_lossy().into_owned(),
+                "worker".into(),
+                "--stdio".into(),
+            ]
+        })
+        .unwrap_or_default()
+}
+
 /// A token from a file (relative paths: under the state directory), trimmed; an empty one is
 /// an error, so a missing secret never means "no auth".
 fn read_token(state_dir: &Path, file: &Path, what: &str) -> Result<String, Error> {
@@ -268,15 +281,7 @@ impl Chat {
             return Err(Error::Config("the forward-auth secret is empty".into()));
         }
         let store = Store::open(&store_dir(state_dir))?;
-        let worker = std::env::current_exe()
-            .map(|e| {
-                vec![
-                    e.to_string_lossy().into_owned(),
-                    "worker".into(),
-                    "--stdio".into(),
-                ]
-            })
-            .unwrap_or_default();
+        let worker = local_worker();
         let conversations = Conversations::new(store_dir(state_dir).join("conversations"));
         match conversations.recover_interrupted() {
             Ok(0) => {}
@@ -306,8 +311,20 @@ impl Chat {
         })
     }
 
-    /// Applies a new config (allowlists, provider, session lifetimes) to the next request.
-    pub fn reload(&self, config: Config) {
+    /// Applies a new config (allowlists, provider, session lifetimes) to the next request, and
+    /// its outposts to the next run. Refused, changing nothing, if an outpost cannot be set up
+    /// (a token file missing, say).
+    pub fn reload(&self, config: Config) -> Result<(), Error> {
+        if config.outposts != self.st.config.load().outposts {
+            let worker = local_worker();
+            let list = if config.outposts.is_empty() {
+                vec![runs::Outpost::local(worker)]
+            } else {
+                outposts(&config.outposts, &config.state_dir, &worker)?
+            };
+            self.st.orch.set_outposts(list);
+            tracing::info!(outposts = config.outposts.len(), "outposts reloaded");
+        }
         *self
             .st
             .discovery
@@ -315,6 +332,7 @@ impl Chat {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
         self.st.config.store(Arc::new(config));
+        Ok(())
     }
 
     /// The outposts as JSON: name, runs going, capacity, and why one is resting (`GET

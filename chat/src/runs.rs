@@ -158,10 +158,26 @@ impl Orchestrator {
         self.set_outposts(vec![Outpost::local(worker)]);
     }
 
-    /// Runs started from now on go to these outposts, the first with capacity first.
+    /// Runs started from now on go to these outposts, the first with capacity first. An
+    /// outpost that keeps its name keeps its count of runs going (they give their capacity
+    /// back by name), and its rest if it is reached the same way.
     pub fn set_outposts(&self, outposts: Vec<Outpost>) {
-        *self.outposts.lock().unwrap_or_else(|e| e.into_inner()) =
-            outposts.into_iter().map(OutpostState::new).collect();
+        let mut all = self.outposts.lock().unwrap_or_else(|e| e.into_inner());
+        let next = outposts
+            .into_iter()
+            .map(|o| {
+                let mut st = OutpostState::new(o);
+                if let Some(old) = all.iter().find(|p| p.outpost.name == st.outpost.name) {
+                    st.running = old.running;
+                    if old.outpost.via == st.outpost.via {
+                        st.resting_until = old.resting_until;
+                        st.last_error = old.last_error.clone();
+                    }
+                }
+                st
+            })
+            .collect();
+        *all = next;
     }
 
     /// Each outpost: its name, runs going, capacity, and why it is resting, if it is.
