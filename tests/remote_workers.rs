@@ -633,3 +633,46 @@ async fn edge_workers_probe_reaches_http_and_nomad_outposts() {
     assert!(line("cluster").contains("nomad job edge-agent"), "{text}");
     assert!(line("nowhere").contains("FAILED"), "{text}");
 }
+
+/// A worker that hangs (SIGSTOP: the TCP connection stays up, nothing comes, not even its
+/// heartbeat) is taken for gone after 20 s of silence, and the run moves on.
+#[tokio::test]
+async fn a_hung_http_worker_is_taken_for_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = token_file(dir.path(), "good", SECRET);
+    let a = http_worker(&["--token-file", good.to_str().unwrap()], false).await;
+    let b = http_worker(&["--token-file", good.to_str().unwrap()], false).await;
+    let o = orchestrator(
+        dir.path(),
+        &[
+            http("hangs", &a.url, Some(&good)),
+            http("fine", &b.url, Some(&good)),
+        ],
+    );
+    let spec = sh_agent("echo \"$0 first\"; sleep 1; echo \"$0 second\"");
+    let conv = o.conversations().create("alice", "t").unwrap();
+    let run = o.start("alice", &conv.id, "msg", &spec, None).unwrap();
+    let (mut frames, mut rx) = frames_until(&run, is_delta).await;
+    let pid = a.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t = std::time::Instant::now();
+    frames.extend(common::until_end(&mut rx).await);
+    let waited = t.elapsed();
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
+    let st = states(&frames);
+    assert!(
+        st.iter().any(|(_, o, d)| o.as_deref() == Some("hangs")
+            && d.as_deref()
+                .is_some_and(|d| d.contains("nothing from the worker for 20s"))),
+        "{st:#?}"
+    );
+    assert_eq!(st.last().unwrap().1.as_deref(), Some("fine"), "{st:#?}");
+    assert!(waited >= Duration::from_secs(19), "{waited:?}");
+}

@@ -25,6 +25,8 @@ use tokio::sync::mpsc;
 
 /// How long a worker has to answer `hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+/// An HTTP worker silent this long (no frame, no heartbeat) is taken for gone.
+pub const HTTP_SILENCE: Duration = Duration::from_secs(20);
 /// Nomad's limit on a dispatch payload.
 pub const NOMAD_PAYLOAD_MAX: usize = 16 * 1024;
 /// How long a Nomad dispatch may wait for its task to start before the outpost is skipped.
@@ -313,7 +315,18 @@ fn ndjson_frames(
     let lines = tokio::io::BufReader::new(reader).lines();
     futures_util::stream::unfold(lines, |mut lines| async move {
         loop {
-            return match lines.next_line().await {
+            // The worker sends a `pong` every 5 s while the agent is quiet: silence this long
+            // means the worker or the network is gone, even when TCP has not noticed.
+            let next = match tokio::time::timeout(HTTP_SILENCE, lines.next_line()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    return Some((
+                        Err(format!("nothing from the worker for {HTTP_SILENCE:?}")),
+                        lines,
+                    ))
+                }
+            };
+            return match next {
                 Ok(Some(l)) if l.trim().is_empty() => continue,
                 Ok(Some(l)) => Some((
                     edge_workers::decode::<FromWorker>(l.as_bytes()).map_err(|e| e.to_string()),
