@@ -29,6 +29,8 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 pub const HTTP_SILENCE: Duration = Duration::from_secs(20);
 /// Nomad's limit on a dispatch payload.
 pub const NOMAD_PAYLOAD_MAX: usize = 16 * 1024;
+/// Tries of a Nomad API call that failed to connect or got a 5xx.
+const NOMAD_TRIES: u64 = 4;
 /// How long a Nomad dispatch may wait for its task to start before the outpost is skipped.
 pub const NOMAD_PLACEMENT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -435,15 +437,27 @@ impl NomadTarget {
             q.push(("wait", "30s".to_string()));
         }
         let u = self.url(segments, &q)?;
-        let r = self
-            .req(reqwest::Method::GET, u.clone())
-            .timeout(Duration::from_secs(45))
-            .send()
-            .await
-            .map_err(|e| err_chain(&e))?;
-        if !r.status().is_success() {
-            return Err(refusal(&format!("Nomad ({})", u.path()), r).await);
-        }
+        // A Nomad server that is briefly away (a leader election, a restart) is waited for:
+        // giving up here would abandon an attempt that is still running.
+        let mut tries = 0;
+        let r = loop {
+            tries += 1;
+            let r = self
+                .req(reqwest::Method::GET, u.clone())
+                .timeout(Duration::from_secs(45))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_server_error() && tries < NOMAD_TRIES => {}
+                Ok(r) if !r.status().is_success() => {
+                    return Err(refusal(&format!("Nomad ({})", u.path()), r).await)
+                }
+                Ok(r) => break r,
+                Err(e) if tries >= NOMAD_TRIES => return Err(err_chain(&e)),
+                Err(e) => tracing::warn!(error = %err_chain(&e), "Nomad did not answer; trying again"),
+            }
+            tokio::time::sleep(Duration::from_secs(tries)).await;
+        };
         let idx = r
             .headers()
             .get("X-Nomad-Index")
@@ -571,13 +585,26 @@ async fn nomad_connect(n: &NomadTarget, run: &ToWorker) -> Result<Link, String> 
         &["v1", "job", &n.job, "dispatch"],
         &[("idempotency_token", attempt_id.clone())],
     )?;
-    let r = n
-        .req(reqwest::Method::POST, u)
-        .json(&body)
-        .timeout(HELLO_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| format!("dispatching to Nomad: {}", err_chain(&e)))?;
+    // Sent again once if the answer was lost: the idempotency token makes that safe, and
+    // gives back the job the first one may have dispatched.
+    let mut r = None;
+    for last in [false, true] {
+        match n
+            .req(reqwest::Method::POST, u.clone())
+            .json(&body)
+            .timeout(HELLO_TIMEOUT)
+            .send()
+            .await
+        {
+            Ok(answer) => {
+                r = Some(answer);
+                break;
+            }
+            Err(e) if last => return Err(format!("dispatching to Nomad: {}", err_chain(&e))),
+            Err(e) => tracing::warn!(error = %err_chain(&e), "dispatch unanswered; sending it again"),
+        }
+    }
+    let r = r.ok_or("dispatching to Nomad: no answer")?;
     if !r.status().is_success() {
         return Err(refusal(&format!("Nomad (dispatch of job {:?})", n.job), r).await);
     }
@@ -649,6 +676,8 @@ async fn follow(
     tx: mpsc::Sender<Result<FromWorker, String>>,
 ) {
     if let Err(e) = follow_inner(&n, &job, &alloc_slot, &tx).await {
+        // Given up on: the next outpost gets a new attempt, so this one must not go on.
+        stop(&n, &job, &alloc_slot).await;
         if tx.send(Err(e)).await.is_err() {
             tracing::debug!(job, "nobody is following the attempt any more");
         }

@@ -66,6 +66,8 @@ struct St {
     allocs: HashMap<String, Alloc>,
     /// Every request: "METHOD path?query".
     requests: Vec<String>,
+    /// The next this many GETs fail with 500 (no cluster leader).
+    failing_gets: u32,
     seq: u64,
 }
 
@@ -143,6 +145,11 @@ impl FakeNomad {
         v.iter()
             .map(|a| (a.id.clone(), a.client_status.clone(), a.task_state.clone()))
             .collect()
+    }
+
+    /// The next `n` GETs fail with 500, as while the servers elect a leader.
+    pub fn fail_gets(&self, n: u32) {
+        self.st.lock().unwrap().failing_gets = n;
     }
 
     /// Its node goes away: the task is killed and the allocation is `lost`.
@@ -254,7 +261,18 @@ async fn record(
             .map(|p| p.as_str().to_string())
             .unwrap_or_default()
     );
-    f.st.lock().unwrap().requests.push(line);
+    let fail = {
+        let mut st = f.st.lock().unwrap();
+        st.requests.push(line);
+        let fail = req.method() == axum::http::Method::GET && st.failing_gets > 0;
+        if fail {
+            st.failing_gets -= 1;
+        }
+        fail
+    };
+    if fail {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader").into_response();
+    }
     next.run(req).await
 }
 
