@@ -454,7 +454,9 @@ impl NomadTarget {
                 }
                 Ok(r) => break r,
                 Err(e) if tries >= NOMAD_TRIES => return Err(err_chain(&e)),
-                Err(e) => tracing::warn!(error = %err_chain(&e), "Nomad did not answer; trying again"),
+                Err(e) => {
+                    tracing::warn!(error = %err_chain(&e), "Nomad did not answer; trying again")
+                }
             }
             tokio::time::sleep(Duration::from_secs(tries)).await;
         };
@@ -601,7 +603,9 @@ async fn nomad_connect(n: &NomadTarget, run: &ToWorker) -> Result<Link, String> 
                 break;
             }
             Err(e) if last => return Err(format!("dispatching to Nomad: {}", err_chain(&e))),
-            Err(e) => tracing::warn!(error = %err_chain(&e), "dispatch unanswered; sending it again"),
+            Err(e) => {
+                tracing::warn!(error = %err_chain(&e), "dispatch unanswered; sending it again")
+            }
         }
     }
     let r = r.ok_or("dispatching to Nomad: no answer")?;
