@@ -180,3 +180,95 @@ async fn edge_worker_oneshot_runs_one_attempt_and_is_stopped_by_a_signal() {
     assert!(text.contains("\"reason\":\"cancelled\""), "{text}");
     assert_eq!(status.code(), Some(130));
 }
+
+/// Cancel reaches a confined agent as an interrupt it can handle (Claude Code saves its session
+/// on SIGINT), not as bubblewrap dying and taking it down with SIGKILL.
+#[tokio::test]
+async fn cancel_interrupts_a_confined_agent_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let workspace = dir.path().join("w");
+    std::fs::create_dir_all(&workspace).unwrap();
+    std::fs::set_permissions(
+        &workspace,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let mut profile = edge_sandbox::Profile::default_named("t");
+    profile.home = Some(dir.path().join("home"));
+    let ToWorker::Run {
+        attempt_id,
+        run_id,
+        argv,
+        env,
+        stdin,
+        deadline_unix,
+        ..
+    } = run(
+        "c1",
+        "trap 'echo interrupted inside; exit 130' INT; echo ready; while :; do sleep 0.05; done",
+    )
+    else {
+        unreachable!()
+    };
+    let frame = ToWorker::Run {
+        attempt_id,
+        run_id,
+        argv,
+        cwd: Some(workspace.display().to_string()),
+        env,
+        stdin,
+        deadline_unix,
+        sandbox: Some(Box::new(edge_sandbox::Confine {
+            home: dir.path().join("home"),
+            profile,
+        })),
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["worker", "--stdio"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut tx = FrameWriter::<_, ToWorker>::new(child.stdin.take().unwrap());
+    let mut rx = FrameReader::<_, FromWorker>::new(child.stdout.take().unwrap());
+    tx.send(&frame).await.unwrap();
+    let mut lines = Vec::new();
+    loop {
+        match next(&mut rx).await {
+            FromWorker::Out { line, .. } if line == "ready" => break,
+            FromWorker::Out { line, .. } => lines.push(line),
+            FromWorker::Error { msg, .. } => panic!("the sandbox refused: {msg}"),
+            _ => {}
+        }
+    }
+    tx.send(&ToWorker::Cancel {
+        attempt_id: "c1".into(),
+        grace_ms: 4000,
+    })
+    .await
+    .unwrap();
+    let exit = loop {
+        match next(&mut rx).await {
+            FromWorker::Out { line, .. } => lines.push(line),
+            e @ FromWorker::Exit { .. } => break e,
+            _ => {}
+        }
+    };
+    assert!(
+        lines.iter().any(|l| l == "interrupted inside"),
+        "the agent handled the interrupt: {lines:?}"
+    );
+    match exit {
+        FromWorker::Exit { reason, code, .. } => {
+            assert_eq!(reason, ExitReason::Cancelled);
+            assert_eq!(code, Some(130), "the agent's own exit, not a kill");
+        }
+        _ => unreachable!(),
+    }
+}

@@ -147,6 +147,17 @@ impl RunCgroup {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
+    /// The processes in the run's cgroup now.
+    pub fn pids(&self) -> Vec<i32> {
+        self.dirs
+            .first()
+            .and_then(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
     /// Did the kernel kill something in this cgroup for memory?
     pub fn oom_killed(&self) -> bool {
         self.dirs.iter().any(|d| {

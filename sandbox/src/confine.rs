@@ -165,6 +165,32 @@ impl Confinement {
         Ok(cmd)
     }
 
+    /// Sends `sig` to the agent inside the namespaces, not to bubblewrap: bwrap does not pass
+    /// signals on, and when it dies the agent is killed at once (`--die-with-parent`), so the
+    /// interrupt an agent handles gracefully (Claude Code saves its session) must go to the
+    /// agent itself. Those are the processes of the run's cgroup that live in the run's pid
+    /// namespace (`NSpid` has more than one level), except its init (pid 1 there). Returns how
+    /// many were signalled: 0 when there is no cgroup or no pid namespace, and the caller
+    /// signals the process group instead.
+    pub fn signal_inside(&self, sig: nix::sys::signal::Signal) -> usize {
+        let Some(g) = &self.cgroup else { return 0 };
+        let mut n = 0;
+        for pid in g.pids() {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let Some(levels) = status.lines().find_map(|l| l.strip_prefix("NSpid:")) else {
+                continue;
+            };
+            let levels: Vec<&str> = levels.split_whitespace().collect();
+            if levels.len() < 2 || levels.last() == Some(&"1") {
+                continue;
+            }
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Kills what is left of the run, removes its cgroup, stops its proxy.
     pub fn finish(mut self) -> Finished {
         let oom_killed = self.cgroup.as_ref().is_some_and(RunCgroup::oom_killed);

@@ -268,6 +268,16 @@ fn signal_group(pgid: i32, sig: Signal) {
     }
 }
 
+/// One step of stopping an attempt: SIGINT and SIGTERM go to the agent inside its sandbox
+/// when it has one (bubblewrap would die of them and take the agent with it at once), else to
+/// its process group; SIGKILL always to the whole group.
+fn stop(pgid: i32, confinement: Option<&edge_sandbox::confine::Confinement>, sig: Signal) {
+    if sig != Signal::SIGKILL && confinement.is_some_and(|c| c.signal_inside(sig) > 0) {
+        return;
+    }
+    signal_group(pgid, sig);
+}
+
 /// Reads lines (pieces of at most [`MAX_LINE`] bytes) and sends them on.
 async fn read_lines<R: AsyncRead + Unpin>(r: R, fd: Fd, out: mpsc::Sender<(Fd, String)>) {
     let mut r = BufReader::new(r);
@@ -458,7 +468,7 @@ async fn attempt(
                 Some(Control::Cancel(grace)) => {
                     if reason == ExitReason::Exited {
                         reason = ExitReason::Cancelled;
-                        signal_group(pgid, Signal::SIGINT);
+                        stop(pgid, confinement.as_ref(), Signal::SIGINT);
                         next = Some((Signal::SIGTERM, Instant::now() + grace / 2, grace / 2));
                     }
                 }
@@ -470,12 +480,12 @@ async fn attempt(
             },
             _ = sleep_until_opt(deadline), if reason == ExitReason::Exited && deadline.is_some() => {
                 reason = ExitReason::Timeout;
-                signal_group(pgid, Signal::SIGINT);
+                stop(pgid, confinement.as_ref(), Signal::SIGINT);
                 next = Some((Signal::SIGTERM, Instant::now() + DEADLINE_GRACE / 2, DEADLINE_GRACE / 2));
             }
             _ = sleep_until_opt(escalate_at), if escalate_at.is_some() => {
                 if let Some((sig, _, step)) = next.take() {
-                    signal_group(pgid, sig);
+                    stop(pgid, confinement.as_ref(), sig);
                     if sig == Signal::SIGTERM {
                         next = Some((Signal::SIGKILL, Instant::now() + step, step));
                     }
