@@ -38,8 +38,10 @@ use crate::worker::{hello_reply, Attempt, Canceller};
 /// A `pong` frame is sent this long after the last frame, so a dead connection is found even
 /// when the agent is quiet.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
-/// How long a client has to finish the TLS handshake.
+/// How long a client has to finish the TLS handshake, and to send a request's head.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once.
+const MAX_CONNECTIONS: usize = 256;
 
 /// How the HTTP worker is reached and who may use it.
 #[derive(Debug, Clone)]
@@ -347,7 +349,12 @@ pub async fn serve_http(listener: TcpListener, opts: HttpOptions) -> std::io::Re
     });
     let app = router(shared);
     let tls = opts.tls.map(tokio_rustls::TlsAcceptor::from);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // Bounded: whoever can reach the port, token or not, holds at most this many.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -360,6 +367,7 @@ pub async fn serve_http(listener: TcpListener, opts: HttpOptions) -> std::io::Re
         let app = app.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             match tls {
                 None => serve_conn(tcp, app, peer).await,
                 Some(acc) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(tcp)).await {
@@ -380,6 +388,8 @@ where
 {
     let svc = TowerToHyperService::new(app);
     if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
         .serve_connection(TokioIo::new(io), svc)
         .await
     {
