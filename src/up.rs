@@ -247,6 +247,9 @@ async fn serve(
     {
         tracing::info!("closing open WebSockets");
     }
+    if let Some(c) = &chat {
+        c.close_outposts().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

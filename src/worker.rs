@@ -163,6 +163,8 @@ pub fn workers(
                     println!("{:<16} {:<6} {e}", o.name, "FAILED");
                 }
             }
+            // No SSH master left behind for ControlPersist.
+            rt.block_on(edge_chat::links::close(&o.via));
         }
         return if failed == 0 {
             Ok(())

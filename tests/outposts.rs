@@ -439,6 +439,16 @@ async fn edge_workers_lists_outposts_and_probes_them() {
         "{text}"
     );
     assert!(line("far").contains(" ok "), "{text}");
+    // The probe's SSH connection does not linger (ControlPersist) after it.
+    let masters = Command::new("pgrep")
+        .args(["-f", "far.mux"])
+        .output()
+        .unwrap();
+    assert!(
+        masters.stdout.is_empty(),
+        "an ssh master outlived the probe: {}",
+        String::from_utf8_lossy(&masters.stdout)
+    );
     assert!(
         line("gone").contains("FAILED") && line("gone").contains("Connection refused"),
         "{text}"

@@ -355,6 +355,14 @@ impl Chat {
         serde_json::Value::Array(list).to_string()
     }
 
+    /// On the way out: ends the SSH outposts' shared connections (`ssh -O exit`), which would
+    /// otherwise outlive edge by their `ControlPersist`.
+    pub async fn close_outposts(&self) {
+        for o in self.st.orch.outposts() {
+            links::close(&o.via).await;
+        }
+    }
+
     pub fn router(&self) -> axum::Router {
         app::router(self.st.clone())
     }

@@ -152,6 +152,29 @@ pub async fn connect(via: &Via, run: &ToWorker) -> Result<Link, String> {
     }
 }
 
+/// Ends what an outpost keeps open between runs: an SSH outpost's multiplexing master
+/// (`ssh -O exit` with the outpost's own options). Bounded to 2 s.
+pub async fn close(via: &Via) {
+    let Via::Command(argv) = via else { return };
+    if argv.first().map(String::as_str) != Some("ssh")
+        || !argv.iter().any(|a| a.starts_with("ControlMaster="))
+    {
+        return;
+    }
+    // The outpost's argv ends with the remote command; `-O exit` goes before the destination.
+    let mut a: Vec<String> = argv[1..argv.len().saturating_sub(1)].to_vec();
+    a.insert(0, "exit".into());
+    a.insert(0, "-O".into());
+    let run = tokio::process::Command::new("ssh")
+        .args(&a)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(2), run).await;
+}
+
 // ---- a command on stdin/stdout (local, ssh) ----
 
 type CommandWorker = (

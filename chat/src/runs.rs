@@ -180,6 +180,16 @@ impl Orchestrator {
         *all = next;
     }
 
+    /// The outposts, in dispatch order.
+    pub fn outposts(&self) -> Vec<Outpost> {
+        self.outposts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|o| o.outpost.clone())
+            .collect()
+    }
+
     /// Each outpost: its name, runs going, capacity, and why it is resting, if it is.
     pub fn outpost_status(&self) -> Vec<(String, u64, u64, Option<String>)> {
         let now = std::time::Instant::now();
