@@ -534,7 +534,7 @@ async fn a_run_on_nomad_is_a_dispatch_followed_to_its_exit_code() {
 }
 
 #[tokio::test]
-async fn cancel_stops_the_nomad_allocation_and_a_lost_one_is_retried() {
+async fn on_nomad_cancel_stops_the_allocation_a_killed_task_ends_the_run_a_lost_one_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let f = nomad(dir.path()).await;
     let token = token_file(dir.path(), "nomad-token", NOMAD_TOKEN);
@@ -562,6 +562,23 @@ async fn cancel_stops_the_nomad_allocation_and_a_lost_one_is_retried() {
     );
     assert!(!pid_alive(&pid));
     wait_until("the allocation ends", || f.allocs()[0].2 == "dead").await;
+
+    // The task killed on its node (out of memory, say): no exit frame; Nomad keeps the log
+    // open, and the end comes from the allocation's Terminated event.
+    let spec = sh_agent("echo \"$0\"; exec sleep 60");
+    let conv = o.conversations().create("alice", "t3").unwrap();
+    let run = o.start("alice", &conv.id, "doomed", &spec, None).unwrap();
+    let (mut frames, mut rx) = frames_until(&run, is_delta).await;
+    let alloc = f.allocs().last().unwrap().0.clone();
+    f.kill_task(&alloc);
+    frames.extend(common::until_end(&mut rx).await);
+    let (oc, detail) = outcome(&frames);
+    assert_eq!(oc, Outcome::Error, "{frames:#?}");
+    let detail = detail.unwrap();
+    assert!(
+        detail.contains("without the worker's exit frame") && detail.contains("Exit Code: 137"),
+        "{detail}"
+    );
 
     // Lost: the node goes away mid-run; a new attempt runs on the next outpost.
     let spec =

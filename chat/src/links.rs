@@ -29,6 +29,8 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 pub const HTTP_SILENCE: Duration = Duration::from_secs(20);
 /// Nomad's limit on a dispatch payload.
 pub const NOMAD_PAYLOAD_MAX: usize = 16 * 1024;
+/// After the task has died, its log is complete once it has been quiet this long.
+const LOG_QUIET: Duration = Duration::from_secs(1);
 /// Tries of a Nomad API call that failed to connect or got a 5xx.
 const NOMAD_TRIES: u64 = 4;
 /// How long a Nomad dispatch may wait for its task to start before the outpost is skipped.
@@ -762,6 +764,47 @@ async fn follow_inner(
     }
     // 3. The worker's frames, from the task's stdout; resumed at the offset reached if the log
     // stream breaks while the task still runs.
+    // Nomad keeps a followed log open after the task has died, so the allocation is watched
+    // alongside (blocking queries): once its task is dead, what is left of the log is read
+    // until it has been quiet for a moment.
+    let (dead_tx, mut dead_rx) = tokio::sync::watch::channel(false);
+    let watcher = {
+        let n = n.clone();
+        let alloc_id = alloc_id.clone();
+        tokio::spawn(async move {
+            let mut index = 0;
+            loop {
+                match n
+                    .get::<NomadAlloc>(&["v1", "allocation", &alloc_id], Some(index))
+                    .await
+                {
+                    Ok((a, idx)) => {
+                        let dead = a
+                            .task_states
+                            .as_ref()
+                            .and_then(|t| t.get(&n.task))
+                            .is_some_and(|t| t.state == "dead");
+                        if dead
+                            || matches!(a.client_status.as_str(), "complete" | "failed" | "lost")
+                        {
+                            let _ = dead_tx.send(true);
+                            return;
+                        }
+                        index = idx.max(index);
+                    }
+                    // Nomad unreachable even after retries: the log stream will say more.
+                    Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+                }
+            }
+        })
+    };
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _watcher = AbortOnDrop(watcher);
     let mut offset: u64 = 0;
     let mut partial: Vec<u8> = Vec::new();
     let mut exited = false;
@@ -786,8 +829,14 @@ async fn follow_inner(
             return Err(refusal("Nomad (logs)", r).await);
         }
         let mut body = r.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else { break };
+        loop {
+            let dead = *dead_rx.borrow();
+            let chunk = tokio::select! {
+                c = body.next() => c,
+                _ = dead_rx.changed(), if !dead => continue,
+                _ = tokio::time::sleep(LOG_QUIET), if dead => break,
+            };
+            let Some(Ok(chunk)) = chunk else { break };
             offset += chunk.len() as u64;
             partial.extend_from_slice(&chunk);
             while let Some(nl) = partial.iter().position(|&b| b == b'\n') {

@@ -147,6 +147,20 @@ impl FakeNomad {
             .collect()
     }
 
+    /// The task's processes are killed (out of memory, say): the task dies without a word.
+    pub fn kill_task(&self, alloc: &str) {
+        let pid = self
+            .st
+            .lock()
+            .unwrap()
+            .allocs
+            .get(alloc)
+            .and_then(|a| a.pid);
+        if let Some(pid) = pid {
+            kill_group(pid, libc_sig::KILL);
+        }
+    }
+
     /// The next `n` GETs fail with 500, as while the servers elect a leader.
     pub fn fail_gets(&self, n: u32) {
         self.st.lock().unwrap().failing_gets = n;
@@ -688,8 +702,8 @@ async fn logs(
     Body::from_stream(stream).into_response()
 }
 
-/// The log from `offset`, following it until the task is dead (or the allocation lost) and
-/// everything written has been sent.
+/// The log from `offset`; followed, it stays open like Nomad's until the client goes away (or
+/// the allocation is lost: its node, which serves the log, is gone).
 fn log_stream(
     f: FakeNomad,
     id: String,
@@ -706,11 +720,7 @@ fn log_stream(
                 return None;
             }
             loop {
-                let (ended, lost) = {
-                    let st = f.st.lock().unwrap();
-                    let a = st.allocs.get(&id)?;
-                    (a.task_state == "dead", a.client_status == "lost")
-                };
+                let lost = f.st.lock().unwrap().allocs.get(&id)?.client_status == "lost";
                 if lost {
                     return None;
                 }
@@ -720,7 +730,9 @@ fn log_stream(
                     let n = chunk.len() as u64;
                     return Some((Ok(chunk), (off + n, false)));
                 }
-                if ended || !follow {
+                // As Nomad: a followed log stays open after the task has died (until the
+                // client goes away); without follow, it ends at the end of the file.
+                if !follow {
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
