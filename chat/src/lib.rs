@@ -39,6 +39,7 @@ pub use runs::{
     CANCEL_GRACE, RING,
 };
 pub use secret::{load_or_create_secret, read_secret};
+pub use talk::agent_confine;
 pub use store::{Session, Store, FLOW_TTL};
 
 /// What went wrong in the chat.

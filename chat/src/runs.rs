@@ -726,7 +726,7 @@ impl RunTask<'_> {
                                 };
                             }
                             FromWorker::Error { code, msg, .. } => {
-                                if code == "sandbox" || code == "spawn" {
+                                if code == "sandbox" || code == "spawn" || code == "policy" {
                                     // The agent never started: this is the whole story.
                                     refused = Some(msg);
                                 } else {

@@ -72,6 +72,9 @@ pub enum FromWorker {
         worker: String,
         version: String,
         busy: bool,
+        /// The least confinement this worker accepts (`edge worker --floor`), if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        floor: Option<Box<edge_sandbox::Floor>>,
     },
     /// One attempt at a time: this one was not started.
     Busy {
