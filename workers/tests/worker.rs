@@ -368,6 +368,11 @@ async fn a_worker_with_a_floor_refuses_what_falls_short_and_says_so() {
     // The worker is free again at once.
     o.tx.send(&ToWorker::Hello { proto: 1 }).await.unwrap();
     assert!(matches!(o.next().await, FromWorker::HelloOk { busy: false, .. }));
+    // Closing the connection ends the worker (both halves: a split duplex ends only then).
     drop(o.tx);
-    o.worker.await.unwrap();
+    drop(o.rx);
+    tokio::time::timeout(Duration::from_secs(10), o.worker)
+        .await
+        .expect("the worker ends when the connection closes")
+        .unwrap();
 }
