@@ -16,9 +16,14 @@ pub fn stdio(name: Option<String>, floor: Option<edge_sandbox::Floor>) -> Result
         .context("starting the runtime")?;
     let name = name.unwrap_or_else(hostname);
     rt.block_on(async move {
-        edge_workers::serve(tokio::io::stdin(), tokio::io::stdout(), &name, floor.as_ref())
-            .await
-            .context("worker protocol")
+        edge_workers::serve(
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+            &name,
+            floor.as_ref(),
+        )
+        .await
+        .context("worker protocol")
     })?;
     Ok(())
 }
@@ -185,7 +190,8 @@ pub fn workers(
                         println!("{:<16} {:<6} floor: {}", "", "", f.summary());
                         // Would the chat's runs pass it? Better known now than at a user's run.
                         if let Some((profile, workspace)) = chat_profile(&loaded.config) {
-                            let confine = edge_chat::agent_confine(profile, &loaded.config.state_dir);
+                            let confine =
+                                edge_chat::agent_confine(profile, &loaded.config.state_dir);
                             if let Err(why) = f.check(Some(&confine), Some(workspace)) {
                                 failed += 1;
                                 println!(

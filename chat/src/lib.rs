@@ -39,8 +39,8 @@ pub use runs::{
     CANCEL_GRACE, RING,
 };
 pub use secret::{load_or_create_secret, read_secret};
-pub use talk::agent_confine;
 pub use store::{Session, Store, FLOW_TTL};
+pub use talk::agent_confine;
 
 /// What went wrong in the chat.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -922,8 +922,15 @@ mod tests {
     #[test]
     fn a_worker_floor_parses_and_names_its_mistakes() {
         let f = Config::floor_from_toml("").unwrap();
-        assert_eq!(f.require, edge_sandbox::Layer::ALL.to_vec(), "every layer unless told");
-        assert_eq!((f.memory, f.egress.as_ref(), f.writable.as_ref()), (None, None, None));
+        assert_eq!(
+            f.require,
+            edge_sandbox::Layer::ALL.to_vec(),
+            "every layer unless told"
+        );
+        assert_eq!(
+            (f.memory, f.egress.as_ref(), f.writable.as_ref()),
+            (None, None, None)
+        );
         let f = Config::floor_from_toml(
             "require = [\"env\", \"landlock\"]\nmemory = \"1GiB\"\npids = 64\negress = [\"api.anthropic.com:443\"]\nwritable = [\"/srv/edge\"]\nhidden = [\"/srv/secrets\"]\n",
         )
@@ -936,10 +943,19 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        for key in ["require[0]", "memory", "egress[0]", "writable[0]", "max_memory: unknown key"] {
+        for key in [
+            "require[0]",
+            "memory",
+            "egress[0]",
+            "writable[0]",
+            "max_memory: unknown key",
+        ] {
             assert!(e.contains(key), "{key} in {e}");
         }
-        assert!(Config::floor_from_toml("require = [").unwrap_err().to_string().contains("not valid TOML"));
+        assert!(Config::floor_from_toml("require = [")
+            .unwrap_err()
+            .to_string()
+            .contains("not valid TOML"));
     }
 
     #[test]

@@ -171,7 +171,9 @@ impl Floor {
         }
         if let Some(roots) = &self.writable {
             let roots: Vec<PathBuf> = roots.iter().filter_map(|r| resolved(r).ok()).collect();
-            let ws = workspace.map(Path::to_path_buf).unwrap_or_else(|| ".".into());
+            let ws = workspace
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| ".".into());
             let ws = if ws.is_absolute() {
                 ws
             } else {
@@ -266,8 +268,14 @@ mod tests {
 
     #[test]
     fn egress_rules_cover_only_what_they_allow() {
-        assert!(rule_covers("api.anthropic.com:443", "API.anthropic.com.:443"));
-        assert!(!rule_covers("api.anthropic.com:443", "api.anthropic.com:80"));
+        assert!(rule_covers(
+            "api.anthropic.com:443",
+            "API.anthropic.com.:443"
+        ));
+        assert!(!rule_covers(
+            "api.anthropic.com:443",
+            "api.anthropic.com:80"
+        ));
         assert!(!rule_covers("api.anthropic.com:443", "api.anthropic.com:*"));
         assert!(rule_covers("api.anthropic.com:*", "api.anthropic.com:8443"));
         assert!(rule_covers("*.example.org:443", "git.example.org:443"));
@@ -287,7 +295,8 @@ mod tests {
         assert_eq!(f.check(Some(&ok), Some(Path::new("/tmp"))), Ok(()));
 
         let mut weak = p.clone();
-        weak.require.retain(|l| *l != Layer::Landlock && *l != Layer::Egress);
+        weak.require
+            .retain(|l| *l != Layer::Landlock && *l != Layer::Egress);
         let e = f.check(Some(&confine(weak, "/h")), None).unwrap_err();
         assert!(e.contains("layers landlock, egress"), "{e}");
         assert!(e.contains("\"dev\""), "{e}");
@@ -302,7 +311,10 @@ mod tests {
             ..Floor::default()
         };
         let e = capped.check(Some(&ok), None).unwrap_err();
-        assert!(e.contains("memory 2147483648") && e.contains("at most 1073741824"), "{e}");
+        assert!(
+            e.contains("memory 2147483648") && e.contains("at most 1073741824"),
+            "{e}"
+        );
 
         let listed = Floor {
             egress: Some(vec!["api.anthropic.com:443".into()]),

@@ -349,7 +349,9 @@ async fn a_worker_with_a_floor_refuses_what_falls_short_and_says_so() {
         matches!(&frames[0], FromWorker::Error { code, msg, .. } if code == "policy" && msg.contains("only confined agents")),
         "{frames:?}"
     );
-    assert!(!frames.iter().any(|f| matches!(f, FromWorker::Started { .. })));
+    assert!(!frames
+        .iter()
+        .any(|f| matches!(f, FromWorker::Started { .. })));
     // A profile asking for more memory than the floor allows.
     let mut frame = run("a2", &format!("touch {}", marker.display()));
     if let ToWorker::Run { sandbox, .. } = &mut frame {
@@ -367,7 +369,10 @@ async fn a_worker_with_a_floor_refuses_what_falls_short_and_says_so() {
     assert!(!marker.exists(), "a refused run must not start");
     // The worker is free again at once.
     o.tx.send(&ToWorker::Hello { proto: 1 }).await.unwrap();
-    assert!(matches!(o.next().await, FromWorker::HelloOk { busy: false, .. }));
+    assert!(matches!(
+        o.next().await,
+        FromWorker::HelloOk { busy: false, .. }
+    ));
     // Closing the connection ends the worker (both halves: a split duplex ends only then).
     drop(o.tx);
     drop(o.rx);
