@@ -98,6 +98,10 @@ pub enum FromWorker {
         signal: Option<i32>,
         reason: ExitReason,
     },
+    /// `code`: `protocol` (a bad frame or version), `spawn` (the agent could not start),
+    /// `sandbox` (a required layer is unavailable, or the run cannot be set up), `policy`
+    /// (the worker's floor refused the run). For the last three, nothing ran and `exit`
+    /// follows.
     Error {
         attempt_id: Option<String>,
         code: String,
