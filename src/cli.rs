@@ -68,6 +68,11 @@ pub enum Command {
         /// stdout and exit with the agent's code (a Nomad task)
         #[arg(long, value_name = "FILE")]
         oneshot: Option<PathBuf>,
+        /// The least confinement this worker accepts, whatever the orchestrator sends (a TOML
+        /// file: require, memory, pids, open_files, file_size, egress, writable, hidden; see
+        /// docs/workers.md). Runs below it are refused and say why.
+        #[arg(long, value_name = "FILE")]
+        floor: Option<PathBuf>,
     },
     /// The outposts: runs going, capacity and health from a running edge, or (--probe) a hello
     /// from each one's worker.
@@ -279,7 +284,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             client_ca,
             name,
             oneshot,
+            floor,
         } => {
+            let floor = crate::worker::read_floor(floor.as_deref())?;
             let modes =
                 usize::from(stdio) + usize::from(listen.is_some()) + usize::from(oneshot.is_some());
             if modes != 1 {
@@ -289,7 +296,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             if let Some(addr) = listen {
                 let tls = tls_cert.zip(tls_key);
-                return crate::worker::listen(&addr, token_file, tls, client_ca, name);
+                return crate::worker::listen(&addr, token_file, tls, client_ca, name, floor);
             }
             if token_file.is_some() || tls_cert.is_some() || client_ca.is_some() {
                 return Err(Failure::config(anyhow::anyhow!(
@@ -297,8 +304,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 )));
             }
             match oneshot {
-                Some(file) => crate::worker::oneshot(&file),
-                None => crate::worker::stdio(name),
+                Some(file) => crate::worker::oneshot(&file, floor),
+                None => crate::worker::stdio(name, floor),
             }
         }
         Command::Sandbox { command } => crate::sandbox::run(command),

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 
 use crate::cli::Failure;
 
-pub fn stdio(name: Option<String>) -> Result<(), Failure> {
+pub fn stdio(name: Option<String>, floor: Option<edge_sandbox::Floor>) -> Result<(), Failure> {
     crate::up::init_tracing(false);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -16,9 +16,14 @@ pub fn stdio(name: Option<String>) -> Result<(), Failure> {
         .context("starting the runtime")?;
     let name = name.unwrap_or_else(hostname);
     rt.block_on(async move {
-        edge_workers::serve(tokio::io::stdin(), tokio::io::stdout(), &name)
-            .await
-            .context("worker protocol")
+        edge_workers::serve(
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+            &name,
+            floor.as_ref(),
+        )
+        .await
+        .context("worker protocol")
     })?;
     Ok(())
 }
@@ -30,6 +35,7 @@ pub fn listen(
     tls: Option<(PathBuf, PathBuf)>,
     client_ca: Option<PathBuf>,
     name: Option<String>,
+    floor: Option<edge_sandbox::Floor>,
 ) -> Result<(), Failure> {
     crate::up::init_tracing(false);
     let addr: std::net::SocketAddr = addr
@@ -73,6 +79,7 @@ pub fn listen(
         token,
         client_certs: client_ca.is_some(),
         tls: tls_config,
+        floor,
     };
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -95,7 +102,7 @@ pub fn listen(
 
 /// `edge worker --oneshot FILE`: the run frame in FILE (Nomad writes the dispatch payload
 /// there), its frames on stdout as NDJSON, and the agent's exit code as edge's.
-pub fn oneshot(file: &Path) -> Result<(), Failure> {
+pub fn oneshot(file: &Path, floor: Option<edge_sandbox::Floor>) -> Result<(), Failure> {
     crate::up::init_tracing(false);
     let bytes = std::fs::read(file)
         .with_context(|| format!("--oneshot {}", file.display()))
@@ -113,9 +120,29 @@ pub fn oneshot(file: &Path) -> Result<(), Failure> {
             frame,
             tokio::io::stdout(),
             std::time::Duration::from_secs(4),
+            floor.as_ref(),
         ))
         .context("running the attempt")?;
     std::process::exit(code);
+}
+
+/// The chat agent's sandbox profile and workspace, when the config has both.
+fn chat_profile(c: &edge_routing::Config) -> Option<(&edge_sandbox::Profile, &Path)> {
+    let agent = c.chat.as_ref()?.agent.as_ref()?;
+    Some((c.sandbox_profiles.get(&agent.sandbox)?, &agent.workspace))
+}
+
+/// `--floor FILE`: the least confinement the worker accepts.
+pub fn read_floor(file: Option<&Path>) -> Result<Option<edge_sandbox::Floor>, Failure> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--floor {}", file.display()))
+        .map_err(Failure::config)?;
+    edge_routing::Config::floor_from_toml(&text)
+        .map(Some)
+        .map_err(|e| Failure::config(anyhow::anyhow!("--floor {}:\n{e}", file.display())))
 }
 
 fn hostname() -> String {
@@ -149,15 +176,32 @@ pub fn workers(
         println!("{:<16} {:<6} detail", "outpost", "health");
         for o in &list {
             match rt.block_on(edge_chat::probe_outpost(o)) {
-                Ok(h) => println!(
-                    "{:<16} {:<6} worker {:?} (edge {}), {}, answered in {} ms",
-                    o.name,
-                    "ok",
-                    h.worker,
-                    h.version,
-                    if h.busy { "busy" } else { "idle" },
-                    h.millis
-                ),
+                Ok(h) => {
+                    println!(
+                        "{:<16} {:<6} worker {:?} (edge {}), {}, answered in {} ms",
+                        o.name,
+                        "ok",
+                        h.worker,
+                        h.version,
+                        if h.busy { "busy" } else { "idle" },
+                        h.millis
+                    );
+                    if let Some(f) = &h.floor {
+                        println!("{:<16} {:<6} floor: {}", "", "", f.summary());
+                        // Would the chat's runs pass it? Better known now than at a user's run.
+                        if let Some((profile, workspace)) = chat_profile(&loaded.config) {
+                            let confine =
+                                edge_chat::agent_confine(profile, &loaded.config.state_dir);
+                            if let Err(why) = f.check(Some(&confine), Some(workspace)) {
+                                failed += 1;
+                                println!(
+                                    "{:<16} {:<6} the chat's runs would be refused: {why}",
+                                    "", "REFUSE"
+                                );
+                            }
+                        }
+                    }
+                }
                 Err(e) => {
                     failed += 1;
                     println!("{:<16} {:<6} {e}", o.name, "FAILED");
@@ -170,7 +214,7 @@ pub fn workers(
             Ok(())
         } else {
             Err(Failure::from(anyhow::anyhow!(
-                "{failed} of {} outpost(s) did not answer",
+                "{failed} of {} outpost(s) did not answer or would refuse the chat's runs",
                 list.len()
             )))
         };

@@ -234,6 +234,23 @@ async fn an_http_worker_without_a_token_or_mtls_does_not_start() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 characters"));
+    // A floor file with a mistake: no worker, in any mode, and the mistake named.
+    let floor = dir.path().join("floor.toml");
+    std::fs::write(&floor, "memory = \"lots\"\nrequire = [\"landlock\", \"magic\"]\negress = [\"no-port\"]\nwritable = \"/srv\"\nsurprise = 1\n").unwrap();
+    for mode in [&["--stdio"][..], &["--listen", "127.0.0.1:0"]] {
+        let out = std::process::Command::new(EDGE)
+            .arg("worker")
+            .args(mode)
+            .arg("--floor")
+            .arg(&floor)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        for want in ["memory", "\"magic\"", "egress[0]", "writable", "surprise"] {
+            assert!(err.contains(want), "{want} in {err}");
+        }
+    }
 }
 
 /// A private CA (rcgen) issues the worker's server certificate and edge's client certificate.
@@ -611,6 +628,19 @@ async fn edge_workers_probe_reaches_http_and_nomad_outposts() {
     let dir = tempfile::tempdir().unwrap();
     let good = token_file(dir.path(), "good", SECRET);
     let w = http_worker(&["--token-file", good.to_str().unwrap()], false).await;
+    // A worker whose floor the chat's profile (the default: 2 GiB) does not meet.
+    let floor = dir.path().join("floor.toml");
+    std::fs::write(&floor, "memory = \"1GiB\"\n").unwrap();
+    let strict = http_worker(
+        &[
+            "--token-file",
+            good.to_str().unwrap(),
+            "--floor",
+            floor.to_str().unwrap(),
+        ],
+        false,
+    )
+    .await;
     let f = nomad(dir.path()).await;
     let token = token_file(dir.path(), "nomad-token", NOMAD_TOKEN);
     let cfg = dir.path().join("edge.toml");
@@ -618,12 +648,15 @@ async fn edge_workers_probe_reaches_http_and_nomad_outposts() {
         &cfg,
         format!(
             "domain = \"example.test\"\nstate_dir = \"{}\"\n[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"chat\"\n  upstream = \"chat\"\n  auth = \"forward\"\n\
-             [chat]\n\
+             [chat]\n[chat.agent]\nworkspace = \"/tmp\"\n\
              [[outposts]]\nname = \"box\"\nkind = \"http\"\nurl = \"{}\"\ntoken_file = \"{}\"\n\
+             [[outposts]]\nname = \"strict\"\nkind = \"http\"\nurl = \"{}\"\ntoken_file = \"{}\"\n\
              [[outposts]]\nname = \"cluster\"\nkind = \"nomad\"\naddress = \"{}\"\ntoken_file = \"{}\"\n\
              [[outposts]]\nname = \"nowhere\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{}\"\ntoken_file = \"{}\"\n",
             dir.path().join("state").display(),
             w.url,
+            good.display(),
+            strict.url,
             good.display(),
             f.address(),
             token.display(),
@@ -648,6 +681,34 @@ async fn edge_workers_probe_reaches_http_and_nomad_outposts() {
             .to_string()
     };
     assert!(line("box").contains(" ok "), "{text}");
+    let after_box = text.lines().skip_while(|l| !l.starts_with("box")).nth(1);
+    assert!(
+        after_box.is_some_and(|l| l.starts_with("strict")),
+        "box has no floor line: {text}"
+    );
+    // The strict worker answers, shows its floor, and says the chat's runs would be refused.
+    let after_strict: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("strict"))
+        .take(3)
+        .collect();
+    assert!(after_strict[0].contains(" ok "), "{text}");
+    assert!(
+        after_strict[1].contains("floor: every layer required; memory ≤ 1073741824"),
+        "{text}"
+    );
+    assert!(
+        after_strict[2].contains("REFUSE")
+            && after_strict[2]
+                .contains("asks for memory 2147483648; this worker allows at most 1073741824"),
+        "{text}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("2 of 4 outpost(s) did not answer or would refuse"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(line("cluster").contains("nomad job edge-agent"), "{text}");
     assert!(line("nowhere").contains("FAILED"), "{text}");
 }
@@ -693,4 +754,122 @@ async fn a_hung_http_worker_is_taken_for_gone() {
     );
     assert_eq!(st.last().unwrap().1.as_deref(), Some("fine"), "{st:#?}");
     assert!(waited >= Duration::from_secs(19), "{waited:?}");
+}
+
+/// A worker with a floor (`edge worker --floor FILE`, the worker host's own minimum) refuses a
+/// run confined less than it demands, before anything starts, and says why; the run goes to
+/// the next outpost, which is not rested for it. A run that meets the floor runs there, with
+/// the floor's hidden paths hidden even inside the workspace.
+#[tokio::test]
+async fn a_worker_with_a_floor_refuses_runs_below_it_and_they_go_elsewhere() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let good = token_file(dir.path(), "good", SECRET);
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::set_permissions(&ws, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let secret = ws.join("host-secret.txt");
+    std::fs::write(&secret, "the-floor-hides-this\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let floor = dir.path().join("floor.toml");
+    std::fs::write(
+        &floor,
+        format!(
+            "memory = \"1GiB\"\nwritable = [\"{}\"]\nhidden = [\"{}\"]\n",
+            dir.path().display(),
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let strict = http_worker(
+        &[
+            "--token-file",
+            good.to_str().unwrap(),
+            "--floor",
+            floor.to_str().unwrap(),
+        ],
+        false,
+    )
+    .await;
+    let o = orchestrator(
+        dir.path(),
+        &[http("strict", &strict.url, Some(&good)), local()],
+    );
+    let agent = format!(
+        "echo \"ran as $(id -u)\"; echo \"secret: $(cat {} 2>&1)\"",
+        secret.display()
+    );
+    let confined = |memory: u64| {
+        let mut profile = edge_sandbox::Profile::default_named("agents");
+        profile.memory = memory;
+        profile.home = Some(dir.path().join("agent-home"));
+        edge_chat::AgentSpec {
+            workspace: ws.display().to_string(),
+            sandbox: Some(edge_sandbox::Confine {
+                home: dir.path().join("agent-home"),
+                profile,
+            }),
+            ..sh_agent(&agent)
+        }
+    };
+    let skipped_at_strict = |frames: &[edge_chat::RunFrame], why: &str| {
+        let st = states(frames);
+        assert!(
+            st.iter().any(|(_, o, d)| o.as_deref() == Some("strict")
+                && d.as_deref().is_some_and(|d| d
+                    .starts_with("skipped: refused by this worker's floor: ")
+                    && d.contains(why))),
+            "{why}: {st:#?}"
+        );
+        assert_eq!(st.last().unwrap().1.as_deref(), Some("here"), "{st:#?}");
+    };
+
+    // No sandbox at all: refused there, run here.
+    let frames = run_to_end(&o, "one", &sh_agent(&agent)).await;
+    assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
+    skipped_at_strict(&frames, "this worker runs only confined agents");
+    // Confined, but asking for more memory than the floor allows: refused there, run here.
+    let frames = run_to_end(&o, "two", &confined(2 << 30)).await;
+    assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
+    skipped_at_strict(
+        &frames,
+        "asks for memory 2147483648; this worker allows at most 1073741824",
+    );
+    // Within the floor: runs at the strict worker (which was not rested for refusing), and
+    // the floor's hidden file is out of reach although it lies in the workspace.
+    let frames = run_to_end(&o, "three", &confined(512 << 20)).await;
+    assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
+    let st = states(&frames);
+    assert_eq!(st.last().unwrap().1.as_deref(), Some("strict"), "{st:#?}");
+    let text = delta_text(&frames);
+    assert!(text.contains("ran as 65534"), "{text}");
+    assert!(text.contains("secret: "), "{text}");
+    assert!(!text.contains("the-floor-hides-this"), "{text}");
+
+    // With nowhere else to go, the run ends with the floor's reason.
+    let second = dir.path().join("second");
+    std::fs::create_dir(&second).unwrap();
+    let only = orchestrator(&second, &[http("strict", &strict.url, Some(&good))]);
+    let frames = run_to_end(&only, "four", &sh_agent(&agent)).await;
+    let (how, detail) = outcome(&frames);
+    assert_eq!(how, Outcome::Error, "{frames:#?}");
+    let detail = detail.unwrap();
+    assert!(
+        detail.starts_with("no outpost could take the run: strict: refused by this worker's floor: this worker runs only confined agents"),
+        "{detail}"
+    );
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", strict.url))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("edge_worker_refused_total{why=\"policy\"} 3"),
+        "{metrics}"
+    );
 }

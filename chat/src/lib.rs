@@ -40,6 +40,7 @@ pub use runs::{
 };
 pub use secret::{load_or_create_secret, read_secret};
 pub use store::{Session, Store, FLOW_TTL};
+pub use talk::agent_confine;
 
 /// What went wrong in the chat.
 #[derive(Debug, Clone, thiserror::Error)]

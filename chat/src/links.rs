@@ -104,6 +104,8 @@ pub struct Hello {
     pub version: String,
     pub busy: bool,
     pub millis: u64,
+    /// The least confinement the worker accepts (`edge worker --floor`).
+    pub floor: Option<edge_sandbox::Floor>,
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<FromWorker, String>> + Send>>;
@@ -248,11 +250,13 @@ fn hello_of(f: FromWorker, t: Instant) -> Result<Hello, String> {
             worker,
             version,
             busy,
+            floor,
         } => Ok(Hello {
             worker,
             version,
             busy,
             millis: t.elapsed().as_millis() as u64,
+            floor: floor.map(|f| *f),
         }),
         FromWorker::Error { msg, .. } => Err(msg),
         other => Err(format!("unexpected first frame {other:?}")),
@@ -583,6 +587,8 @@ async fn nomad_hello(n: &NomadTarget) -> Result<Hello, String> {
         version: "-".into(),
         busy: false,
         millis: t.elapsed().as_millis() as u64,
+        // The floor travels with the job (its `--floor` file); Nomad does not show it.
+        floor: None,
     })
 }
 

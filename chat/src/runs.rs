@@ -577,7 +577,7 @@ impl RunTask<'_> {
             let mut result: Option<AgentResult> = None;
             let mut stderr_tail: VecDeque<String> = VecDeque::new();
             // Why the worker could not start the agent (the sandbox refused, say).
-            let mut refused: Option<String> = None;
+            let mut refused: Option<(String, String)> = None;
             // A frame read while draining, handled on the next turn.
             let mut stash = None;
             let outcome = loop {
@@ -690,8 +690,25 @@ impl RunTask<'_> {
                                 }
                                 let tail =
                                     stderr_tail.iter().cloned().collect::<Vec<_>>().join("\n");
-                                if let Some(why) = refused.take() {
-                                    break (Outcome::Error, Some(why));
+                                match refused.take() {
+                                    // This worker's floor asks for more confinement than the
+                                    // run's profile gives: the outpost is healthy (not rested),
+                                    // but the run goes to the next one.
+                                    Some((code, why)) if code == "policy" => {
+                                        let name = lease.name.clone();
+                                        failures.push(format!("{name}: {why}"));
+                                        drop(lease);
+                                        drop(link);
+                                        self.emit(vec![RunBody::State {
+                                            state: "dispatching".into(),
+                                            outpost: Some(name),
+                                            detail: Some(format!("skipped: {why}")),
+                                        }])
+                                        .await;
+                                        continue 'attempts;
+                                    }
+                                    Some((_, why)) => break (Outcome::Error, Some(why)),
+                                    None => {}
                                 }
                                 break match reason {
                                     ExitReason::Cancelled => (Outcome::Cancelled, None),
@@ -726,9 +743,9 @@ impl RunTask<'_> {
                                 };
                             }
                             FromWorker::Error { code, msg, .. } => {
-                                if code == "sandbox" || code == "spawn" {
+                                if code == "sandbox" || code == "spawn" || code == "policy" {
                                     // The agent never started: this is the whole story.
-                                    refused = Some(msg);
+                                    refused = Some((code, msg));
                                 } else {
                                     stderr_tail.push_back(msg);
                                 }

@@ -133,14 +133,7 @@ pub(crate) async fn send(
             ),
         ));
     };
-    let state_dir = std::path::absolute(&cfg.state_dir).unwrap_or_else(|_| cfg.state_dir.clone());
-    let mut profile = profile.clone();
-    // The agent never sees edge's own state (sessions, secrets, conversations).
-    profile.hidden.push(state_dir.clone());
-    let confine = edge_sandbox::Confine {
-        home: profile.home_for(&state_dir),
-        profile,
-    };
+    let confine = agent_confine(profile, &cfg.state_dir);
     match orch.conversations().open(user, conversation) {
         Ok(Some(_)) => {}
         Ok(None) | Err(crate::Error::Refused(_)) => {
@@ -262,4 +255,19 @@ pub(crate) async fn send(
         }
     });
     Ok(run.id.clone())
+}
+
+/// How a chat run with `profile` is confined: the profile, plus edge's own state hidden (the
+/// agent never sees sessions, secrets or conversations), and the agents' home.
+pub fn agent_confine(
+    profile: &edge_sandbox::Profile,
+    state_dir: &std::path::Path,
+) -> edge_sandbox::Confine {
+    let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let mut profile = profile.clone();
+    profile.hidden.push(state_dir.clone());
+    edge_sandbox::Confine {
+        home: profile.home_for(&state_dir),
+        profile,
+    }
 }

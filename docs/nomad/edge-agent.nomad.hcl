@@ -33,6 +33,8 @@ job "edge-agent" {
       config {
         command = "/usr/local/bin/edge"
         args    = ["worker", "--oneshot", "${NOMAD_TASK_DIR}/run.json"]
+        # To hold every run on these clients to a minimum whatever edge sends (docs/sandbox.md,
+        # "A worker's floor"), add "--floor", "/etc/edge/worker-floor.toml" (a file on the client).
       }
 
       dispatch_payload {

@@ -325,6 +325,20 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an address; write IP:PORT, e.g. \"127.0.0.1:8443\""))
 }
 
+fn parse_toml(text: &str) -> Result<toml::Table, ConfigErrors> {
+    text.parse().map_err(|e: toml::de::Error| {
+        let mut msg = e.message().to_string();
+        if let Some(span) = e.span() {
+            let line = text[..span.start].matches('\n').count() + 1;
+            msg = format!("line {line}: {msg}");
+        }
+        ConfigErrors(vec![ConfigError {
+            key: "(file)".into(),
+            message: format!("not valid TOML: {msg}"),
+        }])
+    })
+}
+
 impl Config {
     /// The embedded default, which always parses.
     pub fn embedded() -> Config {
@@ -336,22 +350,24 @@ impl Config {
 
     /// Parses and validates a config file's text. No I/O: relative paths stay relative.
     pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
-        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let mut msg = e.message().to_string();
-            if let Some(span) = e.span() {
-                let line = text[..span.start].matches('\n').count() + 1;
-                msg = format!("line {line}: {msg}");
-            }
-            ConfigErrors(vec![ConfigError {
-                key: "(file)".into(),
-                message: format!("not valid TOML: {msg}"),
-            }])
-        })?;
+        let doc = parse_toml(text)?;
         let mut errs = Errors(Vec::new());
         let cfg = read_config(&doc, &mut errs);
         match (cfg, errs.0.is_empty()) {
             (Some(cfg), true) => Ok(cfg),
             _ => Err(ConfigErrors(errs.0)),
+        }
+    }
+
+    /// Parses a worker's floor file (`edge worker --floor FILE`), naming every mistake.
+    pub fn floor_from_toml(text: &str) -> Result<edge_sandbox::Floor, ConfigErrors> {
+        let doc = parse_toml(text)?;
+        let mut errs = Errors(Vec::new());
+        let floor = sandbox::read_floor(&doc, &mut errs);
+        if errs.0.is_empty() {
+            Ok(floor)
+        } else {
+            Err(ConfigErrors(errs.0))
         }
     }
 
@@ -902,6 +918,45 @@ mod tests {
     }
 
     const BASE: &str = "domain = \"example.test\"\n[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"forge\"\n  upstream = \"http://127.0.0.1:3000\"\n";
+
+    #[test]
+    fn a_worker_floor_parses_and_names_its_mistakes() {
+        let f = Config::floor_from_toml("").unwrap();
+        assert_eq!(
+            f.require,
+            edge_sandbox::Layer::ALL.to_vec(),
+            "every layer unless told"
+        );
+        assert_eq!(
+            (f.memory, f.egress.as_ref(), f.writable.as_ref()),
+            (None, None, None)
+        );
+        let f = Config::floor_from_toml(
+            "require = [\"env\", \"landlock\"]\nmemory = \"1GiB\"\npids = 64\negress = [\"api.anthropic.com:443\"]\nwritable = [\"/srv/edge\"]\nhidden = [\"/srv/secrets\"]\n",
+        )
+        .unwrap();
+        assert_eq!(f.require.len(), 2);
+        assert_eq!((f.memory, f.pids), (Some(1 << 30), Some(64)));
+        assert_eq!(f.writable, Some(vec![PathBuf::from("/srv/edge")]));
+        let e = Config::floor_from_toml(
+            "require = [\"apparmor\"]\nmemory = \"lots\"\negress = [\"nohost\"]\nwritable = [\"srv\"]\nmax_memory = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "require[0]",
+            "memory",
+            "egress[0]",
+            "writable[0]",
+            "max_memory: unknown key",
+        ] {
+            assert!(e.contains(key), "{key} in {e}");
+        }
+        assert!(Config::floor_from_toml("require = [")
+            .unwrap_err()
+            .to_string()
+            .contains("not valid TOML"));
+    }
 
     #[test]
     fn sandbox_profiles_and_outposts_parse_and_explain_mistakes() {

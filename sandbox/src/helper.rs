@@ -335,7 +335,10 @@ pub fn bwrap_args(spec: &RunSpec) -> Vec<OsString> {
         // No proxy: the agent keeps the host's network (the egress layer is off).
         push(&["--share-net"]);
     }
-    // Covered by the tmpfs mounts above.
+    let mut rw: Vec<&Path> = vec![&spec.workspace, &spec.home];
+    rw.extend(spec.profile.read_write.iter().map(PathBuf::as_path));
+    let inside_rw = |p: &Path| rw.iter().any(|r| p.starts_with(r));
+    // Covered by the tmpfs mounts above, unless a writable bind brings them back.
     let covered = ["/tmp", "/var/tmp", "/home", "/root", "/run"];
     let mut hide: Vec<PathBuf> = ALWAYS_HIDDEN
         .iter()
@@ -352,26 +355,32 @@ pub fn bwrap_args(spec: &RunSpec) -> Vec<OsString> {
                 _ => p,
             }
         })
-        .filter(|p| !covered.iter().any(|c| p.starts_with(c)))
+        .filter(|p| inside_rw(p) || !covered.iter().any(|c| p.starts_with(c)))
         .collect();
     hide.sort();
     hide.dedup();
-    for p in hide {
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {
-                a.push("--tmpfs".into());
-                a.push(p.into());
-            }
+    let hide_args = |p: &Path| -> Vec<OsString> {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => vec!["--tmpfs".into(), p.into()],
             Ok(m) if !m.file_type().is_symlink() => {
-                a.extend(["--ro-bind".into(), "/dev/null".into(), p.into()]);
+                vec!["--ro-bind".into(), "/dev/null".into(), p.into()]
             }
-            _ => {}
+            _ => Vec::new(),
         }
+    };
+    // A hidden path inside a writable bind (a secret in the workspace) is hidden after the
+    // bind, or the bind would bring it back; any other before, so that a workspace inside a
+    // hidden directory stays visible.
+    let (after, before): (Vec<PathBuf>, Vec<PathBuf>) =
+        hide.into_iter().partition(|p| inside_rw(p));
+    for p in &before {
+        a.extend(hide_args(p));
     }
-    let mut rw: Vec<&Path> = vec![&spec.workspace, &spec.home];
-    rw.extend(spec.profile.read_write.iter().map(PathBuf::as_path));
-    for p in rw {
+    for p in &rw {
         a.extend(["--bind".into(), p.into(), p.into()]);
+    }
+    for p in &after {
+        a.extend(hide_args(p));
     }
     if let Some(s) = &spec.egress_socket {
         a.extend(["--bind".into(), s.into(), EGRESS_SOCKET_INSIDE.into()]);

@@ -33,7 +33,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::protocol::{decode, encode, ExitReason, FromWorker, ToWorker, MAX_FRAME};
-use crate::worker::{hello_reply, Attempt, Canceller};
+use crate::worker::{hello_reply, refusal, Attempt, Canceller};
 
 /// A `pong` frame is sent this long after the last frame, so a dead connection is found even
 /// when the agent is quiet.
@@ -54,6 +54,8 @@ pub struct HttpOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The TLS config requires and verifies client certificates (mTLS).
     pub client_certs: bool,
+    /// The least confinement a run must have (`--floor`).
+    pub floor: Option<edge_sandbox::Floor>,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +64,7 @@ struct Metrics {
     unauthorized: AtomicU64,
     busy: AtomicU64,
     bad_request: AtomicU64,
+    policy: AtomicU64,
     started: AtomicU64,
     exited: AtomicU64,
     cancelled: AtomicU64,
@@ -73,6 +76,7 @@ struct Metrics {
 struct Shared {
     name: String,
     token: Option<String>,
+    floor: Option<edge_sandbox::Floor>,
     current: Mutex<Option<(String, Canceller)>>,
     metrics: Metrics,
 }
@@ -147,10 +151,32 @@ async fn work(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> 
         Ok(f) => f,
         Err(e) => return bad(format!("the body is not a run frame: {e}")),
     };
-    let ToWorker::Run { attempt_id, .. } = &frame else {
+    let ToWorker::Run {
+        attempt_id,
+        sandbox,
+        cwd,
+        ..
+    } = &frame
+    else {
         return bad("the body must be a run frame (\"t\":\"run\")".into());
     };
     let attempt_id = attempt_id.clone();
+    // Below the floor: the run ends here, with the reason, as on every other worker.
+    if let Some(why) = s.floor.as_ref().and_then(|f| {
+        f.check(sandbox.as_deref(), cwd.as_deref().map(std::path::Path::new))
+            .err()
+    }) {
+        s.metrics.policy.fetch_add(1, Ordering::Relaxed);
+        let [e, x] = refusal(&attempt_id, &why);
+        let mut body = frame_line(&e).to_vec();
+        body.extend_from_slice(&frame_line(&x));
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            body,
+        )
+            .into_response();
+    }
     let mut current = s.current();
     if current.is_some() {
         drop(current);
@@ -163,7 +189,7 @@ async fn work(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> 
         )
             .into_response();
     }
-    let Some(mut attempt) = Attempt::start(frame) else {
+    let Some(mut attempt) = Attempt::start(frame, s.floor.as_ref()) else {
         return bad("the body must be a run frame".into());
     };
     *current = Some((attempt_id.clone(), attempt.canceller()));
@@ -266,7 +292,12 @@ async fn hello(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let busy = s.current().is_some();
     (
         [(header::CONTENT_TYPE, "application/json")],
-        frame_line(&hello_reply(crate::VERSION, &s.name, busy)),
+        frame_line(&hello_reply(
+            crate::VERSION,
+            &s.name,
+            busy,
+            s.floor.as_ref(),
+        )),
     )
         .into_response()
 }
@@ -294,6 +325,7 @@ async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
          edge_worker_refused_total{{why=\"unauthorized\"}} {}\n\
          edge_worker_refused_total{{why=\"busy\"}} {}\n\
          edge_worker_refused_total{{why=\"bad_request\"}} {}\n\
+         edge_worker_refused_total{{why=\"policy\"}} {}\n\
          # HELP edge_worker_attempts_started_total Attempts started.\n\
          # TYPE edge_worker_attempts_started_total counter\n\
          edge_worker_attempts_started_total {}\n\
@@ -310,6 +342,7 @@ async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
         g(&m.unauthorized),
         g(&m.busy),
         g(&m.bad_request),
+        g(&m.policy),
         g(&m.started),
         g(&m.exited),
         g(&m.cancelled),
@@ -344,6 +377,7 @@ pub async fn serve_http(listener: TcpListener, opts: HttpOptions) -> std::io::Re
     let shared = Arc::new(Shared {
         name: opts.name,
         token: opts.token,
+        floor: opts.floor,
         current: Mutex::new(None),
         metrics: Metrics::default(),
     });

@@ -14,4 +14,6 @@ pub use protocol::{
     decode, encode, ExitReason, Fd, FrameError, FrameReader, FrameWriter, FromWorker, ToWorker,
     MAX_FRAME, VERSION,
 };
-pub use worker::{hello_reply, oneshot, serve, Attempt, Canceller, EGRESS_PREFIX, MAX_LINE};
+pub use worker::{
+    hello_reply, oneshot, refusal, serve, Attempt, Canceller, EGRESS_PREFIX, MAX_LINE,
+};

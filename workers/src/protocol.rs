@@ -72,6 +72,9 @@ pub enum FromWorker {
         worker: String,
         version: String,
         busy: bool,
+        /// The least confinement this worker accepts (`edge worker --floor`), if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        floor: Option<Box<edge_sandbox::Floor>>,
     },
     /// One attempt at a time: this one was not started.
     Busy {
@@ -95,6 +98,10 @@ pub enum FromWorker {
         signal: Option<i32>,
         reason: ExitReason,
     },
+    /// `code`: `protocol` (a bad frame or version), `spawn` (the agent could not start),
+    /// `sandbox` (a required layer is unavailable, or the run cannot be set up), `policy`
+    /// (the worker's floor refused the run). For the last three, nothing ran and `exit`
+    /// follows.
     Error {
         attempt_id: Option<String>,
         code: String,

@@ -7,6 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use edge_sandbox::Floor;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -58,8 +59,10 @@ impl Canceller {
 }
 
 impl Attempt {
-    /// Starts the attempt a `run` frame describes; `None` for any other frame.
-    pub fn start(frame: ToWorker) -> Option<Attempt> {
+    /// Starts the attempt a `run` frame describes; `None` for any other frame. With a
+    /// `floor`, a run that asks for less confinement is refused: its frames are an `error`
+    /// (code `policy`, saying what falls short) and its `exit`, and nothing runs.
+    pub fn start(frame: ToWorker, floor: Option<&Floor>) -> Option<Attempt> {
         let ToWorker::Run {
             attempt_id,
             argv,
@@ -75,7 +78,18 @@ impl Attempt {
         };
         let (tx, frames) = mpsc::channel(1024);
         let (control, ctl_rx) = mpsc::unbounded_channel();
+        let mut sandbox = sandbox;
+        let refused = floor.and_then(|f| {
+            let refused = f
+                .check(sandbox.as_deref(), cwd.as_deref().map(std::path::Path::new))
+                .err();
+            if let Some(c) = sandbox.as_deref_mut() {
+                f.apply(c);
+            }
+            refused
+        });
         let spec = Spec {
+            refused,
             attempt_id: attempt_id.clone(),
             argv,
             cwd,
@@ -131,7 +145,12 @@ impl Drop for Attempt {
 
 /// Serves one orchestrator connection until it closes. Returns after any attempt still running
 /// has been killed.
-pub async fn serve<R, W>(r: R, w: W, worker_name: &str) -> Result<(), FrameError>
+pub async fn serve<R, W>(
+    r: R,
+    w: W,
+    worker_name: &str,
+    floor: Option<&Floor>,
+) -> Result<(), FrameError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -149,7 +168,7 @@ where
                 }
                 Some(Ok(f)) => match f {
                     ToWorker::Hello { proto } => {
-                        wr.send(&hello_reply(proto, worker_name, current.is_some())).await?;
+                        wr.send(&hello_reply(proto, worker_name, current.is_some(), floor)).await?;
                     }
                     run @ ToWorker::Run { .. } => {
                         if current.is_some() {
@@ -158,7 +177,7 @@ where
                             }
                             continue;
                         }
-                        current = Attempt::start(run);
+                        current = Attempt::start(run, floor);
                     }
                     ToWorker::Cancel { attempt_id, grace_ms } => {
                         if let Some(c) = current.as_ref().filter(|c| c.attempt_id == attempt_id) {
@@ -204,9 +223,10 @@ pub async fn oneshot<W: AsyncWrite + Unpin>(
     frame: ToWorker,
     mut out: W,
     grace: Duration,
+    floor: Option<&Floor>,
 ) -> std::io::Result<i32> {
     use tokio::signal::unix::{signal, SignalKind};
-    let Some(mut a) = Attempt::start(frame) else {
+    let Some(mut a) = Attempt::start(frame, floor) else {
         return Err(std::io::Error::other(
             "the file must hold a run frame (\"t\":\"run\")",
         ));
@@ -233,13 +253,33 @@ pub async fn oneshot<W: AsyncWrite + Unpin>(
     Ok(status)
 }
 
+/// What a run the worker's floor refused gets: an `error` (code `policy`) that says why, and
+/// its `exit`.
+pub fn refusal(attempt_id: &str, why: &str) -> [FromWorker; 2] {
+    tracing::warn!(attempt = %attempt_id, %why, "run refused by the worker's floor");
+    [
+        FromWorker::Error {
+            attempt_id: Some(attempt_id.to_string()),
+            code: "policy".into(),
+            msg: format!("refused by this worker's floor: {why}"),
+        },
+        FromWorker::Exit {
+            attempt_id: attempt_id.to_string(),
+            code: None,
+            signal: None,
+            reason: ExitReason::Exited,
+        },
+    ]
+}
+
 /// The answer to `hello`.
-pub fn hello_reply(proto: u32, worker_name: &str, busy: bool) -> FromWorker {
+pub fn hello_reply(proto: u32, worker_name: &str, busy: bool, floor: Option<&Floor>) -> FromWorker {
     if proto == VERSION {
         FromWorker::HelloOk {
             worker: worker_name.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
             busy,
+            floor: floor.map(|f| Box::new(f.clone())),
         }
     } else {
         FromWorker::Error {
@@ -251,6 +291,8 @@ pub fn hello_reply(proto: u32, worker_name: &str, busy: bool) -> FromWorker {
 }
 
 struct Spec {
+    /// Why the worker's floor refused the run, if it did.
+    refused: Option<String>,
     attempt_id: String,
     argv: Vec<String>,
     cwd: Option<String>,
@@ -332,6 +374,12 @@ async fn attempt(
         signal: None,
         reason: ExitReason::Exited,
     };
+    if let Some(why) = spec.refused {
+        for f in refusal(&id, &why) {
+            let _ = tx.send(f).await;
+        }
+        return;
+    }
     let Some((program, args)) = spec.argv.split_first() else {
         let _ = tx.send(fail("spawn", "argv is empty".into())).await;
         let _ = tx.send(exited()).await;

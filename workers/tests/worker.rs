@@ -14,10 +14,14 @@ struct Orchestrator {
 }
 
 fn start() -> Orchestrator {
+    start_with(None)
+}
+
+fn start_with(floor: Option<edge_sandbox::Floor>) -> Orchestrator {
     let (ours, theirs) = tokio::io::duplex(1 << 20);
     let (r, w) = tokio::io::split(theirs);
     let worker = tokio::spawn(async move {
-        serve(r, w, "test").await.unwrap();
+        serve(r, w, "test", floor.as_ref()).await.unwrap();
     });
     let (r, w) = tokio::io::split(ours);
     Orchestrator {
@@ -320,4 +324,60 @@ async fn spawn_failures_and_long_lines() {
         3 * 1024 * 1024
     );
     assert_eq!(out.last().unwrap(), "end");
+}
+
+#[tokio::test]
+async fn a_worker_with_a_floor_refuses_what_falls_short_and_says_so() {
+    let floor = edge_sandbox::Floor {
+        memory: Some(1 << 30),
+        ..Default::default()
+    };
+    let mut o = start_with(Some(floor.clone()));
+    o.tx.send(&ToWorker::Hello { proto: 1 }).await.unwrap();
+    match o.next().await {
+        FromWorker::HelloOk { floor: Some(f), .. } => assert_eq!(*f, floor),
+        other => panic!("{other:?}"),
+    }
+    // No sandbox at all: nothing runs.
+    let marker = std::env::temp_dir().join(format!("edge-floor-ran-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    o.tx.send(&run("a1", &format!("touch {}", marker.display())))
+        .await
+        .unwrap();
+    let frames = o.until_exit().await;
+    assert!(
+        matches!(&frames[0], FromWorker::Error { code, msg, .. } if code == "policy" && msg.contains("only confined agents")),
+        "{frames:?}"
+    );
+    assert!(!frames
+        .iter()
+        .any(|f| matches!(f, FromWorker::Started { .. })));
+    // A profile asking for more memory than the floor allows.
+    let mut frame = run("a2", &format!("touch {}", marker.display()));
+    if let ToWorker::Run { sandbox, .. } = &mut frame {
+        *sandbox = Some(Box::new(edge_sandbox::Confine {
+            profile: edge_sandbox::Profile::default_named("big"),
+            home: "/var/lib/edge-agents/big".into(),
+        }));
+    }
+    o.tx.send(&frame).await.unwrap();
+    let frames = o.until_exit().await;
+    assert!(
+        matches!(&frames[0], FromWorker::Error { code, msg, .. } if code == "policy" && msg.contains("memory 2147483648")),
+        "{frames:?}"
+    );
+    assert!(!marker.exists(), "a refused run must not start");
+    // The worker is free again at once.
+    o.tx.send(&ToWorker::Hello { proto: 1 }).await.unwrap();
+    assert!(matches!(
+        o.next().await,
+        FromWorker::HelloOk { busy: false, .. }
+    ));
+    // Closing the connection ends the worker (both halves: a split duplex ends only then).
+    drop(o.tx);
+    drop(o.rx);
+    tokio::time::timeout(Duration::from_secs(10), o.worker)
+        .await
+        .expect("the worker ends when the connection closes")
+        .unwrap();
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use edge_sandbox::{Layer, Profile};
+use edge_sandbox::{Floor, Layer, Profile};
 
 use crate::walk::{Errors, Table};
 
@@ -46,6 +46,28 @@ fn paths(t: &mut Table<'_>, errs: &mut Errors, key: &'static str) -> Vec<PathBuf
         }
     }
     out
+}
+
+/// `egress = ["host:port", ...]`, each rule checked.
+fn egress(t: &mut Table<'_>, errs: &mut Errors) -> Option<Vec<String>> {
+    let list = t.strings(errs, "egress")?;
+    let mut out = Vec::new();
+    for (i, r) in list.iter().enumerate() {
+        let ok = r.rsplit_once(':').is_some_and(|(h, port)| {
+            !h.is_empty() && (port == "*" || port.parse::<u16>().is_ok_and(|n| n > 0))
+        });
+        if ok {
+            out.push(r.to_string());
+        } else {
+            errs.push(
+                format!("{}[{i}]", t.key("egress")),
+                format!(
+                    "{r:?}: use host:port, e.g. \"api.anthropic.com:443\" or \"*.example.org:443\""
+                ),
+            );
+        }
+    }
+    Some(out)
 }
 
 fn read_profile(name: &str, mut t: Table<'_>, errs: &mut Errors) -> Profile {
@@ -98,21 +120,8 @@ fn read_profile(name: &str, mut t: Table<'_>, errs: &mut Errors) -> Profile {
             *slot = v;
         }
     }
-    if let Some(list) = t.strings(errs, "egress") {
-        p.egress = Vec::new();
-        for (i, r) in list.iter().enumerate() {
-            let ok = r.rsplit_once(':').is_some_and(|(h, port)| {
-                !h.is_empty() && (port == "*" || port.parse::<u16>().is_ok_and(|n| n > 0))
-            });
-            if ok {
-                p.egress.push(r.to_string());
-            } else {
-                errs.push(
-                    format!("{}[{i}]", t.key("egress")),
-                    format!("{r:?}: use host:port, e.g. \"api.anthropic.com:443\" or \"*.example.org:443\""),
-                );
-            }
-        }
+    if let Some(list) = egress(&mut t, errs) {
+        p.egress = list;
     }
     if let Some(h) = t.str(errs, "home") {
         if h.starts_with('/') {
@@ -152,4 +161,25 @@ pub(super) fn read_sandbox(t: Option<Table<'_>>, errs: &mut Errors) -> BTreeMap<
     }
     t.finish(errs);
     out
+}
+
+/// Reads a worker's floor file (`edge worker --floor FILE`): the least confinement the worker
+/// accepts. Every key is optional; `require` is every layer unless given.
+pub(super) fn read_floor(doc: &toml::Table, errs: &mut Errors) -> Floor {
+    let mut t = Table::new("", doc);
+    let mut f = Floor::default();
+    if let Some(r) = layers(&mut t, errs, "require") {
+        f.require = r;
+    }
+    f.memory = t.size(errs, "memory");
+    f.file_size = t.size(errs, "file_size");
+    f.pids = t.uint(errs, "pids");
+    f.open_files = t.uint(errs, "open_files");
+    f.egress = egress(&mut t, errs);
+    if t.has("writable") {
+        f.writable = Some(paths(&mut t, errs, "writable"));
+    }
+    f.hidden = paths(&mut t, errs, "hidden");
+    t.finish(errs);
+    f
 }
