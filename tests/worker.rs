@@ -179,6 +179,36 @@ async fn edge_worker_oneshot_runs_one_attempt_and_is_stopped_by_a_signal() {
     assert!(text.contains("\"line\":\"interrupted\""), "{text}");
     assert!(text.contains("\"reason\":\"cancelled\""), "{text}");
     assert_eq!(status.code(), Some(130));
+
+    // With a floor (the Nomad client's own minimum), a run without a sandbox does not start:
+    // the reason, then exit, and the task fails.
+    let floor = dir.path().join("floor.toml");
+    std::fs::write(&floor, "require = [\"all\"]\n").unwrap();
+    let marker = dir.path().join("ran");
+    std::fs::write(&file, frame(&format!("touch {}", marker.display()))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["worker", "--oneshot"])
+        .arg(&file)
+        .arg("--floor")
+        .arg(&floor)
+        .output()
+        .unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(out.status.code(), Some(1), "{lines:?}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        (lines[0]["t"].as_str(), lines[0]["code"].as_str()),
+        (Some("error"), Some("policy"))
+    );
+    assert!(lines[0]["msg"]
+        .as_str()
+        .unwrap()
+        .contains("this worker runs only confined agents"));
+    assert_eq!(lines[1]["t"], "exit");
+    assert!(!marker.exists(), "a refused run must not start");
 }
 
 /// Cancel reaches a confined agent as an interrupt it can handle (Claude Code saves its session
