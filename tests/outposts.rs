@@ -209,6 +209,67 @@ async fn runs_go_over_ssh_to_the_first_outpost_that_answers() {
     }
     let status = o.outpost_status();
     assert!(status.iter().all(|s| s.1 == 0), "{status:?}");
+    // No SSH master left behind.
+    for op in o.outposts() {
+        edge_chat::links::close(&op.via).await;
+    }
+}
+
+/// The worker host's own minimum in its forced command (`edge worker --stdio --floor F`): a
+/// run without a sandbox is refused there with the reason, and with no other outpost the run
+/// ends with it.
+#[tokio::test]
+async fn an_ssh_worker_with_a_floor_refuses_an_unconfined_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let floor = dir.path().join("floor.toml");
+    std::fs::write(&floor, "require = [\"all\"]\nmemory = \"1GiB\"\n").unwrap();
+    let marker = dir.path().join("ran");
+    let d = sshd_at(
+        dir.path(),
+        &format!("{EDGE} worker --stdio --floor {}", floor.display()),
+        None,
+        "127.0.0.1",
+        free_port(),
+    );
+    let o = Orchestrator::new(Vec::new(), Conversations::new(dir.path().join("c")));
+    o.set_outposts(
+        edge_chat::outposts(
+            &[ssh("strict", d.port, &d.client_key, &d.host_key)],
+            dir.path(),
+            &[],
+        )
+        .unwrap(),
+    );
+    let spec = sh_agent(&format!("touch {}", marker.display()));
+    let conv = o.conversations().create("alice", "t").unwrap();
+    let run = o.start("alice", &conv.id, "hello", &spec, None).unwrap();
+    let (missed, mut rx) = run.subscribe(0);
+    let mut frames = missed.unwrap();
+    frames.extend(until_end(&mut rx).await);
+    match &frames.last().unwrap().body {
+        RunBody::End {
+            outcome: edge_chat::Outcome::Error,
+            detail: Some(d),
+            ..
+        } => assert!(
+            d.contains(
+                "strict: refused by this worker's floor: this worker runs only confined agents"
+            ),
+            "{d}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(!marker.exists(), "a refused run must not start");
+    // Refusing is not failing: the outpost is not rested.
+    assert!(
+        o.outpost_status()[0].3.is_none(),
+        "{:?}",
+        o.outpost_status()
+    );
+    // No SSH master left behind.
+    for op in o.outposts() {
+        edge_chat::links::close(&op.via).await;
+    }
 }
 
 /// A worker "host": a network namespace the test creates (`ip netns`), joined to this one by a
