@@ -638,6 +638,33 @@ async fn bench_first_token_local_vs_ssh_and_runs_per_second() {
         })
         .collect();
     let via_http = mk(http_outposts[..1].to_vec());
+    // The same HTTP worker with a floor (what checking it costs a run).
+    let floor = dir.path().join("floor.toml");
+    std::fs::write(
+        &floor,
+        "require = [\"all\"]\nmemory = \"4GiB\"\npids = 4096\nwritable = [\"/tmp\"]\nhidden = [\"/etc/hostname\"]\n",
+    )
+    .unwrap();
+    let floored = common::http_worker(
+        &[
+            "--token-file",
+            token.to_str().unwrap(),
+            "--floor",
+            floor.to_str().unwrap(),
+        ],
+        false,
+    )
+    .await;
+    let via_floor = mk(vec![OutpostConfig {
+        name: "http-floor".into(),
+        kind: OutpostKind::Http {
+            url: floored.url.clone(),
+            token_file: Some(token.clone()),
+            ca: None,
+            client_cert: None,
+        },
+        capacity: 1,
+    }]);
     let via_http4 = mk(http_outposts.clone());
     let via_local4 = mk(vec![OutpostConfig {
         name: "local".into(),
@@ -662,12 +689,19 @@ async fn bench_first_token_local_vs_ssh_and_runs_per_second() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let (mut l, mut s, mut h) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut l, mut s, mut h, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         l.extend(first_tokens(&via_local, &sandboxed, 10).await);
         s.extend(first_tokens(&via_ssh, &sandboxed, 10).await);
         h.extend(first_tokens(&via_http, &sandboxed, 10).await);
+        f.extend(first_tokens(&via_floor, &sandboxed, 10).await);
     }
+    println!(
+        "send → first token, sandboxed, http worker with a floor: p50 {:.0} ms p90 {:.0} ms ({} runs)",
+        pct(&mut f.clone(), 0.5),
+        pct(&mut f, 0.9),
+        f.len()
+    );
     println!(
         "send → first token, sandboxed: local worker p50 {:.0} ms p90 {:.0} ms; ssh worker (loopback) p50 {:.0} ms p90 {:.0} ms; http worker (loopback) p50 {:.0} ms p90 {:.0} ms; {} runs each",
         pct(&mut l.clone(), 0.5),

@@ -873,3 +873,157 @@ async fn a_worker_with_a_floor_refuses_runs_below_it_and_they_go_elsewhere() {
         "{metrics}"
     );
 }
+
+/// Claude Code keeps a session in the agent's home on the host that ran it. A conversation's
+/// next run goes back to that outpost and resumes it there; when that outpost cannot take
+/// the run, the run starts a new session elsewhere, told the conversation so far, and later
+/// runs follow it there. (The fake Claude keeps sessions as the real one does: `--resume`
+/// of a session its host does not have fails.)
+#[tokio::test]
+async fn a_conversation_resumes_its_session_where_it_lives_and_moves_with_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = token_file(dir.path(), "good", SECRET);
+    let mut hosts = Vec::new();
+    for name in ["home-a", "home-b"] {
+        let home = dir.path().join(name);
+        std::fs::create_dir(&home).unwrap();
+        hosts.push(
+            common::http_worker_env(
+                &["--token-file", good.to_str().unwrap()],
+                false,
+                &[("HOME", home.to_str().unwrap())],
+            )
+            .await,
+        );
+    }
+    let o = orchestrator(
+        dir.path(),
+        &[
+            http("a", &hosts[0].url, Some(&good)),
+            http("b", &hosts[1].url, Some(&good)),
+        ],
+    );
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let spec = edge_chat::AgentSpec {
+        agent: edge_chat::Agent::Claude {
+            command: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-claude.sh").into(),
+            permission_mode: "acceptEdits".into(),
+        },
+        ..sh_agent("")
+    };
+    let spec = edge_chat::AgentSpec {
+        workspace: ws.display().to_string(),
+        ..spec
+    };
+    let c = o.conversations();
+    let conv = c.create("alice", "t").unwrap();
+    let send = |text: &'static str| {
+        let o = o.clone();
+        let spec = spec.clone();
+        let id = conv.id.clone();
+        async move {
+            let session = o.conversations().session("alice", &id).unwrap().unwrap();
+            let run = o
+                .start("alice", &id, text, &spec, Some((&session.0, session.1)))
+                .unwrap();
+            let (missed, mut rx) = run.subscribe(0);
+            let mut frames = missed.unwrap();
+            if !matches!(
+                frames.last().map(|f| &f.body),
+                Some(edge_chat::RunBody::End { .. })
+            ) {
+                frames.extend(common::until_end(&mut rx).await);
+            }
+            frames
+        }
+    };
+    let model = |frames: &[edge_chat::RunFrame]| {
+        frames
+            .iter()
+            .find_map(|f| match &f.body {
+                edge_chat::RunBody::Event {
+                    event: edge_sandbox::Event::Session { model, .. },
+                } => model.clone(),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    let ran_on = |frames: &[edge_chat::RunFrame]| {
+        states(frames)
+            .into_iter()
+            .rev()
+            .find(|(s, ..)| s == "running")
+            .unwrap()
+    };
+    let meta = || c.list("alice").unwrap().into_iter().next().unwrap();
+
+    // The first run creates the session on a; the second resumes it there.
+    let f1 = send("the first message").await;
+    assert_eq!(outcome(&f1).0, Outcome::Ok, "{f1:#?}");
+    assert_eq!(ran_on(&f1).1.as_deref(), Some("a"));
+    assert_eq!(meta().session_outpost.as_deref(), Some("a"));
+    let first_session = meta().session.unwrap();
+    let f2 = send("the second message").await;
+    assert_eq!(outcome(&f2).0, Outcome::Ok, "{f2:#?}");
+    assert_eq!(
+        (ran_on(&f2).1.as_deref(), model(&f2).as_str()),
+        (Some("a"), "fake-resume")
+    );
+
+    // a is taken by another conversation's run: this one goes to b, as a new session that is
+    // told the earlier turns.
+    let other = c.create("bob", "busy").unwrap();
+    let busy = o.start("bob", &other.id, "slow", &spec, None).unwrap();
+    let (_, mut busy_rx) = busy.subscribe(0);
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(10), busy_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if matches!(&f.body, edge_chat::RunBody::State { state, outpost, .. } if state == "running" && outpost.as_deref() == Some("a"))
+        {
+            break;
+        }
+    }
+    let f3 = send("the third message").await;
+    assert_eq!(outcome(&f3).0, Outcome::Ok, "{f3:#?}");
+    let (_, on, detail) = ran_on(&f3);
+    assert_eq!(on.as_deref(), Some("b"));
+    assert!(
+        detail
+            .as_deref()
+            .is_some_and(|d| d.contains("session is on outpost a, which could not take this run")),
+        "{detail:?}"
+    );
+    assert_eq!(model(&f3), "fake-create");
+    let text = delta_text(&f3);
+    for want in [
+        "continues on another machine",
+        "the first message",
+        "You said: the first message",
+        "the second message",
+        "the third message",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+    assert_eq!(text.matches("the third message").count(), 1, "{text}");
+    assert_eq!(meta().session_outpost.as_deref(), Some("b"));
+    assert_ne!(meta().session.unwrap(), first_session);
+    busy.cancel();
+
+    // From now on the conversation resumes on b, although a is first in the list and free.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while o.outpost_status().iter().any(|s| s.1 > 0) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let f4 = send("the fourth message").await;
+    assert_eq!(outcome(&f4).0, Outcome::Ok, "{f4:#?}");
+    assert_eq!(
+        (ran_on(&f4).1.as_deref(), model(&f4).as_str()),
+        (Some("b"), "fake-resume")
+    );
+}

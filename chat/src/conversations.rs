@@ -44,6 +44,10 @@ pub struct Meta {
     /// The agent's session for this conversation (Claude's `--session-id`, then `--resume`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The outpost whose host holds that session (Claude keeps it in the agent's home there).
+    /// None: not known (a conversation from before outposts were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_outpost: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +199,7 @@ impl Conversations {
             created: now.clone(),
             updated: now,
             session: None,
+            session_outpost: None,
         };
         self.write_meta(user, &meta)?;
         Ok(meta)
@@ -353,6 +358,63 @@ impl Conversations {
         m.session = Some(s.clone());
         self.write_meta(user, &m)?;
         Ok(Some((s, false)))
+    }
+
+    /// The outpost whose host holds the conversation's agent session, if known.
+    pub fn session_outpost(&self, user: &str, id: &str) -> Result<Option<String>, Error> {
+        Ok(self.meta(user, id)?.and_then(|m| m.session_outpost))
+    }
+
+    /// Records that the conversation's agent session is now `session`, held on `outpost`.
+    pub fn set_session(
+        &self,
+        user: &str,
+        id: &str,
+        session: &str,
+        outpost: &str,
+    ) -> Result<(), Error> {
+        if let Some(mut m) = self.meta(user, id)? {
+            if m.session.as_deref() != Some(session)
+                || m.session_outpost.as_deref() != Some(outpost)
+            {
+                m.session = Some(session.to_string());
+                m.session_outpost = Some(outpost.to_string());
+                self.write_meta(user, &m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The conversation before `run` (that run's records left out) as Markdown, at most the
+    /// last `max` bytes of it (cut at a line): what an agent starting a new session on
+    /// another host is told of the turns it cannot resume.
+    pub fn transcript_before(
+        &self,
+        user: &str,
+        id: &str,
+        run: &str,
+        max: usize,
+    ) -> Result<String, Error> {
+        let Some((meta, records)) = self.open(user, id)? else {
+            return Ok(String::new());
+        };
+        let earlier: Vec<Record> = records
+            .into_iter()
+            .filter(|r| r.run_id.as_deref() != Some(run))
+            .collect();
+        let text = markdown(&meta, &earlier);
+        if text.len() <= max {
+            return Ok(text);
+        }
+        let mut cut = text.len() - max;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let tail = &text[cut..];
+        Ok(match tail.find('\n') {
+            Some(i) => format!("[... earlier turns left out ...]\n{}", &tail[i + 1..]),
+            None => tail.to_string(),
+        })
     }
 
     /// Marks a conversation as just used (for the list's order).
@@ -535,6 +597,70 @@ mod tests {
             seq: None,
             frame: event.map(|event| crate::runs::RunBody::Event { event }),
         }
+    }
+
+    #[test]
+    fn a_transcript_leaves_out_the_current_run_and_keeps_the_newest_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Conversations::new(dir.path().to_path_buf());
+        let m = c.create("alice", "t").unwrap();
+        let turn = |run: &str, text: &str| {
+            vec![
+                Record {
+                    run_id: Some(run.into()),
+                    ..rec("user", text, None)
+                },
+                Record {
+                    run_id: Some(run.into()),
+                    ..rec(
+                        "assistant",
+                        "",
+                        Some(Event::BlockStart {
+                            block: 0,
+                            kind: BlockKind::Text,
+                            tool: None,
+                        }),
+                    )
+                },
+                Record {
+                    run_id: Some(run.into()),
+                    ..rec(
+                        "assistant",
+                        "",
+                        Some(Event::Delta {
+                            block: 0,
+                            text: format!("answer to {text}"),
+                        }),
+                    )
+                },
+            ]
+        };
+        for (run, text) in [("r1", "één"), ("r2", "two"), ("r3", "now")] {
+            c.append("alice", &m.id, &turn(run, text)).unwrap();
+        }
+        let all = c.transcript_before("alice", &m.id, "r3", 100_000).unwrap();
+        assert!(
+            all.contains("één") && all.contains("answer to two"),
+            "{all}"
+        );
+        assert!(
+            !all.contains("now"),
+            "the current run is not history: {all}"
+        );
+        // Cut to the newest part, at a line, saying so.
+        let short = c.transcript_before("alice", &m.id, "r3", 60).unwrap();
+        assert!(
+            short.len() <= 60 + "[... earlier turns left out ...]\n".len(),
+            "{short}"
+        );
+        assert!(
+            short.starts_with("[... earlier turns left out ...]\n"),
+            "{short}"
+        );
+        assert!(
+            short.contains("answer to two") && !short.contains("één"),
+            "{short}"
+        );
     }
 
     #[test]

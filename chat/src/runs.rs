@@ -213,14 +213,20 @@ impl Orchestrator {
     }
 
     /// The first outpost not yet tried that has capacity and is not resting; counts the run.
-    fn lease(&self, tried: &[String]) -> Option<Outpost> {
+    /// The first outpost (`preferred` first, if given) not yet tried, with capacity, not
+    /// resting.
+    fn lease(&self, tried: &[String], preferred: Option<&str>) -> Option<Outpost> {
         let now = std::time::Instant::now();
         let mut all = self.outposts.lock().unwrap_or_else(|e| e.into_inner());
-        let o = all.iter_mut().find(|o| {
+        let free = |o: &OutpostState| {
             !tried.contains(&o.outpost.name)
                 && o.running < o.outpost.capacity
                 && o.resting_until.is_none_or(|t| t <= now)
-        })?;
+        };
+        let i = preferred
+            .and_then(|p| all.iter().position(|o| o.outpost.name == p && free(o)))
+            .or_else(|| all.iter().position(free))?;
+        let o = &mut all[i];
         o.running += 1;
         Some(o.outpost.clone())
     }
@@ -306,25 +312,36 @@ impl Orchestrator {
         });
         active.insert(key.clone(), run.clone());
         drop(active);
-        let argv = match &spec.agent {
+        let plan = match &spec.agent {
             Agent::Claude {
                 command,
                 permission_mode,
             } => {
-                let fresh;
-                let s = match session {
-                    Some((id, true)) => edge_sandbox::ClaudeSession::Resume(id),
-                    Some((id, false)) => edge_sandbox::ClaudeSession::Create(id),
-                    None => {
-                        fresh = uuid::Uuid::new_v4().to_string();
-                        edge_sandbox::ClaudeSession::Create(&fresh)
-                    }
+                let (session, exists, record) = match session {
+                    Some((id, resume)) => (id.to_string(), resume, true),
+                    None => (uuid::Uuid::new_v4().to_string(), false, false),
                 };
-                edge_sandbox::claude_argv(command, permission_mode, s, message)
+                let home = if exists {
+                    self.conversations
+                        .session_outpost(user, conversation)
+                        .ok()
+                        .flatten()
+                } else {
+                    None
+                };
+                Plan::Claude {
+                    command: command.clone(),
+                    permission_mode: permission_mode.clone(),
+                    session,
+                    exists,
+                    home,
+                    record,
+                    message: message.to_string(),
+                }
             }
             Agent::Command { argv } => {
                 let t: Vec<&str> = argv.iter().map(String::as_str).collect();
-                edge_sandbox::command_argv(&t, message)
+                Plan::Fixed(edge_sandbox::command_argv(&t, message))
             }
         };
         let me = self.clone();
@@ -336,7 +353,7 @@ impl Orchestrator {
                 run: &r,
                 seq: 0,
             };
-            task.drive(argv, &spec, cancel_rx).await;
+            task.drive(plan, &spec, cancel_rx).await;
             me.release(&r);
         });
         Ok(run)
@@ -358,6 +375,144 @@ impl Orchestrator {
 
 /// How long an outpost that failed is skipped before it is tried again.
 pub const OUTPOST_REST: Duration = Duration::from_secs(30);
+
+/// The most of a conversation's earlier turns given to an agent that starts a new session on
+/// another host (its newest part; it travels in the run frame, so it stays well under
+/// Nomad's 16 KiB dispatch payload).
+pub const TRANSCRIPT_MAX: usize = 10 * 1024;
+
+/// How a run's agent command is made for the outpost an attempt lands on.
+#[derive(Debug)]
+enum Plan {
+    /// The same everywhere (a generic CLI agent).
+    Fixed(Vec<String>),
+    /// Claude Code, whose session lives in the agent's home on the host that ran it: resumed
+    /// there, and replaced by a new session (told the earlier turns) anywhere else.
+    Claude {
+        command: String,
+        permission_mode: String,
+        session: String,
+        /// The session exists (it ran before): resume it where it is.
+        exists: bool,
+        /// The outpost holding it; None: not known (resumed wherever the run goes).
+        home: Option<String>,
+        /// Record the session in the conversation (false for runs started without one).
+        record: bool,
+        message: String,
+    },
+}
+
+/// The command for one attempt.
+struct AttemptPlan {
+    argv: Vec<String>,
+    /// The session this attempt creates or resumes.
+    session: Option<String>,
+    /// Why it is a new session although the conversation has one.
+    moved: Option<String>,
+}
+
+impl Plan {
+    /// Where the conversation's session is, to try first.
+    fn home(&self) -> Option<&str> {
+        match self {
+            Plan::Claude {
+                exists: true,
+                home: Some(h),
+                ..
+            } => Some(h),
+            _ => None,
+        }
+    }
+
+    /// The command for an attempt on `outpost`. `resumable`: a session started there can be
+    /// resumed there (one host; not a Nomad cluster, whose next allocation may land on another
+    /// client).
+    fn for_outpost(
+        &self,
+        outpost: &str,
+        resumable: bool,
+        transcript: impl FnOnce() -> String,
+    ) -> AttemptPlan {
+        let (command, permission_mode, session, exists, home, message) = match self {
+            Plan::Fixed(argv) => {
+                return AttemptPlan {
+                    argv: argv.clone(),
+                    session: None,
+                    moved: None,
+                }
+            }
+            Plan::Claude {
+                command,
+                permission_mode,
+                session,
+                exists,
+                home,
+                message,
+                ..
+            } => (command, permission_mode, session, *exists, home, message),
+        };
+        let plain = |s| AttemptPlan {
+            argv: edge_sandbox::claude_argv(command, permission_mode, s, message),
+            session: Some(session.clone()),
+            moved: None,
+        };
+        if !exists {
+            return plain(edge_sandbox::ClaudeSession::Create(session));
+        }
+        if resumable && home.as_deref() == Some(outpost) {
+            return plain(edge_sandbox::ClaudeSession::Resume(session));
+        }
+        // The session is on another host (or nowhere known): a new one here, told the
+        // conversation so far.
+        let fresh = uuid::Uuid::new_v4().to_string();
+        let prompt = format!(
+            "(This conversation continues on another machine, where its earlier turns cannot \
+             be resumed. They were, oldest first:)\n\n{}\n\n---\n\n{message}",
+            transcript().trim_end()
+        );
+        let why = match home {
+            Some(h) if h != outpost => format!(
+                "the conversation's agent session is on outpost {h}, which could not take this run"
+            ),
+            Some(_) => format!(
+                "a session on outpost {outpost} (a Nomad cluster) cannot be resumed: the next allocation may land on another client"
+            ),
+            None => "where the conversation's agent session is was not recorded".to_string(),
+        };
+        AttemptPlan {
+            argv: edge_sandbox::claude_argv(
+                command,
+                permission_mode,
+                edge_sandbox::ClaudeSession::Create(&fresh),
+                &prompt,
+            ),
+            session: Some(fresh),
+            moved: Some(format!(
+                "a new agent session, told the earlier turns: {why}"
+            )),
+        }
+    }
+
+    /// An attempt started on `outpost` with `session`: later attempts and runs resume it there.
+    /// True when the conversation should record it.
+    fn started(&mut self, used: &str, outpost: &str) -> bool {
+        match self {
+            Plan::Claude {
+                session,
+                exists,
+                home,
+                record,
+                ..
+            } => {
+                *session = used.to_string();
+                *exists = true;
+                *home = Some(outpost.to_string());
+                *record
+            }
+            Plan::Fixed(_) => false,
+        }
+    }
+}
 /// Where runs go, and how they get there (see [`crate::links`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outpost {
@@ -500,7 +655,7 @@ impl RunTask<'_> {
         .await;
     }
 
-    async fn drive(&mut self, argv: Vec<String>, spec: &AgentSpec, mut cancel: mpsc::Receiver<()>) {
+    async fn drive(&mut self, mut plan: Plan, spec: &AgentSpec, mut cancel: mpsc::Receiver<()>) {
         self.emit(vec![RunBody::State {
             state: "dispatching".into(),
             outpost: None,
@@ -527,8 +682,8 @@ impl RunTask<'_> {
         let mut failures: Vec<String> = Vec::new();
         let mut cancelled = false;
         let ((outcome, detail, usage, cost_usd), link) = 'attempts: loop {
-            let (mut link, mut lease, attempt) = loop {
-                let Some(outpost) = self.orch.lease(&tried) else {
+            let (mut link, mut lease, attempt, this) = loop {
+                let Some(outpost) = self.orch.lease(&tried, plan.home()) else {
                     let why = if failures.is_empty() {
                         "every outpost is at capacity or resting after a failure".to_string()
                     } else {
@@ -548,10 +703,22 @@ impl RunTask<'_> {
                     name: outpost.name.clone(),
                     failed: None,
                 };
+                let resumable = !matches!(outpost.via, crate::links::Via::Nomad(_));
+                let this = plan.for_outpost(&outpost.name, resumable, || {
+                    self.orch
+                        .conversations
+                        .transcript_before(
+                            &self.run.user,
+                            &self.run.conversation,
+                            &self.run.id,
+                            TRANSCRIPT_MAX,
+                        )
+                        .unwrap_or_default()
+                });
                 let run = ToWorker::Run {
                     attempt_id: attempt.clone(),
                     run_id: self.run.id.clone(),
-                    argv: argv.clone(),
+                    argv: this.argv.clone(),
                     cwd: Some(spec.workspace.clone()),
                     env: Default::default(),
                     stdin: None,
@@ -559,7 +726,7 @@ impl RunTask<'_> {
                     sandbox: spec.sandbox.clone().map(Box::new),
                 };
                 match crate::links::connect(&outpost.via, &run).await {
-                    Ok(link) => break (link, lease, attempt),
+                    Ok(link) => break (link, lease, attempt, this),
                     Err(e) => {
                         tracing::warn!(run = %self.run.id, outpost = %outpost.name, error = %e, "outpost skipped");
                         failures.push(format!("{}: {e}", outpost.name));
@@ -627,10 +794,22 @@ impl RunTask<'_> {
                         }
                         Some(Ok(f)) => match f {
                             FromWorker::Started { .. } => {
+                                if let Some(used) = &this.session {
+                                    if plan.started(used, &lease.name) {
+                                        if let Err(e) = self.orch.conversations.set_session(
+                                            &self.run.user,
+                                            &self.run.conversation,
+                                            used,
+                                            &lease.name,
+                                        ) {
+                                            tracing::warn!(run = %self.run.id, error = %e, "recording the agent session");
+                                        }
+                                    }
+                                }
                                 self.emit(vec![RunBody::State {
                                     state: "running".into(),
                                     outpost: Some(lease.name.clone()),
-                                    detail: None,
+                                    detail: this.moved.clone(),
                                 }])
                                 .await
                             }

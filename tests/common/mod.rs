@@ -231,10 +231,17 @@ pub struct HttpWorker {
 }
 
 pub async fn http_worker(args: &[&str], https: bool) -> HttpWorker {
+    http_worker_env(args, https, &[]).await
+}
+
+/// The same, with extra environment (a `HOME` of its own makes it another "host" for the
+/// agent's state).
+pub async fn http_worker_env(args: &[&str], https: bool, env: &[(&str, &str)]) -> HttpWorker {
     let port = free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
         .args(["worker", "--listen", &format!("127.0.0.1:{port}")])
         .args(args)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
