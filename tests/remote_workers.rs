@@ -1026,4 +1026,26 @@ async fn a_conversation_resumes_its_session_where_it_lives_and_moves_with_its_hi
         (ran_on(&f4).1.as_deref(), model(&f4).as_str()),
         (Some("b"), "fake-resume")
     );
+
+    // b loses the agent's home (a reinstalled host): Claude cannot find the session there, and
+    // the run starts a new one, told the earlier turns, instead of failing.
+    std::fs::remove_dir_all(dir.path().join("home-b/.claude")).unwrap();
+    let f5 = send("the fifth message").await;
+    assert_eq!(outcome(&f5).0, Outcome::Ok, "{f5:#?}");
+    let st = states(&f5);
+    assert!(
+        st.iter().any(|(s, o, d)| s == "dispatching"
+            && o.as_deref() == Some("b")
+            && d.as_deref()
+                .is_some_and(|d| d.contains("no longer has the conversation's agent session"))),
+        "{st:#?}"
+    );
+    assert_eq!(model(&f5), "fake-create");
+    let text = delta_text(&f5);
+    assert!(
+        text.contains("continues on another machine") && text.contains("the fourth message"),
+        "{text}"
+    );
+    let (_, on, _) = ran_on(&f5);
+    assert_eq!(meta().session_outpost, on);
 }

@@ -409,6 +409,8 @@ struct AttemptPlan {
     session: Option<String>,
     /// Why it is a new session although the conversation has one.
     moved: Option<String>,
+    /// It resumes the conversation's session (`--resume`).
+    resumes: bool,
 }
 
 impl Plan {
@@ -439,6 +441,7 @@ impl Plan {
                     argv: argv.clone(),
                     session: None,
                     moved: None,
+                    resumes: false,
                 }
             }
             Plan::Claude {
@@ -452,6 +455,7 @@ impl Plan {
             } => (command, permission_mode, session, *exists, home, message),
         };
         let plain = |s| AttemptPlan {
+            resumes: matches!(s, edge_sandbox::ClaudeSession::Resume(_)),
             argv: edge_sandbox::claude_argv(command, permission_mode, s, message),
             session: Some(session.clone()),
             moved: None,
@@ -477,7 +481,7 @@ impl Plan {
             Some(_) => format!(
                 "a session on outpost {outpost} (a Nomad cluster) cannot be resumed: the next allocation may land on another client"
             ),
-            None => "where the conversation's agent session is was not recorded".to_string(),
+            None => "the conversation's agent session cannot be resumed (where it is was not recorded, or its host no longer has it)".to_string(),
         };
         AttemptPlan {
             argv: edge_sandbox::claude_argv(
@@ -490,6 +494,15 @@ impl Plan {
             moved: Some(format!(
                 "a new agent session, told the earlier turns: {why}"
             )),
+            resumes: false,
+        }
+    }
+
+    /// The session could not be resumed where it was recorded (its files are gone there):
+    /// the next attempt starts a new one, told the earlier turns.
+    fn forget_home(&mut self) {
+        if let Plan::Claude { home, .. } = self {
+            *home = None;
         }
     }
 
@@ -681,6 +694,11 @@ impl RunTask<'_> {
         let mut tried: Vec<String> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         let mut cancelled = false;
+        // Attempt ids are never reused (Nomad takes them as idempotency tokens), even when an
+        // outpost is tried again.
+        let mut attempts = 0;
+        // A resume whose session its host no longer has is tried once more as a new session.
+        let mut lost_session = false;
         let ((outcome, detail, usage, cost_usd), link) = 'attempts: loop {
             let (mut link, mut lease, attempt, this) = loop {
                 let Some(outpost) = self.orch.lease(&tried, plan.home()) else {
@@ -696,7 +714,8 @@ impl RunTask<'_> {
                     .await;
                     return;
                 };
-                let attempt = format!("{}-{}", self.run.id, tried.len() + 1);
+                attempts += 1;
+                let attempt = format!("{}-{}", self.run.id, attempts);
                 tried.push(outpost.name.clone());
                 let mut lease = Lease {
                     orch: self.orch,
@@ -743,6 +762,8 @@ impl RunTask<'_> {
             };
             let mut result: Option<AgentResult> = None;
             let mut stderr_tail: VecDeque<String> = VecDeque::new();
+            // The agent wrote something on stdout.
+            let mut streamed = false;
             // Why the worker could not start the agent (the sandbox refused, say).
             let mut refused: Option<(String, String)> = None;
             // A frame read while draining, handled on the next turn.
@@ -786,7 +807,7 @@ impl RunTask<'_> {
                                 outpost: Some(name.clone()),
                                 detail: Some(format!(
                                     "{why}; attempt {} on another outpost",
-                                    tried.len() + 1
+                                    attempts + 1
                                 )),
                             }])
                             .await;
@@ -818,6 +839,7 @@ impl RunTask<'_> {
                                 line,
                                 ..
                             } => {
+                                streamed = true;
                                 let parse = |parser: &mut Parser, line: &str| match parser {
                                     Parser::Claude(p) => p.line(line),
                                     Parser::Command(p) => p.line(line),
@@ -869,6 +891,31 @@ impl RunTask<'_> {
                                 }
                                 let tail =
                                     stderr_tail.iter().cloned().collect::<Vec<_>>().join("\n");
+                                // Claude Code could not find the session it was to resume (its
+                                // host lost the agent's home, say): once, a new session told
+                                // the earlier turns, on any outpost, this one included.
+                                if this.resumes
+                                    && !streamed
+                                    && !cancelled
+                                    && !lost_session
+                                    && tail.contains("No conversation found with session ID")
+                                {
+                                    lost_session = true;
+                                    plan.forget_home();
+                                    let name = lease.name.clone();
+                                    tried.retain(|t| *t != name);
+                                    drop(lease);
+                                    drop(link);
+                                    self.emit(vec![RunBody::State {
+                                        state: "dispatching".into(),
+                                        outpost: Some(name.clone()),
+                                        detail: Some(format!(
+                                            "outpost {name} no longer has the conversation's agent session; starting a new one, told the earlier turns"
+                                        )),
+                                    }])
+                                    .await;
+                                    continue 'attempts;
+                                }
                                 match refused.take() {
                                     // This worker's floor asks for more confinement than the
                                     // run's profile gives: the outpost is healthy (not rested),
