@@ -73,6 +73,19 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 const SECRET: &str = "0123456789abcdef-worker-token";
 
+/// An HTTP worker's `/metrics`, with the token.
+async fn metrics(url: &str) -> String {
+    reqwest::Client::new()
+        .get(format!("{url}/metrics"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_http_worker_runs_with_its_token_refuses_others_and_kills_the_agent_when_the_client_goes(
 ) {
@@ -194,15 +207,7 @@ async fn an_http_worker_runs_with_its_token_refuses_others_and_kills_the_agent_w
         .await
         .unwrap()
         .contains("must be a run frame"));
-    let metrics = c
-        .get(format!("{}/metrics", w.url))
-        .bearer_auth(SECRET)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&w.url).await;
     for want in [
         "edge_worker_refused_total{why=\"unauthorized\"} 2",
         "edge_worker_refused_total{why=\"busy\"} 1",
@@ -400,15 +405,7 @@ async fn a_run_whose_http_worker_dies_is_retried_and_cancel_reaches_the_worker()
         !pid_alive(&pid),
         "the agent is gone once the run is cancelled"
     );
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", b.url))
-        .bearer_auth(SECRET)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&b.url).await;
     assert!(
         metrics.contains("edge_worker_attempts_ended_total{reason=\"cancelled\"} 1"),
         "{metrics}"
@@ -859,15 +856,7 @@ async fn a_worker_with_a_floor_refuses_runs_below_it_and_they_go_elsewhere() {
         detail.starts_with("no outpost could take the run: strict: refused by this worker's floor: this worker runs only confined agents"),
         "{detail}"
     );
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", strict.url))
-        .bearer_auth(SECRET)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&strict.url).await;
     assert!(
         metrics.contains("edge_worker_refused_total{why=\"policy\"} 3"),
         "{metrics}"

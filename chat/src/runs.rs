@@ -600,6 +600,20 @@ enum Parser {
 impl RunTask<'_> {
     /// Stores, then publishes, frames: one durable append per batch, through the journal
     /// thread, so the sync holds up no async thread and concurrent runs share commits.
+    /// An attempt is over without ending the run: its lease and link go (tearing the worker
+    /// down), and the run says why it is dispatching again.
+    async fn next_attempt(&mut self, lease: Lease<'_>, link: crate::links::Link, detail: String) {
+        let name = lease.name.clone();
+        drop(lease);
+        drop(link);
+        self.emit(vec![RunBody::State {
+            state: "dispatching".into(),
+            outpost: Some(name),
+            detail: Some(detail),
+        }])
+        .await;
+    }
+
     async fn emit(&mut self, bodies: Vec<RunBody>) {
         if bodies.is_empty() {
             return;
@@ -796,21 +810,12 @@ impl RunTask<'_> {
                             }
                             // The host or the connection is gone: a new attempt on the next
                             // outpost. What the lost attempt streamed stays in the conversation.
-                            let name = lease.name.clone();
-                            failures.push(format!("{name}: {why}"));
-                            drop(lease);
-                            // Tears the link down (kills the local child, closes the stream,
-                            // stops the Nomad job).
-                            drop(link);
-                            self.emit(vec![RunBody::State {
-                                state: "dispatching".into(),
-                                outpost: Some(name.clone()),
-                                detail: Some(format!(
-                                    "{why}; attempt {} on another outpost",
-                                    attempts + 1
-                                )),
-                            }])
-                            .await;
+                            failures.push(format!("{}: {why}", lease.name));
+                            // Tearing the link down kills the local child, closes the stream,
+                            // stops the Nomad job.
+                            let detail =
+                                format!("{why}; attempt {} on another outpost", attempts + 1);
+                            self.next_attempt(lease, link, detail).await;
                             continue 'attempts;
                         }
                         Some(Ok(f)) => match f {
@@ -904,16 +909,10 @@ impl RunTask<'_> {
                                     plan.forget_home();
                                     let name = lease.name.clone();
                                     tried.retain(|t| *t != name);
-                                    drop(lease);
-                                    drop(link);
-                                    self.emit(vec![RunBody::State {
-                                        state: "dispatching".into(),
-                                        outpost: Some(name.clone()),
-                                        detail: Some(format!(
-                                            "outpost {name} no longer has the conversation's agent session; starting a new one, told the earlier turns"
-                                        )),
-                                    }])
-                                    .await;
+                                    let detail = format!(
+                                        "outpost {name} no longer has the conversation's agent session; starting a new one, told the earlier turns"
+                                    );
+                                    self.next_attempt(lease, link, detail).await;
                                     continue 'attempts;
                                 }
                                 match refused.take() {
@@ -921,16 +920,9 @@ impl RunTask<'_> {
                                     // run's profile gives: the outpost is healthy (not rested),
                                     // but the run goes to the next one.
                                     Some((code, why)) if code == "policy" => {
-                                        let name = lease.name.clone();
-                                        failures.push(format!("{name}: {why}"));
-                                        drop(lease);
-                                        drop(link);
-                                        self.emit(vec![RunBody::State {
-                                            state: "dispatching".into(),
-                                            outpost: Some(name),
-                                            detail: Some(format!("skipped: {why}")),
-                                        }])
-                                        .await;
+                                        failures.push(format!("{}: {why}", lease.name));
+                                        self.next_attempt(lease, link, format!("skipped: {why}"))
+                                            .await;
                                         continue 'attempts;
                                     }
                                     Some((_, why)) => break (Outcome::Error, Some(why)),
