@@ -212,9 +212,8 @@ impl Orchestrator {
             .collect()
     }
 
-    /// The first outpost not yet tried that has capacity and is not resting; counts the run.
-    /// The first outpost (`preferred` first, if given) not yet tried, with capacity, not
-    /// resting.
+    /// The first outpost (`preferred` first, if given) not yet tried that has capacity and is
+    /// not resting; counts the run.
     fn lease(&self, tried: &[String], preferred: Option<&str>) -> Option<Outpost> {
         let now = std::time::Instant::now();
         let mut all = self.outposts.lock().unwrap_or_else(|e| e.into_inner());
@@ -394,7 +393,8 @@ enum Plan {
         session: String,
         /// The session exists (it ran before): resume it where it is.
         exists: bool,
-        /// The outpost holding it; None: not known (resumed wherever the run goes).
+        /// The outpost holding it; None: not known, so not resumable (a new session, told the
+        /// earlier turns).
         home: Option<String>,
         /// Record the session in the conversation (false for runs started without one).
         record: bool,
@@ -526,6 +526,7 @@ impl Plan {
         }
     }
 }
+
 /// Where runs go, and how they get there (see [`crate::links`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outpost {
@@ -598,8 +599,6 @@ enum Parser {
 }
 
 impl RunTask<'_> {
-    /// Stores, then publishes, frames: one durable append per batch, through the journal
-    /// thread, so the sync holds up no async thread and concurrent runs share commits.
     /// An attempt is over without ending the run: its lease and link go (tearing the worker
     /// down), and the run says why it is dispatching again.
     async fn next_attempt(&mut self, lease: Lease<'_>, link: crate::links::Link, detail: String) {
@@ -614,6 +613,8 @@ impl RunTask<'_> {
         .await;
     }
 
+    /// Stores, then publishes, frames: one durable append per batch, through the journal
+    /// thread, so the sync holds up no async thread and concurrent runs share commits.
     async fn emit(&mut self, bodies: Vec<RunBody>) {
         if bodies.is_empty() {
             return;

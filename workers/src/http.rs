@@ -33,7 +33,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::protocol::{decode, encode, ExitReason, FromWorker, ToWorker, MAX_FRAME};
-use crate::worker::{hello_reply, refusal, Attempt, Canceller};
+use crate::worker::{admit, hello_reply, refusal, Attempt, Canceller};
 
 /// A `pong` frame is sent this long after the last frame, so a dead connection is found even
 /// when the agent is quiet.
@@ -151,21 +151,23 @@ async fn work(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> 
         Ok(f) => f,
         Err(e) => return bad(format!("the body is not a run frame: {e}")),
     };
+    let mut frame = frame;
     let ToWorker::Run {
         attempt_id,
         sandbox,
         cwd,
         ..
-    } = &frame
+    } = &mut frame
     else {
         return bad("the body must be a run frame (\"t\":\"run\")".into());
     };
     let attempt_id = attempt_id.clone();
     // Below the floor: the run ends here, with the reason, as on every other worker.
-    if let Some(why) = s.floor.as_ref().and_then(|f| {
-        f.check(sandbox.as_deref(), cwd.as_deref().map(std::path::Path::new))
-            .err()
-    }) {
+    if let Some(why) = s
+        .floor
+        .as_ref()
+        .and_then(|f| admit(f, sandbox, cwd.as_deref()).err())
+    {
         s.metrics.policy.fetch_add(1, Ordering::Relaxed);
         let [e, x] = refusal(&attempt_id, &why);
         let mut body = frame_line(&e).to_vec();
@@ -189,7 +191,8 @@ async fn work(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> 
         )
             .into_response();
     }
-    let Some(mut attempt) = Attempt::start(frame, s.floor.as_ref()) else {
+    // Admitted above: the floor's additions are made.
+    let Some(mut attempt) = Attempt::start(frame, None) else {
         return bad("the body must be a run frame".into());
     };
     *current = Some((attempt_id.clone(), attempt.canceller()));

@@ -79,15 +79,7 @@ impl Attempt {
         let (tx, frames) = mpsc::channel(1024);
         let (control, ctl_rx) = mpsc::unbounded_channel();
         let mut sandbox = sandbox;
-        let refused = floor.and_then(|f| {
-            let refused = f
-                .check(sandbox.as_deref(), cwd.as_deref().map(std::path::Path::new))
-                .err();
-            if let Some(c) = sandbox.as_deref_mut() {
-                f.apply(c);
-            }
-            refused
-        });
+        let refused = floor.and_then(|f| admit(f, &mut sandbox, cwd.as_deref()).err());
         let spec = Spec {
             refused,
             attempt_id: attempt_id.clone(),
@@ -251,6 +243,20 @@ pub async fn oneshot<W: AsyncWrite + Unpin>(
     }
     a.done().await;
     Ok(status)
+}
+
+/// Holds a run's confinement to the worker's floor: `Err` says what falls short; otherwise the
+/// floor's additions (its hidden paths) are made.
+pub fn admit(
+    floor: &Floor,
+    sandbox: &mut Option<Box<edge_sandbox::Confine>>,
+    cwd: Option<&str>,
+) -> Result<(), String> {
+    floor.check(sandbox.as_deref(), cwd.map(std::path::Path::new))?;
+    if let Some(c) = sandbox.as_deref_mut() {
+        floor.apply(c);
+    }
+    Ok(())
 }
 
 /// What a run the worker's floor refused gets: an `error` (code `policy`) that says why, and
