@@ -69,7 +69,7 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Every problem found in a config file, in document order.
+/// Every problem found in a config (or worker floor) file, in document order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
@@ -78,7 +78,7 @@ impl fmt::Display for ConfigErrors {
         let n = self.0.len();
         write!(
             f,
-            "{n} problem{} in the config",
+            "{n} problem{} in the file",
             if n == 1 { "" } else { "s" }
         )?;
         for e in &self.0 {
@@ -932,12 +932,13 @@ mod tests {
             (None, None, None)
         );
         let f = Config::floor_from_toml(
-            "require = [\"env\", \"landlock\"]\nmemory = \"1GiB\"\npids = 64\negress = [\"api.anthropic.com:443\"]\nwritable = [\"/srv/edge\"]\nhidden = [\"/srv/secrets\"]\n",
+            "require = [\"env\", \"landlock\"]\nmemory = \"1GiB\"\npids = 64\negress = [\"api.anthropic.com:443\"]\nwritable = [\"/srv/edge\"]\nreadable = [\"/srv/docs\"]\nhidden = [\"/srv/secrets\"]\n",
         )
         .unwrap();
         assert_eq!(f.require.len(), 2);
         assert_eq!((f.memory, f.pids), (Some(1 << 30), Some(64)));
         assert_eq!(f.writable, Some(vec![PathBuf::from("/srv/edge")]));
+        assert_eq!(f.readable, Some(vec![PathBuf::from("/srv/docs")]));
         let e = Config::floor_from_toml(
             "require = [\"apparmor\"]\nmemory = \"lots\"\negress = [\"nohost\"]\nwritable = [\"srv\"]\nmax_memory = 1\n",
         )

@@ -33,6 +33,10 @@ pub struct Floor {
     /// capped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writable: Option<Vec<PathBuf>>,
+    /// A run's extra read-only paths (`read_only`) must lie under one of these. None: not
+    /// capped. (The system paths every profile reads are not extra.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readable: Option<Vec<PathBuf>>,
     /// Hidden in every run, added to what the profile hides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hidden: Vec<PathBuf>,
@@ -48,6 +52,7 @@ impl Default for Floor {
             file_size: None,
             egress: None,
             writable: None,
+            readable: None,
             hidden: Vec::new(),
         }
     }
@@ -110,6 +115,30 @@ fn resolved(p: &Path) -> Result<PathBuf, String> {
     Ok(real)
 }
 
+/// Every path lies (after resolving) under one of `roots`; otherwise which one does not.
+fn within<'a>(
+    roots: &[PathBuf],
+    paths: impl Iterator<Item = (&'a str, &'a PathBuf)>,
+    verb: &str,
+) -> Result<(), String> {
+    let roots: Vec<PathBuf> = roots.iter().filter_map(|r| resolved(r).ok()).collect();
+    for (what, path) in paths {
+        let real = resolved(path).map_err(|e| format!("{what}: {e}"))?;
+        if !roots.iter().any(|r| real.starts_with(r)) {
+            return Err(format!(
+                "{what} {} is outside the paths this worker lets agents {verb} ({})",
+                path.display(),
+                roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Floor {
     /// Whether a run may go ahead: `Err` says the first thing that falls short, in words an
     /// operator can act on. `workspace` is the run's working directory on this host.
@@ -170,7 +199,6 @@ impl Floor {
             }
         }
         if let Some(roots) = &self.writable {
-            let roots: Vec<PathBuf> = roots.iter().filter_map(|r| resolved(r).ok()).collect();
             let ws = workspace
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| ".".into());
@@ -182,20 +210,10 @@ impl Floor {
             let writable = [("the workspace", &ws), ("the agent's home", &c.home)]
                 .into_iter()
                 .chain(p.read_write.iter().map(|d| ("read_write", d)));
-            for (what, path) in writable {
-                let real = resolved(path).map_err(|e| format!("{what}: {e}"))?;
-                if !roots.iter().any(|r| real.starts_with(r)) {
-                    return Err(format!(
-                        "{what} {} is outside the paths this worker lets agents write ({})",
-                        path.display(),
-                        roots
-                            .iter()
-                            .map(|r| r.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
-            }
+            within(roots, writable, "write")?;
+        }
+        if let Some(roots) = &self.readable {
+            within(roots, p.read_only.iter().map(|d| ("read_only", d)), "read")?;
         }
         Ok(())
     }
@@ -242,6 +260,15 @@ impl Floor {
             parts.push(format!(
                 "writes under {}",
                 w.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+        if let Some(r) = &self.readable {
+            parts.push(format!(
+                "extra reads under {}",
+                r.iter()
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()
                     .join(",")
@@ -360,6 +387,24 @@ mod tests {
             .unwrap_err();
         assert!(e.starts_with("read_write /var/lib"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn extra_readable_paths_must_lie_under_the_floor_roots() {
+        let f = Floor {
+            readable: Some(vec!["/usr/share".into()]),
+            ..Floor::default()
+        };
+        let mut p = Profile::default_named("dev");
+        assert_eq!(f.check(Some(&confine(p.clone(), "/h")), None), Ok(()));
+        p.read_only.push("/usr/share/doc".into());
+        assert_eq!(f.check(Some(&confine(p.clone(), "/h")), None), Ok(()));
+        p.read_only.push("/srv/../var/backups".into());
+        let e = f.check(Some(&confine(p, "/h")), None).unwrap_err();
+        assert!(
+            e.starts_with("read_only /srv/../var/backups is outside the paths this worker lets agents read (/usr/share)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -33,7 +33,12 @@ fn layers(t: &mut Table<'_>, errs: &mut Errors, key: &'static str) -> Option<Vec
 }
 
 fn paths(t: &mut Table<'_>, errs: &mut Errors, key: &'static str) -> Vec<PathBuf> {
-    let list = t.strings(errs, key).unwrap_or_default();
+    given_paths(t, errs, key).unwrap_or_default()
+}
+
+/// Absolute paths, or None when the key is absent.
+fn given_paths(t: &mut Table<'_>, errs: &mut Errors, key: &'static str) -> Option<Vec<PathBuf>> {
+    let list = t.strings(errs, key)?;
     let mut out = Vec::new();
     for (i, p) in list.iter().enumerate() {
         if !p.starts_with('/') {
@@ -45,7 +50,7 @@ fn paths(t: &mut Table<'_>, errs: &mut Errors, key: &'static str) -> Vec<PathBuf
             out.push(PathBuf::from(p));
         }
     }
-    out
+    Some(out)
 }
 
 /// `egress = ["host:port", ...]`, each rule checked.
@@ -176,9 +181,8 @@ pub(super) fn read_floor(doc: &toml::Table, errs: &mut Errors) -> Floor {
     f.pids = t.uint(errs, "pids");
     f.open_files = t.uint(errs, "open_files");
     f.egress = egress(&mut t, errs);
-    if t.has("writable") {
-        f.writable = Some(paths(&mut t, errs, "writable"));
-    }
+    f.writable = given_paths(&mut t, errs, "writable");
+    f.readable = given_paths(&mut t, errs, "readable");
     f.hidden = paths(&mut t, errs, "hidden");
     t.finish(errs);
     f
