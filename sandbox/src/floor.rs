@@ -164,6 +164,35 @@ impl Floor {
                 p.name
             ));
         }
+        // A cap means nothing without a layer that enforces it, so the profile must require
+        // one (a layer only "available" may be missing on the host, and the run would go on).
+        let enforced_by: [(&str, bool, &[Layer]); 8] = [
+            ("memory", self.memory.is_some(), &[Layer::Cgroup]),
+            (
+                "pids",
+                self.pids.is_some(),
+                &[Layer::Cgroup, Layer::Rlimits],
+            ),
+            ("open_files", self.open_files.is_some(), &[Layer::Rlimits]),
+            ("file_size", self.file_size.is_some(), &[Layer::Rlimits]),
+            ("egress", self.egress.is_some(), &[Layer::Egress]),
+            (
+                "writable",
+                self.writable.is_some(),
+                &[Layer::Landlock, Layer::Namespaces],
+            ),
+            ("readable", self.readable.is_some(), &[Layer::Landlock]),
+            ("hidden", !self.hidden.is_empty(), &[Layer::Namespaces]),
+        ];
+        for (what, set, layers) in enforced_by {
+            if set && !layers.iter().any(|l| p.requires(*l) && p.enabled(*l)) {
+                return Err(format!(
+                    "this worker sets {what}, which only the {} layer enforces, and profile {:?} does not require it",
+                    layers.iter().map(|l| l.name()).collect::<Vec<_>>().join(" or "),
+                    p.name
+                ));
+            }
+        }
         if p.uid == 0 || p.gid == 0 {
             return Err(format!(
                 "profile {:?} would run the agent as root (uid {}, gid {})",
@@ -387,6 +416,62 @@ mod tests {
             .unwrap_err();
         assert!(e.starts_with("read_write /var/lib"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_cap_needs_the_layer_that_enforces_it() {
+        // The floor requires only env, so the layer check passes; each cap still needs its
+        // layer required by the profile.
+        let mut p = Profile::default_named("thin");
+        p.require = vec![Layer::Env];
+        let c = confine(p.clone(), "/h");
+        for (f, want) in [
+            (
+                Floor {
+                    require: vec![Layer::Env],
+                    memory: Some(1 << 30),
+                    ..Floor::default()
+                },
+                "this worker sets memory, which only the cgroup layer enforces, and profile \"thin\" does not require it",
+            ),
+            (
+                Floor {
+                    require: vec![Layer::Env],
+                    pids: Some(64),
+                    ..Floor::default()
+                },
+                "sets pids, which only the cgroup or rlimits layer enforces",
+            ),
+            (
+                Floor {
+                    require: vec![Layer::Env],
+                    egress: Some(vec!["api.anthropic.com:443".into()]),
+                    ..Floor::default()
+                },
+                "sets egress, which only the egress layer enforces",
+            ),
+            (
+                Floor {
+                    require: vec![Layer::Env],
+                    hidden: vec!["/srv/secrets".into()],
+                    ..Floor::default()
+                },
+                "sets hidden, which only the namespaces layer enforces",
+            ),
+        ] {
+            let e = f.check(Some(&c), None).unwrap_err();
+            assert!(e.contains(want), "{want} in {e}");
+        }
+        // With the layer required (and not disabled), the cap holds.
+        p.require.push(Layer::Rlimits);
+        let f = Floor {
+            require: vec![Layer::Env],
+            pids: Some(4096),
+            ..Floor::default()
+        };
+        assert_eq!(f.check(Some(&confine(p.clone(), "/h")), None), Ok(()));
+        p.disable.push(Layer::Rlimits);
+        assert!(f.check(Some(&confine(p, "/h")), None).is_err());
     }
 
     #[test]
