@@ -453,10 +453,12 @@ async fn edge_workers_lists_outposts_and_probes_them() {
              [chat]\nlisten = \"127.0.0.1:{chat}\"\n\
              [[outposts]]\nname = \"here\"\nkind = \"local\"\ncapacity = 3\n\
              [[outposts]]\nname = \"far\"\nkind = \"ssh\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nkey = \"{}\"\nhost_key = \"{}\"\n\
-             [[outposts]]\nname = \"gone\"\nkind = \"ssh\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nkey = \"{}\"\nhost_key = \"{}\"\n",
+             [[outposts]]\nname = \"gone\"\nkind = \"ssh\"\nhost = \"127.0.0.2\"\nport = {}\nuser = \"root\"\nkey = \"{}\"\nhost_key = \"{}\"\n",
             d.port,
             d.client_key.display(),
             d.host_key,
+            // On 127.0.0.2, where no other test listens: a port freed here may be taken on
+            // 127.0.0.1 by a test running alongside (one was, by another test's sshd).
             free_port(),
             d.client_key.display(),
             d.host_key,
