@@ -73,6 +73,20 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 const SECRET: &str = "0123456789abcdef-worker-token";
 
+/// `edge worker --listen` with a token and a floor.
+async fn floored_worker(token: &Path, floor: &Path) -> common::HttpWorker {
+    http_worker(
+        &[
+            "--token-file",
+            token.to_str().unwrap(),
+            "--floor",
+            floor.to_str().unwrap(),
+        ],
+        false,
+    )
+    .await
+}
+
 /// An HTTP worker's `/metrics`, with the token.
 async fn metrics(url: &str) -> String {
     reqwest::Client::new()
@@ -628,16 +642,7 @@ async fn edge_workers_probe_reaches_http_and_nomad_outposts() {
     // A worker whose floor the chat's profile (the default: 2 GiB) does not meet.
     let floor = dir.path().join("floor.toml");
     std::fs::write(&floor, "memory = \"1GiB\"\n").unwrap();
-    let strict = http_worker(
-        &[
-            "--token-file",
-            good.to_str().unwrap(),
-            "--floor",
-            floor.to_str().unwrap(),
-        ],
-        false,
-    )
-    .await;
+    let strict = floored_worker(&good, &floor).await;
     let f = nomad(dir.path()).await;
     let token = token_file(dir.path(), "nomad-token", NOMAD_TOKEN);
     let cfg = dir.path().join("edge.toml");
@@ -779,16 +784,7 @@ async fn a_worker_with_a_floor_refuses_runs_below_it_and_they_go_elsewhere() {
         ),
     )
     .unwrap();
-    let strict = http_worker(
-        &[
-            "--token-file",
-            good.to_str().unwrap(),
-            "--floor",
-            floor.to_str().unwrap(),
-        ],
-        false,
-    )
-    .await;
+    let strict = floored_worker(&good, &floor).await;
     let o = orchestrator(
         dir.path(),
         &[http("strict", &strict.url, Some(&good)), local()],

@@ -115,6 +115,15 @@ fn resolved(p: &Path) -> Result<PathBuf, String> {
     Ok(real)
 }
 
+/// Paths for a message, joined by `sep`.
+fn shown(paths: &[PathBuf], sep: &str) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
 /// Every path lies (after resolving) under one of `roots`; otherwise which one does not.
 fn within<'a>(
     roots: &[PathBuf],
@@ -128,11 +137,7 @@ fn within<'a>(
             return Err(format!(
                 "{what} {} is outside the paths this worker lets agents {verb} ({})",
                 path.display(),
-                roots
-                    .iter()
-                    .map(|r| r.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                shown(&roots, ", ")
             ));
         }
     }
@@ -286,22 +291,10 @@ impl Floor {
             parts.push(format!("egress within {}", e.join(",")));
         }
         if let Some(w) = &self.writable {
-            parts.push(format!(
-                "writes under {}",
-                w.iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ));
+            parts.push(format!("writes under {}", shown(w, ",")));
         }
         if let Some(r) = &self.readable {
-            parts.push(format!(
-                "extra reads under {}",
-                r.iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ));
+            parts.push(format!("extra reads under {}", shown(r, ",")));
         }
         if !self.hidden.is_empty() {
             parts.push(format!("hides {}", self.hidden.len()));
