@@ -50,7 +50,7 @@ pub(crate) fn router(st: St) -> Router {
         .route("/login", get(login))
         .route("/login/token", get(token_login))
         .route("/oauth/callback", get(callback))
-        .route("/logout", get(logout).post(logout))
+        .route("/logout", get(logout_page).post(logout))
         .route("/_auth/verify", get(verify))
         .route("/api/me", get(me))
         .route("/api/limits", get(crate::api::limits))
@@ -597,6 +597,19 @@ async fn token_login(State(st): State<St>, h: HeaderMap, Query(q): Query<TokenQu
     }
 }
 
+/// Sign-out is a same-origin POST (the origin guard checks it): a GET, which any site can make
+/// a browser send with `SameSite=Lax` cookies, only shows the button.
+async fn logout_page() -> Response {
+    let mut r = page(
+        StatusCode::OK,
+        "Sign out",
+        "<form method=\"post\" action=\"logout\"><button>Sign out</button></form>",
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
 async fn logout(State(st): State<St>, h: HeaderMap) -> Response {
     let cfg = st.config.load_full();
     let p = public(&cfg, &h);
@@ -690,8 +703,10 @@ async fn ws(State(st): State<St>, h: HeaderMap, upgrade: WebSocketUpgrade) -> Re
         // thousands of idle tabs must stay cheap.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
-        .max_message_size(crate::ws::MAX_CLIENT_FRAME)
-        .max_frame_size(crate::ws::MAX_CLIENT_FRAME)
+        // Twice the chat's cap: a frame between the two is read and answered 1009 by the
+        // session; one past this ends in the reader, which answers the same where it can.
+        .max_message_size(2 * crate::ws::MAX_CLIENT_FRAME)
+        .max_frame_size(2 * crate::ws::MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| crate::ws::session(socket, st, s.user))
 }
 

@@ -109,21 +109,88 @@ fn commit(batch: Vec<Append>) {
             None => files.push((a.log, a.buf, vec![a.done])),
         }
     }
+    // Written file by file, then synced file by file: the syncs of one batch share the file
+    // system's journal commit. A file whose write or sync fails is cut back to where it was, so
+    // it always ends at its last complete record.
     let mut written = Vec::with_capacity(files.len());
     for (log, buf, waiters) in files {
-        let r = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .and_then(|mut f| f.write_all(&buf).map(|()| f))
-            .map_err(io(&log));
+        let r = write_whole(&log, &buf);
         written.push((log, r, waiters));
     }
     for (log, r, waiters) in written {
-        let r = r.and_then(|f| f.sync_data().map_err(io(&log)));
+        let r = r.and_then(|(f, before)| {
+            f.sync_data().map_err(|e| {
+                roll_back(&log, &f, before);
+                io(&log)(e)
+            })
+        });
         for w in waiters {
             let _ = w.send(r.clone());
         }
     }
+}
+
+/// Appends `buf` (whole lines) to `log`, after cutting a torn tail a crash may have left. On a
+/// failed write (a full disk), the file is cut back to its length before: no partial line is
+/// ever left for later appends to follow. Returns the file and that length, for a failed sync.
+fn write_whole(log: &Path, buf: &[u8]) -> Result<(std::fs::File, u64), Error> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(log)
+        .map_err(io(log))?;
+    let before = clean_tail(log, &f)?;
+    if let Err(e) = f.write_all(buf) {
+        roll_back(log, &f, before);
+        return Err(io(log)(e));
+    }
+    Ok((f, before))
+}
+
+/// Cuts `f` back to `len` and syncs, after a failed append. If even that fails the torn line
+/// stays, and the next append or read cuts it ([`clean_tail`], [`read_repairing`]).
+fn roll_back(log: &Path, f: &std::fs::File, len: u64) {
+    match f.set_len(len).and_then(|()| f.sync_data()) {
+        Ok(()) => {
+            tracing::warn!(file = %log.display(), "an append failed; the file is back at its last complete record")
+        }
+        Err(e) => {
+            tracing::error!(file = %log.display(), error = %e, "an append failed and could not be undone; the next append cuts the torn line")
+        }
+    }
+}
+
+/// The length of `f` once it ends at a whole line: a tail without its newline (a crash, or a
+/// roll-back that failed) is cut off first.
+fn clean_tail(log: &Path, f: &std::fs::File) -> Result<u64, Error> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata().map_err(io(log))?.len();
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut last = [0u8; 1];
+    f.read_exact_at(&mut last, len - 1).map_err(io(log))?;
+    if last[0] == b'\n' {
+        return Ok(len);
+    }
+    // Rare: find the last newline, reading back in blocks.
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    let keep = loop {
+        let start = end.saturating_sub(block.len() as u64);
+        let n = (end - start) as usize;
+        f.read_exact_at(&mut block[..n], start).map_err(io(log))?;
+        if let Some(i) = block[..n].iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        if start == 0 {
+            break 0;
+        }
+        end = start;
+    };
+    tracing::warn!(file = %log.display(), cut = len - keep, "cut a torn last line before appending");
+    f.set_len(keep).map_err(io(log))?;
+    Ok(keep)
 }
 
 /// Now, RFC 3339 in UTC with milliseconds, always 24 characters (lines sort by time as text).
@@ -506,16 +573,14 @@ fn markdown(meta: &Meta, records: &[Record]) -> String {
     out
 }
 
-/// Appends whole lines and waits until they are on disk.
+/// Appends whole lines and waits until they are on disk; on failure the file is as before.
 fn append_to(log: &Path, records: &[Record]) -> Result<(), Error> {
     let buf = lines(records)?;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(log)
-        .map_err(io(log))?;
-    f.write_all(&buf).map_err(io(log))?;
-    f.sync_data().map_err(io(log))?;
-    Ok(())
+    let (f, before) = write_whole(log, &buf)?;
+    f.sync_data().map_err(|e| {
+        roll_back(log, &f, before);
+        io(log)(e)
+    })
 }
 
 fn lines(records: &[Record]) -> Result<Vec<u8>, Error> {
@@ -527,42 +592,60 @@ fn lines(records: &[Record]) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
-/// Every whole record of a file; a torn or unreadable tail is cut off (and the cut made
-/// durable) so the next append starts on a clean line.
+/// Every whole record of a file. A torn tail (no newline: a crash mid-append) is cut off, and
+/// the cut made durable, so the next append starts on a clean line. A damaged line in the
+/// middle never costs the records after it: it is skipped, and a record glued to the end of a
+/// torn line (as an older edge could leave after a full disk) is read from where it starts.
 fn read_repairing(log: &Path) -> Result<Vec<Record>, Error> {
     let bytes = std::fs::read(log).map_err(io(log))?;
     let mut records = Vec::new();
-    let mut good = 0usize;
     let mut pos = 0usize;
+    let mut damaged = 0usize;
     while pos < bytes.len() {
         let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
             break;
         };
         let line = &bytes[pos..pos + nl];
-        match serde_json::from_slice::<Record>(line) {
-            Ok(r) => {
-                records.push(r);
-                good = pos + nl + 1;
-            }
-            Err(_) if line.is_empty() => good = pos + nl + 1,
-            Err(_) => break,
-        }
         pos += nl + 1;
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Record>(line) {
+            Ok(r) => records.push(r),
+            Err(_) => {
+                damaged += 1;
+                if let Some(r) = record_within(line) {
+                    records.push(r);
+                }
+            }
+        }
     }
-    if good < bytes.len() {
+    if damaged > 0 {
+        tracing::warn!(file = %log.display(), lines = damaged, "conversation file has damaged lines; the records around them are kept");
+    }
+    if pos < bytes.len() {
         tracing::warn!(
             file = %log.display(),
-            cut = bytes.len() - good,
-            "conversation file ended in a torn or unreadable line; cut back to the last whole line"
+            cut = bytes.len() - pos,
+            "conversation file ended in a torn line; cut back to the last whole line"
         );
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(log)
             .map_err(io(log))?;
-        f.set_len(good as u64).map_err(io(log))?;
+        f.set_len(pos as u64).map_err(io(log))?;
         f.sync_all().map_err(io(log))?;
     }
     Ok(records)
+}
+
+/// The whole record at the end of a damaged line, if one starts there: every record is written
+/// with `ts` first, so one begins at a `{"ts":` and runs to the end of the line.
+fn record_within(line: &[u8]) -> Option<Record> {
+    const START: &[u8] = b"{\"ts\":";
+    (1..line.len().saturating_sub(START.len() - 1))
+        .filter(|&i| line[i..].starts_with(START))
+        .find_map(|i| serde_json::from_slice::<Record>(&line[i..]).ok())
 }
 
 /// Write to a temporary file, fsync, rename over `path`, fsync the directory.
@@ -723,6 +806,124 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["hello", "again", "after"]
         );
+    }
+
+    /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop; `None` where this
+    /// process may not mount (not root).
+    struct Tmpfs(tempfile::TempDir);
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Tmpfs> {
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let root = std::fs::read_to_string("/proc/self/status")
+                    .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
+                assert!(!root, "root could not mount a tmpfs for the full-disk test");
+                eprintln!("not root: the full-disk test needs a tmpfs and is skipped");
+                return None;
+            }
+            Some(Tmpfs(dir))
+        }
+    }
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_disk_that_fills_mid_run_loses_no_complete_record() {
+        let Some(fs) = Tmpfs::mount("256k") else {
+            return;
+        };
+        let c = Conversations::new(fs.0.path().join("convs"));
+        let m = c.create("alice", "t").unwrap();
+        // Fill most of the disk, so the run's appends hit ENOSPC part-way.
+        let filler = fs.0.path().join("filler");
+        std::fs::write(&filler, vec![0u8; 200 * 1024]).unwrap();
+        let big = "x".repeat(700);
+        let (mut ok, mut failed) = (Vec::new(), 0);
+        for i in 0..200 {
+            let r = rec("assistant", &format!("{i} {big}"), None);
+            // Both paths: the journal (runs) and the direct append.
+            let res = if i % 2 == 0 {
+                c.append_shared("alice", &m.id, std::slice::from_ref(&r))
+                    .await
+            } else {
+                c.append("alice", &m.id, std::slice::from_ref(&r))
+            };
+            match res {
+                Ok(()) => ok.push(i),
+                Err(_) => failed += 1,
+            }
+        }
+        assert!(failed > 0, "the disk never filled");
+        // Every failed append left the file at a whole line.
+        let (log, _) = c.paths("alice", &m.id).unwrap();
+        let bytes = std::fs::read(&log).unwrap();
+        assert!(
+            bytes.ends_with(b"\n"),
+            "a failed append left a partial line"
+        );
+        // Space comes back; the run goes on and ends.
+        std::fs::remove_file(&filler).unwrap();
+        let mut after = Vec::new();
+        for i in 200..560 {
+            let r = rec("assistant", &format!("{i} short"), None);
+            c.append_shared("alice", &m.id, &[r]).await.unwrap();
+            after.push(i);
+        }
+        c.append("alice", &m.id, &[rec("system", "end", None)])
+            .unwrap();
+        let (_, records) = c.open("alice", &m.id).unwrap().unwrap();
+        let got: Vec<String> = records.iter().map(|r| r.content.clone()).collect();
+        let want: Vec<String> = ok
+            .iter()
+            .map(|i| format!("{i} {big}"))
+            .chain(after.iter().map(|i| format!("{i} short")))
+            .chain(["end".to_string()])
+            .collect();
+        assert_eq!(got.len(), want.len(), "records were lost or invented");
+        assert!(got == want, "the records differ from those acknowledged");
+    }
+
+    #[test]
+    fn a_damaged_line_costs_no_record_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Conversations::new(dir.path().to_path_buf());
+        let m = c.create("alice", "t").unwrap();
+        c.append("alice", &m.id, &[rec("user", "one", None)])
+            .unwrap();
+        let (log, _) = c.paths("alice", &m.id).unwrap();
+        // What an older edge left after a full disk: a partial line, the next record glued to
+        // it, then more records; and a line damaged some other way.
+        let whole = |content: &str| {
+            let mut l = serde_json::to_vec(&rec("user", content, None)).unwrap();
+            l.push(b'\n');
+            l
+        };
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(br#"{"ts":"2026-11-23T00:00:00Z","user":"al"#)
+            .unwrap();
+        f.write_all(&whole("two")).unwrap();
+        f.write_all(b"not json at all\n").unwrap();
+        f.write_all(&whole("three")).unwrap();
+        f.write_all(br#"{"ts":"torn"#).unwrap();
+        drop(f);
+        let (_, records) = c.open("alice", &m.id).unwrap().unwrap();
+        let got: Vec<&str> = records.iter().map(|r| r.content.as_str()).collect();
+        assert_eq!(got, ["one", "two", "three"]);
+        c.append("alice", &m.id, &[rec("user", "four", None)])
+            .unwrap();
+        let (_, records) = c.open("alice", &m.id).unwrap().unwrap();
+        assert_eq!(records.len(), 4);
+        assert_eq!(records[3].content, "four");
     }
 
     #[test]

@@ -57,9 +57,22 @@ pub(crate) async fn session(socket: WebSocket, st: Arc<AppState>, user: String) 
             m = rx.next() => {
                 heard = Instant::now();
                 match m {
+                    Some(Ok(Message::Text(t))) if t.len() > MAX_CLIENT_FRAME => {
+                        let _ = tx.send(too_big()).await;
+                        break;
+                    }
                     Some(Ok(Message::Text(t))) => handle(&st, &user, t.as_str()).await,
                     Some(Ok(Message::Binary(_))) => vec![error("invalid", "frames are JSON text")],
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Err(e)) => {
+                        // Past the reader's own cap (twice ours): the same answer, if the socket
+                        // still takes one.
+                        let text = e.to_string();
+                        if text.contains("too long") || text.contains("Space limit") {
+                            let _ = tx.send(too_big()).await;
+                        }
+                        break;
+                    }
+                    Some(Ok(Message::Close(_))) | None => break,
                     Some(Ok(_)) => Vec::new(),
                 }
             }
@@ -87,6 +100,15 @@ pub(crate) async fn session(socket: WebSocket, st: Arc<AppState>, user: String) 
             }
         }
     }
+}
+
+/// The close frame for a client frame over [`MAX_CLIENT_FRAME`]: 1009, Message Too Big (RFC 6455
+/// §7.4.1), so the client knows why (a dropped socket reads as 1006).
+fn too_big() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: 1009,
+        reason: format!("frames are at most {} KiB", MAX_CLIENT_FRAME / 1024).into(),
+    }))
 }
 
 fn error(code: &str, msg: &str) -> String {
@@ -208,7 +230,9 @@ fn subscribe(
             })
             .to_string()]
         }
-        Ok(None) => vec![error("not_found", "no such conversation")],
+        Ok(None) | Err(crate::Error::Refused(_)) => {
+            vec![error("not_found", "no such conversation")]
+        }
         Err(e) => vec![error("internal", &e.to_string())],
     }
 }

@@ -49,7 +49,8 @@ const PASSED: [HeaderName; 8] = [
 
 /// Identity headers from an auth server's answer.
 type Identity = Vec<(HeaderName, HeaderValue)>;
-/// Authenticated verdicts by credentials (host, cookies, authorization), with when they came.
+/// Authenticated verdicts by everything the auth server was shown (see [`cache_key`]), with
+/// when they came.
 type VerdictCache = Mutex<HashMap<Box<[u8]>, (Instant, Identity)>>;
 
 /// A route's forward-auth, worked out once per config version.
@@ -128,21 +129,41 @@ pub(crate) struct Asked<'a> {
     pub upgrade: bool,
 }
 
-fn cache_key(a: &Asked<'_>) -> Vec<u8> {
-    let mut k = Vec::with_capacity(128);
-    k.extend_from_slice(a.host.as_bytes());
-    for name in [header::COOKIE, header::AUTHORIZATION] {
-        for v in a.headers.get_all(&name) {
+/// The verdict cache's key: everything the auth server is shown that can change its answer
+/// (method, scheme, host, the original target, and every passed header: credentials, `Origin`,
+/// `Sec-Fetch-*`), so a verdict is only reused for a request it would have judged identically.
+/// `None` for requests that are never answered from the cache: state-changing methods and
+/// WebSocket upgrades, whose `Origin` check runs at the auth server every time.
+fn cache_key(a: &Asked<'_>) -> Option<Vec<u8>> {
+    if a.upgrade || !matches!(*a.method, http::Method::GET | http::Method::HEAD) {
+        return None;
+    }
+    let mut k = Vec::with_capacity(256);
+    for part in [
+        a.method.as_str().as_bytes(),
+        a.proto.as_bytes(),
+        a.host.as_bytes(),
+        a.target.as_bytes(),
+    ] {
+        k.extend_from_slice(part);
+        k.push(0);
+    }
+    for name in &PASSED {
+        for v in a.headers.get_all(name) {
             k.push(0);
             k.extend_from_slice(v.as_bytes());
         }
         k.push(1);
     }
-    k
+    Some(k)
 }
 
 pub(crate) async fn check(shared: &Shared, auth: &AuthRt, asked: Asked<'_>) -> Verdict {
-    let key = (!auth.ttl.is_zero()).then(|| cache_key(&asked));
+    let key = if auth.ttl.is_zero() {
+        None
+    } else {
+        cache_key(&asked)
+    };
     if let Some(k) = &key {
         let cache = auth.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, identity)) = cache.get(k.as_slice()) {

@@ -21,8 +21,19 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Whether a client-supplied header claims forwarding or identity facts that only the gateway
 /// may state. These are dropped before routing, whether or not auth succeeds, and the
 /// forwarding ones are rebuilt from what the gateway saw.
+///
+/// Names are compared with `_` read as `-`: CGI, WSGI and PHP upstreams fold both into the same
+/// `HTTP_X_FORWARDED_USER` variable, so `X_Forwarded_User` is as much a claim as
+/// `X-Forwarded-User` (CVE-2025-64484).
 pub fn is_client_claim(name: &HeaderName) -> bool {
     let n = name.as_str();
+    if n.contains('_') {
+        return is_claim_name(&n.replace('_', "-"));
+    }
+    is_claim_name(n)
+}
+
+fn is_claim_name(n: &str) -> bool {
     n.starts_with("x-forwarded-")
         || n == "forwarded"
         || n == "x-real-ip"
@@ -36,6 +47,32 @@ pub fn is_client_claim(name: &HeaderName) -> bool {
         || n == "x-rewrite-url"
         || n == "x-original-uri"
         || n.starts_with("x-edge-")
+}
+
+/// Whether two header names are the same variable to a CGI-style upstream (`_` read as `-`).
+pub fn same_cgi_name(a: &HeaderName, b: &HeaderName) -> bool {
+    let (a, b) = (a.as_str().as_bytes(), b.as_str().as_bytes());
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            let fold = |c: u8| if c == b'_' { b'-' } else { c };
+            fold(*x) == fold(*y)
+        })
+}
+
+/// Removes every header that a CGI-style upstream would read as one of `names` (any spelling
+/// with `_` for `-`).
+pub fn remove_cgi_spellings(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if names.is_empty() {
+        return;
+    }
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| names.iter().any(|n| same_cgi_name(k, n)))
+        .cloned()
+        .collect();
+    for n in found {
+        headers.remove(n);
+    }
 }
 
 /// Lists the header names in all `Connection` values.
@@ -185,6 +222,14 @@ mod tests {
             "x-remote-user",
             "x-webauth-user",
             "x-original-url",
+            // CGI/WSGI/PHP fold `_` into `-` (CVE-2025-64484).
+            "x_forwarded_user",
+            "x_auth_request_user",
+            "remote_user",
+            "x_webauth_user",
+            "x-forwarded_for",
+            "x_real_ip",
+            "forwarded",
         ];
         for c in claims {
             assert!(is_client_claim(&HeaderName::from_static(c)), "{c}");

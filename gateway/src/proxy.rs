@@ -29,12 +29,30 @@ pub(crate) struct ConnInfo {
     /// `Forwarded: for=...;proto=...`, rendered once per connection.
     pub forwarded: HeaderValue,
     pub tls: bool,
+    /// The server name the TLS handshake asked for (lower-case), if any.
+    pub sni: Option<Box<str>>,
     /// The upstream connection requests on this (HTTP/1.1) connection reuse.
     pub upstream: crate::upstream::Slot,
 }
 
 const CSP_SANDBOX: HeaderValue =
     HeaderValue::from_static("sandbox allow-scripts allow-forms allow-popups");
+/// Response headers whose effect reaches past the mount to the whole origin (every project
+/// mount shares it): an untrusted mount's are dropped. Cookies; HSTS (`max-age=0` would switch
+/// it off); `Clear-Site-Data` (would wipe every session); a service worker's scope widened to
+/// `/`; alternative services; network error logging; the origin's agent cluster; client hints.
+const ORIGIN_WIDE: [&str; 10] = [
+    "set-cookie",
+    "strict-transport-security",
+    "clear-site-data",
+    "service-worker-allowed",
+    "alt-svc",
+    "nel",
+    "report-to",
+    "origin-agent-cluster",
+    "accept-ch",
+    "critical-ch",
+];
 const HSTS: HeaderValue = HeaderValue::from_static("max-age=63072000");
 
 pub(crate) async fn handle(
@@ -55,22 +73,26 @@ pub(crate) async fn handle(
     };
     // Cheap clones (reference-counted bytes), so the request can move on while these are read.
     let uri = req.uri().clone();
-    let target = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let raw_target = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let method = req.method().clone();
-    let (mut resp, metrics) = match &host {
-        Some(host) => {
+    let checked = check_request(&shared, &conn, req.headers(), host.as_ref(), raw_target);
+    let target: &str = match &checked {
+        Ok(t) => t,
+        Err(_) => raw_target,
+    };
+    let (mut resp, metrics) = match (&checked, &host) {
+        (Err(r), _) => (r.answer(), rt.unrouted.clone()),
+        (Ok(_), Some(host)) => {
             let host_str = host.to_str().unwrap_or("");
             route(&shared, &rt, &conn, req, host.clone(), host_str, target).await
         }
-        None => (
-            pages::plain(StatusCode::BAD_REQUEST, "a request needs a Host header\n"),
-            rt.unrouted.clone(),
-        ),
+        (Ok(_), None) => unreachable_host(&rt),
     };
     if conn.tls && rt.config().listen.hsts {
+        // The gateway's, whatever an upstream said: HSTS is origin-wide, and one mount must not
+        // switch it off (`max-age=0`) for the others.
         resp.headers_mut()
-            .entry(header::STRICT_TRANSPORT_SECURITY)
-            .or_insert(HSTS);
+            .insert(header::STRICT_TRANSPORT_SECURITY, HSTS);
     }
     metrics.observe(resp.status().as_u16(), start.elapsed());
     if rt.config().log.access {
@@ -88,6 +110,73 @@ pub(crate) async fn handle(
         );
     }
     Ok(resp)
+}
+
+/// Why a request was refused before routing (the client's fault).
+enum Refused {
+    Host(&'static str),
+    Target(edge_routing::TargetError),
+    Misdirected,
+}
+
+impl Refused {
+    fn answer(&self) -> Response<ResBody> {
+        match self {
+            Refused::Host(why) => pages::plain(StatusCode::BAD_REQUEST, why),
+            Refused::Target(e) => {
+                let mut r = pages::plain(StatusCode::BAD_REQUEST, "");
+                *r.body_mut() = ResBody::full(format!("{e}\n"));
+                r
+            }
+            Refused::Misdirected => pages::plain(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this connection was opened for another site; open a new one for this host\n",
+            ),
+        }
+    }
+}
+
+fn unreachable_host(rt: &Runtime) -> (Response<ResBody>, Arc<RouteMetrics>) {
+    (
+        pages::plain(StatusCode::BAD_REQUEST, "a request needs a Host header\n"),
+        rt.unrouted.clone(),
+    )
+}
+
+/// What routing may rely on: exactly one well-formed host, on a TLS connection whose handshake
+/// named a site of the same certificate, and a target whose dot-segments are resolved (the path
+/// auth judges is the path the upstream gets).
+fn check_request<'t>(
+    shared: &Shared,
+    conn: &ConnInfo,
+    headers: &http::HeaderMap,
+    host: Option<&HeaderValue>,
+    target: &'t str,
+) -> Result<std::borrow::Cow<'t, str>, Refused> {
+    // Two Host headers are ambiguous (RFC 9112 §3.2): the first routes, the second may be
+    // what an upstream believes.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(Refused::Host("a request has one Host header\n"));
+    }
+    let Some(host) = host else {
+        return Err(Refused::Host("a request needs a Host header\n"));
+    };
+    let Ok(host_str) = host.to_str() else {
+        return Err(Refused::Host("the Host header is not text\n"));
+    };
+    if edge_routing::check_host(host_str).is_err() {
+        return Err(Refused::Host(
+            "the Host header is not a host name with an optional numeric port\n",
+        ));
+    }
+    if conn.tls {
+        let (name, _) = edge_routing::normalize_host(host_str);
+        if !shared.certs.shares_certificate(conn.sni.as_deref(), &name) {
+            return Err(Refused::Misdirected);
+        }
+    }
+    edge_routing::normalize_target(target).map_err(Refused::Target)
 }
 
 async fn route(
@@ -146,9 +235,8 @@ async fn route(
             let mut auth_cookies = Vec::new();
             if let Some(auth) = &rrt.auth {
                 // Identity comes from the auth server only, whatever the client sent.
-                for name in auth.identity_headers() {
-                    req.headers_mut().remove(name);
-                }
+                // In every spelling a CGI-style upstream folds together.
+                hygiene::remove_cgi_spellings(req.headers_mut(), auth.identity_headers());
                 let asked = Asked {
                     method: &method,
                     proto: scheme,
@@ -189,7 +277,9 @@ async fn route(
             };
             if rcfg.untrusted {
                 let h = resp.headers_mut();
-                h.remove(header::SET_COOKIE);
+                for name in ORIGIN_WIDE {
+                    h.remove(name);
+                }
                 h.insert(header::CONTENT_SECURITY_POLICY, CSP_SANDBOX);
             }
             for c in auth_cookies {

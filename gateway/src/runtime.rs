@@ -2,7 +2,7 @@
 //! worked out once (the upstream's authority, the canonical static root, metric handles). A
 //! reload builds a new `Runtime` and swaps it in whole; requests in flight keep the old one.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use edge_routing::{Config, ConfigError, RouteTable, RouteTarget};
@@ -17,7 +17,7 @@ use crate::pages::esc;
 pub(crate) enum Target {
     Unconfigured,
     Upstream { authority: Authority, h2c: bool },
-    Static(PathBuf),
+    Static(crate::static_files::StaticRoot),
 }
 
 #[derive(Debug)]
@@ -91,7 +91,9 @@ impl Runtime {
                     RouteTarget::Static(root) => {
                         let path = base_dir.join(root);
                         match std::fs::canonicalize(&path) {
-                            Ok(real) if real.is_dir() => Target::Static(real),
+                            Ok(real) if real.is_dir() => Target::Static(
+                                crate::static_files::StaticRoot::new(real, r.dotfiles),
+                            ),
                             Ok(_) => {
                                 errors.push(ConfigError {
                                     key: format!("{}.root", r.key),

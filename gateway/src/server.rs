@@ -18,7 +18,35 @@ use crate::hygiene::forwarded_value;
 use crate::proxy::{handle, ConnInfo};
 use crate::Shared;
 
-/// Counts connections per client address and in total.
+/// The key the per-client caps count by: the address, or for IPv6 its /64 (one subscriber's
+/// network: a client given a /64 has 2^64 addresses to spread its connections over).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
+/// Counts connections per client (see [`client_key`]) and in total.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(v4), v4);
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct ConnLimiter {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -98,6 +126,8 @@ fn builders(shared: &Shared) -> Builders {
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(l.h2_max_concurrent_streams)
+        // What a stream buffers for a client that does not read (hyper's default is ~400 KiB).
+        .max_send_buf_size(crate::upstream::MAX_BUF)
         .max_header_list_size(l.max_header_bytes as u32)
         // Rapid reset (CVE-2023-44487) and streams the client makes us reset: both bounded,
         // the connection is closed with GOAWAY past them.
@@ -112,22 +142,37 @@ fn builders(shared: &Shared) -> Builders {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// What a plain-TCP client opened with.
+enum Preface {
+    /// The HTTP/2 preface (h2c with prior knowledge).
+    H2,
+    /// Anything else: HTTP/1.
+    Http1,
+    /// Nothing within the wait.
+    Silent,
+}
+
 /// Whether a plain-TCP client opens with the HTTP/2 preface (h2c with prior knowledge). Peeks,
-/// so nothing is consumed; gives up (as HTTP/1) once the bytes differ or `wait` passes.
-async fn peek_h2_preface(stream: &tokio::net::TcpStream, wait: Duration) -> bool {
+/// so nothing is consumed; gives up (as HTTP/1) once the bytes differ or `wait` passes after
+/// the first byte, and reports a client that sent nothing within `wait`.
+async fn peek_h2_preface(stream: &tokio::net::TcpStream, wait: Duration) -> Preface {
     let mut buf = [0u8; 24];
     let deadline = tokio::time::Instant::now() + wait;
+    let mut seen = 0;
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
-            _ => return false,
+            Ok(Err(_)) => return Preface::Http1,
+            Err(_) if seen == 0 => return Preface::Silent,
+            Err(_) => return Preface::Http1,
         };
         if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return false;
+            return Preface::Http1;
         }
         if n == H2_PREFACE.len() {
-            return true;
+            return Preface::H2;
         }
+        seen = n;
         // A prefix of the preface so far: wait for more bytes.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -191,9 +236,10 @@ pub(crate) async fn serve(
         let rt = shared.runtime.load();
         let limits = &rt.config().limits;
         let ip = peer.ip().to_canonical();
+        let client_key = client_key(ip);
         let Some(guard) = ConnLimiter::try_acquire(
             &shared,
-            ip,
+            client_key,
             limits.max_connections,
             limits.max_connections_per_client,
         ) else {
@@ -211,14 +257,6 @@ pub(crate) async fn serve(
                 .with_time(Duration::from_secs(60))
                 .with_interval(Duration::from_secs(10)),
         );
-        let conn = Arc::new(ConnInfo {
-            ip,
-            ip_value: http::HeaderValue::from_str(&ip.to_string())
-                .unwrap_or(http::HeaderValue::from_static("unknown")),
-            forwarded: forwarded_value(ip, tls.is_some()),
-            tls: tls.is_some(),
-            upstream: Default::default(),
-        });
         let shared2 = shared.clone();
         let builders = builders.clone();
         let tls = tls.clone();
@@ -226,14 +264,29 @@ pub(crate) async fn serve(
         conns.spawn(async move {
             let shared = shared2;
             let _guard = guard;
-            let svc = {
+            let info = |sni: Option<&str>| {
+                let conn = Arc::new(ConnInfo {
+                    ip,
+                    ip_value: http::HeaderValue::from_str(&ip.to_string())
+                        .unwrap_or(http::HeaderValue::from_static("unknown")),
+                    forwarded: forwarded_value(ip, tls.is_some()),
+                    tls: tls.is_some(),
+                    sni: sni.map(|s| s.to_ascii_lowercase().into_boxed_str()),
+                    upstream: Default::default(),
+                });
                 let shared = shared.clone();
                 service_fn(move |req| handle(shared.clone(), conn.clone(), req))
             };
-            match tls {
+            match tls.clone() {
                 None => {
-                    let h2 = peek_h2_preface(&stream, header_timeout).await;
-                    serve_io(&builders, stream, h2, svc, stop).await;
+                    let h2 = match peek_h2_preface(&stream, header_timeout).await {
+                        Preface::H2 => true,
+                        Preface::Http1 => false,
+                        // Nothing at all within the head timeout: an idle connection ends
+                        // now, not after a second timeout in hyper.
+                        Preface::Silent => return,
+                    };
+                    serve_io(&builders, stream, h2, info(None), stop).await;
                 }
                 Some(acceptor) => {
                     let tls_stream = match tokio::time::timeout(
@@ -253,6 +306,7 @@ pub(crate) async fn serve(
                         }
                     };
                     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let svc = info(tls_stream.get_ref().1.server_name());
                     serve_io(&builders, tls_stream, h2, svc, stop).await;
                 }
             }

@@ -94,6 +94,7 @@ impl Gateway {
             .timer(TokioTimer::new())
             .pool_idle_timeout(idle)
             .pool_max_idle_per_host(1024)
+            .http1_max_buf_size(crate::upstream::MAX_BUF)
             .build(connector());
         let h2c = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())

@@ -1,10 +1,18 @@
 //! Static file mounts. Written here rather than taken from tower-http's `ServeDir` because the
-//! gateway needs two things it does not do: strong ETags with `If-None-Match`, and refusing
-//! symlinks that lead out of the root (ServeDir follows them).
+//! gateway needs things it does not do: strong ETags with `If-None-Match`, refusing symlinks
+//! that lead out of the root (ServeDir follows them), refusing dotfiles and VCS directories
+//! (`.git/config` holds remote URLs with tokens), and serving regular files only, decided
+//! without blocking (a FIFO opened for reading waits for a writer forever).
+//!
+//! Every file system call of a lookup runs in one blocking task, and each route has a fixed
+//! number of them at a time ([`StaticRoot::permits`]): a slow or hostile root can fill its own
+//! permits, never the runtime's blocking pool that every other route and the chat share.
 
 use std::io::SeekFrom;
-use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -17,9 +25,39 @@ use tokio_util::io::ReaderStream;
 use crate::body::{BoxError, ResBody};
 use crate::pages;
 
+/// Lookups of one static route running at once, at most. Each holds a blocking thread for a
+/// few `stat`s and an `open`.
+const LOOKUPS_PER_ROUTE: usize = 32;
+/// How long a request waits for one of its route's lookups before a 503.
+const LOOKUP_WAIT: Duration = Duration::from_secs(5);
+
+/// A static route's root, canonical, and what it allows.
+#[derive(Debug)]
+pub(crate) struct StaticRoot {
+    pub root: PathBuf,
+    /// Serve dotfiles (`.env`, `.git/...`) too; `/.well-known/` is always served.
+    pub dotfiles: bool,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl StaticRoot {
+    pub(crate) fn new(root: PathBuf, dotfiles: bool) -> StaticRoot {
+        StaticRoot {
+            root,
+            dotfiles,
+            permits: Arc::new(tokio::sync::Semaphore::new(LOOKUPS_PER_ROUTE)),
+        }
+    }
+}
+
+/// Whether a name is hidden: a dotfile or dot-directory other than `.well-known` (RFC 8615).
+fn hidden(name: &str) -> bool {
+    name.starts_with('.') && name != ".well-known"
+}
+
 /// The requested file, after decoding, as path segments; `None` for anything that tries to
-/// climb (`..`, `%2e%2e`, an encoded `/` or `\`, a NUL).
-fn segments(raw_path: &str) -> Option<Vec<String>> {
+/// climb (`..`, `%2e%2e`, an encoded `/` or `\`, a NUL) or, unless `dotfiles`, names a dotfile.
+fn segments(raw_path: &str, dotfiles: bool) -> Option<Vec<String>> {
     let mut out = Vec::new();
     for seg in raw_path.split('/') {
         if seg.is_empty() {
@@ -27,12 +65,79 @@ fn segments(raw_path: &str) -> Option<Vec<String>> {
         }
         let decoded = percent_encoding::percent_decode_str(seg).collect::<Vec<u8>>();
         let s = String::from_utf8(decoded).ok()?;
-        if s == "." || s == ".." || s.contains(['/', '\\', '\0']) {
+        if s == "." || s == ".." || s.contains(['/', '\\', '\0']) || (!dotfiles && hidden(&s)) {
             return None;
         }
         out.push(s);
     }
     Some(out)
+}
+
+/// What a lookup found.
+enum Lookup {
+    /// A regular file, open, with its metadata and its real path (for the content type).
+    File(std::fs::File, std::fs::Metadata, PathBuf),
+    /// A directory asked for without its trailing slash.
+    Directory,
+    NotFound,
+}
+
+/// Finds and opens the file `segs` names under `root`, blocking: run it on a blocking thread.
+/// Symlinks are resolved and must stay under the root (and, unless `dotfiles`, out of hidden
+/// directories); only a regular file is opened, with `O_NONBLOCK | O_NOCTTY`, so a FIFO or a
+/// device swapped in between the `stat` and the `open` cannot hang or take a terminal.
+fn lookup(root: &Path, segs: &[String], trailing_slash: bool, dotfiles: bool) -> Lookup {
+    let mut file_path = root.to_path_buf();
+    for s in segs {
+        file_path.push(s);
+    }
+    let Ok(meta) = std::fs::metadata(&file_path) else {
+        return Lookup::NotFound;
+    };
+    if meta.is_dir() {
+        if !trailing_slash {
+            return Lookup::Directory;
+        }
+        file_path.push("index.html");
+    }
+    let Ok(real) = std::fs::canonicalize(&file_path) else {
+        return Lookup::NotFound;
+    };
+    let Ok(inside) = real.strip_prefix(root) else {
+        tracing::warn!(path = %file_path.display(), "refused a path that leaves the static root");
+        return Lookup::NotFound;
+    };
+    if !dotfiles
+        && inside
+            .components()
+            .any(|c| matches!(c, Component::Normal(n) if n.to_str().is_none_or(hidden)))
+    {
+        return Lookup::NotFound;
+    }
+    // Decided on the path before opening: only a regular file is ever opened.
+    match std::fs::metadata(&real) {
+        Ok(m) if m.is_file() => {}
+        _ => return Lookup::NotFound,
+    }
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags::O_NONBLOCK | libc_flags::O_NOCTTY)
+        .open(&real)
+    else {
+        return Lookup::NotFound;
+    };
+    // ...and again on what was opened, in case the path changed in between.
+    match file.metadata() {
+        Ok(m) if m.is_file() => Lookup::File(file, m, real),
+        _ => Lookup::NotFound,
+    }
+}
+
+/// The two `open(2)` flags used here, for Linux (every architecture edge builds for shares
+/// these values), so the gateway needs no `libc` dependency for them.
+mod libc_flags {
+    pub const O_NONBLOCK: i32 = 0o4000;
+    pub const O_NOCTTY: i32 = 0o400;
 }
 
 fn not_found() -> Response<ResBody> {
@@ -99,10 +204,9 @@ pub fn parse_range(value: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
     Ok(Some((start, end)))
 }
 
-/// Serves `raw_path` (still percent-encoded, query allowed) from `root`, which must be
-/// canonical. Directory redirects are relative, so they work under any mount.
-pub async fn serve(
-    root: &Path,
+/// Serves `raw_path` (still percent-encoded, query allowed) from `root`. Directory redirects are relative, so they work under any mount.
+pub(crate) async fn serve(
+    root: &StaticRoot,
     raw_path: &str,
     method: &Method,
     headers: &HeaderMap,
@@ -120,18 +224,27 @@ pub async fn serve(
         Some((p, q)) => (p, Some(q)),
         None => (raw_path, None),
     };
-    let Some(segs) = segments(path) else {
+    let Some(segs) = segments(path, root.dotfiles) else {
         return not_found();
     };
-    let mut file_path: PathBuf = root.to_path_buf();
-    for s in &segs {
-        file_path.push(s);
-    }
-    let Ok(meta) = tokio::fs::metadata(&file_path).await else {
-        return not_found();
+    let Ok(Ok(permit)) =
+        tokio::time::timeout(LOOKUP_WAIT, root.permits.clone().acquire_owned()).await
+    else {
+        tracing::warn!(root = %root.root.display(), "every lookup of this static route is busy; refused");
+        return pages::plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this mount's files are busy; try again\n",
+        );
     };
-    if meta.is_dir() {
-        if !path.ends_with('/') {
+    let (dir, trailing, dotfiles) = (root.root.clone(), path.ends_with('/'), root.dotfiles);
+    let found = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        lookup(&dir, &segs, trailing, dotfiles)
+    })
+    .await;
+    let (file, meta, real) = match found {
+        Ok(Lookup::File(f, m, real)) => (f, m, real),
+        Ok(Lookup::Directory) => {
             // Relative, so it works under any mount: /staging/docs -> docs/ = /staging/docs/
             let last = path.rsplit('/').next().unwrap_or("");
             let loc = match query {
@@ -140,25 +253,9 @@ pub async fn serve(
             };
             return pages::redirect(308, &loc);
         }
-        file_path.push("index.html");
-    }
-    // Symlinks may point anywhere: resolve and require the result to stay under the root.
-    let Ok(real) = tokio::fs::canonicalize(&file_path).await else {
-        return not_found();
+        Ok(Lookup::NotFound) | Err(_) => return not_found(),
     };
-    if !real.starts_with(root) {
-        tracing::warn!(path = %file_path.display(), "refused a path that leaves the static root");
-        return not_found();
-    }
-    let Ok(mut file) = tokio::fs::File::open(&real).await else {
-        return not_found();
-    };
-    let Ok(meta) = file.metadata().await else {
-        return not_found();
-    };
-    if !meta.is_file() {
-        return not_found();
-    }
+    let mut file = tokio::fs::File::from_std(file);
     let len = meta.len();
     let etag = etag_of(&meta);
     let mut resp = Response::new(ResBody::Empty);
@@ -247,12 +344,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn segments_refuse_traversal() {
+    fn segments_refuse_traversal_and_dotfiles() {
         assert_eq!(
-            segments("/a/b.html"),
+            segments("/a/b.html", false),
             Some(vec!["a".into(), "b.html".into()])
         );
-        assert_eq!(segments("/a%20b/"), Some(vec!["a b".into()]));
+        assert_eq!(segments("/a%20b/", false), Some(vec!["a b".into()]));
+        assert_eq!(
+            segments("/.well-known/x", false),
+            Some(vec![".well-known".into(), "x".into()])
+        );
+        for hidden in ["/.git/config", "/a/.env", "/%2egit/HEAD", "/a/.htpasswd"] {
+            assert_eq!(segments(hidden, false), None, "{hidden}");
+            assert!(segments(hidden, true).is_some(), "{hidden} with dotfiles");
+        }
         for bad in [
             "/../x",
             "/a/../../x",
@@ -263,7 +368,7 @@ mod tests {
             "/a%00",
             "/./x",
         ] {
-            assert_eq!(segments(bad), None, "{bad}");
+            assert_eq!(segments(bad, true), None, "{bad}");
         }
     }
 

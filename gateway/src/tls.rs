@@ -88,21 +88,44 @@ impl CertResolver {
     }
 }
 
-impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let set = self.set.load();
-        if let Some(name) = hello.server_name() {
+impl CertSet {
+    /// The certificate served for `name` (`None`: a client that sent no SNI).
+    fn pick(&self, name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        if let Some(name) = name {
             let name = name.to_ascii_lowercase();
             // The project's apex, or one label below it (its wildcard).
-            if let Some(k) = set.by_host.get(&name) {
-                return Some(k.clone());
+            if let Some(k) = self.by_host.get(&name) {
+                return Some(k);
             }
             if let Some((_, parent)) = name.split_once('.') {
-                if let Some(k) = set.by_host.get(parent) {
-                    return Some(k.clone());
+                if let Some(k) = self.by_host.get(parent) {
+                    return Some(k);
                 }
             }
         }
-        set.default.clone()
+        self.default.as_ref()
+    }
+}
+
+impl CertResolver {
+    /// Whether a request for `host` may be answered on a connection whose handshake named
+    /// `sni`: the same certificate serves both. Otherwise a browser that coalesced connections
+    /// (or a client that lied in one of the two) is talking to the wrong project (421).
+    pub(crate) fn shares_certificate(&self, sni: Option<&str>, host: &str) -> bool {
+        if sni.is_some_and(|s| s.eq_ignore_ascii_case(host)) {
+            return true;
+        }
+        let set = self.set.load();
+        match (set.pick(sni), set.pick(Some(host))) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.set.load().pick(hello.server_name()).cloned()
     }
 }

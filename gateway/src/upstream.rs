@@ -49,6 +49,12 @@ impl UpstreamFail {
     }
 }
 
+/// The most an upstream connection reads ahead of the client (its read buffer, and so the
+/// largest body chunk it hands on). hyper's default lets it grow to ~400 KiB, which a client
+/// that never reads holds per stream; with this, and the client side's write buffer bounded the
+/// same way, a stalled download costs tens of KiB, and back-pressure reaches the upstream.
+pub(crate) const MAX_BUF: usize = 64 * 1024;
+
 /// The upstream connection of one client connection.
 #[derive(Debug, Default)]
 pub(crate) struct Slot(Mutex<Option<Dedicated>>);
@@ -136,6 +142,7 @@ async fn connect(authority: &Authority) -> Result<SendRequest<ReqBody>, Upstream
             .with_interval(Duration::from_secs(10)),
     );
     let (tx, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_BUF)
         .handshake(TokioIo::new(stream))
         .await?;
     tokio::spawn(async move {

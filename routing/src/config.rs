@@ -200,6 +200,9 @@ pub struct Route {
     /// Root-level path prefixes also sent to this route unchanged (e.g. `/v2/` for Forgejo's
     /// container registry, `/proto.Woodpecker/` for Woodpecker's gRPC agents).
     pub root_paths: Vec<String>,
+    /// Static routes: serve dotfiles and dot-directories (`.env`, `.git/`) too. Off by default;
+    /// `/.well-known/` is served either way.
+    pub dotfiles: bool,
     /// Forward-auth: every request is first shown to an auth server.
     pub auth: Option<ForwardAuth>,
     /// The key of this route in the file (`projects[0].routes[1]`), for messages.
@@ -873,6 +876,7 @@ fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Ro
     let untrusted = t
         .bool(errs, "untrusted")
         .unwrap_or(mount == Some("staging"));
+    let dotfiles = t.bool(errs, "dotfiles").unwrap_or(false);
     let mut root_paths = Vec::new();
     for (i, p) in t
         .strings(errs, "root_paths")
@@ -901,6 +905,7 @@ fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Ro
         max_body,
         untrusted,
         root_paths,
+        dotfiles,
         auth,
         key,
     })

@@ -7,6 +7,7 @@
 
 mod config;
 mod resolve;
+mod target;
 mod units;
 mod walk;
 
@@ -17,4 +18,5 @@ pub use config::{
     PERMISSION_MODES,
 };
 pub use resolve::{normalize_host, Decision, RouteTable};
+pub use target::{check_host, normalize_target, TargetError};
 pub use units::{parse_duration, parse_size};

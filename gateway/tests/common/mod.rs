@@ -281,7 +281,9 @@ where
 /// - `/slow?ms=N`: the same after N ms;
 /// - `/count`: reads the body, answers its length;
 /// - `/sse`: `data: 1`, then after 300 ms `data: 2`;
-/// - `/cookie`: answers with a Set-Cookie.
+/// - `/cookie`: answers with a Set-Cookie;
+/// - `/origin-wide`: answers with headers that act on the whole origin (HSTS off,
+///   `Clear-Site-Data`, a cookie, a widened service worker scope, `Alt-Svc`).
 pub async fn echo_upstream() -> SocketAddr {
     spawn_server(|s| async move {
         let svc = hyper::service::service_fn(echo);
@@ -350,6 +352,21 @@ async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> 
         r.headers_mut()
             .insert("set-cookie", "track=1; Path=/".parse().unwrap());
     }
+    if path.ends_with("/origin-wide") {
+        let h = r.headers_mut();
+        h.insert("strict-transport-security", "max-age=0".parse().unwrap());
+        h.insert("clear-site-data", "\"*\"".parse().unwrap());
+        h.insert(
+            "set-cookie",
+            "__Host-edge-chat=evil; Path=/".parse().unwrap(),
+        );
+        h.insert("service-worker-allowed", "/".parse().unwrap());
+        h.insert("alt-svc", "h3=\":443\"".parse().unwrap());
+        h.insert(
+            "nel",
+            "{\"report_to\":\"x\",\"max_age\":86400}".parse().unwrap(),
+        );
+    }
     r.headers_mut()
         .insert("x-upstream", "echo".parse().unwrap());
     Ok(r)
@@ -383,8 +400,8 @@ pub async fn ws_upstream() -> SocketAddr {
 /// saw in `X-Uri` and the body.
 pub struct Nginx {
     pub addr: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
+    pub child: Child,
+    pub _dir: tempfile::TempDir,
 }
 
 impl Drop for Nginx {
