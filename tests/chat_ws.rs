@@ -268,6 +268,47 @@ async fn cancel_from_another_tab_and_one_run_per_conversation() {
 }
 
 #[tokio::test]
+async fn bad_frames_get_their_own_answers() {
+    let e = env("", "").await;
+    let mut a = e.tab().await;
+    // An id that could never be a conversation's is `not_found`, as an unknown one is.
+    for id in [
+        "../../etc",
+        "x".repeat(300).as_str(),
+        "no-such-conversation",
+    ] {
+        a.send(json!({"t": "subscribe", "conversation_id": id}))
+            .await;
+        let f = a.next().await;
+        assert_eq!(f["t"], "error", "{f}");
+        assert_eq!(f["code"], "not_found", "{id}: {f}");
+        a.send(json!({"t": "send", "conversation_id": id, "text": "hi"}))
+            .await;
+        let f = a.next().await;
+        assert!(
+            f["code"] == "not_found" || f["code"] == "no_agent",
+            "{id}: {f}"
+        );
+    }
+    // A frame over the chat's limit closes the socket with 1009 (Message Too Big), for both
+    // sizes: one the chat reads and one its reader refuses.
+    for size in [100 * 1024, 900 * 1024] {
+        let mut t = e.tab().await;
+        let big = json!({"t": "ping", "pad": "x".repeat(size)}).to_string();
+        let _ = t.ws.send(Message::text(big)).await;
+        let close = loop {
+            match tokio::time::timeout(Duration::from_secs(10), t.ws.next()).await {
+                Ok(Some(Ok(Message::Close(c)))) => break c,
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("{size}: no close frame, got {other:?}"),
+            }
+        };
+        let close = close.expect("a close frame with a code");
+        assert_eq!(u16::from(close.code), 1009, "{size}: {close:?}");
+    }
+}
+
+#[tokio::test]
 async fn limits_and_a_missing_agent_are_explained() {
     let e = env(CLAUDE, "[chat.limits]\nrequests_per_hour = 1\n").await;
     let conv = e.conversation().await;

@@ -24,7 +24,13 @@ pub(crate) async fn list(State(st): State<St>, h: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return r,
     };
-    match st.orch.conversations().list(&s.user) {
+    let cfg = st.config.load();
+    if cfg.projects.get(cfg.default_project).map(|p| &p.name) == Some(&s.project) {
+        if let Err(e) = st.orch.conversations().adopt_legacy(&s.user, &s.account()) {
+            tracing::warn!(error = %e, "could not move conversations from before per-project chats");
+        }
+    }
+    match st.orch.conversations().list(&s.account()) {
         Ok(v) => Json(v).into_response(),
         Err(e) => internal(e),
     }
@@ -57,7 +63,7 @@ pub(crate) async fn create(State(st): State<St>, h: HeaderMap, Json(b): Json<Tit
     let Some(title) = clean_title(b.title) else {
         return bad_title();
     };
-    match st.orch.conversations().create(&s.user, &title) {
+    match st.orch.conversations().create(&s.account(), &title) {
         Ok(m) => (StatusCode::CREATED, Json(m)).into_response(),
         Err(e) => internal(e),
     }
@@ -68,9 +74,9 @@ pub(crate) async fn open(State(st): State<St>, h: HeaderMap, Path(id): Path<Stri
         Ok(s) => s,
         Err(r) => return r,
     };
-    match st.orch.conversations().open(&s.user, &id) {
+    match st.orch.conversations().open(&s.account(), &id) {
         Ok(Some((meta, records))) => {
-            let active = st.orch.active(&s.user, &id).map(|r| r.id.clone());
+            let active = st.orch.active(&s.account(), &id).map(|r| r.id.clone());
             Json(serde_json::json!({"meta": meta, "records": records, "active_run": active}))
                 .into_response()
         }
@@ -92,7 +98,7 @@ pub(crate) async fn rename(
     let Some(title) = clean_title(b.title) else {
         return bad_title();
     };
-    match st.orch.conversations().rename(&s.user, &id, &title) {
+    match st.orch.conversations().rename(&s.account(), &id, &title) {
         Ok(Some(m)) => Json(m).into_response(),
         Ok(None) | Err(crate::Error::Refused(_)) => not_found(),
         Err(e) => internal(e),
@@ -104,13 +110,13 @@ pub(crate) async fn delete(State(st): State<St>, h: HeaderMap, Path(id): Path<St
         Ok(s) => s,
         Err(r) => return r,
     };
-    if st.orch.active(&s.user, &id).is_some() {
+    if st.orch.active(&s.account(), &id).is_some() {
         return json_error(
             StatusCode::CONFLICT,
             "a run is going in this conversation; cancel it first",
         );
     }
-    match st.orch.conversations().delete(&s.user, &id) {
+    match st.orch.conversations().delete(&s.account(), &id) {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) | Err(crate::Error::Refused(_)) => not_found(),
         Err(e) => internal(e),
@@ -122,7 +128,7 @@ pub(crate) async fn export(State(st): State<St>, h: HeaderMap, Path(id): Path<St
         Ok(s) => s,
         Err(r) => return r,
     };
-    match st.orch.conversations().export_markdown(&s.user, &id) {
+    match st.orch.conversations().export_markdown(&s.account(), &id) {
         Ok(Some(md)) => {
             let mut r = md.into_response();
             let hs = r.headers_mut();
@@ -157,7 +163,7 @@ pub(crate) async fn send(
         Ok(s) => s,
         Err(r) => return r,
     };
-    match talk::send(&st, &s.user, &id, &b.text, None).await {
+    match talk::send(&st, &s.account(), &id, &b.text, None).await {
         Ok(run_id) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({"run_id": run_id})),
@@ -187,8 +193,8 @@ pub(crate) async fn limits(State(st): State<St>, h: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return r,
     };
-    match st.store.used(&s.user).await {
-        Ok(u) => Json(talk::limits_json(&st.config.load(), u)).into_response(),
+    match st.store.used(&s.account()).await {
+        Ok(u) => Json(talk::limits_json(&st.config.load(), &s.account(), u)).into_response(),
         Err(e) => internal(e),
     }
 }

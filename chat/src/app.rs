@@ -93,6 +93,10 @@ pub(crate) struct Public {
     pub base: String,
     /// Subdomain mode: the project's domain, for the session cookie.
     pub cookie_domain: Option<String>,
+    /// The project whose chat this is (index into the config's projects, and its name; the
+    /// name is empty for a host that names no project's chat).
+    pub project: Option<usize>,
+    pub project_name: String,
 }
 
 impl Public {
@@ -123,7 +127,9 @@ pub(crate) fn public(cfg: &Config, h: &HeaderMap) -> Public {
         .or_else(|| hv(h, "host"))
         .unwrap_or("localhost");
     let origin = format!("{proto}://{host}");
-    let base = cfg.chat_base(proto, host);
+    let site = cfg.chat_site(proto, host);
+    let project = site.as_ref().map(|(p, _)| *p);
+    let base = site.map(|(_, b)| b);
     let cookie_domain = match (&base, cfg.routing) {
         (Some(b), RoutingMode::Subdomain) => {
             let host = b.split("://").nth(1).unwrap_or("");
@@ -137,6 +143,10 @@ pub(crate) fn public(cfg: &Config, h: &HeaderMap) -> Public {
         base: base.unwrap_or_else(|| origin.clone()),
         origin,
         cookie_domain,
+        project,
+        project_name: project
+            .map(|p| cfg.projects[p].name.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -220,19 +230,28 @@ fn session_ids(h: &HeaderMap) -> Vec<String> {
     ids
 }
 
-/// The first valid session among the request's chat cookies (stale duplicates are tolerated).
+/// The first valid session among the request's chat cookies (stale duplicates are tolerated)
+/// that was signed in to this project's chat: a project is a trust boundary, and a session of
+/// another project's chat is no session here, wherever its cookie came from.
 async fn session_of(st: &AppState, h: &HeaderMap) -> Result<Option<(String, Session)>, Error> {
     let cfg = st.config.load();
     let Some(chat) = cfg.chat.as_ref() else {
         return Ok(None);
     };
+    let p = public(&cfg, h);
+    if p.project.is_none() {
+        return Ok(None);
+    }
     for id in session_ids(h) {
         if let Some(s) = st
             .store
             .session(&id, chat.session_idle, chat.session_max)
             .await?
         {
-            return Ok(Some((id, s)));
+            if s.project == p.project_name {
+                return Ok(Some((id, s)));
+            }
+            tracing::info!(session_project = %s.project, project = %p.project_name, "refused a session of another project's chat");
         }
     }
     Ok(None)
@@ -241,7 +260,12 @@ async fn session_of(st: &AppState, h: &HeaderMap) -> Result<Option<(String, Sess
 /// Whether a session's user may use the chat now: allowed at sign-in, and, when the allowlist
 /// is a list of users, still on it (removing a name from the config revokes its sessions).
 fn still_allowed(cfg: &Config, s: &Session) -> bool {
-    let Some(chat) = cfg.chat.as_ref() else {
+    let Some(chat) = cfg
+        .projects
+        .iter()
+        .position(|p| p.name == s.project)
+        .and_then(|p| cfg.chat_of(p))
+    else {
         return false;
     };
     if !s.allowed {
@@ -289,9 +313,14 @@ async fn start_session(
         .as_ref()
         .map(|c| c.session_max.as_secs() as i64)
         .unwrap_or(86400);
+    if p.project.is_none() {
+        return Err(Error::Refused("this host serves no project's chat".into()));
+    }
     let id = random(32)?;
-    st.store.create_session(&id, user, allowed).await?;
-    tracing::info!(%user, allowed, "signed in");
+    st.store
+        .create_session(&id, &p.project_name, user, allowed)
+        .await?;
+    tracing::info!(%user, project = %p.project_name, allowed, "signed in");
     Ok(session_cookie(p, &id, max))
 }
 
@@ -549,7 +578,15 @@ async fn callback(State(st): State<St>, h: HeaderMap, Query(q): Query<CallbackQu
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
-    let allowed = login::allowed(chat, &id);
+    // Who may use this project's chat: its own allowlist, where it has one.
+    let Some(project_chat) = p.project.and_then(|i| cfg.chat_of(i)) else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "No chat here",
+            "<p>This host serves no project's chat.</p>",
+        );
+    };
+    let allowed = login::allowed(&project_chat, &id);
     let cookie = match start_session(&st, &p, &id.user, allowed).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -703,11 +740,12 @@ async fn ws(State(st): State<St>, h: HeaderMap, upgrade: WebSocketUpgrade) -> Re
         // thousands of idle tabs must stay cheap.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
-        // Twice the chat's cap: a frame between the two is read and answered 1009 by the
-        // session; one past this ends in the reader, which answers the same where it can.
-        .max_message_size(2 * crate::ws::MAX_CLIENT_FRAME)
-        .max_frame_size(2 * crate::ws::MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| crate::ws::session(socket, st, s.user))
+        // The reader takes frames up to READ_CAP, so that one over the chat's own cap is read
+        // whole and answered 1009 (Message Too Big) by the session. Past READ_CAP the reader
+        // gives up mid-frame; the close then races the unread bytes (a reset, in practice).
+        .max_message_size(crate::ws::READ_CAP)
+        .max_frame_size(crate::ws::READ_CAP)
+        .on_upgrade(move |socket| crate::ws::session(socket, st, s.account()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -289,6 +289,22 @@ impl Conversations {
         }
     }
 
+    /// Moves the conversations an older edge kept under the bare user name to `account`
+    /// (`project/user`), once: called for the default project, where they were made. Nothing
+    /// happens when the account already has conversations or there is nothing to move.
+    pub fn adopt_legacy(&self, user: &str, account: &str) -> Result<bool, Error> {
+        let (old, new) = (self.user_dir(user), self.user_dir(account));
+        if new.exists() || !old.is_dir() {
+            return Ok(false);
+        }
+        std::fs::rename(&old, &new).map_err(io(&new))?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        tracing::info!(%user, %account, "moved conversations from before per-project chats");
+        Ok(true)
+    }
+
     /// The user's conversations, most recently updated first.
     pub fn list(&self, user: &str) -> Result<Vec<Meta>, Error> {
         let d = self.user_dir(user);

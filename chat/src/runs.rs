@@ -291,7 +291,7 @@ impl Orchestrator {
             conversation,
             &[Record {
                 ts: now_rfc3339(),
-                user: user.to_string(),
+                user: crate::store::display_user(user).to_string(),
                 role: "user".into(),
                 content: message.to_string(),
                 run_id: Some(id.clone()),
@@ -630,7 +630,7 @@ impl RunTask<'_> {
             };
             records.push(Record {
                 ts: now_rfc3339(),
-                user: self.run.user.clone(),
+                user: crate::store::display_user(&self.run.user).to_string(),
                 role: "assistant".into(),
                 content: match &f.body {
                     RunBody::End { detail, .. } => detail.clone().unwrap_or_default(),

@@ -32,10 +32,30 @@ pub const FLOW_TTL: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub user: String,
+    /// The project whose chat it was signed in to; it is worth nothing on another's.
+    pub project: String,
     /// Whether the user was on the allowlist when signing in.
     pub allowed: bool,
     pub created: i64,
     pub last_seen: i64,
+}
+
+impl Session {
+    /// The key of what this user holds in this project (conversations, runs, limits, open
+    /// tabs): `project/user`, so nothing is shared across projects. Users see `user` only.
+    pub fn account(&self) -> String {
+        account(&self.project, &self.user)
+    }
+}
+
+/// `project/user`: see [`Session::account`].
+pub fn account(project: &str, user: &str) -> String {
+    format!("{project}/{user}")
+}
+
+/// The user's name in an account key (the whole key if it is not one).
+pub fn display_user(account: &str) -> &str {
+    account.split_once('/').map_or(account, |(_, u)| u)
 }
 
 /// A sign-in flow waiting for its callback.
@@ -62,6 +82,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
     id_hash BLOB PRIMARY KEY,
     user TEXT NOT NULL,
+    project TEXT NOT NULL DEFAULT '',
     allowed INTEGER NOT NULL,
     created INTEGER NOT NULL,
     last_seen INTEGER NOT NULL
@@ -91,6 +112,18 @@ CREATE TABLE IF NOT EXISTS login_tokens (
 ) WITHOUT ROWID;
 ";
 
+/// Brings a store written by an older edge up to this schema. Sessions from before sessions
+/// were per project get the empty project, which no chat accepts: their users sign in again.
+fn migrate(db: &Connection) -> rusqlite::Result<()> {
+    let has_project: bool = db
+        .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'project'")?
+        .exists([])?;
+    if !has_project {
+        db.execute_batch("ALTER TABLE sessions ADD COLUMN project TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) `dir/chat.db`.
     pub fn open(dir: &Path) -> Result<Store, Error> {
@@ -103,6 +136,7 @@ impl Store {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
         )
         .and_then(|_| db.execute_batch(SCHEMA))
+        .and_then(|_| migrate(&db))
         .map_err(|e| Error::Store(format!("{}: {e}", path.display())))?;
         #[cfg(unix)]
         {
@@ -131,12 +165,18 @@ impl Store {
         .map_err(|e| Error::Store(e.to_string()))
     }
 
-    pub async fn create_session(&self, id: &str, user: &str, allowed: bool) -> Result<(), Error> {
-        let (h, user, t) = (sha256(id), user.to_string(), now());
+    pub async fn create_session(
+        &self,
+        id: &str,
+        project: &str,
+        user: &str,
+        allowed: bool,
+    ) -> Result<(), Error> {
+        let (h, project, user, t) = (sha256(id), project.to_string(), user.to_string(), now());
         self.call(move |c| {
             c.execute(
-                "INSERT INTO sessions (id_hash, user, allowed, created, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![h, user, allowed, t],
+                "INSERT INTO sessions (id_hash, user, project, allowed, created, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                params![h, user, project, allowed, t],
             )
             .map(|_| ())
         })
@@ -157,14 +197,15 @@ impl Store {
             let t = now();
             let s = c
                 .query_row(
-                    "SELECT user, allowed, created, last_seen FROM sessions WHERE id_hash = ?1",
+                    "SELECT user, project, allowed, created, last_seen FROM sessions WHERE id_hash = ?1",
                     params![h],
                     |r| {
                         Ok(Session {
                             user: r.get(0)?,
-                            allowed: r.get(1)?,
-                            created: r.get(2)?,
-                            last_seen: r.get(3)?,
+                            project: r.get(1)?,
+                            allowed: r.get(2)?,
+                            created: r.get(3)?,
+                            last_seen: r.get(4)?,
                         })
                     },
                 )
@@ -402,17 +443,50 @@ mod tests {
         let day = Duration::from_secs(86400);
         {
             let s = Store::open(dir.path()).unwrap();
-            s.create_session("abc", "alice", true).await.unwrap();
-            s.create_session("old", "bob", true).await.unwrap();
+            s.create_session("abc", "demo", "alice", true)
+                .await
+                .unwrap();
+            s.create_session("old", "demo", "bob", true).await.unwrap();
             s.age_session("old", 2 * day).await.unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         let got = s.session("abc", day, 30 * day).await.unwrap().unwrap();
-        assert_eq!((got.user.as_str(), got.allowed), ("alice", true));
+        assert_eq!(
+            (got.user.as_str(), got.project.as_str(), got.allowed),
+            ("alice", "demo", true)
+        );
         assert_eq!(s.session("old", day, 30 * day).await.unwrap(), None);
         assert_eq!(s.session("nope", day, 30 * day).await.unwrap(), None);
         s.delete_session("abc").await.unwrap();
         assert_eq!(s.session("abc", day, 30 * day).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_projects_gets_the_column_and_its_sessions_lose_their_worth() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Connection::open(dir.path().join("chat.db")).unwrap();
+            db.execute_batch(
+                "CREATE TABLE sessions (id_hash BLOB PRIMARY KEY, user TEXT NOT NULL, allowed INTEGER NOT NULL, created INTEGER NOT NULL, last_seen INTEGER NOT NULL) WITHOUT ROWID;",
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO sessions VALUES (?1, 'alice', 1, ?2, ?2)",
+                params![sha256("legacy"), now()],
+            )
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let day = Duration::from_secs(86400);
+        let got = s.session("legacy", day, day).await.unwrap().unwrap();
+        assert_eq!(got.project, "", "an old session belongs to no project");
+        s.create_session("new", "demo", "alice", true)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.session("new", day, day).await.unwrap().unwrap().project,
+            "demo"
+        );
     }
 
     #[tokio::test]

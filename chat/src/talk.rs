@@ -77,9 +77,21 @@ pub fn frame_json(conversation: &str, f: &RunFrame) -> serde_json::Value {
     v
 }
 
-/// The user's limits and what is used of them.
-pub fn limits_json(cfg: &Config, used: Used) -> serde_json::Value {
-    let l = cfg.chat.as_ref().map(|c| c.limits).unwrap_or_default();
+/// The chat config in force for an account's project (`project/user`).
+pub(crate) fn chat_for_account<'c>(
+    cfg: &'c Config,
+    account: &str,
+) -> Option<std::borrow::Cow<'c, edge_routing::ChatConfig>> {
+    let project = account.split_once('/').map_or("", |(p, _)| p);
+    let p = cfg.projects.iter().position(|q| q.name == project)?;
+    cfg.chat_of(p)
+}
+
+/// The account's limits (its project's) and what is used of them.
+pub fn limits_json(cfg: &Config, account: &str, used: Used) -> serde_json::Value {
+    let l = chat_for_account(cfg, account)
+        .map(|c| c.limits)
+        .unwrap_or_default();
     serde_json::json!({
         "hour": { "used": used.hour, "max": l.requests_per_hour },
         "day": { "used": used.day, "max": l.requests_per_day },
@@ -88,8 +100,9 @@ pub fn limits_json(cfg: &Config, used: Used) -> serde_json::Value {
     })
 }
 
-/// Starts a run for `text` in the user's conversation; its frames go to every socket of the
-/// user. The run id, or why not.
+/// Starts a run for `text` in the conversation of `user`, an account (`project/user`), with
+/// that project's agent, sandbox and limits; its frames go to every socket of the account. The
+/// run id, or why not.
 pub(crate) async fn send(
     st: &crate::app::AppState,
     user: &str,
@@ -99,7 +112,7 @@ pub(crate) async fn send(
 ) -> Result<String, Rejection> {
     let cfg = st.config.load_full();
     let (store, orch, hubs) = (&st.store, &st.orch, &st.hubs);
-    let Some(chat) = cfg.chat.as_ref() else {
+    let Some(chat) = chat_for_account(&cfg, user) else {
         return Err(reject("no_agent", "the chat is not configured"));
     };
     let Some(agent) = chat.agent.as_ref() else {

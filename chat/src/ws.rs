@@ -15,6 +15,8 @@ use crate::talk::{self, frame_json};
 
 /// Largest frame a client may send.
 pub const MAX_CLIENT_FRAME: usize = 96 * 1024;
+/// The largest frame the socket reads at all (see `app::ws`); held only while it is refused.
+pub const READ_CAP: usize = 1024 * 1024;
 const PING_EVERY: Duration = Duration::from_secs(20);
 /// A socket silent (no pong, no frame) this long is closed.
 const SILENT_FOR: Duration = Duration::from_secs(60);
@@ -46,6 +48,8 @@ enum ClientFrame {
     },
 }
 
+/// One socket of `user`, an account key (`project/user`, see `Session::account`): it sees the
+/// frames of that project's conversations only.
 pub(crate) async fn session(socket: WebSocket, st: Arc<AppState>, user: String) {
     let (mut tx, mut rx) = socket.split();
     let mut hub = st.hubs.sender(&user).subscribe();
@@ -64,7 +68,7 @@ pub(crate) async fn session(socket: WebSocket, st: Arc<AppState>, user: String) 
                     Some(Ok(Message::Text(t))) => handle(&st, &user, t.as_str()).await,
                     Some(Ok(Message::Binary(_))) => vec![error("invalid", "frames are JSON text")],
                     Some(Err(e)) => {
-                        // Past the reader's own cap (twice ours): the same answer, if the socket
+                        // Past the reader's own cap (READ_CAP): the same answer, if the socket
                         // still takes one.
                         let text = e.to_string();
                         if text.contains("too long") || text.contains("Space limit") {
@@ -134,10 +138,10 @@ async fn handle(st: &AppState, user: &str, text: &str) -> Vec<String> {
                 .iter()
                 .map(|r| serde_json::json!({"conversation_id": r.conversation, "run_id": r.id}))
                 .collect();
-            let agent = cfg.chat.as_ref().and_then(|c| c.agent.as_ref()).is_some();
+            let agent = talk::chat_for_account(&cfg, user).is_some_and(|c| c.agent.is_some());
             vec![serde_json::json!({
-                "t": "hello_ok", "user": user, "proto": 1,
-                "limits": talk::limits_json(&cfg, used), "active_runs": active,
+                "t": "hello_ok", "user": crate::store::display_user(user), "proto": 1,
+                "limits": talk::limits_json(&cfg, user, used), "active_runs": active,
                 "agent": agent,
             })
             .to_string()]

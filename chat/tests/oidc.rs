@@ -298,11 +298,21 @@ async fn spoofed_identity_headers_fail_with_and_without_a_session() {
     let r = direct
         .get(format!("http://{}/api/me", e.chat_addr))
         .header("cookie", format!("__Host-edge-chat={id}"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "demo.example.test")
         .header("x-forwarded-user", "root")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // Without a project's host, a session is no session at all.
+    let r = direct
+        .get(format!("http://{}/api/me", e.chat_addr))
+        .header("cookie", format!("__Host-edge-chat={id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 }
 
 #[tokio::test]
@@ -476,6 +486,116 @@ async fn websockets_need_a_session_and_this_origin() {
     assert_eq!(hello["t"], "hello_ok");
     assert_eq!(hello["user"], "alice");
     ws.close(None).await.unwrap();
+}
+
+/// A second project with its own chat and its own allowlist.
+const OTHER_PROJECT: &str = r#"
+[[projects]]
+name = "other"
+default = "chat"
+  [[projects.routes]]
+  mount = "chat"
+  upstream = "chat"
+  auth = "forward"
+  auth_cache = "0s"
+  [projects.chat]
+  allowed_users = ["alice", "bob"]
+"#;
+
+#[tokio::test]
+async fn a_project_is_a_trust_boundary_for_sessions_allowlists_and_conversations() {
+    let e = Env::start(Options {
+        routing: "subpath",
+        chat: OIDC,
+        extra_routes: OTHER_PROJECT,
+        oidc: true,
+        forge: None,
+    })
+    .await;
+    let demo = |p: &str| e.url("demo.example.test", p);
+    let other = |p: &str| e.url("other.example.test", p);
+    let alice = e.client();
+    assert_eq!(
+        sign_in(&e, &alice, "demo.example.test", "/chat/", "alice")
+            .await
+            .status,
+        302
+    );
+    // Alice's session for demo, carried to the other project's chat by hand: no session there.
+    let id = alice.session_cookie(&demo("/chat/")).unwrap();
+    let cookie = format!("__Host-edge-chat={id}");
+    let thief = e.client();
+    let a = thief
+        .get(&other("/chat/api/me"), &[("cookie", &cookie)])
+        .await;
+    assert_eq!(a.status, 401, "{}", a.text);
+    let a = thief
+        .get(
+            &other("/chat/"),
+            &[&NAV[..], &[("cookie", cookie.as_str())]].concat(),
+        )
+        .await;
+    assert_eq!(a.status, 302, "{}", a.text);
+    assert!(a.location.unwrap().contains("/chat/login"));
+    // Each project's allowlist: bob is allowed on `other` ([projects.chat]) and not on demo.
+    let bob = e.client();
+    let a = sign_in(&e, &bob, "demo.example.test", "/chat/", "bob").await;
+    assert_eq!(a.status, 403, "{}", a.text);
+    let a = sign_in(&e, &bob, "other.example.test", "/chat/", "bob").await;
+    assert_eq!(a.status, 302, "{}", a.text);
+    assert_eq!(
+        bob.get(&other("/chat/api/me"), &[]).await.text,
+        r#"{"user":"bob"}"#
+    );
+    // Conversations: alice's on demo are not on other, where she signs in separately.
+    let origin = demo("");
+    let a = alice
+        .post_json(
+            &demo("/chat/api/conversations"),
+            &[("origin", &origin)],
+            &serde_json::json!({"title": "demo plans"}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let conv: serde_json::Value = serde_json::from_str(&a.text).unwrap();
+    let conv_id = conv["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        sign_in(&e, &alice, "other.example.test", "/chat/", "alice")
+            .await
+            .status,
+        302
+    );
+    let a = alice.get(&other("/chat/api/conversations"), &[]).await;
+    assert_eq!(a.status, 200);
+    assert!(!a.text.contains(&conv_id), "{}", a.text);
+    let a = alice
+        .get(&other(&format!("/chat/api/conversations/{conv_id}")), &[])
+        .await;
+    assert_eq!(a.status, 404, "{}", a.text);
+    let a = alice.get(&demo("/chat/api/conversations"), &[]).await;
+    assert!(a.text.contains(&conv_id), "{}", a.text);
+}
+
+#[tokio::test]
+async fn sign_out_is_a_same_origin_post_and_a_get_only_shows_the_button() {
+    let e = env("subpath").await;
+    let c = e.client();
+    sign_in(&e, &c, "demo.example.test", "/chat/", "alice").await;
+    let logout = e.url("demo.example.test", "/chat/logout");
+    // A cross-site link or image: the browser sends the Lax cookie with a top-level GET.
+    let a = c
+        .get(
+            &logout,
+            &[&NAV[..], &[("sec-fetch-site", "cross-site")]].concat(),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(a.text.contains("<form method=\"post\""), "{}", a.text);
+    assert!(a.set_cookies.is_empty(), "{:?}", a.set_cookies);
+    let a = c
+        .get(&e.url("demo.example.test", "/chat/api/me"), &[])
+        .await;
+    assert_eq!(a.status, 200, "a GET signed the user out");
 }
 
 #[tokio::test]

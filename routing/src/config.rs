@@ -15,7 +15,7 @@ mod sandbox;
 
 pub use auth::{
     AgentConfig, AgentKind, AuthServer, ChatConfig, ChatLimits, ForwardAuth, LoginKind,
-    CHAT_COOKIES, PERMISSION_MODES,
+    ProjectChat, CHAT_COOKIES, PERMISSION_MODES,
 };
 pub use outposts::{OutpostConfig, OutpostKind};
 
@@ -212,6 +212,8 @@ pub struct Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Project {
     pub name: String,
+    /// The project's `[projects.chat]` overrides, if any (see [`Config::chat_of`]).
+    pub chat: Option<ProjectChat>,
     /// Index into `routes` of the mount that `/` redirects to.
     pub default: usize,
     pub routes: Vec<Route>,
@@ -402,6 +404,28 @@ impl Config {
         })
     }
 
+    /// The chat config in force for project `p`: the edge-wide `[chat]` with the project's
+    /// `[projects.chat]` applied. `None` when there is no chat.
+    pub fn chat_of(&self, p: usize) -> Option<std::borrow::Cow<'_, ChatConfig>> {
+        let edge = self.chat.as_ref()?;
+        Some(match self.projects.get(p).and_then(|p| p.chat.as_ref()) {
+            Some(o) => std::borrow::Cow::Owned(edge.for_project(o)),
+            None => std::borrow::Cow::Borrowed(edge),
+        })
+    }
+
+    /// The project whose chat a request to `host` reaches, with the chat's base URL: see
+    /// [`Config::chat_base`].
+    pub fn chat_site(&self, proto: &str, host: &str) -> Option<(usize, String)> {
+        let base = self.chat_base(proto, host)?;
+        let (name, _) = host.rsplit_once(':').unwrap_or((host, ""));
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let rest = name.strip_suffix(&format!(".{}", self.domain))?;
+        let project_name = rest.rsplit('.').next()?;
+        let p = self.projects.iter().position(|p| p.name == project_name)?;
+        Some((p, base))
+    }
+
     /// The public host of a project in the current mode's canonical form (`demo.example.test`).
     pub fn project_host(&self, project: usize) -> String {
         format!("{}.{}", self.projects[project].name, self.domain)
@@ -500,6 +524,34 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
                         .join(", ")
                 ),
             );
+        }
+    }
+    for (i, p) in projects.iter().enumerate() {
+        let Some(o) = &p.chat else { continue };
+        let Some(edge) = &chat else {
+            errs.push(
+                format!("projects[{i}].chat"),
+                "a project's chat overrides the edge's: add a [chat] table (and a chat mount)",
+            );
+            continue;
+        };
+        let c = edge.for_project(o);
+        if !c.someone_allowed() {
+            errs.push(
+                format!("projects[{i}].chat.allowed_users"),
+                "nobody could sign in to this project's chat: list allowed_users, allowed_orgs or allowed_teams",
+            );
+        }
+        if let Some(a) = &o.agent {
+            if !sandbox_profiles.contains_key(&a.sandbox) {
+                errs.push(
+                    format!("projects[{i}].chat.agent.sandbox"),
+                    format!(
+                        "no profile {:?}: define [sandbox.profiles.{}]",
+                        a.sandbox, a.sandbox
+                    ),
+                );
+            }
         }
     }
     if let Some(c) = &chat {
@@ -719,6 +771,9 @@ fn read_project(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<
         None => false,
     };
     let default = t.str(errs, "default");
+    let chat = t
+        .table(errs, "chat")
+        .map(|c| auth::read_project_chat(c, errs));
     let mut routes: Vec<Route> = Vec::new();
     for rt in t.tables(errs, "routes") {
         if let Some(r) = read_route(rt, listen, errs) {
@@ -785,6 +840,7 @@ fn read_project(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<
     }
     Some(Project {
         name: name?.to_string(),
+        chat,
         default: default_idx,
         routes,
     })
@@ -1137,6 +1193,77 @@ mod tests {
             errs[0].starts_with("chat.allowed_users: nobody could sign in"),
             "{errs:#?}"
         );
+    }
+
+    #[test]
+    fn a_projects_chat_overrides_the_edge_wide_one() {
+        let text = r#"
+            [chat]
+            login = "oidc"
+            provider_url = "https://id.test"
+            client_id = "c"
+            allowed_users = ["alice"]
+            [chat.agent]
+            kind = "command"
+            command = ["cat", "{message}"]
+            workspace = "/srv/shared"
+            [[projects]]
+            name = "demo"
+            [[projects.routes]]
+            mount = "chat"
+            upstream = "chat"
+            [[projects]]
+            name = "other"
+            [[projects.routes]]
+            mount = "chat"
+            upstream = "chat"
+            [projects.chat]
+            allowed_users = ["bob"]
+            [projects.chat.agent]
+            kind = "command"
+            command = ["cat", "{message}"]
+            workspace = "/srv/other"
+            [projects.chat.limits]
+            requests_per_hour = 3
+        "#;
+        let c = Config::from_toml(text).unwrap();
+        let demo = c.chat_of(0).unwrap();
+        let other = c.chat_of(1).unwrap();
+        assert_eq!(demo.allowed_users, ["alice"]);
+        assert_eq!(other.allowed_users, ["bob"]);
+        let ws = |c: &ChatConfig| c.agent.as_ref().unwrap().workspace.clone();
+        assert_eq!(ws(&demo), PathBuf::from("/srv/shared"));
+        assert_eq!(ws(&other), PathBuf::from("/srv/other"));
+        assert_eq!(other.limits.requests_per_hour, 3);
+        assert_eq!(other.login, LoginKind::Oidc, "sign-in stays edge-wide");
+        assert_eq!(
+            c.chat_site("https", &format!("other.{}:8443", c.domain))
+                .map(|(p, _)| p),
+            Some(1)
+        );
+        // Edge-wide keys, an empty allowlist and unknown keys are named.
+        let errs = errors(
+            &text
+                .replace(
+                    "requests_per_hour = 3",
+                    "requests_per_hour = 3\n[projects.chat.extra]\n",
+                )
+                .replace(
+                    "allowed_users = [\"bob\"]",
+                    "allowed_users = []\nclient_id = \"x\"\ncolour = 1",
+                ),
+        );
+        for w in [
+            "projects[1].chat.client_id: is edge-wide",
+            "projects[1].chat.colour: unknown key",
+            "projects[1].chat.extra: unknown key",
+            "projects[1].chat.allowed_users: nobody could sign in",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errs:#?}"
+            );
+        }
     }
 
     #[test]

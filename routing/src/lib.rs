@@ -14,8 +14,8 @@ mod walk;
 pub use config::{
     AgentConfig, AgentKind, AuthServer, ChatConfig, ChatLimits, Config, ConfigError, ConfigErrors,
     ForwardAuth, Limits, Listen, LogConfig, LoginKind, OutpostConfig, OutpostKind, PrefixMode,
-    Project, Route, RouteTarget, RoutingMode, Scheme, Upstream, CHAT_COOKIES, EMBEDDED_DEFAULT,
-    PERMISSION_MODES,
+    Project, ProjectChat, Route, RouteTarget, RoutingMode, Scheme, Upstream, CHAT_COOKIES,
+    EMBEDDED_DEFAULT, PERMISSION_MODES,
 };
 pub use resolve::{normalize_host, Decision, RouteTable};
 pub use target::{check_host, normalize_target, TargetError};

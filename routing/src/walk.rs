@@ -57,6 +57,11 @@ impl<'a> Table<'a> {
         self.table.contains_key(key)
     }
 
+    /// Marks `key` as read without reading it (its error has been reported already).
+    pub(crate) fn take(&mut self, key: &'static str) {
+        self.known.push(key);
+    }
+
     fn get(&mut self, key: &'static str) -> Option<&'a toml::Value> {
         self.known.push(key);
         self.table.get(key)

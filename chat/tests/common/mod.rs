@@ -149,6 +149,7 @@ impl Env {
             start_provider(&[
                 format!("https://demo.example.test:{port}/chat/oauth/callback"),
                 format!("https://chat.demo.example.test:{port}/oauth/callback"),
+                format!("https://other.example.test:{port}/chat/oauth/callback"),
             ])
         });
         let echo = echo().await;
@@ -258,6 +259,7 @@ client_secret_file = "client-secret"
             "chat.demo.example.test",
             "forge.demo.example.test",
             "staging.demo.example.test",
+            "other.example.test",
         ] {
             b = b.resolve(h, self.https);
         }
@@ -338,6 +340,20 @@ impl Client {
     }
 
     /// The chat cookie's value in the jar for `url`.
+    /// A POST with a JSON body.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &serde_json::Value,
+    ) -> Answer {
+        let mut r = self.http.post(url).json(body);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        answer(r.send().await.unwrap()).await
+    }
+
     pub fn session_cookie(&self, url: &str) -> Option<String> {
         use reqwest::cookie::CookieStore;
         let v = self.jar.cookies(&url.parse().unwrap())?;

@@ -260,22 +260,8 @@ pub(super) fn read_chat(t: Option<Table<'_>>, errs: &mut Errors) -> Option<ChatC
         c.token_user = u.to_string();
     }
     c.agent = t.table(errs, "agent").and_then(|a| read_agent(a, errs));
-    if let Some(mut l) = t.table(errs, "limits") {
-        for (key, slot) in [
-            ("requests_per_hour", &mut c.limits.requests_per_hour),
-            ("requests_per_day", &mut c.limits.requests_per_day),
-            ("tokens_per_day", &mut c.limits.tokens_per_day),
-            ("concurrent_runs", &mut c.limits.concurrent_runs),
-        ] {
-            if let Some(n) = l.uint(errs, key) {
-                if n == 0 {
-                    errs.push(l.key(key), "must be at least 1");
-                } else {
-                    *slot = n;
-                }
-            }
-        }
-        l.finish(errs);
+    if let Some(l) = t.table(errs, "limits") {
+        read_chat_limits(l, &mut c.limits, errs);
     }
     if c.login != LoginKind::Token {
         let kind = c.login.as_str();
@@ -307,6 +293,112 @@ pub(super) fn read_chat(t: Option<Table<'_>>, errs: &mut Errors) -> Option<ChatC
     }
     t.finish(errs);
     Some(c)
+}
+
+/// A project's `[projects.chat]`: what it sets instead of the edge-wide `[chat]`. A project is
+/// a trust boundary, so who may sign in, what they may spend and where the agent works can
+/// differ per project; how people sign in (the provider) is the edge's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProjectChat {
+    pub allowed_users: Option<Vec<String>>,
+    pub allowed_orgs: Option<Vec<String>>,
+    pub allowed_teams: Option<Vec<String>>,
+    pub agent: Option<AgentConfig>,
+    pub limits: Option<ChatLimits>,
+}
+
+/// Keys of `[chat]` that only the edge-wide table takes.
+const EDGE_WIDE: [&str; 11] = [
+    "listen",
+    "login",
+    "provider_url",
+    "provider_internal_url",
+    "client_id",
+    "client_secret_file",
+    "forward_auth_secret_file",
+    "session_idle",
+    "session_max",
+    "token_user",
+    "outposts",
+];
+
+pub(super) fn read_project_chat(mut t: Table<'_>, errs: &mut Errors) -> ProjectChat {
+    for key in EDGE_WIDE {
+        if t.has(key) {
+            errs.push(
+                t.key(key),
+                "is edge-wide: set it under [chat]; a project's chat sets allowed_users, allowed_orgs, allowed_teams, agent and limits",
+            );
+            t.take(key);
+        }
+    }
+    let mut c = ProjectChat::default();
+    for (key, slot) in [
+        ("allowed_users", &mut c.allowed_users),
+        ("allowed_orgs", &mut c.allowed_orgs),
+        ("allowed_teams", &mut c.allowed_teams),
+    ] {
+        if t.has(key) {
+            *slot = Some(names(&mut t, errs, key));
+        }
+    }
+    c.agent = t.table(errs, "agent").and_then(|a| read_agent(a, errs));
+    if let Some(l) = t.table(errs, "limits") {
+        let mut limits = ChatConfig::defaults().limits;
+        read_chat_limits(l, &mut limits, errs);
+        c.limits = Some(limits);
+    }
+    t.finish(errs);
+    c
+}
+
+impl ChatConfig {
+    /// This config with a project's overrides applied.
+    pub(super) fn for_project(&self, o: &ProjectChat) -> ChatConfig {
+        let mut c = self.clone();
+        if let Some(v) = &o.allowed_users {
+            c.allowed_users = v.clone();
+        }
+        if let Some(v) = &o.allowed_orgs {
+            c.allowed_orgs = v.clone();
+        }
+        if let Some(v) = &o.allowed_teams {
+            c.allowed_teams = v.clone();
+        }
+        if let Some(a) = &o.agent {
+            c.agent = Some(a.clone());
+        }
+        if let Some(l) = &o.limits {
+            c.limits = l.clone();
+        }
+        c
+    }
+
+    /// Whether anyone could sign in (a token login always can).
+    pub(super) fn someone_allowed(&self) -> bool {
+        self.login == LoginKind::Token
+            || !(self.allowed_users.is_empty()
+                && self.allowed_orgs.is_empty()
+                && self.allowed_teams.is_empty())
+    }
+}
+
+fn read_chat_limits(mut l: Table<'_>, limits: &mut ChatLimits, errs: &mut Errors) {
+    for (key, slot) in [
+        ("requests_per_hour", &mut limits.requests_per_hour),
+        ("requests_per_day", &mut limits.requests_per_day),
+        ("tokens_per_day", &mut limits.tokens_per_day),
+        ("concurrent_runs", &mut limits.concurrent_runs),
+    ] {
+        if let Some(n) = l.uint(errs, key) {
+            if n == 0 {
+                errs.push(l.key(key), "must be at least 1");
+            } else {
+                *slot = n;
+            }
+        }
+    }
+    l.finish(errs);
 }
 
 fn read_agent(mut t: Table<'_>, errs: &mut Errors) -> Option<AgentConfig> {
