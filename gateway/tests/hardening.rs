@@ -54,9 +54,10 @@ async fn path_scoped_auth() -> (SocketAddr, Asked) {
                         || h("sec-fetch-mode") == "websocket";
                     let status = if !h("cookie").contains("sid=alice") {
                         401
-                    } else if writes && origin != own {
-                        403
-                    } else if path.starts_with("/priv/admin") || method == "DELETE" {
+                    } else if (writes && origin != own)
+                        || path.starts_with("/priv/admin")
+                        || method == "DELETE"
+                    {
                         403
                     } else {
                         200

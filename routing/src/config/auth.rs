@@ -369,7 +369,7 @@ impl ChatConfig {
             c.agent = Some(a.clone());
         }
         if let Some(l) = &o.limits {
-            c.limits = l.clone();
+            c.limits = *l;
         }
         c
     }
