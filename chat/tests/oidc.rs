@@ -577,6 +577,42 @@ async fn a_project_is_a_trust_boundary_for_sessions_allowlists_and_conversations
 }
 
 #[tokio::test]
+async fn a_cached_verdict_never_lets_a_cross_site_write_through() {
+    let echo = echo().await;
+    let extra = format!(
+        "  [[projects.routes]]\n  mount = \"notes\"\n  upstream = \"http://{echo}\"\n  auth = \"forward\"\n  auth_cache = \"60s\"\n"
+    );
+    let e = Env::start(Options {
+        routing: "subpath",
+        chat: OIDC,
+        extra_routes: &extra,
+        oidc: true,
+        forge: None,
+    })
+    .await;
+    let c = e.client();
+    sign_in(&e, &c, "demo.example.test", "/chat/", "alice").await;
+    let notes = e.url("demo.example.test", "/notes/x");
+    let own = e.url("demo.example.test", "");
+    // A same-site GET: allowed, and its verdict cached for a minute.
+    let a = c.get(&notes, &[("origin", own.as_str())]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    // A sibling project's page posts to it right after (SameSite=Lax lets the cookie along).
+    let sibling = e.url("other.example.test", "");
+    for origin in [Some(sibling.as_str()), Some("https://evil.test"), None] {
+        let h: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+        let a = c.post(&notes, &h, &[]).await;
+        assert_eq!(a.status, 403, "{origin:?}: {}", a.text);
+        assert!(
+            !a.text.contains("alice"),
+            "{origin:?} reached the app as alice"
+        );
+    }
+    let a = c.post(&notes, &[("origin", own.as_str())], &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
+#[tokio::test]
 async fn sign_out_is_a_same_origin_post_and_a_get_only_shows_the_button() {
     let e = env("subpath").await;
     let c = e.client();

@@ -47,11 +47,16 @@ fn dot_segment(seg: &str) -> Option<bool> {
 /// Whether a segment contains a dot-segment once `%2F`, `%5C` and `\` are read as slashes and
 /// `;` starts a parameter, as some servers read them (Tomcat's `..;`, IIS's `..\`).
 fn hides_dot_segment(seg: &str) -> bool {
-    let lower = seg.to_ascii_lowercase();
-    if !lower.contains('.') && !lower.contains("%2e") {
+    // Most segments have no dot at all: decided without allocating.
+    let b = seg.as_bytes();
+    let has_dot = b.contains(&b'.')
+        || b.windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'e');
+    if !has_dot {
         return false;
     }
-    let unified = lower
+    let unified = seg
+        .to_ascii_lowercase()
         .replace("%2f", "/")
         .replace("%5c", "/")
         .replace('\\', "/");
