@@ -14,25 +14,188 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{load, Failure, Loaded};
 
-/// Certificates for every project, from the local CA in the state directory.
-fn project_certs(config: &Config) -> anyhow::Result<(Vec<ProjectCert>, Option<PathBuf>)> {
+/// The names an ACME certificate of project `p` must cover: with HTTP-01, the exact hosts it
+/// serves (its apex, and in subdomain mode each mount's host), since HTTP-01 cannot prove a
+/// wildcard.
+fn acme_names(config: &Config, p: usize) -> Vec<String> {
+    let apex = config.project_host(p);
+    let mut names = vec![apex.clone()];
+    if config.routing == edge_routing::RoutingMode::Subdomain {
+        for r in &config.projects[p].routes {
+            names.push(format!("{}.{apex}", r.mount));
+        }
+    }
+    names
+}
+
+/// Certificates for every project, each from its issuer: the local CA in the state directory;
+/// the files the operator provides (checked, never written); or the certificate an ACME CA
+/// issued, with the local CA's standing in until the first one arrives (the ACME task swaps it
+/// in). Relative file paths are under `base_dir`.
+fn project_certs(
+    config: &Config,
+    base_dir: &Path,
+) -> anyhow::Result<(Vec<ProjectCert>, Option<PathBuf>)> {
     if config.listen.https.is_none() {
         return Ok((Vec::new(), None));
     }
-    let (ca, certs) = local_project_certs(
+    let (ca, local) = local_project_certs(
         &config.state_dir,
         &config.domain,
         config.projects.iter().map(|p| p.name.as_str()),
     )?;
-    let certs = certs
-        .into_iter()
-        .map(|(host, f)| ProjectCert {
+    let acme_store = edge_certs::Store::acme(&config.state_dir);
+    let now = time::OffsetDateTime::now_utc();
+    let mut out = Vec::with_capacity(local.len());
+    for (i, (host, local)) in local.into_iter().enumerate() {
+        let p = &config.projects[i];
+        let files = match config.issuer_of(i) {
+            edge_routing::IssuerKind::Local => local,
+            edge_routing::IssuerKind::Files => {
+                let c = p.certs.as_ref();
+                let (Some(cert), Some(key)) = (
+                    c.and_then(|c| c.cert_file.as_ref()),
+                    c.and_then(|c| c.key_file.as_ref()),
+                ) else {
+                    anyhow::bail!(
+                        "projects[{i}].certs: issuer = \"files\" needs cert_file and key_file"
+                    );
+                };
+                edge_certs::check_pair(
+                    &base_dir.join(cert),
+                    &base_dir.join(key),
+                    &edge_certs::project_names(&p.name, &config.domain),
+                )
+                .with_context(|| format!("projects[{i}].certs ({})", p.name))?
+            }
+            edge_routing::IssuerKind::Acme => {
+                match acme_store.load(&p.name, &acme_names(config, i)) {
+                    Some(c) if c.not_after > now => c,
+                    _ => local,
+                }
+            }
+        };
+        out.push(ProjectCert {
             host,
-            chain_pem: f.chain_pem,
-            key_pem: f.key_pem,
-        })
-        .collect();
-    Ok((certs, Some(ca.cert_path())))
+            chain_pem: files.chain_pem,
+            key_pem: files.key_pem,
+        });
+    }
+    Ok((out, Some(ca.cert_path())))
+}
+
+/// Re-reads every project's certificate and swaps the set in when any changed (a renewed
+/// local or ACME certificate, files replaced on disk): handshakes in progress, WebSockets and
+/// downloads carry on.
+async fn refresh_certs(gw: &Gateway, base_dir: &Path, last: &mut Vec<ProjectCert>) {
+    let cfg = gw.config();
+    let dir = base_dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || project_certs(&cfg, &dir)).await {
+        Ok(Ok((certs, _))) => {
+            let same = certs.len() == last.len()
+                && certs
+                    .iter()
+                    .zip(last.iter())
+                    .all(|(a, b)| a.host == b.host && a.chain_pem == b.chain_pem);
+            if same {
+                return;
+            }
+            match gw.set_certs(&certs) {
+                Ok(()) => {
+                    tracing::info!(projects = certs.len(), "certificates swapped in");
+                    *last = certs;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "new certificates were refused; the old ones keep serving")
+                }
+            }
+        }
+        Ok(Err(e)) => tracing::error!(
+            error = format!("{e:#}"),
+            "reading certificates failed; the old ones keep serving"
+        ),
+        Err(e) => tracing::error!(error = %e, "reading certificates panicked"),
+    }
+}
+
+/// A pseudo-random fraction in [0, 1) from the clock, to spread retries (no `rand` for this).
+fn jitter() -> f64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    f64::from(n % 1000) / 1000.0
+}
+
+/// Keeps every ACME project's certificate issued and renewed: one order per project at a
+/// time, when it has none or a third of its lifetime is left; a failed order is retried with
+/// jittered exponential backoff (1 min to 6 h) while the old certificate keeps serving.
+async fn acme_task(
+    gw: Gateway,
+    base_dir: PathBuf,
+    answers: Arc<edge_certs::Http01Answers>,
+    stop: CancellationToken,
+) {
+    let mut client: Option<(edge_routing::AcmeConfig, edge_certs::AcmeClient)> = None;
+    let mut retry: std::collections::HashMap<String, (tokio::time::Instant, Duration)> =
+        Default::default();
+    let mut last = Vec::new();
+    loop {
+        let cfg = gw.config();
+        let projects: Vec<usize> = (0..cfg.projects.len())
+            .filter(|&i| cfg.issuer_of(i) == edge_routing::IssuerKind::Acme)
+            .collect();
+        if let (Some(acfg), false) = (&cfg.certs.acme, projects.is_empty()) {
+            if client.as_ref().is_none_or(|(c, _)| c != acfg) {
+                match edge_certs::AcmeClient::connect(&cfg.state_dir, &base_dir, acfg).await {
+                    Ok(c) => client = Some((acfg.clone(), c)),
+                    Err(e) => {
+                        client = None;
+                        tracing::error!(error = %e, "the ACME account is not usable; retrying in a minute");
+                    }
+                }
+            }
+            if let Some((_, c)) = &client {
+                let store = edge_certs::Store::acme(&cfg.state_dir);
+                for i in projects {
+                    let name = cfg.projects[i].name.clone();
+                    let names = acme_names(&cfg, i);
+                    let now = time::OffsetDateTime::now_utc();
+                    let due = store.load(&name, &names).is_none_or(|f| f.due(now));
+                    let waiting = retry
+                        .get(&name)
+                        .is_some_and(|(at, _)| tokio::time::Instant::now() < *at);
+                    if !due || waiting {
+                        continue;
+                    }
+                    let issued = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = c.issue(&names, &answers) => r,
+                    };
+                    match issued.and_then(|(chain, key)| store.save(&name, &chain, &key)) {
+                        Ok(f) => {
+                            retry.remove(&name);
+                            tracing::info!(project = %name, not_after = %f.not_after, "ACME certificate stored");
+                            refresh_certs(&gw, &base_dir, &mut last).await;
+                        }
+                        Err(e) => {
+                            let wait = retry
+                                .get(&name)
+                                .map(|(_, d)| (*d * 2).min(Duration::from_secs(6 * 3600)))
+                                .unwrap_or(Duration::from_secs(60));
+                            let wait = wait.mul_f64(0.75 + jitter() / 2.0);
+                            tracing::error!(project = %name, error = %e, retry_in = ?wait, "ACME order failed; the current certificate keeps serving");
+                            retry.insert(name, (tokio::time::Instant::now() + wait, wait));
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
 }
 
 pub fn init_tracing(json: bool) {
@@ -89,8 +252,13 @@ async fn serve(
     } = loaded;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
-    let (certs, ca_path) = project_certs(&config).context("preparing certificates")?;
+    let (certs, ca_path) = project_certs(&config, &base_dir).context("preparing certificates")?;
     let gateway = Gateway::new(config.clone(), &base_dir, &certs).map_err(Failure::config)?;
+    let answers = Arc::new(edge_certs::Http01Answers::default());
+    {
+        let a = answers.clone();
+        gateway.set_http01_answers(Arc::new(move |token| a.get(token)));
+    }
     let chat = crate::chat::open(&config)?;
     if let Some((_, secret)) = &chat {
         gateway
@@ -178,34 +346,29 @@ async fn serve(
         crate::chat::print_login_url(chat, &config, https_port).await;
     }
 
-    // Leaf certificates live 90 days and are re-issued with a third of that left; check twice
-    // a day so a long-running edge never serves an expired one.
+    // Certificates are re-read every 10 s and swapped in when one changed: local leaves
+    // re-issued with a third of their 90 days left, files replaced on disk, ACME certificates
+    // the ACME task stored.
     if config.listen.https.is_some() {
         let gw = gateway.clone();
         let t = token.clone();
+        let dir = base_dir.clone();
+        let mut last = certs.clone();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(12 * 3600));
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
             tick.tick().await;
             loop {
                 tokio::select! {
                     _ = t.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let cfg = gw.config();
-                match tokio::task::spawn_blocking(move || project_certs(&cfg)).await {
-                    Ok(Ok((certs, _))) => {
-                        if let Err(e) = gw.set_certs(&certs) {
-                            tracing::error!(error = %e, "renewed certificates were refused");
-                        }
-                    }
-                    Ok(Err(e)) => tracing::error!(
-                        error = format!("{e:#}"),
-                        "certificate renewal failed; retrying in 12h"
-                    ),
-                    Err(e) => tracing::error!(error = %e, "certificate renewal panicked"),
-                }
+                refresh_certs(&gw, &dir, &mut last).await;
             }
         });
+        let gw = gateway.clone();
+        let t = token.clone();
+        let dir = base_dir.clone();
+        tasks.spawn(acme_task(gw, dir, answers.clone(), t));
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -277,7 +440,8 @@ fn reload_from(
         (None, Some(_)) => tracing::warn!("the config now has a chat: restart edge to start it"),
         _ => {}
     }
-    let (certs, _) = project_certs(&loaded.config).map_err(|e| format!("{e:#}"))?;
+    let (certs, _) =
+        project_certs(&loaded.config, &loaded.base_dir).map_err(|e| format!("{e:#}"))?;
     gw.reload(loaded.config, &loaded.base_dir, &certs)
         .map_err(|e| e.to_string())?;
     tracing::info!(config = %path.display(), "config reloaded");

@@ -18,6 +18,10 @@ pub enum Error {
         names: Vec<String>,
         source: rcgen::Error,
     },
+    /// The ACME CA, or talking to it, failed: what edge was doing, and the CA's words (its
+    /// problem document) where it gave some.
+    #[error("acme: {0}")]
+    Acme(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -49,7 +49,17 @@ pub struct CertFiles {
     pub chain_pem: String,
     pub key_pem: String,
     pub chain_path: PathBuf,
+    pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+}
+
+impl CertFiles {
+    /// Whether it is time to renew: a third of its lifetime or less is left (as Let's Encrypt
+    /// advises for 90-day certificates, and in proportion for short-lived ones).
+    pub fn due(&self, now: OffsetDateTime) -> bool {
+        let lifetime = self.not_after - self.not_before;
+        self.not_after - now <= lifetime / 3
+    }
 }
 
 #[derive(Debug)]
@@ -57,12 +67,27 @@ pub struct Store {
     dir: PathBuf,
 }
 
-struct Parsed {
-    names: Vec<String>,
-    not_after: OffsetDateTime,
+pub(crate) struct Parsed {
+    pub(crate) names: Vec<String>,
+    pub(crate) not_before: OffsetDateTime,
+    pub(crate) not_after: OffsetDateTime,
 }
 
-fn parse_leaf(path: &Path, pem_text: &str) -> Result<Parsed> {
+/// Whether a certificate naming `sans` is valid for `name`: named exactly, or one label under
+/// a `*.` name (RFC 6125 §6.4.3).
+pub(crate) fn covers(sans: &[String], name: &str) -> bool {
+    sans.iter().any(|s| {
+        s.eq_ignore_ascii_case(name)
+            || s.strip_prefix("*.").is_some_and(|parent| {
+                !name.starts_with("*.")
+                    && name
+                        .split_once('.')
+                        .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(parent))
+            })
+    })
+}
+
+pub(crate) fn parse_leaf(path: &Path, pem_text: &str) -> Result<Parsed> {
     let bad = |m: String| Error::BadFile {
         path: path.to_path_buf(),
         message: m,
@@ -81,7 +106,13 @@ fn parse_leaf(path: &Path, pem_text: &str) -> Result<Parsed> {
     }
     let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
         .map_err(|e| bad(format!("bad expiry: {e}")))?;
-    Ok(Parsed { names, not_after })
+    let not_before = OffsetDateTime::from_unix_timestamp(cert.validity().not_before.timestamp())
+        .map_err(|e| bad(format!("bad start: {e}")))?;
+    Ok(Parsed {
+        names,
+        not_before,
+        not_after,
+    })
 }
 
 impl Store {
@@ -89,6 +120,57 @@ impl Store {
         Store {
             dir: state_dir.join("certs"),
         }
+    }
+
+    /// The store of certificates from an ACME CA: `<state_dir>/certs/acme/<name>/`, apart from
+    /// the local CA's, so neither issuer ever replaces the other's files.
+    pub fn acme(state_dir: &Path) -> Store {
+        Store {
+            dir: state_dir.join("certs").join("acme"),
+        }
+    }
+
+    /// The certificate stored under `name`, if it parses and covers `names` (expired or not:
+    /// see [`CertFiles::due`]).
+    pub fn load(&self, name: &str, names: &[String]) -> Option<CertFiles> {
+        let dir = self.dir.join(name);
+        let chain_path = dir.join("fullchain.pem");
+        let chain_pem = std::fs::read_to_string(&chain_path).ok()?;
+        let key_pem = std::fs::read_to_string(dir.join("key.pem")).ok()?;
+        let p = match parse_leaf(&chain_path, &chain_pem) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an unreadable stored certificate");
+                return None;
+            }
+        };
+        if !names.iter().all(|n| covers(&p.names, n)) {
+            return None;
+        }
+        Some(CertFiles {
+            chain_pem,
+            key_pem,
+            chain_path,
+            not_before: p.not_before,
+            not_after: p.not_after,
+        })
+    }
+
+    /// Stores a chain and its key under `name`, atomically (key first: the chain is what marks
+    /// the pair usable).
+    pub fn save(&self, name: &str, chain_pem: &str, key_pem: &str) -> Result<CertFiles> {
+        let dir = self.dir.join(name);
+        let chain_path = dir.join("fullchain.pem");
+        let p = parse_leaf(&chain_path, chain_pem)?;
+        write_atomic(&dir.join("key.pem"), key_pem.as_bytes(), 0o600)?;
+        write_atomic(&chain_path, chain_pem.as_bytes(), 0o644)?;
+        Ok(CertFiles {
+            chain_pem: chain_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            chain_path,
+            not_before: p.not_before,
+            not_after: p.not_after,
+        })
     }
 
     /// The certificate stored under `name` if it covers `names` and has more than a third of a
@@ -112,6 +194,7 @@ impl Store {
                             chain_pem,
                             key_pem,
                             chain_path,
+                            not_before: p.not_before,
                             not_after: p.not_after,
                         });
                     }
@@ -124,13 +207,14 @@ impl Store {
         // Key first, then the chain that refers to it: the chain is what marks the pair usable.
         write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
         write_atomic(&chain_path, chain_pem.as_bytes(), 0o644)?;
-        let not_after = parse_leaf(&chain_path, &chain_pem)?.not_after;
+        let p = parse_leaf(&chain_path, &chain_pem)?;
         tracing::info!(cert = name, ?names, "issued certificate from the local CA");
         Ok(CertFiles {
             chain_pem,
             key_pem,
             chain_path,
-            not_after,
+            not_before: p.not_before,
+            not_after: p.not_after,
         })
     }
 }

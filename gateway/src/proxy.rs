@@ -82,6 +82,10 @@ pub(crate) async fn handle(
     };
     let (mut resp, metrics) = match (&checked, &host) {
         (Err(r), _) => (r.answer(), rt.unrouted.clone()),
+        (Ok(t), Some(_)) if !conn.tls && t.starts_with(ACME_CHALLENGE) => (
+            http01(&shared, &t[ACME_CHALLENGE.len()..]),
+            rt.unrouted.clone(),
+        ),
         (Ok(_), Some(host)) => {
             let host_str = host.to_str().unwrap_or("");
             route(&shared, &rt, &conn, req, host.clone(), host_str, target).await
@@ -110,6 +114,30 @@ pub(crate) async fn handle(
         );
     }
     Ok(resp)
+}
+
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// An ACME CA validating HTTP-01: the key authorization for the token, or 404. Answered on plain
+/// HTTP only, before routing and before the HTTPS redirect (RFC 8555 §8.3).
+fn http01(shared: &Shared, token: &str) -> Response<ResBody> {
+    let answer = shared
+        .http01
+        .get()
+        .filter(|_| !token.is_empty() && !token.contains(['/', '?']))
+        .and_then(|f| f(token));
+    match answer {
+        Some(a) => {
+            tracing::info!(%token, "answered an ACME http-01 challenge");
+            let mut r = Response::new(ResBody::full(a));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r
+        }
+        None => pages::plain(StatusCode::NOT_FOUND, "no such ACME challenge\n"),
+    }
 }
 
 /// Why a request was refused before routing (the client's fault).

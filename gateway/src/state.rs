@@ -24,6 +24,9 @@ use crate::runtime::Runtime;
 use crate::server::{self, ConnLimiter};
 use crate::tls::{CertResolver, ProjectCert};
 
+/// Looks up an ACME HTTP-01 key authorization by token.
+pub type Http01Fn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Why a config could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,6 +41,9 @@ pub enum Error {
 pub(crate) struct Shared {
     /// `GET /outposts` on the admin listener.
     pub(crate) outposts: std::sync::OnceLock<crate::admin::StatusFn>,
+    /// ACME HTTP-01 answers (token to key authorization), set by `edge up` when a project's
+    /// certificate comes from an ACME CA.
+    pub(crate) http01: std::sync::OnceLock<Http01Fn>,
     pub(crate) runtime: ArcSwap<Runtime>,
     pub(crate) client: Client<HttpConnector, ReqBody>,
     pub(crate) h2c: Client<HttpConnector, ReqBody>,
@@ -110,6 +116,7 @@ impl Gateway {
         Ok(Gateway {
             shared: Arc::new(Shared {
                 outposts: std::sync::OnceLock::new(),
+                http01: std::sync::OnceLock::new(),
                 runtime: ArcSwap::from_pointee(runtime),
                 client,
                 h2c,
@@ -225,6 +232,13 @@ impl Gateway {
         shutdown: impl Future<Output = ()>,
     ) {
         admin::serve(self.shared.clone(), listener, reload, shutdown).await;
+    }
+
+    /// Where plain HTTP's `GET /.well-known/acme-challenge/<token>` finds its answer (set
+    /// once, by `edge up`). Asked before any routing or redirect, so HTTP-01 validation works
+    /// whatever the mounts and `http_redirect` say.
+    pub fn set_http01_answers(&self, f: Http01Fn) {
+        let _ = self.shared.http01.set(f);
     }
 
     /// What `GET /outposts` on the admin listener answers (set once, by `edge up`).

@@ -10,6 +10,7 @@ use crate::units::parse_duration;
 use crate::walk::{Errors, Table};
 
 mod auth;
+mod certs;
 mod outposts;
 mod sandbox;
 
@@ -17,6 +18,7 @@ pub use auth::{
     AgentConfig, AgentKind, AuthServer, ChatConfig, ChatLimits, ForwardAuth, LoginKind,
     ProjectChat, CHAT_COOKIES, PERMISSION_MODES,
 };
+pub use certs::{AcmeConfig, CertsConfig, ChallengeKind, IssuerKind, ProjectCerts};
 pub use outposts::{OutpostConfig, OutpostKind};
 
 /// The config `edge up` runs with when given no file: project `demo` at
@@ -214,6 +216,8 @@ pub struct Project {
     pub name: String,
     /// The project's `[projects.chat]` overrides, if any (see [`Config::chat_of`]).
     pub chat: Option<ProjectChat>,
+    /// The project's `[projects.certs]`, if any (see [`Config::issuer_of`]).
+    pub certs: Option<ProjectCerts>,
     /// Index into `routes` of the mount that `/` redirects to.
     pub default: usize,
     pub routes: Vec<Route>,
@@ -293,6 +297,8 @@ pub struct Config {
     pub sandbox_profiles: std::collections::BTreeMap<String, edge_sandbox::Profile>,
     /// `[[outposts]]`, in dispatch order; empty means one local outpost.
     pub outposts: Vec<OutpostConfig>,
+    /// `[certs]`: the edge's issuer (a project's `[projects.certs]` may choose another).
+    pub certs: CertsConfig,
 }
 
 /// A DNS label: lower-case letters, digits and inner hyphens, 1 to 63 characters.
@@ -426,6 +432,15 @@ impl Config {
         Some((p, base))
     }
 
+    /// Who issues project `p`'s certificate: its `[projects.certs]` issuer, else the edge's.
+    pub fn issuer_of(&self, p: usize) -> IssuerKind {
+        self.projects[p]
+            .certs
+            .as_ref()
+            .and_then(|c| c.issuer)
+            .unwrap_or(self.certs.issuer)
+    }
+
     /// The public host of a project in the current mode's canonical form (`demo.example.test`).
     pub fn project_host(&self, project: usize) -> String {
         format!("{}.{}", self.projects[project].name, self.domain)
@@ -464,6 +479,7 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
 
     let listen = read_listen(top.table(errs, "listen"), errs);
     let limits = read_limits(top.table(errs, "limits"), errs);
+    let certs = certs::read_certs(top.table(errs, "certs"), errs);
     let log = read_log(top.table(errs, "log"), errs);
     let sandbox_profiles = sandbox::read_sandbox(top.table(errs, "sandbox"), errs);
     let outpost_tables = top.tables(errs, "outposts");
@@ -563,6 +579,20 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
             );
         }
     }
+    for (i, p) in projects.iter().enumerate() {
+        let own = p.certs.as_ref().and_then(|c| c.issuer);
+        match own.unwrap_or(certs.issuer) {
+            IssuerKind::Acme if certs.acme.is_none() && own.is_some() => errs.push(
+                format!("projects[{i}].certs.issuer"),
+                "issuer = \"acme\" needs the edge's [certs.acme] table (the CA's directory)",
+            ),
+            IssuerKind::Files if own.is_none() => errs.push(
+                format!("projects[{i}].certs"),
+                "[certs] issuer = \"files\": each project names its files in [projects.certs] (issuer = \"files\", cert_file, key_file)",
+            ),
+            _ => {}
+        }
+    }
     let fallback_project = find(errs, "fallback_project", fallback);
     let default_project = find(errs, "default_project", default_project).unwrap_or(0);
     top.finish(errs);
@@ -579,6 +609,7 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
         chat,
         sandbox_profiles,
         outposts,
+        certs,
     })
 }
 
@@ -774,6 +805,9 @@ fn read_project(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<
     let chat = t
         .table(errs, "chat")
         .map(|c| auth::read_project_chat(c, errs));
+    let certs = t
+        .table(errs, "certs")
+        .map(|c| certs::read_project_certs(c, errs));
     let mut routes: Vec<Route> = Vec::new();
     for rt in t.tables(errs, "routes") {
         if let Some(r) = read_route(rt, listen, errs) {
@@ -841,6 +875,7 @@ fn read_project(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<
     Some(Project {
         name: name?.to_string(),
         chat,
+        certs,
         default: default_idx,
         routes,
     })
@@ -1191,6 +1226,84 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:#?}");
         assert!(
             errs[0].starts_with("chat.allowed_users: nobody could sign in"),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn certs_choose_an_issuer_per_edge_and_per_project() {
+        let c = Config::from_toml(
+            r#"
+            [certs]
+            issuer = "acme"
+            [certs.acme]
+            directory = "https://ca.test/dir"
+            email = "ops@example.test"
+            [[projects]]
+            name = "demo"
+            [[projects.routes]]
+            mount = "forge"
+            [[projects]]
+            name = "own"
+            [projects.certs]
+            issuer = "files"
+            cert_file = "own.pem"
+            key_file = "own.key"
+            [[projects.routes]]
+            mount = "forge"
+            [[projects]]
+            name = "lab"
+            [projects.certs]
+            issuer = "local"
+            [[projects.routes]]
+            mount = "forge"
+        "#,
+        )
+        .unwrap();
+        assert_eq!(c.issuer_of(0), IssuerKind::Acme);
+        assert_eq!(c.issuer_of(1), IssuerKind::Files);
+        assert_eq!(c.issuer_of(2), IssuerKind::Local);
+        let a = c.certs.acme.as_ref().unwrap();
+        assert_eq!(a.challenge, ChallengeKind::Http01);
+        assert_eq!(a.email.as_deref(), Some("ops@example.test"));
+        // Every mistake at once, each with its key; dns-01 is refused as not implemented yet.
+        let errs = errors(
+            r#"
+            [certs]
+            issuer = "acmee"
+            [certs.acme]
+            directory = "ftp://ca.test"
+            email = "nobody"
+            eab_kid = "kid"
+            challenge = "dns-01"
+            colour = 1
+            [[projects]]
+            name = "demo"
+            [projects.certs]
+            issuer = "files"
+            cert_file = "x.pem"
+            [[projects.routes]]
+            mount = "forge"
+        "#,
+        );
+        for w in [
+            "certs.issuer: \"acmee\"",
+            "certs.acme.directory: \"ftp://ca.test\" is not an http(s) URL",
+            "certs.acme.email: \"nobody\" is not an email address",
+            "certs.acme.eab_hmac_file: External Account Binding needs both",
+            "certs.acme.challenge: dns-01 (and [certs.acme.dns]) is not implemented",
+            "certs.acme.colour: unknown key",
+            "projects[0].certs.key_file: issuer = \"files\" needs cert_file and key_file",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errs:#?}"
+            );
+        }
+        let errs = errors("[certs]\nissuer = \"acme\"\n[[projects]]\nname = \"p\"\n[[projects.routes]]\nmount = \"forge\"\n");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("certs.acme: issuer = \"acme\" needs")),
             "{errs:#?}"
         );
     }

@@ -12,10 +12,11 @@ mod units;
 mod walk;
 
 pub use config::{
-    AgentConfig, AgentKind, AuthServer, ChatConfig, ChatLimits, Config, ConfigError, ConfigErrors,
-    ForwardAuth, Limits, Listen, LogConfig, LoginKind, OutpostConfig, OutpostKind, PrefixMode,
-    Project, ProjectChat, Route, RouteTarget, RoutingMode, Scheme, Upstream, CHAT_COOKIES,
-    EMBEDDED_DEFAULT, PERMISSION_MODES,
+    AcmeConfig, AgentConfig, AgentKind, AuthServer, CertsConfig, ChallengeKind, ChatConfig,
+    ChatLimits, Config, ConfigError, ConfigErrors, ForwardAuth, IssuerKind, Limits, Listen,
+    LogConfig, LoginKind, OutpostConfig, OutpostKind, PrefixMode, Project, ProjectCerts,
+    ProjectChat, Route, RouteTarget, RoutingMode, Scheme, Upstream, CHAT_COOKIES, EMBEDDED_DEFAULT,
+    PERMISSION_MODES,
 };
 pub use resolve::{normalize_host, Decision, RouteTable};
 pub use target::{check_host, normalize_target, TargetError};

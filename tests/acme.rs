@@ -1,0 +1,396 @@
+//! Certificates from an ACME CA, end to end against real peers the test starts itself: Pebble
+//! (Let's Encrypt's test CA, Debian's `pebble`) validating HTTP-01 through `edge up`'s own
+//! plain-HTTP listener, with Knot (Debian's `knot`) as the DNS server Pebble resolves the
+//! project's names with. And `issuer = "files"`: a chain swapped on disk is served without a
+//! restart and never rewritten.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn need(bin: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin"] {
+        let p = Path::new(dir).join(bin);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{bin} is not installed; bash .ci/run installs it (apt-get install pebble knot knot-dnsutils)");
+}
+
+/// Knot serving `example.test` (every name at 127.0.0.1) on a loopback port.
+fn knot(dir: &Path) -> (Killed, u16) {
+    let port = common::free_port();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("knot.conf"),
+        format!(
+            "server:\n    listen: 127.0.0.1@{port}\n    rundir: {d}\ndatabase:\n    storage: {d}/db\n\
+             control:\n    listen: {d}/knot.sock\nlog:\n  - target: stderr\n    any: warning\n\
+             zone:\n  - domain: example.test\n    storage: {d}\n    file: example.test.zone\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("example.test.zone"),
+        "$ORIGIN example.test.\n$TTL 60\n@ SOA ns.example.test. admin.example.test. 1 60 60 3600 60\n\
+         @ NS ns.example.test.\nns A 127.0.0.1\n@ A 127.0.0.1\n* A 127.0.0.1\n",
+    )
+    .unwrap();
+    let child = Command::new(need("knotd"))
+        .arg("-c")
+        .arg(dir.join("knot.conf"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("knot.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let k = Killed(child);
+    for _ in 0..100 {
+        let out = Command::new(need("kdig"))
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "demo.example.test",
+                "A",
+                "+short",
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("127.0.0.1") {
+            return (k, port);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("knot did not answer on {port}");
+}
+
+/// Pebble on loopback, its API served with a certificate from a CA the test makes (written to
+/// `api-ca.pem`), validating HTTP-01 on `http_port` and resolving names through `dns_port`.
+fn pebble(dir: &Path, http_port: u16, dns_port: u16) -> (Killed, u16, u16) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "edge test: Pebble API CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    leaf.distinguished_name = rcgen::DistinguishedName::new();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let leaf = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    std::fs::write(dir.join("api-ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("api.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("api.key"), key.serialize_pem()).unwrap();
+    let (port, mgmt, tls) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let d = dir.display();
+    std::fs::write(
+        dir.join("pebble.json"),
+        format!(
+            r#"{{"pebble": {{"listenAddress": "127.0.0.1:{port}", "managementListenAddress": "127.0.0.1:{mgmt}",
+               "certificate": "{d}/api.pem", "privateKey": "{d}/api.key", "httpPort": {http_port},
+               "tlsPort": {tls}, "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#
+        ),
+    )
+    .unwrap();
+    let child = Command::new(need("pebble"))
+        .arg("-config")
+        .arg(dir.join("pebble.json"))
+        .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let k = Killed(child);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (k, port, mgmt);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("pebble did not start on {port}");
+}
+
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// What `openssl s_client` makes of the certificate edge serves for `name`, verified against
+/// `root` (exit status, output).
+fn s_client(port: u16, name: &str, root: &Path) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args([
+            "-servername",
+            name,
+            "-verify_return_error",
+            "-verify_hostname",
+            name,
+        ])
+        .arg("-CAfile")
+        .arg(root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success() && text.contains("Verify return code: 0 (ok)"),
+        text,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edge_gets_a_certificate_from_an_acme_ca_over_http_01_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (http, https) = (common::free_port(), common::free_port());
+    let (_knot, dns) = knot(d);
+    let (_pebble, acme_port, mgmt) = pebble(d, http, dns);
+    std::fs::create_dir_all(d.join("site")).unwrap();
+    std::fs::write(d.join("site/index.html"), "hello from staging").unwrap();
+    let cfg = d.join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"domain = "example.test"
+state_dir = "{d}/state"
+[listen]
+https = "127.0.0.1:{https}"
+http = "127.0.0.1:{http}"
+admin = ""
+[certs]
+issuer = "acme"
+[certs.acme]
+directory = "https://127.0.0.1:{acme_port}/dir"
+email = "ops@example.test"
+ca_roots = "api-ca.pem"
+challenge = "http-01"
+[[projects]]
+name = "demo"
+  [[projects.routes]]
+  mount = "staging"
+  root = "site"
+"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["config", "check"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let started = Instant::now();
+    let mut edge = common::edge_up(&cfg, https).await;
+    // Pebble's root for this run, from its management API.
+    let root = d.join("pebble-root.pem");
+    let (ok, pem) = curl(&[
+        "--cacert",
+        d.join("api-ca.pem").to_str().unwrap(),
+        &format!("https://127.0.0.1:{mgmt}/roots/0"),
+    ]);
+    assert!(ok && pem.contains("BEGIN CERTIFICATE"), "{pem}");
+    std::fs::write(&root, pem).unwrap();
+    // Until the order completes edge serves its local CA's certificate; then Pebble's.
+    let served = loop {
+        let (ok, text) = s_client(https, "demo.example.test", &root);
+        if ok {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no ACME certificate served after 90 s: {text}\npebble: {}",
+            std::fs::read_to_string(d.join("pebble.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("edge up -> a Pebble certificate served (http-01): {served:?}");
+    // Served through it: the site, over a connection that trusts only Pebble's root.
+    let (ok, body) = curl(&[
+        "--cacert",
+        root.to_str().unwrap(),
+        "--resolve",
+        &format!("demo.example.test:{https}:127.0.0.1"),
+        &format!("https://demo.example.test:{https}/staging/"),
+    ]);
+    assert!(ok && body.contains("hello from staging"), "{body}");
+    // The account key and the certificate's key are the owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let state = d.join("state");
+    let account = edge_certs::account_path(&state, &format!("https://127.0.0.1:{acme_port}/dir"));
+    for f in [account.clone(), state.join("certs/acme/demo/key.pem")] {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    // No challenge answer is left on offer, and unknown tokens are 404 (before any redirect).
+    let (_, out) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: demo.example.test",
+        &format!("http://127.0.0.1:{http}/.well-known/acme-challenge/nope"),
+    ]);
+    assert_eq!(out, "404");
+    // A restart serves the stored certificate at once, with the same account.
+    edge.kill().await.unwrap();
+    let account_before = std::fs::read(&account).unwrap();
+    let stored = std::fs::read_to_string(state.join("certs/acme/demo/fullchain.pem")).unwrap();
+    let _edge = common::edge_up(&cfg, https).await;
+    let (ok, text) = s_client(https, "demo.example.test", &root);
+    assert!(
+        ok,
+        "the stored ACME certificate was not served after a restart: {text}"
+    );
+    assert_eq!(std::fs::read(&account).unwrap(), account_before);
+    assert_eq!(
+        std::fs::read_to_string(state.join("certs/acme/demo/fullchain.pem")).unwrap(),
+        stored,
+        "a fresh certificate was ordered again"
+    );
+}
+
+fn openssl_pair(dir: &Path, cn: &str, out: &str) -> (PathBuf, PathBuf) {
+    let (crt, key) = (
+        dir.join(format!("{out}.pem")),
+        dir.join(format!("{out}.key")),
+    );
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-days", "30", "-subj", &format!("/CN={cn}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{cn},DNS:*.{cn}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (crt, key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provided_files_are_served_watched_and_never_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (crt1, key1) = openssl_pair(d, "demo.example.test", "one");
+    let (crt2, key2) = openssl_pair(d, "demo.example.test", "two");
+    let (crt, key) = (d.join("live.pem"), d.join("live.key"));
+    std::fs::copy(&crt1, &crt).unwrap();
+    std::fs::copy(&key1, &key).unwrap();
+    let https = common::free_port();
+    let cfg = d.join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"domain = "example.test"
+state_dir = "{d}/state"
+[listen]
+https = "127.0.0.1:{https}"
+http = ""
+admin = ""
+[[projects]]
+name = "demo"
+  [projects.certs]
+  issuer = "files"
+  cert_file = "live.pem"
+  key_file = "live.key"
+  [[projects.routes]]
+  mount = "forge"
+"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let _edge = common::edge_up(&cfg, https).await;
+    let (ok, text) = s_client(https, "demo.example.test", &crt1);
+    assert!(ok, "{text}");
+    // Replaced on disk (key first, then the chain, as certbot's deploy hooks do): picked up
+    // without a restart.
+    std::fs::copy(&key2, &key).unwrap();
+    std::fs::copy(&crt2, &crt).unwrap();
+    let start = Instant::now();
+    loop {
+        let (ok, _) = s_client(https, "demo.example.test", &crt2);
+        if ok {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the new files were not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        std::fs::read(&crt).unwrap(),
+        std::fs::read(&crt2).unwrap(),
+        "edge rewrote the chain"
+    );
+    // A key that does not match, or that others can read, stops `edge config`-time loading with
+    // the reason; the running edge keeps serving the last good pair.
+    std::fs::copy(&key1, &key).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["up", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("does not belong to the certificate"), "{err}");
+    let (ok, _) = s_client(https, "demo.example.test", &crt2);
+    assert!(ok, "the last good pair stopped serving");
+}
