@@ -14,10 +14,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{load, Failure, Loaded};
 
-/// The names an ACME certificate of project `p` must cover: with HTTP-01, the exact hosts it
-/// serves (its apex, and in subdomain mode each mount's host), since HTTP-01 cannot prove a
-/// wildcard.
+/// The names an ACME certificate of project `p` must cover: with DNS-01 its apex and wildcard;
+/// with HTTP-01, which cannot prove a wildcard, the exact hosts it serves (its apex, and in
+/// subdomain mode each mount's host).
 fn acme_names(config: &Config, p: usize) -> Vec<String> {
+    if config.certs.acme.as_ref().map(|a| a.challenge) == Some(edge_routing::ChallengeKind::Dns01) {
+        // DNS-01 proves the wildcard: the apex and every host below it.
+        return edge_certs::project_names(&config.projects[p].name, &config.domain);
+    }
     let apex = config.project_host(p);
     let mut names = vec![apex.clone()];
     if config.routing == edge_routing::RoutingMode::Subdomain {

@@ -30,16 +30,25 @@ fn need(bin: &str) -> PathBuf {
     panic!("{bin} is not installed; bash .ci/run installs it (apt-get install pebble knot knot-dnsutils)");
 }
 
-/// Knot serving `example.test` (every name at 127.0.0.1) on a loopback port.
+/// The TSIG key Knot accepts updates signed with, as `knsupdate -y` takes it.
+const TSIG: &str = "hmac-sha256:edge.:c2VjcmV0LWtleS1mb3ItdGhlLWFjbWUtdGVzdHMtb25seS0xMjM0NTY=";
+
+/// Knot serving `example.test` (every name at 127.0.0.1) on a loopback port, taking RFC 2136
+/// updates signed with [`TSIG`].
 fn knot(dir: &Path) -> (Killed, u16) {
     let port = common::free_port();
     let d = dir.display();
+    let secret = TSIG.rsplit(':').next().unwrap();
+    // Knot keeps its journal there, and refuses updates (SERVFAIL) without it.
+    std::fs::create_dir_all(dir.join("db")).unwrap();
     std::fs::write(
         dir.join("knot.conf"),
         format!(
             "server:\n    listen: 127.0.0.1@{port}\n    rundir: {d}\ndatabase:\n    storage: {d}/db\n\
              control:\n    listen: {d}/knot.sock\nlog:\n  - target: stderr\n    any: warning\n\
-             zone:\n  - domain: example.test\n    storage: {d}\n    file: example.test.zone\n"
+             key:\n  - id: edge.\n    algorithm: hmac-sha256\n    secret: {secret}\n\
+             acl:\n  - id: update\n    address: 127.0.0.1\n    key: edge.\n    action: update\n\
+             zone:\n  - domain: example.test\n    storage: {d}\n    file: example.test.zone\n    acl: update\n"
         ),
     )
     .unwrap();
@@ -290,6 +299,138 @@ name = "demo"
         std::fs::read_to_string(state.join("certs/acme/demo/fullchain.pem")).unwrap(),
         stored,
         "a fresh certificate was ordered again"
+    );
+}
+
+/// The TXT values Knot answers for `name`.
+fn txt(dns: u16, name: &str) -> String {
+    let out = Command::new(need("kdig"))
+        .args(["@127.0.0.1", "-p", &dns.to_string(), name, "TXT", "+short"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wildcard_comes_over_dns_01_and_its_records_are_gone_after_every_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let https = common::free_port();
+    let (_knot, dns) = knot(d);
+    let (_pebble, acme_port, mgmt) = pebble(d, common::free_port(), dns);
+    let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/knot-txt.sh");
+    let config = |key: &str| {
+        format!(
+            r#"domain = "example.test"
+state_dir = "{d}/state"
+[listen]
+https = "127.0.0.1:{https}"
+http = ""
+admin = ""
+[certs]
+issuer = "acme"
+[certs.acme]
+directory = "https://127.0.0.1:{acme_port}/dir"
+ca_roots = "api-ca.pem"
+challenge = "dns-01"
+[certs.acme.dns]
+provider = "command"
+command = ["{hook}", "{{action}}", "{{fqdn}}", "{{value}}", "{dns}", "{key}"]
+nameservers = ["127.0.0.1:{dns}"]
+propagation_timeout = "20s"
+[[projects]]
+name = "demo"
+  [[projects.routes]]
+  mount = "forge"
+"#,
+            d = d.display()
+        )
+    };
+    let cfg = d.join("edge.toml");
+    let root = d.join("pebble-root.pem");
+    let (ok, pem) = curl(&[
+        "--cacert",
+        d.join("api-ca.pem").to_str().unwrap(),
+        &format!("https://127.0.0.1:{mgmt}/roots/0"),
+    ]);
+    assert!(ok, "{pem}");
+    std::fs::write(&root, pem).unwrap();
+
+    // A wrong TSIG key: the hook fails with Knot's refusal, no certificate, no record left.
+    std::fs::write(
+        &cfg,
+        config("hmac-sha256:edge.:d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktMTIzNA=="),
+    )
+    .unwrap();
+    let log = d.join("edge-wrong.log");
+    let mut wrong = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["up", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("ACME order failed") {
+            assert!(text.contains("certs.acme.dns.command set"), "{text}");
+            assert!(
+                text.to_ascii_uppercase().contains("NOTAUTH")
+                    || text.contains("TSIG")
+                    || text.contains("BADSIG")
+                    || text.contains("BADKEY"),
+                "Knot's refusal is not quoted: {text}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no failure logged: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wrong.kill().await.unwrap();
+    assert_eq!(
+        txt(dns, "_acme-challenge.demo.example.test"),
+        "",
+        "a record was left behind"
+    );
+    let (ok, _) = s_client(https, "demo.example.test", &root);
+    assert!(!ok, "a certificate from Pebble without a valid order");
+
+    // The right key: apex and wildcard in one order, served for both.
+    std::fs::write(&cfg, config(TSIG)).unwrap();
+    let started = Instant::now();
+    let log = d.join("edge.log");
+    let _edge = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["up", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let served = loop {
+        if s_client(https, "forge.demo.example.test", &root).0 {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no wildcard certificate after 60 s:\nedge: {}\npebble: {}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(d.join("pebble.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("edge up -> a Pebble wildcard served (dns-01): {served:?}");
+    let (ok, text) = s_client(https, "demo.example.test", &root);
+    assert!(ok, "the apex: {text}");
+    assert_eq!(
+        txt(dns, "_acme-challenge.demo.example.test"),
+        "",
+        "records were left behind"
     );
 }
 

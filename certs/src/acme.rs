@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use edge_routing::{AcmeConfig, ChallengeKind};
+use edge_routing::{AcmeConfig, ChallengeKind, DnsConfig, DnsProvider};
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
     Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
@@ -76,6 +76,7 @@ pub struct AcmeClient {
     account: Account,
     directory: String,
     challenge: ChallengeKind,
+    dns: Option<DnsConfig>,
 }
 
 impl std::fmt::Debug for AcmeClient {
@@ -217,24 +218,22 @@ impl AcmeClient {
             account,
             directory: cfg.directory.clone(),
             challenge: cfg.challenge,
+            dns: cfg.dns.clone(),
         })
     }
 
-    /// One order for `names`: every authorization answered by HTTP-01 through `answers`,
-    /// validated, finalized with a fresh key. Returns the chain (PEM, leaf first) and the key.
+    /// One order for `names`: every authorization answered by the configured challenge
+    /// (HTTP-01 through `answers`, or DNS-01 through `[certs.acme.dns]`), validated, finalized
+    /// with a fresh key. Returns the chain (PEM, leaf first) and the key. Challenge answers and
+    /// TXT records are withdrawn on success and on every failure.
     pub async fn issue(
         &self,
         names: &[String],
         answers: &Http01Answers,
     ) -> Result<(String, String)> {
-        if self.challenge != ChallengeKind::Http01 {
-            return Err(Error::Acme(
-                "only http-01 is implemented in this version of edge".into(),
-            ));
-        }
         let identifiers: Vec<Identifier> =
             names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-        tracing::info!(?names, directory = %self.directory, "placing an ACME order");
+        tracing::info!(?names, directory = %self.directory, challenge = ?self.challenge, "placing an ACME order");
         let mut order = self
             .account
             .new_order(&NewOrder::new(&identifiers))
@@ -244,6 +243,57 @@ impl AcmeClient {
             answers,
             tokens: Vec::new(),
         };
+        let mut records: Vec<(String, String)> = Vec::new();
+        let validated = self
+            .validate(&mut order, names, &mut offered, &mut records)
+            .await;
+        drop(offered);
+        if let Some(dns) = &self.dns {
+            for (fqdn, value) in &records {
+                match (Dns01 { cfg: dns }).run("clear", fqdn, value).await {
+                    Ok(()) => tracing::info!(%fqdn, "DNS-01 record cleared"),
+                    Err(e) => {
+                        tracing::error!(%fqdn, error = %e, "a DNS-01 record could not be cleared; remove it by hand")
+                    }
+                }
+            }
+        }
+        validated?;
+        let key_pem = order
+            .finalize()
+            .await
+            .map_err(acme(&format!("finalizing the order for {names:?}")))?;
+        let retry = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(250))
+            .timeout(Duration::from_secs(90));
+        let chain_pem = order
+            .poll_certificate(&retry)
+            .await
+            .map_err(acme(&format!("downloading the certificate for {names:?}")))?;
+        tracing::info!(?names, "ACME certificate issued");
+        Ok((chain_pem, key_pem))
+    }
+
+    async fn validate(
+        &self,
+        order: &mut instant_acme::Order,
+        names: &[String],
+        offered: &mut Offered<'_>,
+        records: &mut Vec<(String, String)>,
+    ) -> Result<()> {
+        let kind = match self.challenge {
+            ChallengeKind::Http01 => ChallengeType::Http01,
+            ChallengeKind::Dns01 => ChallengeType::Dns01,
+        };
+        let dns = match (self.challenge, &self.dns) {
+            (ChallengeKind::Dns01, Some(d)) => Some(Dns01 { cfg: d }),
+            (ChallengeKind::Dns01, None) => {
+                return Err(Error::Acme("dns-01 needs [certs.acme.dns]".into()))
+            }
+            _ => None,
+        };
+        // First pass: put every answer in place (HTTP-01 answers can be marked ready at once;
+        // TXT records must first be visible on every server).
         {
             let mut authzs = order.authorizations();
             while let Some(a) = authzs.next().await {
@@ -259,18 +309,60 @@ impl AcmeClient {
                     }
                 }
                 let who = a.identifier().to_string();
-                let Some(mut ch) = a.challenge(ChallengeType::Http01) else {
+                let Some(mut ch) = a.challenge(kind.clone()) else {
                     return Err(Error::Acme(format!(
-                        "the CA offers no http-01 challenge for {who} (wildcards need dns-01)"
+                        "the CA offers no {kind:?} challenge for {who}{}",
+                        if who.starts_with("*.") {
+                            " (wildcards need dns-01)"
+                        } else {
+                            ""
+                        }
                     )));
                 };
-                let token = ch.token.clone();
-                answers.put(&token, ch.key_authorization().as_str());
-                offered.tokens.push(token);
-                tracing::info!(name = %who, "http-01 answer on offer; telling the CA it is ready");
-                ch.set_ready()
-                    .await
-                    .map_err(acme(&format!("marking the challenge for {who} ready")))?;
+                match &dns {
+                    None => {
+                        let token = ch.token.clone();
+                        offered.answers.put(&token, ch.key_authorization().as_str());
+                        offered.tokens.push(token);
+                        tracing::info!(name = %who, "http-01 answer on offer; telling the CA it is ready");
+                        ch.set_ready()
+                            .await
+                            .map_err(acme(&format!("marking the challenge for {who} ready")))?;
+                    }
+                    Some(d) => {
+                        let fqdn = txt_name(&who);
+                        let value = ch.key_authorization().dns_value();
+                        d.run("set", &fqdn, &value).await?;
+                        tracing::info!(name = %who, %fqdn, "DNS-01 record set");
+                        records.push((fqdn, value));
+                    }
+                }
+            }
+        }
+        if let Some(d) = &dns {
+            let mut by_name: Vec<(&str, Vec<String>)> = Vec::new();
+            for (fqdn, value) in records.iter() {
+                match by_name.iter_mut().find(|(f, _)| f == fqdn) {
+                    Some((_, v)) => v.push(value.clone()),
+                    None => by_name.push((fqdn, vec![value.clone()])),
+                }
+            }
+            for (fqdn, values) in &by_name {
+                d.wait_visible(fqdn, values).await?;
+                tracing::info!(%fqdn, "DNS-01 record visible on every server");
+            }
+            let mut authzs = order.authorizations();
+            while let Some(a) = authzs.next().await {
+                let mut a = a.map_err(acme("reading an authorization"))?;
+                if a.status != AuthorizationStatus::Pending {
+                    continue;
+                }
+                let who = a.identifier().to_string();
+                if let Some(mut ch) = a.challenge(ChallengeType::Dns01) {
+                    ch.set_ready()
+                        .await
+                        .map_err(acme(&format!("marking the challenge for {who} ready")))?;
+                }
             }
         }
         let retry = RetryPolicy::new()
@@ -291,18 +383,150 @@ impl AcmeClient {
                 "the order for {names:?} is {status:?}{problem}"
             )));
         }
-        drop(offered);
-        let key_pem = order
-            .finalize()
-            .await
-            .map_err(acme(&format!("finalizing the order for {names:?}")))?;
-        let chain_pem = order
-            .poll_certificate(&retry)
-            .await
-            .map_err(acme(&format!("downloading the certificate for {names:?}")))?;
-        tracing::info!(?names, "ACME certificate issued");
-        Ok((chain_pem, key_pem))
+        Ok(())
     }
+}
+
+/// Sets and clears DNS-01 TXT records through the configured provider, and waits until the
+/// zone's servers answer them.
+struct Dns01<'a> {
+    cfg: &'a DnsConfig,
+}
+
+/// `_acme-challenge.<name>`, the wildcard's `*.` dropped (RFC 8555 §8.4).
+fn txt_name(identifier: &str) -> String {
+    format!("_acme-challenge.{}", identifier.trim_start_matches("*."))
+}
+
+impl Dns01<'_> {
+    async fn run(&self, action: &str, fqdn: &str, value: &str) -> Result<()> {
+        let DnsProvider::Command { argv } = &self.cfg.provider;
+        let args: Vec<String> = argv
+            .iter()
+            .map(|a| {
+                a.replace("{action}", action)
+                    .replace("{fqdn}", fqdn)
+                    .replace("{value}", value)
+            })
+            .collect();
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(&args[0])
+                .args(&args[1..])
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .map_err(|_| {
+            Error::Acme(format!(
+                "certs.acme.dns.command {action} {fqdn}: no end within 60 s"
+            ))
+        })?
+        .map_err(|e| Error::Acme(format!("certs.acme.dns.command: {}: {e}", args[0])))?;
+        if !out.status.success() {
+            let said = String::from_utf8_lossy(&out.stderr);
+            let said = if said.trim().is_empty() {
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            } else {
+                said.into_owned()
+            };
+            return Err(Error::Acme(format!(
+                "certs.acme.dns.command {action} {fqdn} failed ({}): {}",
+                out.status,
+                said.trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until every configured server answers `fqdn` with every value in `values`, asked
+    /// directly (no cache in between), or the propagation timeout passes.
+    async fn wait_visible(&self, fqdn: &str, values: &[String]) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.cfg.propagation_timeout;
+        if self.cfg.nameservers.is_empty() {
+            tracing::info!(%fqdn, wait = ?self.cfg.propagation_timeout, "no nameservers to ask: waiting the propagation timeout");
+            tokio::time::sleep_until(deadline).await;
+            return Ok(());
+        }
+        for ns in &self.cfg.nameservers {
+            loop {
+                match txt_values(*ns, fqdn).await {
+                    Ok(got) if values.iter().all(|v| got.contains(v)) => break,
+                    Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(500)).await
+                    }
+                    Ok(got) => {
+                        return Err(Error::Acme(format!(
+                            "{ns} does not answer {fqdn} TXT with the challenge after {:?} (it answers {got:?})",
+                            self.cfg.propagation_timeout
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(Error::Acme(format!(
+                            "asking {ns} for {fqdn} TXT: {e} (certs.acme.dns.nameservers)"
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The TXT strings `server` answers for `fqdn`, asked over UDP with recursion off.
+async fn txt_values(
+    server: std::net::SocketAddr,
+    fqdn: &str,
+) -> std::result::Result<Vec<String>, String> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
+    let name = Name::from_ascii(format!("{fqdn}.")).map_err(|e| e.to_string())?;
+    let id: u16 = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(7)
+        & 0xffff) as u16;
+    let mut m = Message::new();
+    m.set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(false)
+        .add_query(Query::query(name, RecordType::TXT));
+    let bytes = m.to_bytes().map_err(|e| e.to_string())?;
+    let bind = if server.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let sock = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| e.to_string())?;
+    sock.connect(server).await.map_err(|e| e.to_string())?;
+    sock.send(&bytes).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf))
+        .await
+        .map_err(|_| "no answer within 3 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let answer = Message::from_bytes(&buf[..n]).map_err(|e| e.to_string())?;
+    if answer.id() != id {
+        return Err("an answer to another query".into());
+    }
+    Ok(answer
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::TXT(t) => Some(
+                t.txt_data()
+                    .iter()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
+        .collect())
 }
 
 #[cfg(test)]

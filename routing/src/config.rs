@@ -18,7 +18,9 @@ pub use auth::{
     AgentConfig, AgentKind, AuthServer, ChatConfig, ChatLimits, ForwardAuth, LoginKind,
     ProjectChat, CHAT_COOKIES, PERMISSION_MODES,
 };
-pub use certs::{AcmeConfig, CertsConfig, ChallengeKind, IssuerKind, ProjectCerts};
+pub use certs::{
+    AcmeConfig, CertsConfig, ChallengeKind, DnsConfig, DnsProvider, IssuerKind, ProjectCerts,
+};
 pub use outposts::{OutpostConfig, OutpostKind};
 
 /// The config `edge up` runs with when given no file: project `demo` at
@@ -1291,13 +1293,54 @@ mod tests {
             "certs.acme.directory: \"ftp://ca.test\" is not an http(s) URL",
             "certs.acme.email: \"nobody\" is not an email address",
             "certs.acme.eab_hmac_file: External Account Binding needs both",
-            "certs.acme.challenge: dns-01 (and [certs.acme.dns]) is not implemented",
+            "certs.acme.dns: challenge = \"dns-01\" needs [certs.acme.dns]",
             "certs.acme.colour: unknown key",
             "projects[0].certs.key_file: issuer = \"files\" needs cert_file and key_file",
         ] {
             assert!(
                 errs.iter().any(|e| e.starts_with(w)),
                 "missing {w:?} in {errs:#?}"
+            );
+        }
+        // DNS-01 through a command; rfc2136 is refused as not implemented yet.
+        let dns = |table: &str| {
+            format!("[certs]\nissuer = \"acme\"\n[certs.acme]\ndirectory = \"https://ca.test/d\"\n[certs.acme.dns]\n{table}\n[[projects]]\nname = \"p\"\n[[projects.routes]]\nmount = \"forge\"\n")
+        };
+        let c = Config::from_toml(&dns(
+            "provider = \"command\"\ncommand = [\"txt.sh\", \"{action}\", \"{fqdn}\", \"{value}\"]\nnameservers = [\"192.0.2.53:53\"]\npropagation_timeout = \"30s\"",
+        ))
+        .unwrap();
+        let a = c.certs.acme.unwrap();
+        assert_eq!(
+            a.challenge,
+            ChallengeKind::Dns01,
+            "a dns table means dns-01"
+        );
+        let d = a.dns.unwrap();
+        assert_eq!(d.nameservers, ["192.0.2.53:53".parse().unwrap()]);
+        assert_eq!(d.propagation_timeout, Duration::from_secs(30));
+        for (table, want) in [
+            (
+                "provider = \"rfc2136\"\nserver = \"ns:53\"",
+                "certs.acme.dns.provider: \"rfc2136\" is not implemented",
+            ),
+            (
+                "provider = \"command\"\ncommand = [\"txt.sh\"]",
+                "certs.acme.dns.command: the command never receives the record",
+            ),
+            (
+                "provider = \"command\"\ncommand = [\"t\", \"{value}\"]\nnameservers = [\"ns1\"]",
+                "certs.acme.dns.nameservers[0]: \"ns1\" is not an IP address",
+            ),
+            (
+                "provider = \"route53\"",
+                "certs.acme.dns.provider: \"route53\"",
+            ),
+        ] {
+            let errs = errors(&dns(table));
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
             );
         }
         let errs = errors("[certs]\nissuer = \"acme\"\n[[projects]]\nname = \"p\"\n[[projects.routes]]\nmount = \"forge\"\n");

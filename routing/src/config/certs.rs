@@ -48,6 +48,27 @@ pub struct AcmeConfig {
     /// Extra roots (PEM) to trust for the CA's own API (a private or test CA).
     pub ca_roots: Option<PathBuf>,
     pub challenge: ChallengeKind,
+    /// `[certs.acme.dns]`: how DNS-01's TXT records are set; required with dns-01.
+    pub dns: Option<DnsConfig>,
+}
+
+/// `[certs.acme.dns]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub provider: DnsProvider,
+    /// The zone's authoritative servers (`host:port`), asked directly until each answers the
+    /// TXT record before the CA is told to look. Empty: wait `propagation_timeout` instead.
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// How long records may take to appear on every server (default 2 minutes).
+    pub propagation_timeout: std::time::Duration,
+}
+
+/// Who sets and clears the TXT records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsProvider {
+    /// A program run as `argv` with `{action}` (`set` or `clear`), `{fqdn}` and `{value}`
+    /// replaced: for any DNS API (a script around `knsupdate`, `nsupdate`, a provider's CLI).
+    Command { argv: Vec<String> },
 }
 
 /// `[certs]`.
@@ -153,15 +174,12 @@ pub(super) fn read_certs(t: Option<Table<'_>>, errs: &mut Errors) -> CertsConfig
                 ChallengeKind::Http01
             }
         };
-        if challenge == ChallengeKind::Dns01 {
-            // Said plainly rather than accepted and failing at the first order.
+        let dns = a.table(errs, "dns").and_then(|d| read_dns(d, errs));
+        if challenge == ChallengeKind::Dns01 && dns.is_none() && !has_dns {
             errs.push(
-                a.key("challenge"),
-                "dns-01 (and [certs.acme.dns]) is not implemented in this version of edge yet: use challenge = \"http-01\", which covers each project's exact names",
+                a.key("dns"),
+                "challenge = \"dns-01\" needs [certs.acme.dns] (provider = \"command\" with command = [...])",
             );
-        }
-        if has_dns {
-            a.take("dns");
         }
         a.finish(errs);
         if let Some(directory) = directory {
@@ -172,6 +190,7 @@ pub(super) fn read_certs(t: Option<Table<'_>>, errs: &mut Errors) -> CertsConfig
                 eab_hmac_file,
                 ca_roots,
                 challenge,
+                dns,
             });
         }
     }
@@ -183,6 +202,84 @@ pub(super) fn read_certs(t: Option<Table<'_>>, errs: &mut Errors) -> CertsConfig
     }
     t.finish(errs);
     c
+}
+
+fn read_dns(mut t: Table<'_>, errs: &mut Errors) -> Option<DnsConfig> {
+    let provider = match t.str(errs, "provider") {
+        Some("command") => {
+            let argv: Vec<String> = t
+                .strings(errs, "command")
+                .unwrap_or_default()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            if argv.is_empty() {
+                errs.push(
+                    t.key("command"),
+                    "provider = \"command\" needs command = [\"program\", \"{action}\", \"{fqdn}\", \"{value}\"]",
+                );
+            } else if !argv.iter().any(|a| a.contains("{value}")) {
+                errs.push(
+                    t.key("command"),
+                    "the command never receives the record: put \"{value}\" (and \"{action}\", \"{fqdn}\") in it",
+                );
+            }
+            Some(DnsProvider::Command { argv })
+        }
+        Some("rfc2136") => {
+            for key in [
+                "server",
+                "zone",
+                "tsig_name",
+                "tsig_algorithm",
+                "tsig_secret_file",
+            ] {
+                if t.has(key) {
+                    t.take(key);
+                }
+            }
+            errs.push(
+                t.key("provider"),
+                "\"rfc2136\" is not implemented in this version of edge yet: use provider = \"command\" with a script around knsupdate or nsupdate (which sign with TSIG)",
+            );
+            None
+        }
+        Some(other) => {
+            errs.push(
+                t.key("provider"),
+                format!("{other:?}: use \"command\" (\"rfc2136\" is not implemented yet)"),
+            );
+            None
+        }
+        None => {
+            errs.push(t.key("provider"), "name the DNS provider: \"command\"");
+            None
+        }
+    };
+    let mut nameservers = Vec::new();
+    for (i, ns) in t
+        .strings(errs, "nameservers")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        match ns.parse::<std::net::SocketAddr>() {
+            Ok(a) => nameservers.push(a),
+            Err(_) => errs.push(
+                t.key(&format!("nameservers[{i}]")),
+                format!("{ns:?} is not an IP address and port, e.g. \"192.0.2.53:53\""),
+            ),
+        }
+    }
+    let propagation_timeout = t
+        .parsed(errs, "propagation_timeout", crate::units::parse_duration)
+        .unwrap_or(std::time::Duration::from_secs(120));
+    t.finish(errs);
+    Some(DnsConfig {
+        provider: provider?,
+        nameservers,
+        propagation_timeout,
+    })
 }
 
 fn errs_has(errs: &Errors, prefix: &str) -> bool {
