@@ -97,6 +97,17 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Each project's certificate: issuer, names, expiry, next renewal, last error.
+    Certs {
+        #[command(subcommand)]
+        command: Option<CertsCommand>,
+        /// Config file [env: EDGE_CONFIG]
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The running edge's admin address, instead of reading it from the config
+        #[arg(long, global = true)]
+        admin: Option<String>,
+    },
     /// Ask a running edge to re-read its config (same as sending it SIGHUP).
     Reload {
         /// The config file of the running edge, to find its admin address [env: EDGE_CONFIG]
@@ -105,6 +116,15 @@ pub enum Command {
         /// The admin address, instead of reading it from the config
         #[arg(long)]
         admin: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Renew ACME certificates now, through the running edge (all, or one project's).
+    Renew {
+        /// The project (default: every project whose issuer is ACME)
+        project: Option<String>,
     },
 }
 
@@ -357,6 +377,34 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             print!("{EMBEDDED_DEFAULT}");
             Ok(())
+        }
+        Command::Certs {
+            command,
+            config,
+            admin,
+        } => {
+            let loaded = load(config_path(config).as_deref(), None)?;
+            match command {
+                None => {
+                    print!("{}", crate::certs::list(&loaded.config, &loaded.base_dir));
+                    Ok(())
+                }
+                Some(CertsCommand::Renew { project }) => {
+                    let admin = match admin.or(loaded.config.listen.admin.map(|a| a.to_string())) {
+                        Some(a) => a,
+                        None => {
+                            return Err(Failure::config(anyhow::anyhow!(
+                                "listen.admin is off in the config: edge certs renew needs the admin listener (or --admin)"
+                            )))
+                        }
+                    };
+                    let path = match &project {
+                        Some(p) => format!("/certs/renew?project={p}"),
+                        None => "/certs/renew".to_string(),
+                    };
+                    crate::up::post_admin(&admin, &path)
+                }
+            }
         }
         Command::Reload { config, admin } => {
             let admin = match admin {

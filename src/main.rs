@@ -1,6 +1,7 @@
 //! The `edge` binary: arguments, config files, the tracing subscriber, signals and exit codes.
 //! The work is done by the library crates.
 
+mod certs;
 mod chat;
 mod cli;
 mod sandbox;

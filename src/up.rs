@@ -91,7 +91,12 @@ fn project_certs(
 /// Re-reads every project's certificate and swaps the set in when any changed (a renewed
 /// local or ACME certificate, files replaced on disk): handshakes in progress, WebSockets and
 /// downloads carry on.
-async fn refresh_certs(gw: &Gateway, base_dir: &Path, last: &mut Vec<ProjectCert>) {
+async fn refresh_certs(
+    gw: &Gateway,
+    base_dir: &Path,
+    last: &mut Vec<ProjectCert>,
+    state: &crate::certs::CertState,
+) {
     let cfg = gw.config();
     let dir = base_dir.to_path_buf();
     match tokio::task::spawn_blocking(move || project_certs(&cfg, &dir)).await {
@@ -107,6 +112,7 @@ async fn refresh_certs(gw: &Gateway, base_dir: &Path, last: &mut Vec<ProjectCert
             match gw.set_certs(&certs) {
                 Ok(()) => {
                     tracing::info!(projects = certs.len(), "certificates swapped in");
+                    *state.served.lock().unwrap_or_else(|e| e.into_inner()) = certs.clone();
                     *last = certs;
                 }
                 Err(e) => {
@@ -138,6 +144,7 @@ async fn acme_task(
     gw: Gateway,
     base_dir: PathBuf,
     answers: Arc<edge_certs::Http01Answers>,
+    state: Arc<crate::certs::CertState>,
     stop: CancellationToken,
 ) {
     let mut client: Option<(edge_routing::AcmeConfig, edge_certs::AcmeClient)> = None;
@@ -165,10 +172,16 @@ async fn acme_task(
                     let name = cfg.projects[i].name.clone();
                     let names = acme_names(&cfg, i);
                     let now = time::OffsetDateTime::now_utc();
-                    let due = store.load(&name, &names).is_none_or(|f| f.due(now));
-                    let waiting = retry
-                        .get(&name)
-                        .is_some_and(|(at, _)| tokio::time::Instant::now() < *at);
+                    let forced = state
+                        .forced
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&name);
+                    let due = forced || store.load(&name, &names).is_none_or(|f| f.due(now));
+                    let waiting = !forced
+                        && retry
+                            .get(&name)
+                            .is_some_and(|(at, _)| tokio::time::Instant::now() < *at);
                     if !due || waiting {
                         continue;
                     }
@@ -179,10 +192,28 @@ async fn acme_task(
                     match issued.and_then(|(chain, key)| store.save(&name, &chain, &key)) {
                         Ok(f) => {
                             retry.remove(&name);
+                            state
+                                .orders_ok
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let _ = std::fs::remove_file(crate::certs::last_error_path(
+                                &cfg.state_dir,
+                                &name,
+                            ));
                             tracing::info!(project = %name, not_after = %f.not_after, "ACME certificate stored");
-                            refresh_certs(&gw, &base_dir, &mut last).await;
+                            refresh_certs(&gw, &base_dir, &mut last, &state).await;
                         }
                         Err(e) => {
+                            state
+                                .orders_failed
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let line = format!("{} {e}\n", time::OffsetDateTime::now_utc());
+                            if let Err(w) = edge_certs::write_atomic(
+                                &crate::certs::last_error_path(&cfg.state_dir, &name),
+                                line.as_bytes(),
+                                0o644,
+                            ) {
+                                tracing::warn!(error = %w, "could not record the ACME failure for edge certs");
+                            }
                             let wait = retry
                                 .get(&name)
                                 .map(|(_, d)| (*d * 2).min(Duration::from_secs(6 * 3600)))
@@ -197,6 +228,7 @@ async fn acme_task(
         }
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = state.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
     }
@@ -262,6 +294,14 @@ async fn serve(
     {
         let a = answers.clone();
         gateway.set_http01_answers(Arc::new(move |token| a.get(token)));
+    }
+    let cert_state = Arc::new(crate::certs::CertState::default());
+    *cert_state.served.lock().unwrap_or_else(|e| e.into_inner()) = certs.clone();
+    {
+        let (s, gw) = (cert_state.clone(), gateway.clone());
+        gateway.set_extra_metrics(Arc::new(move || s.metrics(&gw.config())));
+        let (s, gw) = (cert_state.clone(), gateway.clone());
+        gateway.set_cert_renewal(Arc::new(move |p| s.renew(&gw.config(), p)));
     }
     let chat = crate::chat::open(&config)?;
     if let Some((_, secret)) = &chat {
@@ -358,6 +398,7 @@ async fn serve(
         let t = token.clone();
         let dir = base_dir.clone();
         let mut last = certs.clone();
+        let state = cert_state.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             tick.tick().await;
@@ -366,13 +407,13 @@ async fn serve(
                     _ = t.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                refresh_certs(&gw, &dir, &mut last).await;
+                refresh_certs(&gw, &dir, &mut last, &state).await;
             }
         });
         let gw = gateway.clone();
         let t = token.clone();
         let dir = base_dir.clone();
-        tasks.spawn(acme_task(gw, dir, answers.clone(), t));
+        tasks.spawn(acme_task(gw, dir, answers.clone(), cert_state.clone(), t));
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -526,6 +567,11 @@ pub fn admin_get(admin: &str, path: &str) -> Result<String, Failure> {
 
 /// `edge reload`: POST /reload on the admin listener.
 pub fn post_reload(admin: &str) -> Result<(), Failure> {
+    post_admin(admin, "/reload")
+}
+
+/// POSTs to the admin listener; prints the answer, an error unless it is 2xx.
+pub fn post_admin(admin: &str, path: &str) -> Result<(), Failure> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(admin)
         .with_context(|| format!("connecting to the admin listener at {admin}"))?;
@@ -533,13 +579,13 @@ pub fn post_reload(admin: &str) -> Result<(), Failure> {
         .context("socket")?;
     write!(
         s,
-        "POST /reload HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .context("sending")?;
     let mut out = String::new();
     s.read_to_string(&mut out).context("reading the answer")?;
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let ok = head.starts_with("HTTP/1.1 200");
+    let ok = head.starts_with("HTTP/1.1 2");
     let body = body.trim();
     if ok {
         println!("{body}");

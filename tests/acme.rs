@@ -189,7 +189,11 @@ fn s_client(port: u16, name: &str, root: &Path) -> (bool, String) {
 async fn edge_gets_a_certificate_from_an_acme_ca_over_http_01_and_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (http, https) = (common::free_port(), common::free_port());
+    let (http, https, admin) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
     let (_knot, dns) = knot(d);
     let (_pebble, acme_port, mgmt) = pebble(d, http, dns);
     std::fs::create_dir_all(d.join("site")).unwrap();
@@ -203,7 +207,7 @@ state_dir = "{d}/state"
 [listen]
 https = "127.0.0.1:{https}"
 http = "127.0.0.1:{http}"
-admin = ""
+admin = "127.0.0.1:{admin}"
 [certs]
 issuer = "acme"
 [certs.acme]
@@ -284,6 +288,67 @@ name = "demo"
         &format!("http://127.0.0.1:{http}/.well-known/acme-challenge/nope"),
     ]);
     assert_eq!(out, "404");
+    // `edge certs` says where it came from and when it renews; /metrics has its expiry.
+    let certs = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["certs", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&certs.stdout);
+    assert!(
+        certs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&certs.stderr)
+    );
+    for want in [
+        "demo  issuer: acme",
+        "names:     demo.example.test",
+        "Pebble Intermediate",
+        "renews:    from",
+    ] {
+        assert!(listing.contains(want), "{want:?} not in:\n{listing}");
+    }
+    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    assert!(
+        metrics.contains("edge_cert_expiry_timestamp_seconds{project=\"demo\",issuer=\"acme\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edge_acme_orders_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    // `edge certs renew`: a new order now, and the new certificate served.
+    let before = std::fs::read_to_string(state.join("certs/acme/demo/fullchain.pem")).unwrap();
+    let renew = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["certs", "renew", "demo", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        renew.status.success(),
+        "{}",
+        String::from_utf8_lossy(&renew.stderr)
+    );
+    let start = Instant::now();
+    while std::fs::read_to_string(state.join("certs/acme/demo/fullchain.pem")).unwrap() == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no renewal after edge certs renew"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    assert!(
+        metrics.contains("edge_acme_orders_total{result=\"ok\"} 2"),
+        "{metrics}"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["certs", "renew", "nosuch", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no project \"nosuch\""));
     // A restart serves the stored certificate at once, with the same account.
     edge.kill().await.unwrap();
     let account_before = std::fs::read(&account).unwrap();

@@ -18,4 +18,4 @@ pub use error::{Error, Result};
 pub use files::{check_pair, ProvidedFiles};
 pub use fsutil::write_atomic;
 pub use local_ca::LocalCa;
-pub use store::{local_project_certs, project_names, CertFiles, Store};
+pub use store::{inspect, local_project_certs, project_names, CertFiles, CertInfo, Store};

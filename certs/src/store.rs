@@ -73,6 +73,31 @@ pub(crate) struct Parsed {
     pub(crate) not_after: OffsetDateTime,
 }
 
+/// What a certificate chain's leaf says, for `edge certs` and metrics.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    pub names: Vec<String>,
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+/// Reads the leaf of a PEM chain.
+pub fn inspect(chain_pem: &str) -> Result<CertInfo> {
+    let p = parse_leaf(Path::new("(chain)"), chain_pem)?;
+    let issuer = parse_x509_pem(chain_pem.as_bytes())
+        .ok()
+        .and_then(|(_, pem)| pem.parse_x509().ok().map(|c| c.issuer().to_string()))
+        .unwrap_or_default();
+    Ok(CertInfo {
+        names: p.names,
+        issuer,
+        not_before: p.not_before,
+        not_after: p.not_after,
+    })
+}
+
 /// Whether a certificate naming `sans` is valid for `name`: named exactly, or one label under
 /// a `*.` name (RFC 6125 §6.4.3).
 pub(crate) fn covers(sans: &[String], name: &str) -> bool {

@@ -46,7 +46,11 @@ async fn handle(
             }
         }
         (&Method::GET, "/metrics") => {
-            let mut r = text(StatusCode::OK, shared.metrics.render());
+            let mut body = shared.metrics.render();
+            if let Some(f) = shared.extra_metrics.get() {
+                body.push_str(&f());
+            }
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -84,12 +88,27 @@ async fn handle(
                 "this edge runs no chat, so no outposts\n".into(),
             ),
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/reload" | "/outposts") => {
+        (&Method::POST, "/certs/renew") => match shared.renew.get() {
+            Some(f) => {
+                let project = req.uri().query().and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix("project="))
+                        .map(str::to_string)
+                });
+                match f(project.as_deref()) {
+                    Ok(m) => text(StatusCode::ACCEPTED, m),
+                    Err(m) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{m}\n")),
+                }
+            }
+            None => text(StatusCode::NOT_FOUND, "this edge serves no HTTPS\n".into()),
+        },
+        (_, "/healthz" | "/readyz" | "/metrics" | "/reload" | "/outposts" | "/certs/renew") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n".into())
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /healthz /readyz /metrics /outposts POST /reload\n".into(),
+            "admin endpoints: /healthz /readyz /metrics /outposts POST /reload POST /certs/renew\n"
+                .into(),
         ),
     };
     Ok(resp)

@@ -29,7 +29,7 @@ pub use forward_auth::{SECRET_HEADER, VERIFY_PATH};
 pub use hygiene::{is_client_claim, strip_client_claims, strip_hop_by_hop};
 pub use metrics::Metrics;
 pub use runtime::Runtime;
-pub use state::{Error, Gateway, Http01Fn};
+pub use state::{Error, Gateway, Http01Fn, RenewFn};
 pub use static_files::parse_range;
 pub use tls::ProjectCert;
 

@@ -24,6 +24,9 @@ use crate::runtime::Runtime;
 use crate::server::{self, ConnLimiter};
 use crate::tls::{CertResolver, ProjectCert};
 
+/// Starts certificate renewals (all ACME projects, or the named one); what to tell the caller.
+pub type RenewFn = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
+
 /// Looks up an ACME HTTP-01 key authorization by token.
 pub type Http01Fn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -44,6 +47,9 @@ pub(crate) struct Shared {
     /// ACME HTTP-01 answers (token to key authorization), set by `edge up` when a project's
     /// certificate comes from an ACME CA.
     pub(crate) http01: std::sync::OnceLock<Http01Fn>,
+    /// `POST /certs/renew` on the admin listener, and more lines for `/metrics` (set by `edge up`).
+    pub(crate) renew: std::sync::OnceLock<RenewFn>,
+    pub(crate) extra_metrics: std::sync::OnceLock<crate::admin::StatusFn>,
     pub(crate) runtime: ArcSwap<Runtime>,
     pub(crate) client: Client<HttpConnector, ReqBody>,
     pub(crate) h2c: Client<HttpConnector, ReqBody>,
@@ -117,6 +123,8 @@ impl Gateway {
             shared: Arc::new(Shared {
                 outposts: std::sync::OnceLock::new(),
                 http01: std::sync::OnceLock::new(),
+                renew: std::sync::OnceLock::new(),
+                extra_metrics: std::sync::OnceLock::new(),
                 runtime: ArcSwap::from_pointee(runtime),
                 client,
                 h2c,
@@ -239,6 +247,16 @@ impl Gateway {
     /// whatever the mounts and `http_redirect` say.
     pub fn set_http01_answers(&self, f: Http01Fn) {
         let _ = self.shared.http01.set(f);
+    }
+
+    /// What `POST /certs/renew[?project=NAME]` on the admin listener does (set once).
+    pub fn set_cert_renewal(&self, f: RenewFn) {
+        let _ = self.shared.renew.set(f);
+    }
+
+    /// More Prometheus text appended to `/metrics` (set once): certificate expiry, ACME orders.
+    pub fn set_extra_metrics(&self, f: crate::admin::StatusFn) {
+        let _ = self.shared.extra_metrics.set(f);
     }
 
     /// What `GET /outposts` on the admin listener answers (set once, by `edge up`).
