@@ -108,6 +108,26 @@ pub enum Command {
         #[arg(long, global = true)]
         admin: Option<String>,
     },
+    /// Install the local CA in this machine's trust store and its browsers' NSS databases
+    /// (or take it out with --remove).
+    Trust {
+        /// Config file [env: EDGE_CONFIG]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Overrides `state_dir` [env: EDGE_STATE_DIR]
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Take the CA out instead
+        #[arg(long)]
+        remove: bool,
+        /// The system store's directory (default /usr/local/share/ca-certificates, then
+        /// update-ca-certificates runs)
+        #[arg(long, value_name = "DIR")]
+        ca_dir: Option<PathBuf>,
+        /// An NSS database (repeatable; default: Chrome's ~/.pki/nssdb and every Firefox profile)
+        #[arg(long, value_name = "DIR")]
+        nss_db: Vec<PathBuf>,
+    },
     /// Ask a running edge to re-read its config (same as sending it SIGHUP).
     Reload {
         /// The config file of the running edge, to find its admin address [env: EDGE_CONFIG]
@@ -405,6 +425,16 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     crate::up::post_admin(&admin, &path)
                 }
             }
+        }
+        Command::Trust {
+            config,
+            state_dir,
+            remove,
+            ca_dir,
+            nss_db,
+        } => {
+            let loaded = load(config_path(config).as_deref(), state_dir.as_deref())?;
+            crate::trust::run_trust(loaded, remove, ca_dir, nss_db)
         }
         Command::Reload { config, admin } => {
             let admin = match admin {

@@ -5,6 +5,7 @@ mod certs;
 mod chat;
 mod cli;
 mod sandbox;
+mod trust;
 mod up;
 mod worker;
 

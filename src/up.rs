@@ -39,7 +39,7 @@ fn acme_names(config: &Config, p: usize) -> Vec<String> {
 fn project_certs(
     config: &Config,
     base_dir: &Path,
-) -> anyhow::Result<(Vec<ProjectCert>, Option<PathBuf>)> {
+) -> anyhow::Result<(Vec<ProjectCert>, Option<(PathBuf, bool)>)> {
     if config.listen.https.is_none() {
         return Ok((Vec::new(), None));
     }
@@ -85,7 +85,7 @@ fn project_certs(
             key_pem: files.key_pem,
         });
     }
-    Ok((out, Some(ca.cert_path())))
+    Ok((out, Some((ca.cert_path(), ca.created()))))
 }
 
 /// Re-reads every project's certificate and swaps the set in when any changed (a renewed
@@ -385,7 +385,11 @@ async fn serve(
             }
         });
     }
-    print_welcome(&config, https_port, ca_path.as_deref());
+    print_welcome(
+        &config,
+        https_port,
+        ca_path.as_ref().map(|(p, created)| (p.as_path(), *created)),
+    );
     if let Some(chat) = &chat {
         crate::chat::print_login_url(chat, &config, https_port).await;
     }
@@ -493,7 +497,7 @@ fn reload_from(
     Ok(())
 }
 
-fn print_welcome(config: &Config, https_port: Option<u16>, ca: Option<&Path>) {
+fn print_welcome(config: &Config, https_port: Option<u16>, ca: Option<(&Path, bool)>) {
     // The URLs users should open: HTTPS when it is served, else the plain listener.
     let (scheme, port) = match (https_port, config.listen.http) {
         (Some(443), _) => ("https", String::new()),
@@ -520,19 +524,28 @@ fn print_welcome(config: &Config, https_port: Option<u16>, ca: Option<&Path>) {
             }
         }
     }
-    if let Some(ca) = ca {
+    let local =
+        (0..config.projects.len()).any(|i| config.issuer_of(i) != edge_routing::IssuerKind::Files);
+    if let (Some((ca, created)), true) = (ca, local) {
         println!();
+        if created {
+            println!(
+                "  A new local CA was created in {}: browsers that trusted edge's CA from another",
+                ca.parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+            println!("  state directory will warn until you trust this one.");
+        }
         println!(
-            "  Certificates come from a local CA (valid for *.{} only). To trust it:",
+            "  Certificates come from a local CA (valid for *.{} only) until an ACME CA issues them. To trust it:",
             config.domain
         );
         println!(
-            "    curl:            curl --cacert {} https://...",
-            ca.display()
+            "    this machine and its browsers:  edge trust   (with the same --config as edge up)"
         );
-        println!("    Debian/Ubuntu:   sudo cp {} /usr/local/share/ca-certificates/edge-{}.crt && sudo update-ca-certificates", ca.display(), config.domain);
         println!(
-            "    Firefox/Chrome:  import {} as an authority in the browser's certificate settings",
+            "    curl:                           curl --cacert {} https://...",
             ca.display()
         );
     }

@@ -437,3 +437,72 @@ fn sighup_and_edge_reload_reread_the_config_and_a_bad_one_is_refused() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn edge_trust_installs_and_removes_the_local_ca_in_a_throwaway_store_and_nss_db() {
+    let t = tempfile::tempdir().unwrap();
+    let (state, ca_dir, nss) = (
+        t.path().join("state"),
+        t.path().join("cas"),
+        t.path().join("nss"),
+    );
+    std::fs::create_dir_all(&nss).unwrap();
+    let st = Command::new("certutil")
+        .args(["-N", "--empty-password", "-d"])
+        .arg(format!("sql:{}", nss.display()))
+        .status()
+        .expect("certutil (libnss3-tools; bash .ci/run installs it)");
+    assert!(st.success());
+    let trust = |remove: bool| {
+        let mut c = edge();
+        c.arg("trust")
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--ca-dir")
+            .arg(&ca_dir);
+        c.arg("--nss-db").arg(&nss);
+        if remove {
+            c.arg("--remove");
+        }
+        c.output().unwrap()
+    };
+    let listed = || {
+        let out = Command::new("certutil")
+            .args(["-L", "-d"])
+            .arg(format!("sql:{}", nss.display()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = trust(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("A new local CA was created"), "{text}");
+    let ca = std::fs::read_to_string(state.join("ca/localhost/ca.pem")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(ca_dir.join("edge-localhost.crt")).unwrap(),
+        ca
+    );
+    let l = listed();
+    assert!(
+        l.contains("edge local CA (localhost)") && l.contains("C,,"),
+        "{l}"
+    );
+    // Again: the same CA, no second entry, no "new CA" warning.
+    let out = trust(false);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("new local CA"));
+    assert_eq!(listed().matches("edge local CA (localhost)").count(), 1);
+    let out = trust(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!ca_dir.join("edge-localhost.crt").exists());
+    assert!(!listed().contains("edge local CA"), "{}", listed());
+}

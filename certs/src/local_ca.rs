@@ -25,6 +25,8 @@ pub struct LocalCa {
     /// chain to the `ca.pem` users trust.
     cert: Certificate,
     cert_pem: String,
+    /// Made by this call (not read from the state directory).
+    created: bool,
 }
 
 fn bad(path: &Path, message: impl std::fmt::Display) -> Error {
@@ -67,6 +69,7 @@ impl LocalCa {
                 key,
                 cert,
                 cert_pem,
+                created: false,
             });
         }
         let issue_err = |source| Error::Issue {
@@ -104,7 +107,14 @@ impl LocalCa {
             key,
             cert,
             cert_pem,
+            created: true,
         })
+    }
+
+    /// Whether this CA was just made, rather than read from the state directory: browsers that
+    /// trusted an earlier one (another state directory) will warn until this one is trusted.
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// The CA certificate users add to their trust store.
