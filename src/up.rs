@@ -36,10 +36,10 @@ fn acme_names(config: &Config, p: usize) -> Vec<String> {
 /// the files the operator provides (checked, never written); or the certificate an ACME CA
 /// issued, with the local CA's standing in until the first one arrives (the ACME task swaps it
 /// in). Relative file paths are under `base_dir`.
-fn project_certs(
-    config: &Config,
-    base_dir: &Path,
-) -> anyhow::Result<(Vec<ProjectCert>, Option<(PathBuf, bool)>)> {
+/// The local CA's certificate file, and whether this start created it.
+type CaFile = Option<(PathBuf, bool)>;
+
+fn project_certs(config: &Config, base_dir: &Path) -> anyhow::Result<(Vec<ProjectCert>, CaFile)> {
     if config.listen.https.is_none() {
         return Ok((Vec::new(), None));
     }
