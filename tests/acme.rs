@@ -376,6 +376,36 @@ fn txt(dns: u16, name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Waits until `edge up` with `cfg` serves a Pebble certificate for the wildcard and the apex;
+/// how long it took. `log` gets edge's output.
+async fn wildcard_served(cfg: &Path, https: u16, root: &Path, log: &Path, d: &Path) -> Duration {
+    let started = Instant::now();
+    let mut edge = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["up", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let served = loop {
+        if s_client(https, "forge.demo.example.test", root).0 {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no wildcard certificate after 60 s:\nedge: {}\npebble: {}",
+            std::fs::read_to_string(log).unwrap_or_default(),
+            std::fs::read_to_string(d.join("pebble.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (ok, text) = s_client(https, "demo.example.test", root);
+    assert!(ok, "the apex: {text}");
+    edge.kill().await.unwrap();
+    served
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wildcard_comes_over_dns_01_and_its_records_are_gone_after_every_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -384,10 +414,17 @@ async fn a_wildcard_comes_over_dns_01_and_its_records_are_gone_after_every_path(
     let (_knot, dns) = knot(d);
     let (_pebble, acme_port, mgmt) = pebble(d, common::free_port(), dns);
     let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/knot-txt.sh");
-    let config = |key: &str| {
+    std::fs::write(d.join("tsig.key"), TSIG.rsplit(':').next().unwrap()).unwrap();
+    std::fs::write(
+        d.join("wrong.key"),
+        "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktMTIzNA==",
+    )
+    .unwrap();
+    // `provider` is the [certs.acme.dns] table's body; each config gets its own state.
+    let config = |state: &str, provider: &str| {
         format!(
             r#"domain = "example.test"
-state_dir = "{d}/state"
+state_dir = "{d}/{state}"
 [listen]
 https = "127.0.0.1:{https}"
 http = ""
@@ -399,9 +436,7 @@ directory = "https://127.0.0.1:{acme_port}/dir"
 ca_roots = "api-ca.pem"
 challenge = "dns-01"
 [certs.acme.dns]
-provider = "command"
-command = ["{hook}", "{{action}}", "{{fqdn}}", "{{value}}", "{dns}", "{key}"]
-nameservers = ["127.0.0.1:{dns}"]
+{provider}
 propagation_timeout = "20s"
 [[projects]]
 name = "demo"
@@ -409,6 +444,11 @@ name = "demo"
   mount = "forge"
 "#,
             d = d.display()
+        )
+    };
+    let rfc2136 = |key: &str| {
+        format!(
+            "provider = \"rfc2136\"\nserver = \"127.0.0.1:{dns}\"\nzone = \"example.test\"\ntsig_name = \"edge.\"\ntsig_algorithm = \"hmac-sha256\"\ntsig_secret_file = \"{key}\""
         )
     };
     let cfg = d.join("edge.toml");
@@ -420,13 +460,22 @@ name = "demo"
     ]);
     assert!(ok, "{pem}");
     std::fs::write(&root, pem).unwrap();
+    let check = |cfg: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_edge"))
+            .args(["config", "check"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
 
-    // A wrong TSIG key: the hook fails with Knot's refusal, no certificate, no record left.
-    std::fs::write(
-        &cfg,
-        config("hmac-sha256:edge.:d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktMTIzNA=="),
-    )
-    .unwrap();
+    // A wrong TSIG key: Knot's refusal is quoted, no certificate, no record left.
+    std::fs::write(&cfg, config("state-wrong", &rfc2136("wrong.key"))).unwrap();
+    check(&cfg);
     let log = d.join("edge-wrong.log");
     let mut wrong = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
         .args(["up", "--config"])
@@ -440,12 +489,8 @@ name = "demo"
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if text.contains("ACME order failed") {
-            assert!(text.contains("certs.acme.dns.command set"), "{text}");
             assert!(
-                text.to_ascii_uppercase().contains("NOTAUTH")
-                    || text.contains("TSIG")
-                    || text.contains("BADSIG")
-                    || text.contains("BADKEY"),
+                text.contains("NOTAUTH"),
                 "Knot's refusal is not quoted: {text}"
             );
             break;
@@ -462,36 +507,27 @@ name = "demo"
         "",
         "a record was left behind"
     );
-    let (ok, _) = s_client(https, "demo.example.test", &root);
-    assert!(!ok, "a certificate from Pebble without a valid order");
+    assert!(!s_client(https, "demo.example.test", &root).0);
 
-    // The right key: apex and wildcard in one order, served for both.
-    std::fs::write(&cfg, config(TSIG)).unwrap();
-    let started = Instant::now();
-    let log = d.join("edge.log");
-    let _edge = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
-        .args(["up", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let served = loop {
-        if s_client(https, "forge.demo.example.test", &root).0 {
-            break started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no wildcard certificate after 60 s:\nedge: {}\npebble: {}",
-            std::fs::read_to_string(&log).unwrap_or_default(),
-            std::fs::read_to_string(d.join("pebble.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    eprintln!("edge up -> a Pebble wildcard served (dns-01): {served:?}");
-    let (ok, text) = s_client(https, "demo.example.test", &root);
-    assert!(ok, "the apex: {text}");
+    // The right key, edge's own signed updates: apex and wildcard in one order.
+    std::fs::write(&cfg, config("state-rfc2136", &rfc2136("tsig.key"))).unwrap();
+    check(&cfg);
+    let served = wildcard_served(&cfg, https, &root, &d.join("edge-rfc2136.log"), d).await;
+    eprintln!("edge up -> a Pebble wildcard served (dns-01, rfc2136): {served:?}");
+    assert_eq!(
+        txt(dns, "_acme-challenge.demo.example.test"),
+        "",
+        "records were left behind"
+    );
+
+    // The same through a command (a knsupdate script), on a fresh state directory.
+    let command = format!(
+        "provider = \"command\"\ncommand = [\"{hook}\", \"{{action}}\", \"{{fqdn}}\", \"{{value}}\", \"{dns}\", \"{TSIG}\"]\nnameservers = [\"127.0.0.1:{dns}\"]"
+    );
+    std::fs::write(&cfg, config("state-command", &command)).unwrap();
+    check(&cfg);
+    let served = wildcard_served(&cfg, https, &root, &d.join("edge-command.log"), d).await;
+    eprintln!("edge up -> a Pebble wildcard served (dns-01, command): {served:?}");
     assert_eq!(
         txt(dns, "_acme-challenge.demo.example.test"),
         "",

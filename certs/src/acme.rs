@@ -77,6 +77,8 @@ pub struct AcmeClient {
     directory: String,
     challenge: ChallengeKind,
     dns: Option<DnsConfig>,
+    /// The TSIG signer of an rfc2136 provider, made once from its secret file.
+    tsig: Option<hickory_proto::dnssec::tsig::TSigner>,
 }
 
 impl std::fmt::Debug for AcmeClient {
@@ -219,6 +221,19 @@ impl AcmeClient {
             directory: cfg.directory.clone(),
             challenge: cfg.challenge,
             dns: cfg.dns.clone(),
+            tsig: match cfg.dns.as_ref().map(|d| &d.provider) {
+                Some(DnsProvider::Rfc2136 {
+                    tsig_name,
+                    tsig_algorithm,
+                    tsig_secret_file,
+                    ..
+                }) => Some(tsig_signer(
+                    &base_dir.join(tsig_secret_file),
+                    tsig_name,
+                    tsig_algorithm,
+                )?),
+                _ => None,
+            },
         })
     }
 
@@ -250,7 +265,13 @@ impl AcmeClient {
         drop(offered);
         if let Some(dns) = &self.dns {
             for (fqdn, value) in &records {
-                match (Dns01 { cfg: dns }).run("clear", fqdn, value).await {
+                match (Dns01 {
+                    cfg: dns,
+                    tsig: self.tsig.as_ref(),
+                })
+                .run("clear", fqdn, value)
+                .await
+                {
                     Ok(()) => tracing::info!(%fqdn, "DNS-01 record cleared"),
                     Err(e) => {
                         tracing::error!(%fqdn, error = %e, "a DNS-01 record could not be cleared; remove it by hand")
@@ -286,7 +307,10 @@ impl AcmeClient {
             ChallengeKind::Dns01 => ChallengeType::Dns01,
         };
         let dns = match (self.challenge, &self.dns) {
-            (ChallengeKind::Dns01, Some(d)) => Some(Dns01 { cfg: d }),
+            (ChallengeKind::Dns01, Some(d)) => Some(Dns01 {
+                cfg: d,
+                tsig: self.tsig.as_ref(),
+            }),
             (ChallengeKind::Dns01, None) => {
                 return Err(Error::Acme("dns-01 needs [certs.acme.dns]".into()))
             }
@@ -391,6 +415,115 @@ impl AcmeClient {
 /// zone's servers answer them.
 struct Dns01<'a> {
     cfg: &'a DnsConfig,
+    tsig: Option<&'a hickory_proto::dnssec::tsig::TSigner>,
+}
+
+/// The TSIG signer for `[certs.acme.dns]`'s key: its base64 secret read from `file`.
+fn tsig_signer(
+    file: &Path,
+    name: &str,
+    algorithm: &str,
+) -> Result<hickory_proto::dnssec::tsig::TSigner> {
+    use base64::Engine as _;
+    use hickory_proto::dnssec::rdata::tsig::TsigAlgorithm;
+    let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let bad = |m: String| Error::BadFile {
+        path: file.to_path_buf(),
+        message: m,
+    };
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| bad(format!("certs.acme.dns.tsig_secret_file: not base64: {e}")))?;
+    let algorithm = match algorithm {
+        "hmac-sha384" => TsigAlgorithm::HmacSha384,
+        "hmac-sha512" => TsigAlgorithm::HmacSha512,
+        _ => TsigAlgorithm::HmacSha256,
+    };
+    let name = hickory_proto::rr::Name::from_ascii(name)
+        .map_err(|e| Error::Acme(format!("certs.acme.dns.tsig_name {name:?}: {e}")))?;
+    hickory_proto::dnssec::tsig::TSigner::new(key, algorithm, name, 300)
+        .map_err(|e| Error::Acme(format!("certs.acme.dns: the TSIG key: {e}")))
+}
+
+/// Sends one RFC 2136 update (add or delete one TXT value), signed, to `server`; the server's
+/// refusal in its own terms (`NOTAUTH`, `REFUSED`...) when it does not take it.
+async fn rfc2136_update(
+    server: std::net::SocketAddr,
+    zone: &str,
+    signer: &hickory_proto::dnssec::tsig::TSigner,
+    add: bool,
+    fqdn: &str,
+    value: &str,
+) -> Result<()> {
+    use hickory_proto::op::{update_message, Message, ResponseCode};
+    use hickory_proto::rr::rdata::TXT;
+    use hickory_proto::rr::{Name, RData, RecordSet, RecordType};
+    use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
+    let fail = |m: String| Error::Acme(format!("rfc2136 update at {server}: {m}"));
+    let zone_name = Name::from_ascii(format!("{zone}.")).map_err(|e| fail(e.to_string()))?;
+    let name = Name::from_ascii(format!("{fqdn}.")).map_err(|e| fail(e.to_string()))?;
+    if !zone_name.zone_of(&name) {
+        return Err(fail(format!(
+            "the zone {zone} (certs.acme.dns.zone) does not contain {fqdn}"
+        )));
+    }
+    let mut rrset = RecordSet::with_ttl(name, RecordType::TXT, 60);
+    rrset.add_rdata(RData::TXT(TXT::new(vec![value.to_string()])));
+    let mut m: Message = if add {
+        update_message::append(rrset, zone_name, false, false)
+    } else {
+        update_message::delete_by_rdata(rrset, zone_name, false)
+    };
+    let id = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(11)
+        & 0xffff) as u16;
+    m.set_id(id);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0);
+    m.finalize(signer, now)
+        .map_err(|e| fail(format!("signing: {e}")))?;
+    let bytes = m.to_bytes().map_err(|e| fail(e.to_string()))?;
+    let bind = if server.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let sock = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    sock.connect(server)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    sock.send(&bytes).await.map_err(|e| fail(e.to_string()))?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+        .await
+        .map_err(|_| fail("no answer within 5 s".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let answer = Message::from_bytes(&buf[..n]).map_err(|e| fail(e.to_string()))?;
+    if answer.id() != id {
+        return Err(fail("an answer to another message".into()));
+    }
+    match answer.response_code() {
+        ResponseCode::NoError => Ok(()),
+        ResponseCode::NotAuth => Err(fail(
+            "NOTAUTH: the server did not accept the TSIG key (certs.acme.dns.tsig_name, tsig_secret_file) or is not authoritative for the zone".into(),
+        )),
+        ResponseCode::Refused => Err(fail(
+            "REFUSED: the server's policy does not let this key update the zone".into(),
+        )),
+        ResponseCode::NotZone => Err(fail(format!(
+            "NOTZONE: {fqdn} is not in a zone the server has (certs.acme.dns.zone)"
+        ))),
+        other => Err(fail(format!("the server answered {other}"))),
+    }
 }
 
 /// `_acme-challenge.<name>`, the wildcard's `*.` dropped (RFC 8555 §8.4).
@@ -400,7 +533,15 @@ fn txt_name(identifier: &str) -> String {
 
 impl Dns01<'_> {
     async fn run(&self, action: &str, fqdn: &str, value: &str) -> Result<()> {
-        let DnsProvider::Command { argv } = &self.cfg.provider;
+        let argv = match &self.cfg.provider {
+            DnsProvider::Command { argv } => argv,
+            DnsProvider::Rfc2136 { server, zone, .. } => {
+                let Some(signer) = self.tsig else {
+                    return Err(Error::Acme("rfc2136 without its TSIG key".into()));
+                };
+                return rfc2136_update(*server, zone, signer, action == "set", fqdn, value).await;
+            }
+        };
         let args: Vec<String> = argv
             .iter()
             .map(|a| {

@@ -57,7 +57,8 @@ pub struct AcmeConfig {
 pub struct DnsConfig {
     pub provider: DnsProvider,
     /// The zone's authoritative servers (`host:port`), asked directly until each answers the
-    /// TXT record before the CA is told to look. Empty: wait `propagation_timeout` instead.
+    /// TXT record before the CA is told to look (default: the rfc2136 `server`). Empty: wait
+    /// `propagation_timeout` instead.
     pub nameservers: Vec<std::net::SocketAddr>,
     /// How long records may take to appear on every server (default 2 minutes).
     pub propagation_timeout: std::time::Duration,
@@ -69,6 +70,17 @@ pub enum DnsProvider {
     /// A program run as `argv` with `{action}` (`set` or `clear`), `{fqdn}` and `{value}`
     /// replaced: for any DNS API (a script around `knsupdate`, `nsupdate`, a provider's CLI).
     Command { argv: Vec<String> },
+    /// RFC 2136 dynamic updates sent by edge itself to the zone's primary `server`, signed with
+    /// TSIG (RFC 8945).
+    Rfc2136 {
+        server: std::net::SocketAddr,
+        zone: String,
+        tsig_name: String,
+        /// `hmac-sha256`, `hmac-sha384` or `hmac-sha512`.
+        tsig_algorithm: String,
+        /// A file holding the base64 TSIG secret (as `tsig-keygen` or `keymgr` print it).
+        tsig_secret_file: PathBuf,
+    },
 }
 
 /// `[certs]`.
@@ -227,32 +239,80 @@ fn read_dns(mut t: Table<'_>, errs: &mut Errors) -> Option<DnsConfig> {
             Some(DnsProvider::Command { argv })
         }
         Some("rfc2136") => {
-            for key in [
-                "server",
-                "zone",
-                "tsig_name",
-                "tsig_algorithm",
-                "tsig_secret_file",
-            ] {
-                if t.has(key) {
-                    t.take(key);
+            let server = match t.str(errs, "server") {
+                Some(v) => match v.parse::<std::net::SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        errs.push(
+                            t.key("server"),
+                            format!("{v:?} is not an IP address and port, e.g. \"192.0.2.53:53\""),
+                        );
+                        None
+                    }
+                },
+                None => {
+                    errs.push(
+                        t.key("server"),
+                        "the zone's primary server (IP:port) is needed",
+                    );
+                    None
                 }
+            };
+            let zone = t
+                .str(errs, "zone")
+                .map(|z| z.trim_end_matches('.').to_ascii_lowercase());
+            if zone.is_none() {
+                errs.push(
+                    t.key("zone"),
+                    "the zone the records go in is needed, e.g. \"example.com\"",
+                );
             }
-            errs.push(
-                t.key("provider"),
-                "\"rfc2136\" is not implemented in this version of edge yet: use provider = \"command\" with a script around knsupdate or nsupdate (which sign with TSIG)",
-            );
-            None
+            let tsig_name = t.str(errs, "tsig_name").map(str::to_string);
+            if tsig_name.is_none() {
+                errs.push(t.key("tsig_name"), "the TSIG key's name is needed");
+            }
+            let tsig_algorithm = t
+                .str(errs, "tsig_algorithm")
+                .unwrap_or("hmac-sha256")
+                .to_string();
+            if !["hmac-sha256", "hmac-sha384", "hmac-sha512"].contains(&tsig_algorithm.as_str()) {
+                errs.push(
+                    t.key("tsig_algorithm"),
+                    format!("{tsig_algorithm:?}: use \"hmac-sha256\", \"hmac-sha384\" or \"hmac-sha512\""),
+                );
+            }
+            let tsig_secret_file = path(&mut t, errs, "tsig_secret_file");
+            if tsig_secret_file.is_none() && !t.has("tsig_secret_file") {
+                errs.push(
+                    t.key("tsig_secret_file"),
+                    "the file holding the TSIG secret (base64) is needed",
+                );
+            }
+            match (server, zone, tsig_name, tsig_secret_file) {
+                (Some(server), Some(zone), Some(tsig_name), Some(tsig_secret_file)) => {
+                    Some(DnsProvider::Rfc2136 {
+                        server,
+                        zone,
+                        tsig_name,
+                        tsig_algorithm,
+                        tsig_secret_file,
+                    })
+                }
+                _ => None,
+            }
         }
         Some(other) => {
             errs.push(
                 t.key("provider"),
-                format!("{other:?}: use \"command\" (\"rfc2136\" is not implemented yet)"),
+                format!("{other:?}: use \"rfc2136\" or \"command\""),
             );
             None
         }
         None => {
-            errs.push(t.key("provider"), "name the DNS provider: \"command\"");
+            errs.push(
+                t.key("provider"),
+                "name the DNS provider: \"rfc2136\" or \"command\"",
+            );
             None
         }
     };
@@ -275,8 +335,15 @@ fn read_dns(mut t: Table<'_>, errs: &mut Errors) -> Option<DnsConfig> {
         .parsed(errs, "propagation_timeout", crate::units::parse_duration)
         .unwrap_or(std::time::Duration::from_secs(120));
     t.finish(errs);
+    let provider = provider?;
+    if nameservers.is_empty() {
+        // The primary a signed update went to answers for the zone.
+        if let DnsProvider::Rfc2136 { server, .. } = &provider {
+            nameservers.push(*server);
+        }
+    }
     Some(DnsConfig {
-        provider: provider?,
+        provider,
         nameservers,
         propagation_timeout,
     })
