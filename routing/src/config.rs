@@ -1322,7 +1322,15 @@ mod tests {
         for (table, want) in [
             (
                 "provider = \"rfc2136\"\nserver = \"ns:53\"",
-                "certs.acme.dns.provider: \"rfc2136\" is not implemented",
+                "certs.acme.dns.server: \"ns:53\" is not an IP address",
+            ),
+            (
+                "provider = \"rfc2136\"\nserver = \"192.0.2.1:53\"",
+                "certs.acme.dns.zone: the zone",
+            ),
+            (
+                "provider = \"rfc2136\"\nserver = \"192.0.2.1:53\"\nzone = \"example.test\"\ntsig_name = \"edge.\"\ntsig_algorithm = \"hmac-md5\"\ntsig_secret_file = \"k\"",
+                "certs.acme.dns.tsig_algorithm: \"hmac-md5\"",
             ),
             (
                 "provider = \"command\"\ncommand = [\"txt.sh\"]",
