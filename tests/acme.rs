@@ -141,6 +141,34 @@ fn pebble(dir: &Path, http_port: u16, dns_port: u16) -> (Killed, u16, u16) {
     panic!("pebble did not start on {port}");
 }
 
+/// Pebble's root for this run (it makes a new one at every start), from its management API,
+/// written to `pebble-root.pem`.
+fn pebble_root(d: &Path, mgmt: u16) -> PathBuf {
+    let (ok, pem) = curl(&[
+        "--cacert",
+        d.join("api-ca.pem").to_str().unwrap(),
+        &format!("https://127.0.0.1:{mgmt}/roots/0"),
+    ]);
+    assert!(ok && pem.contains("BEGIN CERTIFICATE"), "{pem}");
+    let root = d.join("pebble-root.pem");
+    std::fs::write(&root, pem).unwrap();
+    root
+}
+
+/// `edge config check CFG` passes.
+fn config_ok(cfg: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["config", "check"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn curl(args: &[&str]) -> (bool, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "5"])
@@ -225,27 +253,10 @@ name = "demo"
         ),
     )
     .unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_edge"))
-        .args(["config", "check"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    config_ok(&cfg);
     let started = Instant::now();
     let mut edge = common::edge_up(&cfg, https).await;
-    // Pebble's root for this run, from its management API.
-    let root = d.join("pebble-root.pem");
-    let (ok, pem) = curl(&[
-        "--cacert",
-        d.join("api-ca.pem").to_str().unwrap(),
-        &format!("https://127.0.0.1:{mgmt}/roots/0"),
-    ]);
-    assert!(ok && pem.contains("BEGIN CERTIFICATE"), "{pem}");
-    std::fs::write(&root, pem).unwrap();
+    let root = pebble_root(d, mgmt);
     // Until the order completes edge serves its local CA's certificate; then Pebble's.
     let served = loop {
         let (ok, text) = s_client(https, "demo.example.test", &root);
@@ -452,30 +463,11 @@ name = "demo"
         )
     };
     let cfg = d.join("edge.toml");
-    let root = d.join("pebble-root.pem");
-    let (ok, pem) = curl(&[
-        "--cacert",
-        d.join("api-ca.pem").to_str().unwrap(),
-        &format!("https://127.0.0.1:{mgmt}/roots/0"),
-    ]);
-    assert!(ok, "{pem}");
-    std::fs::write(&root, pem).unwrap();
-    let check = |cfg: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_edge"))
-            .args(["config", "check"])
-            .arg(cfg)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let root = pebble_root(d, mgmt);
 
     // A wrong TSIG key: Knot's refusal is quoted, no certificate, no record left.
     std::fs::write(&cfg, config("state-wrong", &rfc2136("wrong.key"))).unwrap();
-    check(&cfg);
+    config_ok(&cfg);
     let log = d.join("edge-wrong.log");
     let mut wrong = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
         .args(["up", "--config"])
@@ -511,7 +503,7 @@ name = "demo"
 
     // The right key, edge's own signed updates: apex and wildcard in one order.
     std::fs::write(&cfg, config("state-rfc2136", &rfc2136("tsig.key"))).unwrap();
-    check(&cfg);
+    config_ok(&cfg);
     let served = wildcard_served(&cfg, https, &root, &d.join("edge-rfc2136.log"), d).await;
     eprintln!("edge up -> a Pebble wildcard served (dns-01, rfc2136): {served:?}");
     assert_eq!(
@@ -525,7 +517,7 @@ name = "demo"
         "provider = \"command\"\ncommand = [\"{hook}\", \"{{action}}\", \"{{fqdn}}\", \"{{value}}\", \"{dns}\", \"{TSIG}\"]\nnameservers = [\"127.0.0.1:{dns}\"]"
     );
     std::fs::write(&cfg, config("state-command", &command)).unwrap();
-    check(&cfg);
+    config_ok(&cfg);
     let served = wildcard_served(&cfg, https, &root, &d.join("edge-command.log"), d).await;
     eprintln!("edge up -> a Pebble wildcard served (dns-01, command): {served:?}");
     assert_eq!(

@@ -71,6 +71,11 @@ impl Drop for Offered<'_> {
     }
 }
 
+/// How long edge polls an order (validation, issuance) before giving up on it.
+const RETRY: RetryPolicy = RetryPolicy::new()
+    .initial_delay(Duration::from_millis(250))
+    .timeout(Duration::from_secs(90));
+
 /// An account at one CA.
 pub struct AcmeClient {
     account: Account,
@@ -284,9 +289,7 @@ impl AcmeClient {
             .finalize()
             .await
             .map_err(acme(&format!("finalizing the order for {names:?}")))?;
-        let retry = RetryPolicy::new()
-            .initial_delay(Duration::from_millis(250))
-            .timeout(Duration::from_secs(90));
+        let retry = RETRY;
         let chain_pem = order
             .poll_certificate(&retry)
             .await
@@ -389,9 +392,7 @@ impl AcmeClient {
                 }
             }
         }
-        let retry = RetryPolicy::new()
-            .initial_delay(Duration::from_millis(250))
-            .timeout(Duration::from_secs(90));
+        let retry = RETRY;
         let status = order
             .poll_ready(&retry)
             .await

@@ -57,6 +57,30 @@ impl<'a> Table<'a> {
         self.table.contains_key(key)
     }
 
+    /// An argv template at `key` (a list of strings) that must contain `placeholder`: what
+    /// to say when it is empty (`if_empty`) and when the placeholder is missing (`if_missing`).
+    pub(crate) fn argv_template(
+        &mut self,
+        errs: &mut Errors,
+        key: &'static str,
+        placeholder: &str,
+        if_empty: &str,
+        if_missing: &str,
+    ) -> Vec<String> {
+        let argv: Vec<String> = self
+            .strings(errs, key)
+            .unwrap_or_default()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        if argv.is_empty() {
+            errs.push(self.key(key), if_empty);
+        } else if !argv.iter().any(|a| a.contains(placeholder)) {
+            errs.push(self.key(key), if_missing);
+        }
+        argv
+    }
+
     /// Marks `key` as read without reading it (its error has been reported already).
     pub(crate) fn take(&mut self, key: &'static str) {
         self.known.push(key);

@@ -408,23 +408,13 @@ fn read_agent(mut t: Table<'_>, errs: &mut Errors) -> Option<AgentConfig> {
             command: t.str(errs, "command").unwrap_or("claude").to_string(),
         },
         "command" => {
-            let argv: Vec<String> = t
-                .strings(errs, "command")
-                .unwrap_or_default()
-                .into_iter()
-                .map(str::to_string)
-                .collect();
-            if argv.is_empty() {
-                errs.push(
-                    t.key("command"),
-                    "kind = \"command\" needs an argv template, e.g. [\"my-agent\", \"--prompt\", \"{message}\"]",
-                );
-            } else if !argv.iter().any(|a| a.contains("{message}")) {
-                errs.push(
-                    t.key("command"),
-                    "the argv template must contain {message} where the message goes",
-                );
-            }
+            let argv = t.argv_template(
+                errs,
+                "command",
+                "{message}",
+                "kind = \"command\" needs an argv template, e.g. [\"my-agent\", \"--prompt\", \"{message}\"]",
+                "the argv template must contain {message} where the message goes",
+            );
             AgentKind::Command { argv }
         }
         other => {

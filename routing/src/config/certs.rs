@@ -219,23 +219,13 @@ pub(super) fn read_certs(t: Option<Table<'_>>, errs: &mut Errors) -> CertsConfig
 fn read_dns(mut t: Table<'_>, errs: &mut Errors) -> Option<DnsConfig> {
     let provider = match t.str(errs, "provider") {
         Some("command") => {
-            let argv: Vec<String> = t
-                .strings(errs, "command")
-                .unwrap_or_default()
-                .into_iter()
-                .map(str::to_string)
-                .collect();
-            if argv.is_empty() {
-                errs.push(
-                    t.key("command"),
-                    "provider = \"command\" needs command = [\"program\", \"{action}\", \"{fqdn}\", \"{value}\"]",
-                );
-            } else if !argv.iter().any(|a| a.contains("{value}")) {
-                errs.push(
-                    t.key("command"),
-                    "the command never receives the record: put \"{value}\" (and \"{action}\", \"{fqdn}\") in it",
-                );
-            }
+            let argv = t.argv_template(
+                errs,
+                "command",
+                "{value}",
+                "provider = \"command\" needs command = [\"program\", \"{action}\", \"{fqdn}\", \"{value}\"]",
+                "the command never receives the record: put \"{value}\" (and \"{action}\", \"{fqdn}\") in it",
+            );
             Some(DnsProvider::Command { argv })
         }
         Some("rfc2136") => {
