@@ -87,8 +87,9 @@ fn knot(dir: &Path) -> (Killed, u16) {
 }
 
 /// Pebble on loopback, its API served with a certificate from a CA the test makes (written to
-/// `api-ca.pem`), validating HTTP-01 on `http_port` and resolving names through `dns_port`.
-fn pebble(dir: &Path, http_port: u16, dns_port: u16) -> (Killed, u16, u16) {
+/// `api-ca.pem`), validating HTTP-01 on `http_port`, resolving names through `dns_port`, and
+/// rejecting `nonce_reject` percent of good nonces (`badNonce`).
+fn pebble(dir: &Path, http_port: u16, dns_port: u16, nonce_reject: u8) -> (Killed, u16, u16) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -126,7 +127,7 @@ fn pebble(dir: &Path, http_port: u16, dns_port: u16) -> (Killed, u16, u16) {
         .arg(dir.join("pebble.json"))
         .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
         .env("PEBBLE_VA_NOSLEEP", "1")
-        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .env("PEBBLE_WFE_NONCEREJECT", nonce_reject.to_string())
         .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
         .stderr(Stdio::null())
         .spawn()
@@ -167,6 +168,59 @@ fn config_ok(cfg: &Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A WebSocket echo server on loopback.
+async fn ws_echo() -> u16 {
+    use futures_util::{SinkExt, StreamExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A WebSocket to `wss://demo.example.test/live/` through edge, trusting `ca` (PEM).
+async fn wss(
+    https: u16,
+    ca: &Path,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("demo.example.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::client_async("wss://demo.example.test/live/", tls)
+        .await
+        .unwrap();
+    ws
 }
 
 fn curl(args: &[&str]) -> (bool, String) {
@@ -223,9 +277,11 @@ async fn edge_gets_a_certificate_from_an_acme_ca_over_http_01_and_keeps_it() {
         common::free_port(),
     );
     let (_knot, dns) = knot(d);
-    let (_pebble, acme_port, mgmt) = pebble(d, http, dns);
+    // Pebble rejects 15% of good nonces, as a loaded CA may: edge must get through anyway.
+    let (_pebble, acme_port, mgmt) = pebble(d, http, dns, 15);
     std::fs::create_dir_all(d.join("site")).unwrap();
     std::fs::write(d.join("site/index.html"), "hello from staging").unwrap();
+    let echo = ws_echo().await;
     let cfg = d.join("edge.toml");
     std::fs::write(
         &cfg,
@@ -248,6 +304,9 @@ name = "demo"
   [[projects.routes]]
   mount = "staging"
   root = "site"
+  [[projects.routes]]
+  mount = "live"
+  upstream = "http://127.0.0.1:{echo}"
 "#,
             d = d.display()
         ),
@@ -256,6 +315,8 @@ name = "demo"
     config_ok(&cfg);
     let started = Instant::now();
     let mut edge = common::edge_up(&cfg, https).await;
+    // A WebSocket opened on the local CA's certificate, before the ACME one arrives.
+    let mut live = wss(https, &d.join("state/ca/example.test/ca.pem")).await;
     let root = pebble_root(d, mgmt);
     // Until the order completes edge serves its local CA's certificate; then Pebble's.
     let served = loop {
@@ -271,6 +332,18 @@ name = "demo"
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     eprintln!("edge up -> a Pebble certificate served (http-01): {served:?}");
+    // The swap left the WebSocket open on the old certificate's connection.
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        live.send(Message::text("still here")).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), live.next())
+            .await
+            .expect("an echo after the swap")
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.into_text().unwrap().as_str(), "still here");
+    }
     // Served through it: the site, over a connection that trusts only Pebble's root.
     let (ok, body) = curl(&[
         "--cacert",
@@ -423,7 +496,7 @@ async fn a_wildcard_comes_over_dns_01_and_its_records_are_gone_after_every_path(
     let d = dir.path();
     let https = common::free_port();
     let (_knot, dns) = knot(d);
-    let (_pebble, acme_port, mgmt) = pebble(d, common::free_port(), dns);
+    let (_pebble, acme_port, mgmt) = pebble(d, common::free_port(), dns, 0);
     let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/knot-txt.sh");
     std::fs::write(d.join("tsig.key"), TSIG.rsplit(':').next().unwrap()).unwrap();
     std::fs::write(

@@ -251,6 +251,26 @@ impl AcmeClient {
         names: &[String],
         answers: &Http01Answers,
     ) -> Result<(String, String)> {
+        // instant-acme retries a rejected nonce twice per request; a CA that rejects more (as
+        // CAs may, under load) fails the order, and it is placed again at once, up to 3 times,
+        // rather than after the long backoff meant for real failures.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.issue_once(names, answers).await {
+                Err(Error::Acme(m)) if m.contains("badNonce") && tries < 3 => {
+                    tracing::info!(?names, "the CA rejected a nonce again; ordering again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn issue_once(
+        &self,
+        names: &[String],
+        answers: &Http01Answers,
+    ) -> Result<(String, String)> {
         let identifiers: Vec<Identifier> =
             names.iter().map(|n| Identifier::Dns(n.clone())).collect();
         tracing::info!(?names, directory = %self.directory, challenge = ?self.challenge, "placing an ACME order");
