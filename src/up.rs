@@ -137,9 +137,13 @@ fn jitter() -> f64 {
     f64::from(n % 1000) / 1000.0
 }
 
-/// Keeps every ACME project's certificate issued and renewed: one order per project at a
-/// time, when it has none or a third of its lifetime is left; a failed order is retried with
-/// jittered exponential backoff (1 min to 6 h) while the old certificate keeps serving.
+/// ACME orders in flight at once, across projects.
+const ORDERS_AT_ONCE: usize = 4;
+
+/// Keeps every ACME project's certificate issued and renewed, when it has none or a third of
+/// its lifetime is left: one order per project at a time, up to [`ORDERS_AT_ONCE`] projects at
+/// once. A failed order is retried with jittered exponential backoff (1 min to 6 h) while the
+/// old certificate keeps serving.
 async fn acme_task(
     gw: Gateway,
     base_dir: PathBuf,
@@ -168,6 +172,7 @@ async fn acme_task(
             }
             if let Some((_, c)) = &client {
                 let store = edge_certs::Store::acme(&cfg.state_dir);
+                let mut due = Vec::new();
                 for i in projects {
                     let name = cfg.projects[i].name.clone();
                     let names = acme_names(&cfg, i);
@@ -177,18 +182,31 @@ async fn acme_task(
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&name);
-                    let due = forced || store.load(&name, &names).is_none_or(|f| f.due(now));
+                    let is_due = forced || store.load(&name, &names).is_none_or(|f| f.due(now));
                     let waiting = !forced
                         && retry
                             .get(&name)
                             .is_some_and(|(at, _)| tokio::time::Instant::now() < *at);
-                    if !due || waiting {
-                        continue;
+                    if is_due && !waiting {
+                        due.push((name, names));
                     }
-                    let issued = tokio::select! {
+                }
+                // A few orders at once (each project's one at a time): many projects are
+                // issued in parallel without flooding the CA or its rate limits.
+                use futures_util::StreamExt as _;
+                let answers = &answers;
+                let mut orders =
+                    futures_util::stream::iter(due.into_iter().map(|(name, names)| async move {
+                        let r = c.issue(&names, answers).await;
+                        (name, r)
+                    }))
+                    .buffer_unordered(ORDERS_AT_ONCE);
+                loop {
+                    let next = tokio::select! {
                         _ = stop.cancelled() => return,
-                        r = c.issue(&names, &answers) => r,
+                        n = orders.next() => n,
                     };
+                    let Some((name, issued)) = next else { break };
                     match issued.and_then(|(chain, key)| store.save(&name, &chain, &key)) {
                         Ok(f) => {
                             retry.remove(&name);

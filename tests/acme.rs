@@ -701,3 +701,64 @@ name = "demo"
     let (ok, _) = s_client(https, "demo.example.test", &crt2);
     assert!(ok, "the last good pair stopped serving");
 }
+
+/// Measured, not asserted (`cargo test --release --test acme -- --ignored --nocapture`): 100
+/// projects on one edge, each getting its certificate from Pebble over HTTP-01, orders a few at
+/// a time.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn measure_a_hundred_projects_issued() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (http, https) = (common::free_port(), common::free_port());
+    let (_knot, dns) = knot(d);
+    let (_pebble, acme_port, mgmt) = pebble(d, http, dns, 0);
+    std::fs::create_dir_all(d.join("site")).unwrap();
+    let mut text = format!(
+        "domain = \"example.test\"\nstate_dir = \"{}/state\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\nhttp = \"127.0.0.1:{http}\"\nadmin = \"\"\n\
+         [certs]\nissuer = \"acme\"\n[certs.acme]\ndirectory = \"https://127.0.0.1:{acme_port}/dir\"\nca_roots = \"api-ca.pem\"\nchallenge = \"http-01\"\n",
+        d.display()
+    );
+    for i in 0..100 {
+        text.push_str(&format!(
+            "[[projects]]\nname = \"p{i:03}\"\n  [[projects.routes]]\n  mount = \"staging\"\n  root = \"site\"\n"
+        ));
+    }
+    let cfg = d.join("edge.toml");
+    std::fs::write(&cfg, text).unwrap();
+    config_ok(&cfg);
+    let started = Instant::now();
+    let _edge = common::edge_up(&cfg, https).await;
+    let root = pebble_root(d, mgmt);
+    let acme = d.join("state/certs/acme");
+    loop {
+        let n = (0..100)
+            .filter(|i| acme.join(format!("p{i:03}/fullchain.pem")).exists())
+            .count();
+        if n == 100 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{n} of 100 after 10 min"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored = started.elapsed();
+    // Every certificate is then served (the last swap within the refresh that followed it).
+    for i in [0, 37, 99] {
+        let name = format!("p{i:03}.example.test");
+        let start = Instant::now();
+        while !s_client(https, &name, &root).0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{name} not served"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "100 projects: all stored after {stored:?}, served (checked p000, p037, p099) after {:?}",
+        started.elapsed()
+    );
+}
