@@ -555,12 +555,19 @@ fn print_welcome(config: &Config, https_port: Option<u16>, ca: Option<(&Path, bo
             );
             println!("  state directory will warn until you trust this one.");
         }
+        let acme = (0..config.projects.len())
+            .any(|i| config.issuer_of(i) == edge_routing::IssuerKind::Acme);
         println!(
-            "  Certificates come from a local CA (valid for *.{} only) until an ACME CA issues them. To trust it:",
-            config.domain
+            "  Certificates come from a local CA (valid for *.{} only){}. To trust it:",
+            config.domain,
+            if acme {
+                " until the ACME CA issues them"
+            } else {
+                ""
+            }
         );
         println!(
-            "    this machine and its browsers:  edge trust   (with the same --config as edge up)"
+            "    this machine and its browsers:  edge trust   (and the --config edge up was given, if any)"
         );
         println!(
             "    curl:                           curl --cacert {} https://...",
