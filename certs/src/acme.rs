@@ -134,12 +134,12 @@ fn describe(e: &instant_acme::Error) -> String {
 
 /// Where the account for a CA directory is kept.
 pub fn account_path(state_dir: &Path, directory: &str) -> PathBuf {
-    let h = ring_like_hash(directory);
+    let h = fnv_hex(directory);
     state_dir.join("acme").join(h).join("account.json")
 }
 
 /// A short stable name for a directory URL (FNV-1a, hex): accounts of different CAs never mix.
-fn ring_like_hash(s: &str) -> String {
+fn fnv_hex(s: &str) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in s.bytes() {
         h ^= u64::from(b);

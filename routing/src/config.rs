@@ -389,6 +389,12 @@ impl Config {
     /// `https://chat.demo.example.test:8443` in subdomain mode. None if `host` names no project
     /// of this config or the project has no chat mount.
     pub fn chat_base(&self, proto: &str, host: &str) -> Option<String> {
+        self.chat_site(proto, host).map(|(_, base)| base)
+    }
+
+    /// The project whose chat a request to `host` reaches (an index into `projects`), with the
+    /// chat's base URL: see [`Config::chat_base`].
+    pub fn chat_site(&self, proto: &str, host: &str) -> Option<(usize, String)> {
         let (name, port) = match host.rsplit_once(':') {
             Some((n, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (n, Some(p)),
             _ => (host, None),
@@ -396,7 +402,8 @@ impl Config {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let rest = name.strip_suffix(&format!(".{}", self.domain))?;
         let project_name = rest.rsplit('.').next()?;
-        let p = self.projects.iter().find(|p| p.name == project_name)?;
+        let pi = self.projects.iter().position(|p| p.name == project_name)?;
+        let p = &self.projects[pi];
         if rest != p.name
             && !(self.routing == RoutingMode::Subdomain && rest.split('.').count() == 2)
         {
@@ -404,12 +411,13 @@ impl Config {
         }
         let route = p.routes.iter().find(|r| r.target == RouteTarget::Chat)?;
         let port = port.map(|p| format!(":{p}")).unwrap_or_default();
-        Some(match self.routing {
+        let base = match self.routing {
             RoutingMode::Subpath => format!("{proto}://{}{port}/{}", name, route.mount),
             RoutingMode::Subdomain => {
                 format!("{proto}://{}.{}.{}{port}", route.mount, p.name, self.domain)
             }
-        })
+        };
+        Some((pi, base))
     }
 
     /// The chat config in force for project `p`: the edge-wide `[chat]` with the project's
@@ -420,18 +428,6 @@ impl Config {
             Some(o) => std::borrow::Cow::Owned(edge.for_project(o)),
             None => std::borrow::Cow::Borrowed(edge),
         })
-    }
-
-    /// The project whose chat a request to `host` reaches, with the chat's base URL: see
-    /// [`Config::chat_base`].
-    pub fn chat_site(&self, proto: &str, host: &str) -> Option<(usize, String)> {
-        let base = self.chat_base(proto, host)?;
-        let (name, _) = host.rsplit_once(':').unwrap_or((host, ""));
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let rest = name.strip_suffix(&format!(".{}", self.domain))?;
-        let project_name = rest.rsplit('.').next()?;
-        let p = self.projects.iter().position(|p| p.name == project_name)?;
-        Some((p, base))
     }
 
     /// Who issues project `p`'s certificate: its `[projects.certs]` issuer, else the edge's.
