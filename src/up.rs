@@ -137,13 +137,82 @@ fn jitter() -> f64 {
     f64::from(n % 1000) / 1000.0
 }
 
+/// A fraction in [0, 1) fixed for one certificate, so its renewal time does not move between
+/// passes while renewals of many projects still spread out (FNV-1a of the chain).
+fn fraction_of(chain_pem: &str) -> f64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in chain_pem.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % 10_000) as f64 / 10_000.0
+}
+
 /// ACME orders in flight at once, across projects.
 const ORDERS_AT_ONCE: usize = 4;
 
-/// Keeps every ACME project's certificate issued and renewed, when it has none or a third of
-/// its lifetime is left: one order per project at a time, up to [`ORDERS_AT_ONCE`] projects at
-/// once. A failed order is retried with jittered exponential backoff (1 min to 6 h) while the
-/// old certificate keeps serving.
+/// How often a CA's renewal window is asked again, whatever its `Retry-After` says (RFC 9773
+/// §4.3 asks clients to clamp it): at least a minute, at most a day.
+fn clamp_ari_check(d: Duration) -> Duration {
+    d.clamp(Duration::from_secs(60), Duration::from_secs(24 * 3600))
+}
+
+/// When `current` is to be renewed and why: inside the CA's window when it offers ACME Renewal
+/// Information (asked again when the CA says to), else when a third of its lifetime is left
+/// (a little earlier for some, so many projects do not renew at once).
+async fn plan_renewal(
+    c: &edge_certs::AcmeClient,
+    current: &edge_certs::CertFiles,
+    r: &mut crate::certs::Renewal,
+    ari: &mut Option<bool>,
+) {
+    let same_cert = r.chain.as_deref() == Some(current.chain_pem.as_str());
+    let ask_ari =
+        *ari != Some(false) && (!same_cert || r.ari_next.is_none_or(|t| tokio::time::Instant::now() >= t));
+    if !same_cert {
+        r.chain = Some(current.chain_pem.clone());
+        r.at = None;
+    }
+    if ask_ari {
+        match c.renewal_window(&current.chain_pem).await {
+            None => *ari = Some(false),
+            Some(Ok(w)) => {
+                *ari = Some(true);
+                let span = (w.end - w.start).max(time::Duration::ZERO);
+                let at = w.start + span * fraction_of(&current.chain_pem);
+                if r.at != Some(at) {
+                    tracing::info!(not_after = %current.not_after, window_start = %w.start, window_end = %w.end, renew_at = %at, explanation = ?w.explanation, "the CA's renewal window (ARI)");
+                }
+                r.at = Some(at);
+                r.why = format!(
+                    "inside the CA's renewal window (ARI), {} to {}{}",
+                    w.start,
+                    w.end,
+                    w.explanation.map(|u| format!(": {u}")).unwrap_or_default()
+                );
+                r.ari_next = Some(tokio::time::Instant::now() + clamp_ari_check(w.check_again));
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the CA's renewal window is not available; a third of the lifetime is the rule until it is");
+                r.ari_next = Some(tokio::time::Instant::now() + Duration::from_secs(300));
+            }
+        }
+    }
+    if r.at.is_none() {
+        let lifetime = current.not_after - current.not_before;
+        let early: time::Duration = lifetime * (0.05 * fraction_of(&current.chain_pem));
+        let at: time::OffsetDateTime = current.not_after - lifetime / 3 - early;
+        r.at = Some(at.max(current.not_before));
+        r.why = "a third of its lifetime left".into();
+    }
+}
+
+/// Keeps every ACME project's certificate issued and renewed (see [`plan_renewal`]): one order
+/// per project at a time, up to [`ORDERS_AT_ONCE`] projects at once. A failed order is retried
+/// with jittered exponential backoff (1 min to 6 h), never before the CA's `Retry-After`,
+/// while the old certificate keeps serving. What is planned is in [`crate::certs::CertState`]
+/// (for `/metrics`) and `renewal.json` beside each certificate (for `edge certs`).
 async fn acme_task(
     gw: Gateway,
     base_dir: PathBuf,
@@ -152,8 +221,8 @@ async fn acme_task(
     stop: CancellationToken,
 ) {
     let mut client: Option<(edge_routing::AcmeConfig, edge_certs::AcmeClient)> = None;
-    let mut retry: std::collections::HashMap<String, (tokio::time::Instant, Duration)> =
-        Default::default();
+    // Whether the CA offers ACME Renewal Information; unknown until asked.
+    let mut ari: Option<bool> = None;
     let mut last = Vec::new();
     loop {
         let cfg = gw.config();
@@ -162,6 +231,7 @@ async fn acme_task(
             .collect();
         if let (Some(acfg), false) = (&cfg.certs.acme, projects.is_empty()) {
             if client.as_ref().is_none_or(|(c, _)| c != acfg) {
+                ari = None;
                 match edge_certs::AcmeClient::connect(&cfg.state_dir, &base_dir, acfg).await {
                     Ok(c) => client = Some((acfg.clone(), c)),
                     Err(e) => {
@@ -176,40 +246,53 @@ async fn acme_task(
                 for i in projects {
                     let name = cfg.projects[i].name.clone();
                     let names = acme_names(&cfg, i);
-                    let now = time::OffsetDateTime::now_utc();
+                    let current = store.load(&name, &names);
+                    let mut r = state.renewal(&name);
+                    match &current {
+                        Some(f) => plan_renewal(c, f, &mut r, &mut ari).await,
+                        None => {
+                            r.chain = None;
+                            r.at = None;
+                            r.why = "no certificate from the CA yet".into();
+                        }
+                    }
                     let forced = state
                         .forced
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&name);
-                    let is_due = forced || store.load(&name, &names).is_none_or(|f| f.due(now));
-                    let waiting = !forced
-                        && retry
-                            .get(&name)
-                            .is_some_and(|(at, _)| tokio::time::Instant::now() < *at);
+                    let now = time::OffsetDateTime::now_utc();
+                    let is_due = forced || r.at.is_none_or(|at| now >= at);
+                    let waiting = !forced && r.next_try.is_some_and(|t| now < t);
+                    state.set_renewal(&cfg.state_dir, &name, r);
                     if is_due && !waiting {
-                        due.push((name, names));
+                        due.push((name, names, current.map(|f| f.chain_pem)));
                     }
                 }
                 // A few orders at once (each project's one at a time): many projects are
                 // issued in parallel without flooding the CA or its rate limits.
                 use futures_util::StreamExt as _;
                 let answers = &answers;
-                let mut orders =
-                    futures_util::stream::iter(due.into_iter().map(|(name, names)| async move {
-                        let r = c.issue(&names, answers).await;
+                let mut orders = futures_util::stream::iter(due.into_iter().map(
+                    |(name, names, current)| async move {
+                        let r = c.issue(&names, answers, current.as_deref()).await;
                         (name, r)
-                    }))
-                    .buffer_unordered(ORDERS_AT_ONCE);
+                    },
+                ))
+                .buffer_unordered(ORDERS_AT_ONCE);
+                let mut account_gone = false;
                 loop {
                     let next = tokio::select! {
                         _ = stop.cancelled() => return,
                         n = orders.next() => n,
                     };
                     let Some((name, issued)) = next else { break };
+                    let mut r = state.renewal(&name);
                     match issued.and_then(|(chain, key)| store.save(&name, &chain, &key)) {
                         Ok(f) => {
-                            retry.remove(&name);
+                            r.failures = 0;
+                            r.backoff = None;
+                            r.next_try = None;
                             state
                                 .orders_ok
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -218,6 +301,7 @@ async fn acme_task(
                                 &name,
                             ));
                             tracing::info!(project = %name, not_after = %f.not_after, "ACME certificate stored");
+                            state.set_renewal(&cfg.state_dir, &name, r);
                             refresh_certs(&gw, &base_dir, &mut last, &state).await;
                         }
                         Err(e) => {
@@ -232,15 +316,56 @@ async fn acme_task(
                             ) {
                                 tracing::warn!(error = %w, "could not record the ACME failure for edge certs");
                             }
-                            let wait = retry
-                                .get(&name)
-                                .map(|(_, d)| (*d * 2).min(Duration::from_secs(6 * 3600)))
+                            r.failures += 1;
+                            if e.account_gone() && !account_gone {
+                                // The CA forgot the account (a test CA restarted, an account
+                                // deactivated): a new one is made and the order placed again.
+                                account_gone = true;
+                                let path = edge_certs::account_path(&cfg.state_dir, &c_directory(&cfg));
+                                let aside = path.with_extension(format!(
+                                    "forgotten-{}",
+                                    time::OffsetDateTime::now_utc().unix_timestamp()
+                                ));
+                                let _ = std::fs::rename(&path, &aside);
+                                tracing::warn!(project = %name, error = %e, kept = %aside.display(), "the CA no longer knows edge's account; making a new one and ordering again");
+                                state
+                                    .forced
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .insert(name.clone());
+                                state.set_renewal(&cfg.state_dir, &name, r);
+                                continue;
+                            }
+                            let backoff = r
+                                .backoff
+                                .map(|d| (d * 2).min(Duration::from_secs(6 * 3600)))
                                 .unwrap_or(Duration::from_secs(60));
-                            let wait = wait.mul_f64(0.75 + jitter() / 2.0);
-                            tracing::error!(project = %name, error = %e, retry_in = ?wait, "ACME order failed; the current certificate keeps serving");
-                            retry.insert(name, (tokio::time::Instant::now() + wait, wait));
+                            r.backoff = Some(backoff);
+                            let mut wait = backoff.mul_f64(0.75 + jitter() / 2.0);
+                            let now = time::OffsetDateTime::now_utc();
+                            let mut honoured = false;
+                            if let Some(until) = e.retry_after() {
+                                let asked = Duration::try_from(until - now).unwrap_or_default();
+                                if asked > wait {
+                                    wait = asked;
+                                    honoured = true;
+                                }
+                            }
+                            r.next_try = Some(now + wait);
+                            r.next_try_why = if honoured {
+                                "the CA's Retry-After".into()
+                            } else {
+                                format!("backoff after {} failed orders", r.failures)
+                            };
+                            tracing::error!(project = %name, error = %e, retry_in = ?wait, retry_after_honoured = honoured, "ACME order failed; the current certificate keeps serving");
+                            state.set_renewal(&cfg.state_dir, &name, r);
                         }
                     }
+                }
+                drop(orders);
+                if account_gone {
+                    client = None;
+                    continue;
                 }
             }
         }
@@ -250,6 +375,15 @@ async fn acme_task(
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
     }
+}
+
+/// The configured CA directory (where its account is kept).
+fn c_directory(cfg: &Config) -> String {
+    cfg.certs
+        .acme
+        .as_ref()
+        .map(|a| a.directory.clone())
+        .unwrap_or_default()
 }
 
 pub fn init_tracing(json: bool) {

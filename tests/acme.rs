@@ -90,6 +90,16 @@ fn knot(dir: &Path) -> (Killed, u16) {
 /// `api-ca.pem`), validating HTTP-01 on `http_port`, resolving names through `dns_port`, and
 /// rejecting `nonce_reject` percent of good nonces (`badNonce`).
 fn pebble(dir: &Path, http_port: u16, dns_port: u16, nonce_reject: u8) -> (Killed, u16, u16) {
+    pebble_with_dns(dir, http_port, &format!("127.0.0.1:{dns_port}"), nonce_reject)
+}
+
+/// [`pebble`], resolving names through the DNS server at `dns` (`IP:port`).
+fn pebble_with_dns(
+    dir: &Path,
+    http_port: u16,
+    dns: &str,
+    nonce_reject: u8,
+) -> (Killed, u16, u16) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -125,7 +135,7 @@ fn pebble(dir: &Path, http_port: u16, dns_port: u16, nonce_reject: u8) -> (Kille
     let child = Command::new(need("pebble"))
         .arg("-config")
         .arg(dir.join("pebble.json"))
-        .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+        .args(["-dnsserver", dns])
         .env("PEBBLE_VA_NOSLEEP", "1")
         .env("PEBBLE_WFE_NONCEREJECT", nonce_reject.to_string())
         .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
@@ -451,10 +461,10 @@ name = "demo"
     );
 }
 
-/// The TXT values Knot answers for `name`.
-fn txt(dns: u16, name: &str) -> String {
+/// The TXT values the DNS server at `ip`:`port` answers for `name`.
+fn txt(ip: &str, port: u16, name: &str) -> String {
     let out = Command::new(need("kdig"))
-        .args(["@127.0.0.1", "-p", &dns.to_string(), name, "TXT", "+short"])
+        .args([&format!("@{ip}"), "-p", &port.to_string(), name, "TXT", "+short", "+norecurse", "+time=2"])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -490,13 +500,108 @@ async fn wildcard_served(cfg: &Path, https: u16, root: &Path, log: &Path, d: &Pa
     served
 }
 
+/// Two Knot servers for `example.test` on port 53, as the zone's NS records name them: a
+/// primary taking RFC 2136 updates signed with [`TSIG`], and a secondary that follows it by
+/// zone transfer (NOTIFY, IXFR). They listen on two loopback addresses of their own (binding
+/// port 53 needs root, as `.ci/run` has). Returns the servers and their addresses.
+fn knot_pair(dir: &Path) -> (Killed, Killed, [String; 2]) {
+    let n = std::process::id();
+    let ips = [
+        format!("127.53.{}.{}", (n >> 8) % 250 + 1, (n % 120) * 2 + 1),
+        format!("127.53.{}.{}", (n >> 8) % 250 + 1, (n % 120) * 2 + 2),
+    ];
+    let secret = TSIG.rsplit(':').next().unwrap();
+    let zone = format!(
+        "$ORIGIN example.test.\n$TTL 60\n@ SOA ns1.example.test. admin.example.test. 1 60 60 3600 60\n\
+         @ NS ns1.example.test.\n@ NS ns2.example.test.\nns1 A {}\nns2 A {}\n\
+         @ A 127.0.0.1\n* A 127.0.0.1\n",
+        ips[0], ips[1]
+    );
+    let mut servers = Vec::new();
+    for (i, role) in ["primary", "secondary"].iter().enumerate() {
+        let d = dir.join(role);
+        std::fs::create_dir_all(d.join("db")).unwrap();
+        let dd = d.display();
+        let zone_conf = if i == 0 {
+            std::fs::write(d.join("example.test.zone"), &zone).unwrap();
+            format!(
+                "remote:\n  - id: secondary\n    address: {}@53\n\
+                 acl:\n  - id: update\n    address: 127.0.0.0/8\n    key: edge.\n    action: update\n  - id: transfer\n    address: 127.0.0.0/8\n    action: transfer\n\
+                 zone:\n  - domain: example.test\n    storage: {dd}\n    file: example.test.zone\n    notify: secondary\n    acl: [update, transfer]\n",
+                ips[1]
+            )
+        } else {
+            format!(
+                "remote:\n  - id: primary\n    address: {}@53\n\
+                 acl:\n  - id: notify\n    address: 127.0.0.0/8\n    action: notify\n\
+                 zone:\n  - domain: example.test\n    storage: {dd}\n    file: example.test.zone\n    master: primary\n    acl: notify\n",
+                ips[0]
+            )
+        };
+        std::fs::write(
+            d.join("knot.conf"),
+            format!(
+                "server:\n    listen: {}@53\n    rundir: {dd}\ndatabase:\n    storage: {dd}/db\n\
+                 control:\n    listen: {dd}/knot.sock\nlog:\n  - target: stderr\n    any: info\n\
+                 key:\n  - id: edge.\n    algorithm: hmac-sha256\n    secret: {secret}\n{zone_conf}",
+                ips[i]
+            ),
+        )
+        .unwrap();
+        let child = Command::new(need("knotd"))
+            .arg("-c")
+            .arg(d.join("knot.conf"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("knot.log")).unwrap())
+            .spawn()
+            .unwrap();
+        servers.push(Killed(child));
+    }
+    for ip in &ips {
+        let mut up = false;
+        for _ in 0..200 {
+            let out = Command::new(need("kdig"))
+                .args([&format!("@{ip}"), "demo.example.test", "A", "+short", "+time=1", "+retry=0"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains("127.0.0.1") {
+                up = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            up,
+            "knot did not answer on {ip}:53 (binding port 53 needs root):\nprimary: {}\nsecondary: {}",
+            std::fs::read_to_string(dir.join("primary/knot.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("secondary/knot.log")).unwrap_or_default()
+        );
+    }
+    let secondary = servers.pop().unwrap();
+    let primary = servers.pop().unwrap();
+    (primary, secondary, ips)
+}
+
+/// Waits until `log` shows a failed order; its text.
+async fn failure_logged(log: &Path, within: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("ACME order failed") {
+            return text;
+        }
+        assert!(start.elapsed() < within, "no failure logged: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wildcard_comes_over_dns_01_and_its_records_are_gone_after_every_path() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let https = common::free_port();
-    let (_knot, dns) = knot(d);
-    let (_pebble, acme_port, mgmt) = pebble(d, common::free_port(), dns, 0);
+    let (_primary, secondary, [ns1, ns2]) = knot_pair(d);
+    let (_pebble, acme_port, mgmt) = pebble_with_dns(d, common::free_port(), &format!("{ns1}:53"), 0);
     let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/knot-txt.sh");
     std::fs::write(d.join("tsig.key"), TSIG.rsplit(':').next().unwrap()).unwrap();
     std::fs::write(
@@ -505,7 +610,7 @@ async fn a_wildcard_comes_over_dns_01_and_its_records_are_gone_after_every_path(
     )
     .unwrap();
     // `provider` is the [certs.acme.dns] table's body; each config gets its own state.
-    let config = |state: &str, provider: &str| {
+    let config = |state: &str, provider: &str, timeout: &str| {
         format!(
             r#"domain = "example.test"
 state_dir = "{d}/{state}"
@@ -521,7 +626,7 @@ ca_roots = "api-ca.pem"
 challenge = "dns-01"
 [certs.acme.dns]
 {provider}
-propagation_timeout = "20s"
+propagation_timeout = "{timeout}"
 [[projects]]
 name = "demo"
   [[projects.routes]]
@@ -530,16 +635,35 @@ name = "demo"
             d = d.display()
         )
     };
+    // No `nameservers`: edge finds the zone's servers from its NS records, through the
+    // primary acting as the resolver (the machine's own resolver knows nothing of the zone).
     let rfc2136 = |key: &str| {
         format!(
-            "provider = \"rfc2136\"\nserver = \"127.0.0.1:{dns}\"\nzone = \"example.test\"\ntsig_name = \"edge.\"\ntsig_algorithm = \"hmac-sha256\"\ntsig_secret_file = \"{key}\""
+            "provider = \"rfc2136\"\nserver = \"{ns1}:53\"\nresolver = \"{ns1}:53\"\nzone = \"example.test\"\ntsig_name = \"edge.\"\ntsig_algorithm = \"hmac-sha256\"\ntsig_secret_file = \"{key}\""
         )
     };
     let cfg = d.join("edge.toml");
     let root = pebble_root(d, mgmt);
+    // The deletion reaches the secondary by zone transfer, a moment after the primary.
+    let no_records = |when: &str| {
+        for ip in [&ns1, &ns2] {
+            let start = Instant::now();
+            loop {
+                let left = txt(ip, 53, "_acme-challenge.demo.example.test");
+                if left.is_empty() {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "a record was left on {ip} {when}: {left}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
 
     // A wrong TSIG key: Knot's refusal is quoted, no certificate, no record left.
-    std::fs::write(&cfg, config("state-wrong", &rfc2136("wrong.key"))).unwrap();
+    std::fs::write(&cfg, config("state-wrong", &rfc2136("wrong.key"), "20s")).unwrap();
     config_ok(&cfg);
     let log = d.join("edge-wrong.log");
     let mut wrong = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
@@ -550,53 +674,79 @@ name = "demo"
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("ACME order failed") {
-            assert!(
-                text.contains("NOTAUTH"),
-                "Knot's refusal is not quoted: {text}"
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no failure logged: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    wrong.kill().await.unwrap();
-    assert_eq!(
-        txt(dns, "_acme-challenge.demo.example.test"),
-        "",
-        "a record was left behind"
+    let text = failure_logged(&log, Duration::from_secs(60)).await;
+    assert!(
+        text.contains("NOTAUTH"),
+        "Knot's refusal is not quoted: {text}"
     );
+    wrong.kill().await.unwrap();
+    no_records("after a refused update");
     assert!(!s_client(https, "demo.example.test", &root).0);
 
-    // The right key, edge's own signed updates: apex and wildcard in one order.
-    std::fs::write(&cfg, config("state-rfc2136", &rfc2136("tsig.key"))).unwrap();
+    // The right key, edge's own signed updates: apex and wildcard in one order, the record
+    // seen on both servers the NS records name before Pebble is told to look.
+    std::fs::write(&cfg, config("state-rfc2136", &rfc2136("tsig.key"), "20s")).unwrap();
     config_ok(&cfg);
-    let served = wildcard_served(&cfg, https, &root, &d.join("edge-rfc2136.log"), d).await;
+    let log = d.join("edge-rfc2136.log");
+    let served = wildcard_served(&cfg, https, &root, &log, d).await;
     eprintln!("edge up -> a Pebble wildcard served (dns-01, rfc2136): {served:?}");
-    assert_eq!(
-        txt(dns, "_acme-challenge.demo.example.test"),
-        "",
-        "records were left behind"
+    let text = std::fs::read_to_string(&log).unwrap();
+    let found = text
+        .lines()
+        .find(|l| l.contains("the zone's authoritative servers"))
+        .unwrap_or_else(|| panic!("no servers found from NS: {text}"));
+    assert!(
+        found.contains(&format!("{ns1}:53")) && found.contains(&format!("{ns2}:53")),
+        "{found}"
     );
+    let seen = text
+        .lines()
+        .find(|l| l.contains("visible on every authoritative server"))
+        .unwrap_or_else(|| panic!("no visibility check: {text}"));
+    assert!(seen.contains(&format!("{ns2}:53")), "{seen}");
+    no_records("after an issued order");
 
-    // The same through a command (a knsupdate script), on a fresh state directory.
+    // The same through a command (a knsupdate script) and servers listed by hand.
     let command = format!(
-        "provider = \"command\"\ncommand = [\"{hook}\", \"{{action}}\", \"{{fqdn}}\", \"{{value}}\", \"{dns}\", \"{TSIG}\"]\nnameservers = [\"127.0.0.1:{dns}\"]"
+        "provider = \"command\"\ncommand = [\"{hook}\", \"{{action}}\", \"{{fqdn}}\", \"{{value}}\", \"{ns1}\", \"53\", \"{TSIG}\"]\nnameservers = [\"{ns1}:53\", \"{ns2}:53\"]"
     );
-    std::fs::write(&cfg, config("state-command", &command)).unwrap();
+    std::fs::write(&cfg, config("state-command", &command, "20s")).unwrap();
     config_ok(&cfg);
     let served = wildcard_served(&cfg, https, &root, &d.join("edge-command.log"), d).await;
     eprintln!("edge up -> a Pebble wildcard served (dns-01, command): {served:?}");
+    no_records("after an issued order (command)");
+
+    // The secondary down: the record never shows there, so Pebble is never told to look; the
+    // failure names the server, and the record is cleared from the primary.
+    drop(secondary);
+    std::fs::write(&cfg, config("state-down", &rfc2136("tsig.key"), "3s")).unwrap();
+    let log = d.join("edge-down.log");
+    let mut down = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["up", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let text = failure_logged(&log, Duration::from_secs(60)).await;
+    let failed = text
+        .lines()
+        .find(|l| l.contains("ACME order failed"))
+        .unwrap();
+    assert!(
+        failed.contains(&format!("{ns2}:53")) && failed.contains("propagation_timeout"),
+        "the failure does not name the silent server: {failed}"
+    );
+    assert!(
+        !text.contains("telling the CA it is ready"),
+        "Pebble was told to look: {text}"
+    );
+    down.kill().await.unwrap();
     assert_eq!(
-        txt(dns, "_acme-challenge.demo.example.test"),
+        txt(&ns1, 53, "_acme-challenge.demo.example.test"),
         "",
-        "records were left behind"
+        "a record was left on the primary after the propagation check failed"
     );
 }
 

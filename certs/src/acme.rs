@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use edge_routing::{AcmeConfig, ChallengeKind, DnsConfig, DnsProvider};
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    ExternalAccountKey,
     Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 
+use crate::dns::{tsig_signer, txt_name, Dns01};
 use crate::fsutil::write_atomic;
 use crate::{Error, Result};
 
@@ -132,6 +134,27 @@ fn describe(e: &instant_acme::Error) -> String {
     }
 }
 
+/// A CA's suggested renewal window for one certificate (RFC 9773 §4.2).
+#[derive(Debug, Clone)]
+pub struct RenewalWindow {
+    pub start: time::OffsetDateTime,
+    pub end: time::OffsetDateTime,
+    /// The CA's page explaining the window, when it gives one (e.g. after a mass revocation).
+    pub explanation: Option<String>,
+    /// When to ask again (the CA's `Retry-After`, as instant-acme reads it).
+    pub check_again: Duration,
+}
+
+/// The ARI identifier of a chain's leaf: its Authority Key Identifier and serial (RFC 9773 §4.1).
+fn certificate_id(chain_pem: &str) -> Result<CertificateIdentifier<'static>> {
+    use rustls::pki_types::pem::PemObject as _;
+    let leaf = rustls::pki_types::CertificateDer::from_pem_slice(chain_pem.as_bytes())
+        .map_err(|e| Error::Acme(format!("reading the certificate: {e}")))?;
+    CertificateIdentifier::try_from(&leaf)
+        .map(CertificateIdentifier::into_owned)
+        .map_err(|e| Error::Acme(format!("the certificate's ARI identifier: {e}")))
+}
+
 /// Where the account for a CA directory is kept.
 pub fn account_path(state_dir: &Path, directory: &str) -> PathBuf {
     let h = fnv_hex(directory);
@@ -157,12 +180,11 @@ impl AcmeClient {
         base_dir: &Path,
         cfg: &AcmeConfig,
     ) -> Result<AcmeClient> {
+        let roots = cfg.ca_roots.as_ref().map(|r| base_dir.join(r));
         let builder = || -> Result<instant_acme::AccountBuilder> {
-            match &cfg.ca_roots {
-                Some(roots) => Account::builder_with_root(base_dir.join(roots))
-                    .map_err(acme("certs.acme.ca_roots")),
-                None => Account::builder().map_err(acme("an HTTPS client for the CA")),
-            }
+            Ok(Account::builder_with_http(Box::new(
+                crate::acme_http::Client::new(roots.as_deref())?,
+            )))
         };
         let path = account_path(state_dir, &cfg.directory);
         let account = match std::fs::read(&path) {
@@ -250,19 +272,80 @@ impl AcmeClient {
         &self,
         names: &[String],
         answers: &Http01Answers,
+        replaces: Option<&str>,
     ) -> Result<(String, String)> {
+        let (result, retry_after) =
+            crate::acme_http::noting_retry_after(self.issue_retrying(names, answers, replaces))
+                .await;
+        match (result, retry_after) {
+            (Err(Error::Acme(message)), Some(at)) => Err(Error::AcmeRetryAfter {
+                message,
+                until: time::OffsetDateTime::from(at),
+            }),
+            (other, _) => other,
+        }
+    }
+
+    async fn issue_retrying(
+        &self,
+        names: &[String],
+        answers: &Http01Answers,
+        replaces: Option<&str>,
+    ) -> Result<(String, String)> {
+        // The certificate this order replaces (RFC 9773 §5), when the CA takes ARI: it may
+        // treat the renewal kindly under rate limits.
+        let mut replaces = replaces.and_then(|pem| match certificate_id(pem) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(error = %e, "the current certificate has no ARI identifier; ordering without `replaces`");
+                None
+            }
+        });
         // instant-acme retries a rejected nonce twice per request; a CA that rejects more (as
         // CAs may, under load) fails the order, and it is placed again at once, up to 3 times,
         // rather than after the long backoff meant for real failures.
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.issue_once(names, answers).await {
+            match self.issue_once(names, answers, replaces.clone()).await {
                 Err(Error::Acme(m)) if m.contains("badNonce") && tries < 3 => {
                     tracing::info!(?names, "the CA rejected a nonce again; ordering again");
                 }
+                // A CA without ARI, or one that will not take this `replaces` (already
+                // replaced, or not its certificate): a plain order.
+                Err(Error::Acme(m))
+                    if replaces.is_some()
+                        && (m.contains("alreadyReplaced")
+                            || m.contains("renewal information")
+                            || m.contains("replaces")) =>
+                {
+                    tracing::info!(?names, reason = %m, "ordering again without `replaces`");
+                    replaces = None;
+                }
                 other => return other,
             }
+        }
+    }
+
+    /// The CA's suggested renewal window for the certificate `chain_pem` (RFC 9773), or `None`
+    /// when the CA does not offer ACME Renewal Information.
+    pub async fn renewal_window(&self, chain_pem: &str) -> Option<Result<RenewalWindow>> {
+        let id = match certificate_id(chain_pem) {
+            Ok(id) => id,
+            Err(e) => return Some(Err(e)),
+        };
+        match self.account.renewal_info(&id).await {
+            Ok((info, check_again)) => Some(Ok(RenewalWindow {
+                start: info.suggested_window.start,
+                end: info.suggested_window.end,
+                explanation: info.explanation_url,
+                check_again,
+            })),
+            Err(instant_acme::Error::Unsupported(_)) => None,
+            Err(e) => Some(Err(Error::Acme(format!(
+                "asking the CA for the renewal window of {id}: {}",
+                describe(&e)
+            )))),
         }
     }
 
@@ -270,13 +353,18 @@ impl AcmeClient {
         &self,
         names: &[String],
         answers: &Http01Answers,
+        replaces: Option<CertificateIdentifier<'static>>,
     ) -> Result<(String, String)> {
         let identifiers: Vec<Identifier> =
             names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-        tracing::info!(?names, directory = %self.directory, challenge = ?self.challenge, "placing an ACME order");
+        tracing::info!(?names, directory = %self.directory, challenge = ?self.challenge, replaces = ?replaces.as_ref().map(|r| r.to_string()), "placing an ACME order");
+        let mut new = NewOrder::new(&identifiers);
+        if let Some(r) = replaces {
+            new = new.replaces(r);
+        }
         let mut order = self
             .account
-            .new_order(&NewOrder::new(&identifiers))
+            .new_order(&new)
             .await
             .map_err(acme(&format!("ordering {names:?}")))?;
         let mut offered = Offered {
@@ -406,6 +494,7 @@ impl AcmeClient {
                 }
                 let who = a.identifier().to_string();
                 if let Some(mut ch) = a.challenge(ChallengeType::Dns01) {
+                    tracing::info!(name = %who, "DNS-01 record in place; telling the CA it is ready");
                     ch.set_ready()
                         .await
                         .map_err(acme(&format!("marking the challenge for {who} ready")))?;
@@ -430,265 +519,6 @@ impl AcmeClient {
         }
         Ok(())
     }
-}
-
-/// Sets and clears DNS-01 TXT records through the configured provider, and waits until the
-/// zone's servers answer them.
-struct Dns01<'a> {
-    cfg: &'a DnsConfig,
-    tsig: Option<&'a hickory_proto::dnssec::tsig::TSigner>,
-}
-
-/// The TSIG signer for `[certs.acme.dns]`'s key: its base64 secret read from `file`.
-fn tsig_signer(
-    file: &Path,
-    name: &str,
-    algorithm: &str,
-) -> Result<hickory_proto::dnssec::tsig::TSigner> {
-    use base64::Engine as _;
-    use hickory_proto::dnssec::rdata::tsig::TsigAlgorithm;
-    let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
-        path: file.to_path_buf(),
-        source,
-    })?;
-    let bad = |m: String| Error::BadFile {
-        path: file.to_path_buf(),
-        message: m,
-    };
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|e| bad(format!("certs.acme.dns.tsig_secret_file: not base64: {e}")))?;
-    let algorithm = match algorithm {
-        "hmac-sha384" => TsigAlgorithm::HmacSha384,
-        "hmac-sha512" => TsigAlgorithm::HmacSha512,
-        _ => TsigAlgorithm::HmacSha256,
-    };
-    let name = hickory_proto::rr::Name::from_ascii(name)
-        .map_err(|e| Error::Acme(format!("certs.acme.dns.tsig_name {name:?}: {e}")))?;
-    hickory_proto::dnssec::tsig::TSigner::new(key, algorithm, name, 300)
-        .map_err(|e| Error::Acme(format!("certs.acme.dns: the TSIG key: {e}")))
-}
-
-/// Sends one RFC 2136 update (add or delete one TXT value), signed, to `server`; the server's
-/// refusal in its own terms (`NOTAUTH`, `REFUSED`...) when it does not take it.
-async fn rfc2136_update(
-    server: std::net::SocketAddr,
-    zone: &str,
-    signer: &hickory_proto::dnssec::tsig::TSigner,
-    add: bool,
-    fqdn: &str,
-    value: &str,
-) -> Result<()> {
-    use hickory_proto::op::{update_message, Message, ResponseCode};
-    use hickory_proto::rr::rdata::TXT;
-    use hickory_proto::rr::{Name, RData, RecordSet, RecordType};
-    use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
-    let fail = |m: String| Error::Acme(format!("rfc2136 update at {server}: {m}"));
-    let zone_name = Name::from_ascii(format!("{zone}.")).map_err(|e| fail(e.to_string()))?;
-    let name = Name::from_ascii(format!("{fqdn}.")).map_err(|e| fail(e.to_string()))?;
-    if !zone_name.zone_of(&name) {
-        return Err(fail(format!(
-            "the zone {zone} (certs.acme.dns.zone) does not contain {fqdn}"
-        )));
-    }
-    let mut rrset = RecordSet::with_ttl(name, RecordType::TXT, 60);
-    rrset.add_rdata(RData::TXT(TXT::new(vec![value.to_string()])));
-    let mut m: Message = if add {
-        update_message::append(rrset, zone_name, false, false)
-    } else {
-        update_message::delete_by_rdata(rrset, zone_name, false)
-    };
-    let id = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(11)
-        & 0xffff) as u16;
-    m.set_id(id);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(0);
-    m.finalize(signer, now)
-        .map_err(|e| fail(format!("signing: {e}")))?;
-    let bytes = m.to_bytes().map_err(|e| fail(e.to_string()))?;
-    let bind = if server.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    };
-    let sock = tokio::net::UdpSocket::bind(bind)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    sock.connect(server)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    sock.send(&bytes).await.map_err(|e| fail(e.to_string()))?;
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
-        .await
-        .map_err(|_| fail("no answer within 5 s".into()))?
-        .map_err(|e| fail(e.to_string()))?;
-    let answer = Message::from_bytes(&buf[..n]).map_err(|e| fail(e.to_string()))?;
-    if answer.id() != id {
-        return Err(fail("an answer to another message".into()));
-    }
-    match answer.response_code() {
-        ResponseCode::NoError => Ok(()),
-        ResponseCode::NotAuth => Err(fail(
-            "NOTAUTH: the server did not accept the TSIG key (certs.acme.dns.tsig_name, tsig_secret_file) or is not authoritative for the zone".into(),
-        )),
-        ResponseCode::Refused => Err(fail(
-            "REFUSED: the server's policy does not let this key update the zone".into(),
-        )),
-        ResponseCode::NotZone => Err(fail(format!(
-            "NOTZONE: {fqdn} is not in a zone the server has (certs.acme.dns.zone)"
-        ))),
-        other => Err(fail(format!("the server answered {other}"))),
-    }
-}
-
-/// `_acme-challenge.<name>`, the wildcard's `*.` dropped (RFC 8555 §8.4).
-fn txt_name(identifier: &str) -> String {
-    format!("_acme-challenge.{}", identifier.trim_start_matches("*."))
-}
-
-impl Dns01<'_> {
-    async fn run(&self, action: &str, fqdn: &str, value: &str) -> Result<()> {
-        let argv = match &self.cfg.provider {
-            DnsProvider::Command { argv } => argv,
-            DnsProvider::Rfc2136 { server, zone, .. } => {
-                let Some(signer) = self.tsig else {
-                    return Err(Error::Acme("rfc2136 without its TSIG key".into()));
-                };
-                return rfc2136_update(*server, zone, signer, action == "set", fqdn, value).await;
-            }
-        };
-        let args: Vec<String> = argv
-            .iter()
-            .map(|a| {
-                a.replace("{action}", action)
-                    .replace("{fqdn}", fqdn)
-                    .replace("{value}", value)
-            })
-            .collect();
-        let out = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::process::Command::new(&args[0])
-                .args(&args[1..])
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .map_err(|_| {
-            Error::Acme(format!(
-                "certs.acme.dns.command {action} {fqdn}: no end within 60 s"
-            ))
-        })?
-        .map_err(|e| Error::Acme(format!("certs.acme.dns.command: {}: {e}", args[0])))?;
-        if !out.status.success() {
-            let said = String::from_utf8_lossy(&out.stderr);
-            let said = if said.trim().is_empty() {
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            } else {
-                said.into_owned()
-            };
-            return Err(Error::Acme(format!(
-                "certs.acme.dns.command {action} {fqdn} failed ({}): {}",
-                out.status,
-                said.trim()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Waits until every configured server answers `fqdn` with every value in `values`, asked
-    /// directly (no cache in between), or the propagation timeout passes.
-    async fn wait_visible(&self, fqdn: &str, values: &[String]) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + self.cfg.propagation_timeout;
-        if self.cfg.nameservers.is_empty() {
-            tracing::info!(%fqdn, wait = ?self.cfg.propagation_timeout, "no nameservers to ask: waiting the propagation timeout");
-            tokio::time::sleep_until(deadline).await;
-            return Ok(());
-        }
-        for ns in &self.cfg.nameservers {
-            loop {
-                match txt_values(*ns, fqdn).await {
-                    Ok(got) if values.iter().all(|v| got.contains(v)) => break,
-                    Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(500)).await
-                    }
-                    Ok(got) => {
-                        return Err(Error::Acme(format!(
-                            "{ns} does not answer {fqdn} TXT with the challenge after {:?} (it answers {got:?})",
-                            self.cfg.propagation_timeout
-                        )))
-                    }
-                    Err(e) => {
-                        return Err(Error::Acme(format!(
-                            "asking {ns} for {fqdn} TXT: {e} (certs.acme.dns.nameservers)"
-                        )))
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The TXT strings `server` answers for `fqdn`, asked over UDP with recursion off.
-async fn txt_values(
-    server: std::net::SocketAddr,
-    fqdn: &str,
-) -> std::result::Result<Vec<String>, String> {
-    use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::{Name, RData, RecordType};
-    use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
-    let name = Name::from_ascii(format!("{fqdn}.")).map_err(|e| e.to_string())?;
-    let id: u16 = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(7)
-        & 0xffff) as u16;
-    let mut m = Message::new();
-    m.set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(false)
-        .add_query(Query::query(name, RecordType::TXT));
-    let bytes = m.to_bytes().map_err(|e| e.to_string())?;
-    let bind = if server.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    };
-    let sock = tokio::net::UdpSocket::bind(bind)
-        .await
-        .map_err(|e| e.to_string())?;
-    sock.connect(server).await.map_err(|e| e.to_string())?;
-    sock.send(&bytes).await.map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf))
-        .await
-        .map_err(|_| "no answer within 3 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    let answer = Message::from_bytes(&buf[..n]).map_err(|e| e.to_string())?;
-    if answer.id() != id {
-        return Err("an answer to another query".into());
-    }
-    Ok(answer
-        .answers()
-        .iter()
-        .filter_map(|r| match r.data() {
-            RData::TXT(t) => Some(
-                t.txt_data()
-                    .iter()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .collect::<String>(),
-            ),
-            _ => None,
-        })
-        .collect())
 }
 
 #[cfg(test)]

@@ -22,6 +22,33 @@ pub enum Error {
     /// problem document) where it gave some.
     #[error("acme: {0}")]
     Acme(String),
+    /// The CA refused for now and said when to come back (`Retry-After`, with a `rateLimited`
+    /// problem or a 503).
+    #[error("acme: {message} (the CA asks to wait until {until})")]
+    AcmeRetryAfter {
+        message: String,
+        until: time::OffsetDateTime,
+    },
+}
+
+impl Error {
+    /// When the CA asked edge to come back, if it did.
+    pub fn retry_after(&self) -> Option<time::OffsetDateTime> {
+        match self {
+            Error::AcmeRetryAfter { until, .. } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// Whether the CA no longer knows the account (a test CA restarted, an account
+    /// deactivated): a new one must be made.
+    pub fn account_gone(&self) -> bool {
+        let m = match self {
+            Error::Acme(m) | Error::AcmeRetryAfter { message: m, .. } => m,
+            _ => return false,
+        };
+        m.contains("accountDoesNotExist")
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -7,13 +7,15 @@
 //! files the operator provides ([`ProvidedFiles`], read and watched, never written).
 
 mod acme;
+mod acme_http;
+mod dns;
 mod error;
 mod files;
 mod fsutil;
 mod local_ca;
 mod store;
 
-pub use acme::{account_path, AcmeClient, Http01Answers};
+pub use acme::{account_path, AcmeClient, Http01Answers, RenewalWindow};
 pub use error::{Error, Result};
 pub use files::{check_pair, ProvidedFiles};
 pub use fsutil::write_atomic;

@@ -1298,12 +1298,12 @@ mod tests {
                 "missing {w:?} in {errs:#?}"
             );
         }
-        // DNS-01 through a command; rfc2136 is refused as not implemented yet.
+        // DNS-01 through a command or RFC 2136.
         let dns = |table: &str| {
             format!("[certs]\nissuer = \"acme\"\n[certs.acme]\ndirectory = \"https://ca.test/d\"\n[certs.acme.dns]\n{table}\n[[projects]]\nname = \"p\"\n[[projects.routes]]\nmount = \"forge\"\n")
         };
         let c = Config::from_toml(&dns(
-            "provider = \"command\"\ncommand = [\"txt.sh\", \"{action}\", \"{fqdn}\", \"{value}\"]\nnameservers = [\"192.0.2.53:53\"]\npropagation_timeout = \"30s\"",
+            "provider = \"command\"\ncommand = [\"txt.sh\", \"{action}\", \"{fqdn}\", \"{value}\"]\nnameservers = [\"192.0.2.53:53\"]\nresolver = \"192.0.2.1:5353\"\nzone = \"Example.test.\"\npropagation_timeout = \"30s\"",
         ))
         .unwrap();
         let a = c.certs.acme.unwrap();
@@ -1315,7 +1315,15 @@ mod tests {
         let d = a.dns.unwrap();
         assert_eq!(d.nameservers, ["192.0.2.53:53".parse().unwrap()]);
         assert_eq!(d.propagation_timeout, Duration::from_secs(30));
+        assert_eq!(d.resolver, Some("192.0.2.1:5353".parse().unwrap()));
+        assert!(
+            matches!(&d.provider, DnsProvider::Command { zone: Some(z), .. } if z == "example.test")
+        );
         for (table, want) in [
+            (
+                "provider = \"command\"\ncommand = [\"t\", \"{value}\"]\nresolver = \"dns.google\"",
+                "certs.acme.dns.resolver: \"dns.google\" is not an IP address",
+            ),
             (
                 "provider = \"rfc2136\"\nserver = \"ns:53\"",
                 "certs.acme.dns.server: \"ns:53\" is not an IP address",

@@ -56,10 +56,13 @@ pub struct AcmeConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsConfig {
     pub provider: DnsProvider,
-    /// The zone's authoritative servers (`host:port`), asked directly until each answers the
-    /// TXT record before the CA is told to look (default: the rfc2136 `server`). Empty: wait
-    /// `propagation_timeout` instead.
+    /// The servers (`IP:port`) asked directly until each answers the TXT record, before the CA
+    /// is told to look. Empty (the default): the zone's authoritative servers, found from its NS
+    /// records through `resolver`, plus the rfc2136 `server`.
     pub nameservers: Vec<std::net::SocketAddr>,
+    /// The recursive resolver (`IP:port`) the zone's NS records are looked up through (default:
+    /// the first `nameserver` of `/etc/resolv.conf`).
+    pub resolver: Option<std::net::SocketAddr>,
     /// How long records may take to appear on every server (default 2 minutes).
     pub propagation_timeout: std::time::Duration,
 }
@@ -69,7 +72,11 @@ pub struct DnsConfig {
 pub enum DnsProvider {
     /// A program run as `argv` with `{action}` (`set` or `clear`), `{fqdn}` and `{value}`
     /// replaced: for any DNS API (a script around `knsupdate`, `nsupdate`, a provider's CLI).
-    Command { argv: Vec<String> },
+    Command {
+        argv: Vec<String>,
+        /// The zone the records go in, if known; else found from the SOA a resolver answers.
+        zone: Option<String>,
+    },
     /// RFC 2136 dynamic updates sent by edge itself to the zone's primary `server`, signed with
     /// TSIG (RFC 8945).
     Rfc2136 {
@@ -226,7 +233,10 @@ fn read_dns(mut t: Table<'_>, errs: &mut Errors) -> Option<DnsConfig> {
                 "provider = \"command\" needs command = [\"program\", \"{action}\", \"{fqdn}\", \"{value}\"]",
                 "the command never receives the record: put \"{value}\" (and \"{action}\", \"{fqdn}\") in it",
             );
-            Some(DnsProvider::Command { argv })
+            let zone = t
+                .str(errs, "zone")
+                .map(|z| z.trim_end_matches('.').to_ascii_lowercase());
+            Some(DnsProvider::Command { argv, zone })
         }
         Some("rfc2136") => {
             let server = match t.str(errs, "server") {
@@ -324,17 +334,21 @@ fn read_dns(mut t: Table<'_>, errs: &mut Errors) -> Option<DnsConfig> {
     let propagation_timeout = t
         .parsed(errs, "propagation_timeout", crate::units::parse_duration)
         .unwrap_or(std::time::Duration::from_secs(120));
-    t.finish(errs);
-    let provider = provider?;
-    if nameservers.is_empty() {
-        // The primary a signed update went to answers for the zone.
-        if let DnsProvider::Rfc2136 { server, .. } = &provider {
-            nameservers.push(*server);
+    let resolver = t.str(errs, "resolver").and_then(|v| match v.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(
+                t.key("resolver"),
+                format!("{v:?} is not an IP address and port, e.g. \"192.0.2.53:53\""),
+            );
+            None
         }
-    }
+    });
+    t.finish(errs);
     Some(DnsConfig {
-        provider,
+        provider: provider?,
         nameservers,
+        resolver,
         propagation_timeout,
     })
 }
