@@ -281,6 +281,7 @@ async fn acme_task(
                 ))
                 .buffer_unordered(ORDERS_AT_ONCE);
                 let mut account_gone = false;
+                let mut issued_any = false;
                 loop {
                     let next = tokio::select! {
                         _ = stop.cancelled() => return,
@@ -303,6 +304,7 @@ async fn acme_task(
                             tracing::info!(project = %name, not_after = %f.not_after, "ACME certificate stored");
                             state.set_renewal(&cfg.state_dir, &name, r);
                             refresh_certs(&gw, &base_dir, &mut last, &state).await;
+                            issued_any = true;
                         }
                         Err(e) => {
                             state
@@ -367,6 +369,10 @@ async fn acme_task(
                     client = None;
                     continue;
                 }
+                if issued_any {
+                    // Plan the new certificates' renewals now (the CA's window for them).
+                    continue;
+                }
             }
         }
         tokio::select! {
@@ -389,8 +395,11 @@ fn c_directory(cfg: &Config) -> String {
 pub fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a log file or journald gets plain text.
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -132,20 +132,32 @@ fn pebble_with_dns(
         ),
     )
     .unwrap();
+    (start_pebble(dir, dns, nonce_reject, port), port, mgmt)
+}
+
+/// Starts Pebble from the `pebble.json` in `dir` (again, after a stop: same ports, same API
+/// certificate, but a new root and none of its accounts or orders), waiting for `port`.
+fn start_pebble(dir: &Path, dns: &str, nonce_reject: u8, port: u16) -> Killed {
     let child = Command::new(need("pebble"))
         .arg("-config")
         .arg(dir.join("pebble.json"))
         .args(["-dnsserver", dns])
         .env("PEBBLE_VA_NOSLEEP", "1")
         .env("PEBBLE_WFE_NONCEREJECT", nonce_reject.to_string())
-        .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
+        .stdout(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("pebble.log"))
+                .unwrap(),
+        )
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let k = Killed(child);
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (k, port, mgmt);
+            return k;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -748,6 +760,162 @@ name = "demo"
         "",
         "a record was left on the primary after the propagation check failed"
     );
+}
+
+/// `edge certs` with `cfg`: its listing.
+fn edge_certs_listing(cfg: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["certs", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `edge certs renew PROJECT` with `cfg` succeeds.
+fn edge_certs_renew(cfg: &Path, project: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["certs", "renew", project, "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Waits until edge serves `name` on `https` with a chain `root` verifies.
+async fn served_by(https: u16, name: &str, root: &Path, within: Duration, log: &Path) {
+    let start = Instant::now();
+    loop {
+        let (ok, text) = s_client(https, name, root);
+        if ok {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{name} not served with a chain from {}: {text}\nedge: {}",
+            root.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ca_that_stops_mid_order_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (http, https, admin) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let (_knot, dns) = knot(d);
+    // Pebble validates HTTP-01 through a relay to edge's plain-HTTP listener, which says when
+    // Pebble is in the middle of validating: the moment the test stops it.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_port = relay.local_addr().unwrap().port();
+    let validating = std::sync::Arc::new(tokio::sync::Notify::new());
+    let v = validating.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = relay.accept().await {
+            v.notify_one();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", http)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    let (mut pebble, acme_port, mgmt) = pebble(d, relay_port, dns, 0);
+    let cfg = d.join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"domain = "example.test"
+state_dir = "{d}/state"
+[listen]
+https = "127.0.0.1:{https}"
+http = "127.0.0.1:{http}"
+admin = "127.0.0.1:{admin}"
+[certs]
+issuer = "acme"
+[certs.acme]
+directory = "https://127.0.0.1:{acme_port}/dir"
+ca_roots = "api-ca.pem"
+challenge = "http-01"
+request_timeout = "3s"
+[[projects]]
+name = "demo"
+  [[projects.routes]]
+  mount = "forge"
+  upstream = "http://127.0.0.1:9"
+"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    config_ok(&cfg);
+    let log = d.join("edge.log");
+    let _edge = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["up", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), validating.notified())
+        .await
+        .expect("Pebble never came to validate");
+    // Stopped mid-order: it holds its connections and answers nothing.
+    let pid = pebble.0.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let text = failure_logged(&log, Duration::from_secs(60)).await;
+    let failed = text.lines().find(|l| l.contains("ACME order failed")).unwrap();
+    eprintln!("{failed}");
+    assert!(
+        failed.contains("no answer within 3s (certs.acme.request_timeout)"),
+        "{failed}"
+    );
+    // Nothing serving is lost: the local CA's certificate stands in; the failure is visible.
+    let local = d.join("state/ca/example.test/ca.pem");
+    assert!(s_client(https, "demo.example.test", &local).0);
+    let listing = edge_certs_listing(&cfg);
+    for want in ["last error:", "no answer within 3s", "next try:", "backoff after 1 failed orders"] {
+        assert!(listing.contains(want), "{want:?} not in:\n{listing}");
+    }
+    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    assert!(
+        metrics.contains("edge_cert_renewal_failures{project=\"demo\"} 1"),
+        "{metrics}"
+    );
+    // Back: the next order (asked for now rather than after the backoff) goes through.
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    edge_certs_renew(&cfg, "demo");
+    let root = pebble_root(d, mgmt);
+    served_by(https, "demo.example.test", &root, Duration::from_secs(60), &log).await;
+    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    assert!(
+        metrics.contains("edge_cert_renewal_failures{project=\"demo\"} 0"),
+        "{metrics}"
+    );
+    assert!(!edge_certs_listing(&cfg).contains("last error:"));
+
+    // Restarted: a new Pebble on the same address that has forgotten every account. edge makes
+    // a new account and gets a certificate from the new root, the old one serving meanwhile.
+    drop(pebble);
+    pebble = start_pebble(d, &format!("127.0.0.1:{dns}"), 0, acme_port);
+    let new_root = d.join("pebble-root-2.pem");
+    std::fs::copy(pebble_root(d, mgmt), &new_root).unwrap();
+    edge_certs_renew(&cfg, "demo");
+    served_by(https, "demo.example.test", &new_root, Duration::from_secs(60), &log).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the CA no longer knows edge's account"),
+        "{text}"
+    );
+    drop(pebble);
 }
 
 fn openssl_pair(dir: &Path, cn: &str, out: &str) -> (PathBuf, PathBuf) {

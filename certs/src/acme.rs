@@ -183,7 +183,7 @@ impl AcmeClient {
         let roots = cfg.ca_roots.as_ref().map(|r| base_dir.join(r));
         let builder = || -> Result<instant_acme::AccountBuilder> {
             Ok(Account::builder_with_http(Box::new(
-                crate::acme_http::Client::new(roots.as_deref())?,
+                crate::acme_http::Client::new(roots.as_deref(), cfg.request_timeout)?,
             )))
         };
         let path = account_path(state_dir, &cfg.directory);

@@ -44,11 +44,15 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<SystemTi
     }
 }
 
-pub(crate) struct Client(HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>);
+pub(crate) struct Client {
+    inner: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
+    timeout: Duration,
+}
 
 impl Client {
-    /// The platform's roots, plus every certificate in `ca_roots` (PEM) when given.
-    pub(crate) fn new(ca_roots: Option<&Path>) -> Result<Client> {
+    /// The platform's roots, plus every certificate in `ca_roots` (PEM) when given; each
+    /// request bounded by `timeout`.
+    pub(crate) fn new(ca_roots: Option<&Path>, timeout: Duration) -> Result<Client> {
         let extra: Vec<rustls::pki_types::CertificateDer<'static>> = match ca_roots {
             None => Vec::new(),
             Some(path) => {
@@ -82,9 +86,10 @@ impl Client {
             .enable_http1()
             .enable_http2()
             .build();
-        Ok(Client(
-            HyperClient::builder(hyper_util::rt::TokioExecutor::new()).build(connector),
-        ))
+        Ok(Client {
+            inner: HyperClient::builder(hyper_util::rt::TokioExecutor::new()).build(connector),
+            timeout,
+        })
     }
 }
 
@@ -94,9 +99,16 @@ impl HttpClient for Client {
         req: Request<BodyWrapper<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = std::result::Result<BytesResponse, instant_acme::Error>> + Send>>
     {
-        let fut = HttpClient::request(&self.0, req);
+        let what = format!("{} {}", req.method(), req.uri());
+        let fut = HttpClient::request(&self.inner, req);
+        let timeout = self.timeout;
         Box::pin(async move {
-            let rsp = fut.await?;
+            let rsp = tokio::time::timeout(timeout, fut).await.map_err(|_| {
+                instant_acme::Error::Other(
+                    format!("{what}: no answer within {timeout:?} (certs.acme.request_timeout)")
+                        .into(),
+                )
+            })??;
             if rsp.parts.status.as_u16() >= 400 {
                 if let Some(at) = rsp
                     .parts

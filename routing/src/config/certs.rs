@@ -47,6 +47,9 @@ pub struct AcmeConfig {
     pub eab_hmac_file: Option<PathBuf>,
     /// Extra roots (PEM) to trust for the CA's own API (a private or test CA).
     pub ca_roots: Option<PathBuf>,
+    /// How long one request to the CA may take before the order fails (default 30 s): a CA
+    /// that accepts connections and never answers does not hold an order forever.
+    pub request_timeout: std::time::Duration,
     pub challenge: ChallengeKind,
     /// `[certs.acme.dns]`: how DNS-01's TXT records are set; required with dns-01.
     pub dns: Option<DnsConfig>,
@@ -180,6 +183,9 @@ pub(super) fn read_certs(t: Option<Table<'_>>, errs: &mut Errors) -> CertsConfig
             );
         }
         let ca_roots = path(&mut a, errs, "ca_roots");
+        let request_timeout = a
+            .parsed(errs, "request_timeout", crate::units::parse_duration)
+            .unwrap_or(std::time::Duration::from_secs(30));
         let has_dns = a.has("dns");
         let challenge = match a.str(errs, "challenge") {
             None if has_dns => ChallengeKind::Dns01,
@@ -208,6 +214,7 @@ pub(super) fn read_certs(t: Option<Table<'_>>, errs: &mut Errors) -> CertsConfig
                 eab_kid,
                 eab_hmac_file,
                 ca_roots,
+                request_timeout,
                 challenge,
                 dns,
             });
