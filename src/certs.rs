@@ -80,8 +80,7 @@ impl CertState {
         };
         let mut all = self.renewals.lock().unwrap_or_else(|e| e.into_inner());
         let changed = all.get(project).is_none_or(|old| {
-            (old.at, &old.why, old.failures, old.next_try)
-                != (r.at, &r.why, r.failures, r.next_try)
+            (old.at, &old.why, old.failures, old.next_try) != (r.at, &r.why, r.failures, r.next_try)
         });
         all.insert(project.to_string(), r);
         drop(all);

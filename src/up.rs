@@ -167,8 +167,8 @@ async fn plan_renewal(
     ari: &mut Option<bool>,
 ) {
     let same_cert = r.chain.as_deref() == Some(current.chain_pem.as_str());
-    let ask_ari =
-        *ari != Some(false) && (!same_cert || r.ari_next.is_none_or(|t| tokio::time::Instant::now() >= t));
+    let ask_ari = *ari != Some(false)
+        && (!same_cert || r.ari_next.is_none_or(|t| tokio::time::Instant::now() >= t));
     if !same_cert {
         r.chain = Some(current.chain_pem.clone());
         r.at = None;
@@ -323,7 +323,8 @@ async fn acme_task(
                                 // The CA forgot the account (a test CA restarted, an account
                                 // deactivated): a new one is made and the order placed again.
                                 account_gone = true;
-                                let path = edge_certs::account_path(&cfg.state_dir, &c_directory(&cfg));
+                                let path =
+                                    edge_certs::account_path(&cfg.state_dir, &c_directory(&cfg));
                                 let aside = path.with_extension(format!(
                                     "forgotten-{}",
                                     time::OffsetDateTime::now_utc().unix_timestamp()

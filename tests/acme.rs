@@ -90,16 +90,16 @@ fn knot(dir: &Path) -> (Killed, u16) {
 /// `api-ca.pem`), validating HTTP-01 on `http_port`, resolving names through `dns_port`, and
 /// rejecting `nonce_reject` percent of good nonces (`badNonce`).
 fn pebble(dir: &Path, http_port: u16, dns_port: u16, nonce_reject: u8) -> (Killed, u16, u16) {
-    pebble_with_dns(dir, http_port, &format!("127.0.0.1:{dns_port}"), nonce_reject)
+    pebble_with_dns(
+        dir,
+        http_port,
+        &format!("127.0.0.1:{dns_port}"),
+        nonce_reject,
+    )
 }
 
 /// [`pebble`], resolving names through the DNS server at `dns` (`IP:port`).
-fn pebble_with_dns(
-    dir: &Path,
-    http_port: u16,
-    dns: &str,
-    nonce_reject: u8,
-) -> (Killed, u16, u16) {
+fn pebble_with_dns(dir: &Path, http_port: u16, dns: &str, nonce_reject: u8) -> (Killed, u16, u16) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -410,7 +410,8 @@ name = "demo"
         "demo  issuer: acme",
         "names:     demo.example.test",
         "Pebble Intermediate",
-        "renews:    from",
+        "renews:    at",
+        "(a third of its lifetime left)",
     ] {
         assert!(listing.contains(want), "{want:?} not in:\n{listing}");
     }
@@ -476,7 +477,16 @@ name = "demo"
 /// The TXT values the DNS server at `ip`:`port` answers for `name`.
 fn txt(ip: &str, port: u16, name: &str) -> String {
     let out = Command::new(need("kdig"))
-        .args([&format!("@{ip}"), "-p", &port.to_string(), name, "TXT", "+short", "+norecurse", "+time=2"])
+        .args([
+            &format!("@{ip}"),
+            "-p",
+            &port.to_string(),
+            name,
+            "TXT",
+            "+short",
+            "+norecurse",
+            "+time=2",
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -573,7 +583,14 @@ fn knot_pair(dir: &Path) -> (Killed, Killed, [String; 2]) {
         let mut up = false;
         for _ in 0..200 {
             let out = Command::new(need("kdig"))
-                .args([&format!("@{ip}"), "demo.example.test", "A", "+short", "+time=1", "+retry=0"])
+                .args([
+                    &format!("@{ip}"),
+                    "demo.example.test",
+                    "A",
+                    "+short",
+                    "+time=1",
+                    "+retry=0",
+                ])
                 .output()
                 .unwrap();
             if String::from_utf8_lossy(&out.stdout).contains("127.0.0.1") {
@@ -613,7 +630,8 @@ async fn a_wildcard_comes_over_dns_01_and_its_records_are_gone_after_every_path(
     let d = dir.path();
     let https = common::free_port();
     let (_primary, secondary, [ns1, ns2]) = knot_pair(d);
-    let (_pebble, acme_port, mgmt) = pebble_with_dns(d, common::free_port(), &format!("{ns1}:53"), 0);
+    let (_pebble, acme_port, mgmt) =
+        pebble_with_dns(d, common::free_port(), &format!("{ns1}:53"), 0);
     let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/knot-txt.sh");
     std::fs::write(d.join("tsig.key"), TSIG.rsplit(':').next().unwrap()).unwrap();
     std::fs::write(
@@ -769,7 +787,11 @@ fn edge_certs_listing(cfg: &Path) -> String {
         .arg(cfg)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -780,7 +802,11 @@ fn edge_certs_renew(cfg: &Path, project: &str) {
         .arg(cfg)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Waits until edge serves `name` on `https` with a chain `root` verifies.
@@ -870,9 +896,16 @@ name = "demo"
         .expect("Pebble never came to validate");
     // Stopped mid-order: it holds its connections and answers nothing.
     let pid = pebble.0.id().to_string();
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
     let text = failure_logged(&log, Duration::from_secs(60)).await;
-    let failed = text.lines().find(|l| l.contains("ACME order failed")).unwrap();
+    let failed = text
+        .lines()
+        .find(|l| l.contains("ACME order failed"))
+        .unwrap();
     eprintln!("{failed}");
     assert!(
         failed.contains("no answer within 3s (certs.acme.request_timeout)"),
@@ -882,7 +915,12 @@ name = "demo"
     let local = d.join("state/ca/example.test/ca.pem");
     assert!(s_client(https, "demo.example.test", &local).0);
     let listing = edge_certs_listing(&cfg);
-    for want in ["last error:", "no answer within 3s", "next try:", "backoff after 1 failed orders"] {
+    for want in [
+        "last error:",
+        "no answer within 3s",
+        "next try:",
+        "backoff after 1 failed orders",
+    ] {
         assert!(listing.contains(want), "{want:?} not in:\n{listing}");
     }
     let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
@@ -891,10 +929,21 @@ name = "demo"
         "{metrics}"
     );
     // Back: the next order (asked for now rather than after the backoff) goes through.
-    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
     edge_certs_renew(&cfg, "demo");
     let root = pebble_root(d, mgmt);
-    served_by(https, "demo.example.test", &root, Duration::from_secs(60), &log).await;
+    served_by(
+        https,
+        "demo.example.test",
+        &root,
+        Duration::from_secs(60),
+        &log,
+    )
+    .await;
     let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
     assert!(
         metrics.contains("edge_cert_renewal_failures{project=\"demo\"} 0"),
@@ -909,13 +958,366 @@ name = "demo"
     let new_root = d.join("pebble-root-2.pem");
     std::fs::copy(pebble_root(d, mgmt), &new_root).unwrap();
     edge_certs_renew(&cfg, "demo");
-    served_by(https, "demo.example.test", &new_root, Duration::from_secs(60), &log).await;
+    served_by(
+        https,
+        "demo.example.test",
+        &new_root,
+        Duration::from_secs(60),
+        &log,
+    )
+    .await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("the CA no longer knows edge's account"),
         "{text}"
     );
     drop(pebble);
+}
+
+/// What the ACME front saw, and what it is to refuse.
+#[derive(Default)]
+struct FrontState {
+    /// New orders still to refuse with `rateLimited`.
+    refuse_orders: u32,
+    /// The certificate identifiers asked at `renewalInfo`, in order.
+    ari_asked: Vec<String>,
+    /// Each new order's `replaces`, in order (refused ones included).
+    replaces: Vec<Option<String>>,
+}
+
+/// RFC 3339, UTC, whole seconds.
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// An HTTPS front for Pebble (on Pebble's API certificate) that adds what Debian's Pebble 2.4
+/// lacks, as the RFCs describe it: ACME Renewal Information (RFC 9773: a `renewalInfo` URL in
+/// the directory; for the first certificate asked about a window already past, for any other
+/// a window 30 to 31 days out, with `Retry-After: 21600`), and new orders refused with a
+/// `rateLimited` problem and `Retry-After: 7200` (RFC 8555 §6.6) while `refuse_orders` lasts;
+/// an order placed with `replaces` says so in its order object, as an ARI CA's does.
+/// Everything else goes through to Pebble unchanged, Host included, so the URLs Pebble hands
+/// out and checks in each JWS name the front. Returns the front's port.
+async fn acme_front(
+    d: &Path,
+    pebble_port: u16,
+    state: std::sync::Arc<std::sync::Mutex<FrontState>>,
+) -> u16 {
+    use http_body_util::{BodyExt, Full};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(d.join("api.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(d.join("api.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(d.join("api-ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let client = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    type Reply = hyper::Response<Full<bytes::Bytes>>;
+    let reply = |status: u16, headers: &[(&str, &str)], body: Vec<u8>| -> Reply {
+        let mut r = hyper::Response::builder().status(status);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(Full::new(bytes::Bytes::from(body))).unwrap()
+    };
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (acceptor, client, state) = (acceptor.clone(), client.clone(), state.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (client, state) = (client.clone(), state.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let path = parts.uri.path().to_string();
+                            let mut replaces: Option<String> = None;
+                            if let Some(id) = path.strip_prefix("/renewal-info/") {
+                                let mut st = state.lock().unwrap();
+                                let first = st.ari_asked.first().is_none_or(|f| f == id);
+                                st.ari_asked.push(id.to_string());
+                                let now = time::OffsetDateTime::now_utc();
+                                let (start, end) = if first {
+                                    (
+                                        now - time::Duration::hours(2),
+                                        now - time::Duration::hours(1),
+                                    )
+                                } else {
+                                    (
+                                        now + time::Duration::days(30),
+                                        now + time::Duration::days(31),
+                                    )
+                                };
+                                let json = format!(
+                                    r#"{{"suggestedWindow": {{"start": "{}", "end": "{}"}}}}"#,
+                                    rfc3339(start),
+                                    rfc3339(end)
+                                );
+                                return Ok::<Reply, std::convert::Infallible>(reply(
+                                    200,
+                                    &[
+                                        ("content-type", "application/json"),
+                                        ("retry-after", "21600"),
+                                    ],
+                                    json.into_bytes(),
+                                ));
+                            }
+                            if parts.method == hyper::Method::POST && path == "/order-plz" {
+                                use base64::Engine as _;
+                                let jws: serde_json::Value =
+                                    serde_json::from_slice(&body).unwrap_or_default();
+                                let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                                    .decode(jws["payload"].as_str().unwrap_or_default())
+                                    .unwrap_or_default();
+                                let payload: serde_json::Value =
+                                    serde_json::from_slice(&payload).unwrap_or_default();
+                                replaces = payload["replaces"].as_str().map(str::to_string);
+                                let mut st = state.lock().unwrap();
+                                st.replaces.push(replaces.clone());
+                                if st.refuse_orders > 0 {
+                                    st.refuse_orders -= 1;
+                                    return Ok(reply(
+                                    429,
+                                    &[("content-type", "application/problem+json"), ("retry-after", "7200")],
+                                    br#"{"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many new orders recently (the test's front)", "status": 429}"#.to_vec(),
+                                ));
+                                }
+                            }
+                            // Through to Pebble.
+                            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", pebble_port))
+                                .await
+                                .unwrap();
+                            let name =
+                                rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                            let tls = tokio_rustls::TlsConnector::from(client)
+                                .connect(name, tcp)
+                                .await
+                                .unwrap();
+                            let (mut send, conn) = hyper::client::conn::http1::handshake(
+                                hyper_util::rt::TokioIo::new(tls),
+                            )
+                            .await
+                            .unwrap();
+                            tokio::spawn(conn);
+                            let mut up =
+                                hyper::Request::builder().method(parts.method.clone()).uri(
+                                    parts
+                                        .uri
+                                        .path_and_query()
+                                        .map(|p| p.as_str())
+                                        .unwrap_or("/"),
+                                );
+                            for (k, v) in &parts.headers {
+                                up = up.header(k, v);
+                            }
+                            let rsp = send
+                                .send_request(up.body(Full::new(body)).unwrap())
+                                .await
+                                .unwrap();
+                            let (rparts, rbody) = rsp.into_parts();
+                            let mut rbody = rbody.collect().await.unwrap().to_bytes().to_vec();
+                            if path == "/dir" {
+                                let mut dir: serde_json::Value =
+                                    serde_json::from_slice(&rbody).unwrap();
+                                dir["renewalInfo"] = serde_json::Value::String(format!(
+                                    "https://127.0.0.1:{port}/renewal-info"
+                                ));
+                                rbody = serde_json::to_vec(&dir).unwrap();
+                            }
+                            // An ARI CA's order object names the certificate it replaces.
+                            if let (Some(r), true) = (&replaces, rparts.status.is_success()) {
+                                let mut order: serde_json::Value =
+                                    serde_json::from_slice(&rbody).unwrap();
+                                order["replaces"] = serde_json::Value::String(r.clone());
+                                rbody = serde_json::to_vec(&order).unwrap();
+                            }
+                            let mut out = hyper::Response::builder().status(rparts.status);
+                            for (k, v) in &rparts.headers {
+                                if k != hyper::header::CONTENT_LENGTH {
+                                    out = out.header(k, v);
+                                }
+                            }
+                            Ok(out.body(Full::new(bytes::Bytes::from(rbody))).unwrap())
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_follows_the_cas_window_and_waits_out_its_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (http, https, admin) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let (_knot, dns) = knot(d);
+    let (_pebble, acme_port, mgmt) = pebble(d, http, dns, 0);
+    let front_state = std::sync::Arc::new(std::sync::Mutex::new(FrontState {
+        refuse_orders: 1,
+        ..Default::default()
+    }));
+    let front = acme_front(d, acme_port, front_state.clone()).await;
+    let cfg = d.join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"domain = "example.test"
+state_dir = "{d}/state"
+[listen]
+https = "127.0.0.1:{https}"
+http = "127.0.0.1:{http}"
+admin = "127.0.0.1:{admin}"
+[certs]
+issuer = "acme"
+[certs.acme]
+directory = "https://127.0.0.1:{front}/dir"
+ca_roots = "api-ca.pem"
+challenge = "http-01"
+[[projects]]
+name = "demo"
+  [[projects.routes]]
+  mount = "forge"
+  upstream = "http://127.0.0.1:9"
+"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    config_ok(&cfg);
+    let log = d.join("edge.log");
+    let _edge = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["up", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Refused as rate limited: the next try waits for the CA's two hours, not the 1-minute
+    // backoff.
+    let text = failure_logged(&log, Duration::from_secs(60)).await;
+    let failed = text
+        .lines()
+        .find(|l| l.contains("ACME order failed"))
+        .unwrap();
+    eprintln!("{failed}");
+    assert!(
+        failed.contains("rateLimited") && failed.contains("retry_after_honoured=true"),
+        "{failed}"
+    );
+    let retry_in: f64 = failed
+        .split("retry_in=")
+        .nth(1)
+        .and_then(|r| r.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no retry_in: {failed}"));
+    assert!((7000.0..=7200.0).contains(&retry_in), "{failed}");
+    let listing = edge_certs_listing(&cfg);
+    assert!(listing.contains("(the CA's Retry-After)"), "{listing}");
+    // The operator asks for it now: issued; then the CA's window for that certificate has
+    // already begun, so edge renews it at once, saying which one it replaces (RFC 9773 §5);
+    // the new one's window is a month out, and there it stays.
+    edge_certs_renew(&cfg, "demo");
+    let start = Instant::now();
+    loop {
+        {
+            let st = front_state.lock().unwrap();
+            if st.replaces.len() >= 3
+                && st.ari_asked.len() >= 2
+                && st.ari_asked.last() != st.ari_asked.first()
+            {
+                assert_eq!(
+                    st.replaces[2].as_ref(),
+                    st.ari_asked.first(),
+                    "the renewal names the certificate it replaces"
+                );
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no ARI-driven renewal: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let root = pebble_root(d, mgmt);
+    served_by(
+        https,
+        "demo.example.test",
+        &root,
+        Duration::from_secs(30),
+        &log,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        front_state.lock().unwrap().replaces.len(),
+        3,
+        "edge ordered again inside a month-away window: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let listing = edge_certs_listing(&cfg);
+    assert!(
+        listing.contains("inside the CA's renewal window (ARI)"),
+        "{listing}"
+    );
+    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    let at: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edge_cert_renewal_timestamp_seconds{project=\"demo\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (now + 30 * 86400 - 60..=now + 31 * 86400).contains(&at),
+        "renewal planned at {at}, not inside the window: {metrics}"
+    );
 }
 
 fn openssl_pair(dir: &Path, cn: &str, out: &str) -> (PathBuf, PathBuf) {

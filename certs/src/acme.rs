@@ -11,8 +11,7 @@ use std::time::Duration;
 use edge_routing::{AcmeConfig, ChallengeKind, DnsConfig, DnsProvider};
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
-    ExternalAccountKey,
-    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 
 use crate::dns::{tsig_signer, txt_name, Dns01};

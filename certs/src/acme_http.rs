@@ -24,9 +24,7 @@ tokio::task_local! {
 }
 
 /// Runs `fut` (one order), returning with it the `Retry-After` of the last refusal it met.
-pub(crate) async fn noting_retry_after<T>(
-    fut: impl Future<Output = T>,
-) -> (T, Option<SystemTime>) {
+pub(crate) async fn noting_retry_after<T>(fut: impl Future<Output = T>) -> (T, Option<SystemTime>) {
     RETRY_AFTER
         .scope(Cell::new(None), async move {
             let out = fut.await;
@@ -72,8 +70,9 @@ impl Client {
             }
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
-            .map_err(|e| Error::Acme(format!("the system's trusted roots: {e}")))?;
+        let verifier =
+            rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+                .map_err(|e| Error::Acme(format!("the system's trusted roots: {e}")))?;
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Acme(format!("TLS settings: {e}")))?

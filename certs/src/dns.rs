@@ -328,7 +328,9 @@ async fn authoritative_servers(
             }
         }
         if !found {
-            return Err(format!("{resolver} has no address for {zone}'s nameserver {name}"));
+            return Err(format!(
+                "{resolver} has no address for {zone}'s nameserver {name}"
+            ));
         }
     }
     Ok(out)
