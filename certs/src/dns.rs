@@ -240,7 +240,10 @@ impl Dns01<'_> {
             tokio::time::sleep_until(deadline).await;
             return Ok(());
         };
+        // Asked again soon at first (a secondary usually follows its primary's NOTIFY within
+        // a second), then less often, up to every 2 s.
         let ask = |ns: SocketAddr| async move {
+            let mut pause = Duration::from_millis(100);
             loop {
                 let last = match txt_values(ns, fqdn).await {
                     Ok(got) if values.iter().all(|v| got.contains(v)) => return Ok(()),
@@ -250,7 +253,8 @@ impl Dns01<'_> {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(format!("{ns}: {last}"));
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 3 / 2).min(Duration::from_secs(2));
             }
         };
         let results = futures_util::future::join_all(servers.iter().map(|ns| ask(*ns))).await;
