@@ -128,6 +128,42 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         nss_db: Vec<PathBuf>,
     },
+    /// On a project host: put this host's project on an edge and hold its session
+    /// (`edge register NAME --edge HOST:PORT --token T --route forge=http://127.0.0.1:3000`).
+    /// On the edge: `edge register token create NAME`, `edge register list`, `edge register
+    /// revoke NAME`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Register {
+        #[command(subcommand)]
+        command: Option<RegisterCommand>,
+        /// The name to take: served at https://NAME.<domain>/
+        #[arg(required = true)]
+        name: Option<String>,
+        /// The edge's tunnel listener (its [register] listen)
+        #[arg(long, value_name = "HOST:PORT", required = true)]
+        edge: Option<String>,
+        /// The one-time token from `edge register token create NAME` on the edge
+        #[arg(long, required = true)]
+        token: Option<String>,
+        /// A mount and the local upstream behind it (repeatable)
+        #[arg(long = "route", value_name = "MOUNT=URL", required = true)]
+        routes: Vec<String>,
+        /// Where the key, certificate and enrolment are kept (default
+        /// ~/.local/state/edge-register)
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+    },
+    /// On a project host: hold the session to the edge again, from the saved enrolment
+    /// (reconnecting by itself after network cuts and edge restarts).
+    Connect {
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+    },
+    /// On a project host: give the name up; the edge stops serving it.
+    Deregister {
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+    },
     /// Ask a running edge to re-read its config (same as sending it SIGHUP).
     Reload {
         /// The config file of the running edge, to find its admin address [env: EDGE_CONFIG]
@@ -145,6 +181,51 @@ pub enum CertsCommand {
     Renew {
         /// The project (default: every project whose issuer is ACME)
         project: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegisterCommand {
+    /// Enrolment tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Registered names: key, connected since, remote address, bytes (from the running edge).
+    List {
+        /// Config file [env: EDGE_CONFIG]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The running edge's admin address, instead of reading it from the config
+        #[arg(long)]
+        admin: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a name away: its sessions close at once and its certificate is refused.
+    Revoke {
+        name: String,
+        /// Config file [env: EDGE_CONFIG]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The running edge's admin address, instead of reading it from the config
+        #[arg(long)]
+        admin: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a one-time enrolment token for NAME; it is printed alone on the last line.
+    Create {
+        name: String,
+        /// How long it stays valid (default: [register] token_ttl, 1h)
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Config file [env: EDGE_CONFIG]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -436,6 +517,57 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let loaded = load(config_path(config).as_deref(), state_dir.as_deref())?;
             crate::trust::run_trust(loaded, remove, ca_dir, nss_db)
         }
+        Command::Register {
+            command,
+            name,
+            edge,
+            token,
+            routes,
+            state,
+        } => match command {
+            None => crate::register::register_host(
+                name.as_deref().unwrap_or_default(),
+                edge.as_deref().unwrap_or_default(),
+                token.as_deref().unwrap_or_default(),
+                &routes,
+                state,
+            ),
+            Some(RegisterCommand::Token {
+                command: TokenCommand::Create { name, ttl, config },
+            }) => {
+                let loaded = load(config_path(config).as_deref(), None)?;
+                crate::register::token_create(&loaded.config, &name, ttl.as_deref())
+            }
+            Some(RegisterCommand::List {
+                config,
+                admin,
+                json,
+            }) => {
+                let admin = match admin {
+                    Some(a) => a,
+                    None => {
+                        let loaded = load(config_path(config).as_deref(), None)?;
+                        loaded.config.listen.admin.map(|a| a.to_string()).ok_or_else(|| {
+                            Failure::config(anyhow::anyhow!(
+                                "listen.admin is off in the config: edge register list needs the admin listener (or --admin)"
+                            ))
+                        })?
+                    }
+                };
+                crate::register::list(&admin, json)
+            }
+            Some(RegisterCommand::Revoke {
+                name,
+                config,
+                admin,
+            }) => {
+                let loaded = load(config_path(config).as_deref(), None)?;
+                let admin = admin.or(loaded.config.listen.admin.map(|a| a.to_string()));
+                crate::register::revoke(&loaded.config, admin.as_deref(), &name)
+            }
+        },
+        Command::Connect { state } => crate::register::connect_host(state),
+        Command::Deregister { state } => crate::register::deregister_host(state),
         Command::Reload { config, admin } => {
             let admin = match admin {
                 Some(a) => a,

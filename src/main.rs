@@ -4,6 +4,7 @@
 mod certs;
 mod chat;
 mod cli;
+mod register;
 mod sandbox;
 mod trust;
 mod up;

@@ -39,7 +39,10 @@ fn acme_names(config: &Config, p: usize) -> Vec<String> {
 /// The local CA's certificate file, and whether this start created it.
 type CaFile = Option<(PathBuf, bool)>;
 
-fn project_certs(config: &Config, base_dir: &Path) -> anyhow::Result<(Vec<ProjectCert>, CaFile)> {
+pub(crate) fn project_certs(
+    config: &Config,
+    base_dir: &Path,
+) -> anyhow::Result<(Vec<ProjectCert>, CaFile)> {
     if config.listen.https.is_none() {
         return Ok((Vec::new(), None));
     }
@@ -450,6 +453,8 @@ async fn serve(
     } = loaded;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+    // The projects `edge register` added, beside the file's.
+    let config = crate::register::effective(&config);
     let (certs, ca_path) = project_certs(&config, &base_dir).context("preparing certificates")?;
     let gateway = Gateway::new(config.clone(), &base_dir, &certs).map_err(Failure::config)?;
     let answers = Arc::new(edge_certs::Http01Answers::default());
@@ -536,6 +541,7 @@ async fn serve(
         let reload = reload.clone();
         tasks.spawn(async move { gw.serve_admin(l, reload, t.cancelled_owned()).await });
     }
+    crate::register::start(&gateway, &base_dir, token.clone(), &mut tasks).await?;
     if let (Some(chat), Some(l)) = (&chat, chat_listener) {
         let addr = l.local_addr().context("listener address")?;
         tracing::info!(%addr, login = config.chat.as_ref().map(|c| c.login.as_str()), "serving the chat");
@@ -651,9 +657,9 @@ fn reload_from(
         (None, Some(_)) => tracing::warn!("the config now has a chat: restart edge to start it"),
         _ => {}
     }
-    let (certs, _) =
-        project_certs(&loaded.config, &loaded.base_dir).map_err(|e| format!("{e:#}"))?;
-    gw.reload(loaded.config, &loaded.base_dir, &certs)
+    let config = crate::register::effective(&loaded.config);
+    let (certs, _) = project_certs(&config, &loaded.base_dir).map_err(|e| format!("{e:#}"))?;
+    gw.reload(config, &loaded.base_dir, &certs)
         .map_err(|e| e.to_string())?;
     tracing::info!(config = %path.display(), "config reloaded");
     Ok(())

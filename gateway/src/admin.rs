@@ -102,12 +102,47 @@ async fn handle(
             }
             None => text(StatusCode::NOT_FOUND, "this edge serves no HTTPS\n".into()),
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/reload" | "/outposts" | "/certs/renew") => {
+        (&Method::GET, "/register") => match shared.register_status.get() {
+            Some(f) => {
+                let mut r = text(StatusCode::OK, f());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "registration is not enabled on this edge ([register])\n".into(),
+            ),
+        },
+        (&Method::POST, "/register/revoke") => match shared.register_revoke.get() {
+            Some(f) => {
+                let name = req.uri().query().and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix("name="))
+                        .map(str::to_string)
+                });
+                match f(name.as_deref()) {
+                    Ok(m) => text(StatusCode::OK, m),
+                    Err(m) => text(StatusCode::NOT_FOUND, format!("{m}\n")),
+                }
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "registration is not enabled on this edge ([register])\n".into(),
+            ),
+        },
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/reload" | "/outposts" | "/certs/renew"
+            | "/register" | "/register/revoke",
+        ) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n".into())
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /healthz /readyz /metrics /outposts POST /reload POST /certs/renew\n"
+            "admin endpoints: /healthz /readyz /metrics /outposts /register POST /reload POST /certs/renew POST /register/revoke\n"
                 .into(),
         ),
     };

@@ -22,6 +22,7 @@ mod server;
 mod state;
 mod static_files;
 mod tls;
+mod tunnel;
 mod upstream;
 
 pub use admin::{ReloadFn, StatusFn};
@@ -32,5 +33,6 @@ pub use runtime::Runtime;
 pub use state::{Error, Gateway, Http01Fn, RenewFn};
 pub use static_files::parse_range;
 pub use tls::ProjectCert;
+pub use tunnel::{authority as tunnel_authority, TunnelDialer, TunnelFuture, TunnelIo};
 
 pub(crate) use state::Shared;

@@ -295,10 +295,18 @@ async fn route(
                 Target::Static(root) => {
                     crate::static_files::serve(root, path, &method, req.headers()).await
                 }
-                Target::Upstream { authority, h2c } => {
+                Target::Upstream {
+                    authority,
+                    h2c,
+                    tunnel,
+                } => {
                     let path = path.to_string();
+                    let via = Via {
+                        h2c: *h2c,
+                        tunnel: *tunnel,
+                    };
                     forward(
-                        shared, rt, conn, project, route, rrt, authority, *h2c, &path, host, req,
+                        shared, rt, conn, project, route, rrt, authority, via, &path, host, req,
                     )
                     .await
                 }
@@ -371,6 +379,51 @@ fn unconfigured(rt: &Runtime, project: usize, route: usize) -> Response<ResBody>
     )
 }
 
+/// How a route's upstream is reached.
+#[derive(Debug, Clone, Copy)]
+struct Via {
+    h2c: bool,
+    /// Through a registered project host's session.
+    tunnel: bool,
+}
+
+/// The page for a tunnel route whose stream could not be opened: the project host is offline
+/// (no session), or its session is at its stream limit. `None` for other failures.
+fn tunnel_failure(
+    rt: &Runtime,
+    project: usize,
+    route: usize,
+    e: &UpstreamFail,
+) -> Option<Response<ResBody>> {
+    let p = &rt.config().projects[project];
+    let m = esc(&p.routes[route].mount);
+    let pn = esc(&p.name);
+    match crate::tunnel::failure_kind(e)? {
+        std::io::ErrorKind::NotConnected => {
+            tracing::info!(project = %p.name, mount = %p.routes[route].mount, "project host offline");
+            Some(pages::page(
+                StatusCode::BAD_GATEWAY,
+                "Project host offline",
+                &format!(
+                    "<p>The host of project <b>{pn}</b> is offline: it has no session to this \
+                     edge, so <code>/{m}/</code> cannot be reached.</p>\
+                     <p>On the project host, <code>edge connect</code> brings it back; it \
+                     reconnects by itself after network cuts.</p>"
+                ),
+            ))
+        }
+        std::io::ErrorKind::WouldBlock => Some(pages::page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Project host busy",
+            &format!(
+                "<p>The session of project <b>{pn}</b> has as many streams open as it may. \
+                 Try again in a moment.</p>"
+            ),
+        )),
+        _ => None,
+    }
+}
+
 fn upstream_failure(
     rt: &Runtime,
     project: usize,
@@ -398,11 +451,12 @@ async fn forward(
     route: usize,
     rrt: &RouteRt,
     authority: &http::uri::Authority,
-    h2c: bool,
+    via: Via,
     path: &str,
     host: HeaderValue,
     mut req: Request<Incoming>,
 ) -> Response<ResBody> {
+    let Via { h2c, tunnel } = via;
     let cfg = rt.config();
     let rcfg = &cfg.projects[project].routes[route];
     if let Some(max) = rcfg.max_body {
@@ -483,7 +537,14 @@ async fn forward(
     } else {
         let send = async {
             if dedicated {
-                conn.upstream.send(authority, req).await
+                let dial = tunnel.then_some(&shared.tunnels);
+                conn.upstream.send(authority, req, dial).await
+            } else if tunnel {
+                shared
+                    .tunnel_client
+                    .request(req)
+                    .await
+                    .map_err(UpstreamFail::from)
             } else {
                 shared.client.request(req).await.map_err(UpstreamFail::from)
             }
@@ -519,6 +580,12 @@ async fn forward(
                     return pages::plain(StatusCode::BAD_REQUEST, "the request body broke off\n");
                 }
                 None => {}
+            }
+            if tunnel {
+                if let Some(r) = tunnel_failure(rt, project, route, &e) {
+                    rrt.metrics.upstream_error(UpstreamError::Connect);
+                    return r;
+                }
             }
             let kind = if e.is_connect() {
                 UpstreamError::Connect

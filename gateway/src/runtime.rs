@@ -16,7 +16,13 @@ use crate::pages::esc;
 #[derive(Debug)]
 pub(crate) enum Target {
     Unconfigured,
-    Upstream { authority: Authority, h2c: bool },
+    /// `tunnel`: the authority names a registered project's mount, dialled through its
+    /// session (see `crate::tunnel`).
+    Upstream {
+        authority: Authority,
+        h2c: bool,
+        tunnel: bool,
+    },
     Static(crate::static_files::StaticRoot),
 }
 
@@ -72,6 +78,7 @@ impl Runtime {
                                 .parse()
                                 .expect("a socket address is an authority"),
                             h2c: false,
+                            tunnel: false,
                         },
                         None => Target::Unconfigured,
                     },
@@ -79,6 +86,7 @@ impl Runtime {
                         Ok(authority) => Target::Upstream {
                             authority,
                             h2c: u.scheme == edge_routing::Scheme::H2c,
+                            tunnel: false,
                         },
                         Err(e) => {
                             errors.push(ConfigError {
@@ -87,6 +95,14 @@ impl Runtime {
                             });
                             Target::Unconfigured
                         }
+                    },
+                    RouteTarget::Tunnel => match crate::tunnel::authority(&p.name, &r.mount) {
+                        Some(authority) => Target::Upstream {
+                            authority,
+                            h2c: false,
+                            tunnel: true,
+                        },
+                        None => Target::Unconfigured,
                     },
                     RouteTarget::Static(root) => {
                         let path = base_dir.join(root);

@@ -50,9 +50,16 @@ pub(crate) struct Shared {
     /// `POST /certs/renew` on the admin listener, and more lines for `/metrics` (set by `edge up`).
     pub(crate) renew: std::sync::OnceLock<RenewFn>,
     pub(crate) extra_metrics: std::sync::OnceLock<crate::admin::StatusFn>,
+    /// `GET /register` and `POST /register/revoke?name=` (set by `edge up` with `[register]`).
+    pub(crate) register_status: std::sync::OnceLock<crate::admin::StatusFn>,
+    pub(crate) register_revoke: std::sync::OnceLock<RenewFn>,
     pub(crate) runtime: ArcSwap<Runtime>,
     pub(crate) client: Client<HttpConnector, ReqBody>,
     pub(crate) h2c: Client<HttpConnector, ReqBody>,
+    /// Registered projects' sessions (`edge register`), and the pool of streams through them
+    /// for requests that do not use a client connection's own upstream connection.
+    pub(crate) tunnels: crate::tunnel::Dialer,
+    pub(crate) tunnel_client: Client<crate::tunnel::TunnelConnector, ReqBody>,
     /// For forward-auth checks (bodiless GETs).
     pub(crate) auth_client: Client<HttpConnector, Empty<Bytes>>,
     /// The secret shown to the chat's verify endpoint; none: such checks fail closed.
@@ -114,6 +121,14 @@ impl Gateway {
             .pool_idle_timeout(idle)
             .http2_only(true)
             .build(connector());
+        let tunnels: crate::tunnel::Dialer = Arc::new(std::sync::OnceLock::new());
+        let tunnel_client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(idle)
+            .pool_max_idle_per_host(1024)
+            .http1_max_buf_size(crate::upstream::MAX_BUF)
+            .build(crate::tunnel::TunnelConnector(tunnels.clone()));
         let auth_client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -125,9 +140,13 @@ impl Gateway {
                 http01: std::sync::OnceLock::new(),
                 renew: std::sync::OnceLock::new(),
                 extra_metrics: std::sync::OnceLock::new(),
+                register_status: std::sync::OnceLock::new(),
+                register_revoke: std::sync::OnceLock::new(),
                 runtime: ArcSwap::from_pointee(runtime),
                 client,
                 h2c,
+                tunnels,
+                tunnel_client,
                 auth_client,
                 auth_secret: ArcSwapOption::empty(),
                 metrics,
@@ -184,6 +203,19 @@ impl Gateway {
         v.set_sensitive(true);
         self.shared.auth_secret.store(Some(Arc::new(v)));
         Ok(())
+    }
+
+    /// Gives the gateway the sessions of registered projects (`edge register`): their mounts
+    /// are dialled through it. Set once.
+    pub fn set_tunnels(&self, dialer: Arc<dyn crate::tunnel::TunnelDialer>) {
+        let _ = self.shared.tunnels.set(dialer);
+    }
+
+    /// `GET /register` (registrations and sessions as JSON) and `POST /register/revoke?name=`
+    /// on the admin listener.
+    pub fn set_register_admin(&self, status: crate::admin::StatusFn, revoke: RenewFn) {
+        let _ = self.shared.register_status.set(status);
+        let _ = self.shared.register_revoke.set(revoke);
     }
 
     /// Swaps in new certificates only (renewals); the route table stays.

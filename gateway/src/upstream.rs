@@ -62,6 +62,8 @@ pub(crate) struct Slot(Mutex<Option<Dedicated>>);
 #[derive(Debug)]
 struct Dedicated {
     authority: Authority,
+    /// Opened through a registered project's session, not a TCP connection.
+    tunnel: bool,
     tx: SendRequest<ReqBody>,
 }
 
@@ -78,13 +80,18 @@ impl Slot {
     /// connection's upstream connection, opening one if there is none, it points elsewhere, or it
     /// has closed. A request the old connection could not take (the upstream closed it while
     /// idle) is sent again on a fresh connection; one it took is never sent twice.
+    /// With `tunnel`, the connection is a stream of a registered project's session.
     pub(crate) async fn send(
         &self,
         authority: &Authority,
         req: Request<ReqBody>,
+        tunnel: Option<&crate::tunnel::Dialer>,
     ) -> Result<Response<Incoming>, UpstreamFail> {
         let mut req = req;
-        if let Some(mut d) = self.take().filter(|d| &d.authority == authority) {
+        if let Some(mut d) = self
+            .take()
+            .filter(|d| &d.authority == authority && d.tunnel == tunnel.is_some())
+        {
             // Ready once the previous response has been read to its end; an error here means
             // the connection is gone, and nothing has been sent.
             if d.tx.ready().await.is_ok() {
@@ -100,10 +107,22 @@ impl Slot {
                 }
             }
         }
-        let mut tx = connect(authority).await?;
+        let mut tx = match tunnel {
+            Some(dialer) => {
+                let io = crate::tunnel::dial(dialer, authority)
+                    .await
+                    .map_err(|source| UpstreamFail::Connect {
+                        authority: authority.clone(),
+                        source,
+                    })?;
+                handshake(TokioIo::new(io)).await?
+            }
+            None => connect(authority).await?,
+        };
         let resp = tx.send_request(req).await?;
         self.put(Dedicated {
             authority: authority.clone(),
+            tunnel: tunnel.is_some(),
             tx,
         });
         Ok(resp)
@@ -141,9 +160,17 @@ async fn connect(authority: &Authority) -> Result<SendRequest<ReqBody>, Upstream
             .with_time(Duration::from_secs(60))
             .with_interval(Duration::from_secs(10)),
     );
+    handshake(TokioIo::new(stream)).await
+}
+
+/// HTTP/1.1 over `io`, its connection driven by a task of its own.
+async fn handshake<T>(io: T) -> Result<SendRequest<ReqBody>, UpstreamFail>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (tx, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(MAX_BUF)
-        .handshake(TokioIo::new(stream))
+        .handshake(io)
         .await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {

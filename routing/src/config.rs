@@ -12,6 +12,7 @@ use crate::walk::{Errors, Table};
 mod auth;
 mod certs;
 mod outposts;
+mod register;
 mod sandbox;
 
 pub use auth::{
@@ -22,6 +23,7 @@ pub use certs::{
     AcmeConfig, CertsConfig, ChallengeKind, DnsConfig, DnsProvider, IssuerKind, ProjectCerts,
 };
 pub use outposts::{OutpostConfig, OutpostKind};
+pub use register::RegisterConfig;
 
 /// The config `edge up` runs with when given no file: project `demo` at
 /// `https://demo.localhost:8443/`, its mounts not yet pointed anywhere.
@@ -185,6 +187,9 @@ pub enum RouteTarget {
     Static(PathBuf),
     /// The chat service edge runs (`[chat] listen`).
     Chat,
+    /// A registered project's mount, reached through its host's `edge register` session. Never
+    /// written in a config file: edge adds these for registered names.
+    Tunnel,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +306,8 @@ pub struct Config {
     pub outposts: Vec<OutpostConfig>,
     /// `[certs]`: the edge's issuer (a project's `[projects.certs]` may choose another).
     pub certs: CertsConfig,
+    /// `[register]`: project hosts may join with `edge register` (absent: they may not).
+    pub register: Option<RegisterConfig>,
 }
 
 /// A DNS label: lower-case letters, digits and inner hyphens, 1 to 63 characters.
@@ -439,6 +446,38 @@ impl Config {
             .unwrap_or(self.certs.issuer)
     }
 
+    /// This config with the projects `edge register` added: each `(name, mounts)` becomes a
+    /// project whose mounts reach its host's session ([`RouteTarget::Tunnel`]), with the same
+    /// defaults a mount of that name gets in a file (prefix, timeout, `staging` untrusted...).
+    /// A name the file already serves is skipped: the file wins.
+    pub fn with_registered(&self, registered: &[(String, Vec<String>)]) -> Config {
+        let mut out = self.clone();
+        for (name, mounts) in registered {
+            if out.projects.iter().any(|p| &p.name == name) || mounts.is_empty() {
+                continue;
+            }
+            let mut text = format!(
+                "domain = \"{}\"\n[[projects]]\nname = \"{name}\"\n",
+                self.domain
+            );
+            for m in mounts {
+                text.push_str(&format!("[[projects.routes]]\nmount = \"{m}\"\n"));
+            }
+            let Ok(parsed) = Config::from_toml(&text) else {
+                continue;
+            };
+            let Some(mut p) = parsed.projects.into_iter().next() else {
+                continue;
+            };
+            for (i, r) in p.routes.iter_mut().enumerate() {
+                r.target = RouteTarget::Tunnel;
+                r.key = format!("registered {name}, mount {i}");
+            }
+            out.projects.push(p);
+        }
+        out
+    }
+
     /// The public host of a project in the current mode's canonical form (`demo.example.test`).
     pub fn project_host(&self, project: usize) -> String {
         format!("{}.{}", self.projects[project].name, self.domain)
@@ -478,6 +517,7 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
     let listen = read_listen(top.table(errs, "listen"), errs);
     let limits = read_limits(top.table(errs, "limits"), errs);
     let certs = certs::read_certs(top.table(errs, "certs"), errs);
+    let register = register::read_register(top.table(errs, "register"), errs);
     let log = read_log(top.table(errs, "log"), errs);
     let sandbox_profiles = sandbox::read_sandbox(top.table(errs, "sandbox"), errs);
     let outpost_tables = top.tables(errs, "outposts");
@@ -608,6 +648,7 @@ fn read_config(doc: &toml::Table, errs: &mut Errors) -> Option<Config> {
         sandbox_profiles,
         outposts,
         certs,
+        register,
     })
 }
 

@@ -1,0 +1,789 @@
+//! The edge's side: the tunnel listener (enrolment, sessions, deregistration), the live
+//! sessions by name, and [`TunnelServer::open`], which the gateway dials a mount through.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::{peer, Identity, Peer};
+use crate::proto::{read_line, write_line, Answer, Ask};
+use crate::store::{check_name, Registration, Store};
+use crate::{now_unix, Result};
+
+/// How long a host has to finish the TLS handshake and say its first line.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 PINGs both ways: a dead path is noticed within interval + timeout.
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `[register]`, as the server needs it.
+#[derive(Debug, Clone)]
+pub struct TunnelSettings {
+    /// Names refused beside the built-in reserved ones.
+    pub reserved: Vec<String>,
+    /// How long a client certificate lives; renewed over the session with a third left.
+    pub cert_lifetime: Duration,
+    /// Several agents may hold sessions for one name at once (requests spread over them).
+    pub ha: bool,
+    /// Streams open at once on one session; past it visitors get 503.
+    pub max_streams: usize,
+}
+
+/// Where a name's mounts are served: `(name, mounts) -> URLs`.
+pub type UrlsFn = Box<dyn Fn(&str, &[String]) -> Vec<String> + Send + Sync>;
+
+/// What the tunnel server asks of the edge around it.
+pub struct Hooks {
+    /// Whether the edge's config serves this name itself (a configured project).
+    pub configured: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Where a name's mounts are served.
+    pub urls: UrlsFn,
+    /// The registered names or their mounts changed: rebuild the route table.
+    pub changed: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks").finish_non_exhaustive()
+    }
+}
+
+/// A live session, as `edge register list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    pub name: String,
+    pub agent: String,
+    pub remote: String,
+    /// Unix seconds.
+    pub since: i64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub streams: usize,
+}
+
+struct Session {
+    id: u64,
+    name: String,
+    agent: String,
+    remote: SocketAddr,
+    since: OffsetDateTime,
+    tx: SendRequest<Empty<Bytes>>,
+    /// Bytes from the host to visitors, and from visitors to the host.
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    streams: Arc<tokio::sync::Semaphore>,
+    stop: CancellationToken,
+}
+
+struct Inner {
+    store: Store,
+    identity: Identity,
+    settings: TunnelSettings,
+    hooks: Hooks,
+    tls: tokio_rustls::TlsAcceptor,
+    sessions: Mutex<HashMap<String, Vec<Arc<Session>>>>,
+    next_id: AtomicU64,
+    round_robin: AtomicUsize,
+}
+
+/// The tunnel server. Cheap to clone.
+#[derive(Clone)]
+pub struct TunnelServer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TunnelServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelServer").finish_non_exhaustive()
+    }
+}
+
+/// One visitor connection's stream through a session: counts its bytes and holds its place
+/// among the session's streams.
+pub struct TunnelStream {
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    session: Arc<Session>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for TunnelStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelStream")
+            .field("name", &self.session.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.session.bytes_in.fetch_add(n, Relaxed);
+        r
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.session.bytes_out.fetch_add(*n as u64, Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+fn mounts_ok(mounts: &[String]) -> std::result::Result<(), String> {
+    if mounts.is_empty() || mounts.len() > 32 {
+        return Err("give 1 to 32 routes (--route MOUNT=URL)".into());
+    }
+    for m in mounts {
+        let ok = !m.is_empty()
+            && m.len() <= 63
+            && m.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Err(format!("{m:?} is not a mount: use a-z, 0-9 and '-'"));
+        }
+    }
+    let mut seen = mounts.to_vec();
+    seen.sort();
+    seen.dedup();
+    if seen.len() != mounts.len() {
+        return Err("a mount is given twice".into());
+    }
+    Ok(())
+}
+
+impl TunnelServer {
+    /// The server for `state_dir/register/`, its identity created the first time.
+    pub fn new(state_dir: &Path, settings: TunnelSettings, hooks: Hooks) -> Result<TunnelServer> {
+        let dir = state_dir.join("register");
+        let identity = Identity::load_or_create(&dir)?;
+        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(identity.server_config()?));
+        Ok(TunnelServer {
+            inner: Arc::new(Inner {
+                store: Store::new(&dir),
+                identity,
+                settings,
+                hooks,
+                tls,
+                sessions: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                round_robin: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn pin(&self) -> &str {
+        self.inner.identity.pin()
+    }
+
+    /// Whether `name` has a live session.
+    pub fn online(&self, name: &str) -> bool {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .is_some_and(|v| !v.is_empty())
+    }
+
+    /// The live sessions.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let all = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<SessionInfo> = all
+            .values()
+            .flatten()
+            .map(|s| SessionInfo {
+                name: s.name.clone(),
+                agent: s.agent.clone(),
+                remote: s.remote.to_string(),
+                since: s.since.unix_timestamp(),
+                bytes_in: s.bytes_in.load(Relaxed),
+                bytes_out: s.bytes_out.load(Relaxed),
+                streams: self.inner.settings.max_streams - s.streams.available_permits(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The operator takes `name` away: its registration is removed, its sessions are closed at
+    /// once, and its certificate is refused from now on. Whether there was such a name.
+    pub fn revoke(&self, name: &str) -> Result<bool> {
+        let was = self.inner.store.remove(name)?;
+        self.inner.kill(name);
+        if was {
+            self.inner
+                .store
+                .audit("revoke", name, serde_json::json!({"by": "operator"}));
+            tracing::info!(%name, "registration revoked; its sessions are closed");
+            (self.inner.hooks.changed)();
+        }
+        Ok(was)
+    }
+
+    /// A stream to `mount` on `name`'s project host. `NotConnected` when the host has no
+    /// session; `NotFound` when it does not serve the mount.
+    pub async fn open(&self, name: &str, mount: &str) -> std::io::Result<TunnelStream> {
+        let session = {
+            let all = self
+                .inner
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match all.get(name) {
+                Some(v) if !v.is_empty() => {
+                    let i = self.inner.round_robin.fetch_add(1, Relaxed) % v.len();
+                    v[i].clone()
+                }
+                _ => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        format!("the project host of {name} is offline"),
+                    ))
+                }
+            }
+        };
+        let permit = session.streams.clone().try_acquire_owned().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "the session of {name} has {} streams open, its limit",
+                    self.inner.settings.max_streams
+                ),
+            )
+        })?;
+        let mut tx = session.tx.clone();
+        tx.ready().await.map_err(std::io::Error::other)?;
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("{mount}:80"))
+            .body(Empty::<Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let resp = tx.send_request(req).await.map_err(std::io::Error::other)?;
+        let status = resp.status();
+        if status != http::StatusCode::OK {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+                .unwrap_or_default();
+            let kind = if status == http::StatusCode::NOT_FOUND {
+                std::io::ErrorKind::NotFound
+            } else {
+                std::io::ErrorKind::ConnectionRefused
+            };
+            return Err(std::io::Error::new(
+                kind,
+                format!("the project host said: {body}"),
+            ));
+        }
+        let io = hyper::upgrade::on(resp)
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(TunnelStream {
+            io: TokioIo::new(io),
+            session,
+            _permit: permit,
+        })
+    }
+
+    /// Serves the tunnel listener until `stop`.
+    pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = stop.cancelled() => break,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "tunnel listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let inner = self.inner.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { inner.handle(tcp, remote, stop).await });
+        }
+        // Shutting down: every session ends (hosts reconnect to the next edge).
+        let names: Vec<String> = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for n in names {
+            self.inner.kill(&n);
+        }
+    }
+}
+
+impl Inner {
+    fn kill(&self, name: &str) {
+        let gone = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .unwrap_or_default();
+        for s in gone {
+            s.stop.cancel();
+        }
+    }
+
+    fn refuse(&self, name: &str, remote: SocketAddr, why: &str) {
+        tracing::info!(%name, %remote, reason = %why, "tunnel request refused");
+        self.store.audit(
+            "refused",
+            name,
+            serde_json::json!({"remote": remote.to_string(), "reason": why}),
+        );
+    }
+
+    async fn handle(
+        self: Arc<Inner>,
+        tcp: tokio::net::TcpStream,
+        remote: SocketAddr,
+        stop: CancellationToken,
+    ) {
+        let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.accept(tcp)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                tracing::info!(%remote, error = %e, "tunnel handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%remote, "tunnel handshake took too long");
+                return;
+            }
+        };
+        let peer: Option<Peer> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| peer(c.as_ref()).ok());
+        let line = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_line(&mut tls)).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                self.refuse("", remote, &format!("unreadable first line: {e}"));
+                return;
+            }
+            Err(_) => {
+                self.refuse("", remote, "no first line within 10 s");
+                return;
+            }
+        };
+        let ask: Ask = match serde_json::from_str(&line) {
+            Ok(a) => a,
+            Err(e) => {
+                self.refuse("", remote, &format!("not a tunnel request: {e}"));
+                let _ = write_line(&mut tls, &Answer::refused("not a tunnel request")).await;
+                return;
+            }
+        };
+        match ask {
+            Ask::Enrol {
+                name,
+                token,
+                csr,
+                mounts,
+            } => {
+                let answer = match self.enrol(&name, &token, &csr, &mounts, remote) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!(%name, error = %e, "enrolment failed");
+                        Answer::refused(format!("the edge could not enrol {name}: {e}"))
+                    }
+                };
+                let _ = write_line(&mut tls, &answer).await;
+            }
+            Ask::Deregister => {
+                let answer = match &peer {
+                    Some(p) if self.owns(p) => {
+                        let _ = self.store.remove(&p.name);
+                        self.kill(&p.name);
+                        self.store.audit(
+                            "deregister",
+                            &p.name,
+                            serde_json::json!({"remote": remote.to_string(), "key": p.key_sha256}),
+                        );
+                        tracing::info!(name = %p.name, %remote, "deregistered by its host");
+                        (self.hooks.changed)();
+                        Answer {
+                            ok: true,
+                            ..Answer::default()
+                        }
+                    }
+                    other => {
+                        let name = other.as_ref().map(|p| p.name.as_str()).unwrap_or("");
+                        self.refuse(name, remote, "deregister: not registered to this key");
+                        Answer::refused("not registered")
+                    }
+                };
+                let _ = write_line(&mut tls, &answer).await;
+            }
+            Ask::Hello { agent, mounts } => {
+                let Some(p) = peer else {
+                    self.refuse("", remote, "hello without a client certificate");
+                    let _ = write_line(
+                        &mut tls,
+                        &Answer::refused(
+                            "a client certificate is needed: enrol with `edge register` first",
+                        ),
+                    )
+                    .await;
+                    return;
+                };
+                if !self.owns(&p) {
+                    self.refuse(
+                        &p.name,
+                        remote,
+                        "not registered to this key (revoked, or deregistered)",
+                    );
+                    let _ = write_line(&mut tls, &Answer::refused("not registered")).await;
+                    return;
+                }
+                if let Err(why) = mounts_ok(&mounts) {
+                    self.refuse(&p.name, remote, &why);
+                    let _ = write_line(&mut tls, &Answer::refused(why)).await;
+                    return;
+                }
+                let held_by_another = !self.settings.ha
+                    && self
+                        .sessions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&p.name)
+                        .is_some_and(|v| v.iter().any(|s| s.agent != agent));
+                {
+                    if held_by_another {
+                        let why = "another agent holds this name's session (HA is off)";
+                        self.refuse(&p.name, remote, why);
+                        let _ = write_line(&mut tls, &Answer::refused(why)).await;
+                        return;
+                    }
+                }
+                let urls = (self.hooks.urls)(&p.name, &mounts);
+                let answer = Answer {
+                    ok: true,
+                    urls,
+                    ..Answer::default()
+                };
+                if write_line(&mut tls, &answer).await.is_err() {
+                    return;
+                }
+                self.session(tls, p, agent, mounts, remote, stop).await;
+            }
+        }
+    }
+
+    /// Whether `p`'s key owns its name.
+    fn owns(&self, p: &Peer) -> bool {
+        matches!(self.store.get(&p.name), Ok(Some(r)) if r.key_sha256 == p.key_sha256)
+    }
+
+    fn enrol(
+        &self,
+        name: &str,
+        token: &str,
+        csr: &str,
+        mounts: &[String],
+        remote: SocketAddr,
+    ) -> Result<Answer> {
+        let refuse = |why: String| {
+            self.refuse(name, remote, &why);
+            Ok(Answer::refused(why))
+        };
+        if let Err(why) = check_name(name, &self.settings.reserved) {
+            return refuse(why);
+        }
+        if (self.hooks.configured)(name) {
+            return refuse(format!("{name:?} is a project the edge's config serves"));
+        }
+        if let Err(why) = mounts_ok(mounts) {
+            return refuse(why);
+        }
+        // The key first, from the request: a name another key owns is refused before the
+        // token is spent.
+        let key = match rcgen::CertificateSigningRequestParams::from_pem(csr) {
+            Ok(c) => {
+                use rcgen::PublicKeyData as _;
+                crate::sha256_b64(c.public_key.der_bytes())
+            }
+            Err(e) => return refuse(format!("the certificate request does not parse: {e}")),
+        };
+        if let Ok(Some(r)) = self.store.get(name) {
+            if r.key_sha256 != key {
+                return refuse(format!("{name:?} is taken"));
+            }
+        }
+        if let Err(why) = self.store.take_token(name, token)? {
+            return refuse(why);
+        }
+        let lifetime = time::Duration::try_from(self.settings.cert_lifetime)
+            .unwrap_or(time::Duration::days(7));
+        let signed = self.identity.sign_client(csr, name, lifetime)?;
+        let reg = Registration {
+            key_sha256: signed.key_sha256.clone(),
+            mounts: mounts.to_vec(),
+            enrolled: now_unix(),
+            serial: signed.serial.clone(),
+            not_after: signed.not_after.unix_timestamp(),
+        };
+        if let Err(why) = self.store.put(name, reg)? {
+            return refuse(why);
+        }
+        self.store.audit(
+            "register",
+            name,
+            serde_json::json!({"remote": remote.to_string(), "key": signed.key_sha256, "serial": signed.serial, "mounts": mounts}),
+        );
+        tracing::info!(%name, %remote, ?mounts, "registered");
+        (self.hooks.changed)();
+        Ok(Answer {
+            ok: true,
+            cert: Some(signed.cert_pem),
+            urls: (self.hooks.urls)(name, mounts),
+            ..Answer::default()
+        })
+    }
+
+    /// Holds one session: HTTP/2 with the edge as the client, until the host goes, the path
+    /// dies (PINGs unanswered), or the name is revoked.
+    async fn session(
+        self: &Arc<Inner>,
+        tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        p: Peer,
+        agent: String,
+        mounts: Vec<String>,
+        remote: SocketAddr,
+        stop: CancellationToken,
+    ) {
+        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(256 * 1024)
+            .initial_connection_window_size(4 * 1024 * 1024)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(tls));
+        let (tx, conn) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                self.refuse(&p.name, remote, &format!("HTTP/2 handshake: {e}"));
+                return;
+            }
+            Err(_) => {
+                self.refuse(&p.name, remote, "HTTP/2 handshake took too long");
+                return;
+            }
+        };
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let session = Arc::new(Session {
+            id,
+            name: p.name.clone(),
+            agent: agent.clone(),
+            remote,
+            since: OffsetDateTime::now_utc(),
+            tx,
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            streams: Arc::new(tokio::sync::Semaphore::new(self.settings.max_streams)),
+            stop: stop.child_token(),
+        });
+        // The same agent reconnecting replaces its old session at once (which drains: its
+        // open streams carry on, no new ones go to it).
+        let replaced = {
+            let mut all = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let v = all.entry(p.name.clone()).or_default();
+            let old: Vec<Arc<Session>> = v.iter().filter(|s| s.agent == agent).cloned().collect();
+            v.retain(|s| s.agent != agent);
+            v.push(session.clone());
+            old
+        };
+        for o in &replaced {
+            tracing::info!(name = %p.name, old = o.id, new = id, "a new session replaces the old one, which drains");
+        }
+        let mounts_changed = matches!(self.store.get(&p.name), Ok(Some(r)) if r.mounts != mounts);
+        if mounts_changed {
+            let _ = self.store.update(&p.name, |r| r.mounts = mounts.clone());
+        }
+        self.store.audit(
+            "connect",
+            &p.name,
+            serde_json::json!({"remote": remote.to_string(), "agent": agent, "session": id, "mounts": mounts, "serial": p.serial}),
+        );
+        tracing::info!(name = %p.name, %remote, %agent, session = id, "project host connected");
+        if mounts_changed {
+            (self.hooks.changed)();
+        }
+        let renewals = tokio::spawn(renew_loop(self.clone(), session.clone(), p.clone()));
+        let reason = tokio::select! {
+            r = conn => match r {
+                Ok(()) => "the host closed the session".to_string(),
+                Err(e) => format!("{e}"),
+            },
+            _ = session.stop.cancelled() => "closed by the edge".to_string(),
+        };
+        renewals.abort();
+        {
+            let mut all = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = all.get_mut(&p.name) {
+                v.retain(|s| s.id != id);
+                if v.is_empty() {
+                    all.remove(&p.name);
+                }
+            }
+        }
+        self.store.audit(
+            "disconnect",
+            &p.name,
+            serde_json::json!({"remote": remote.to_string(), "session": id, "reason": reason,
+                "bytes_in": session.bytes_in.load(Relaxed), "bytes_out": session.bytes_out.load(Relaxed)}),
+        );
+        tracing::info!(name = %p.name, session = id, %reason, "project host disconnected");
+    }
+}
+
+/// Renews the session's client certificate over the session itself when a third of its life
+/// is left: the edge asks the host for a request from its key, signs it, and hands the
+/// certificate back; the host uses it from its next connection.
+async fn renew_loop(inner: Arc<Inner>, session: Arc<Session>, p: Peer) {
+    let mut not_before = p.not_before;
+    let mut not_after = p.not_after;
+    loop {
+        let lifetime: time::Duration = not_after - not_before;
+        let at: OffsetDateTime = not_after - lifetime / 3;
+        let left: time::Duration = at - OffsetDateTime::now_utc();
+        let wait = left.max(time::Duration::ZERO);
+        tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
+        match renew_once(&inner, &session, &p).await {
+            Ok((nb, na)) => {
+                not_before = nb;
+                not_after = na;
+            }
+            Err(e) => {
+                tracing::warn!(name = %p.name, error = %e, "renewing the host's certificate failed; trying again in a minute");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+    }
+}
+
+async fn renew_once(
+    inner: &Inner,
+    session: &Session,
+    p: &Peer,
+) -> std::result::Result<(OffsetDateTime, OffsetDateTime), String> {
+    let mut tx = session.tx.clone();
+    tx.ready().await.map_err(|e| e.to_string())?;
+    let ask = http::Request::builder()
+        .method(http::Method::POST)
+        .uri("http://edge/_edge/renew")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = tx.send_request(ask).await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("the host answered {}", resp.status()));
+    }
+    let csr = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let csr = String::from_utf8_lossy(&csr).into_owned();
+    let lifetime =
+        time::Duration::try_from(inner.settings.cert_lifetime).unwrap_or(time::Duration::days(7));
+    let signed = inner
+        .identity
+        .sign_client(&csr, &p.name, lifetime)
+        .map_err(|e| e.to_string())?;
+    if signed.key_sha256 != p.key_sha256 {
+        return Err("the host's request is for another key".into());
+    }
+    // The certificate goes back on a stream of its own (the host's HTTP/2 server takes it).
+    let mut sender = session.tx.clone();
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let put = http::Request::builder()
+        .method(http::Method::POST)
+        .uri("http://edge/_edge/certificate")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    // The certificate rides in a header: the session's request bodies are empty by type.
+    let (mut parts, body) = put.into_parts();
+    use base64::Engine as _;
+    parts.headers.insert(
+        "edge-certificate",
+        http::HeaderValue::from_str(
+            &base64::engine::general_purpose::STANDARD.encode(signed.cert_pem.as_bytes()),
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let resp = sender
+        .send_request(http::Request::from_parts(parts, body))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "the host refused the certificate: {}",
+            resp.status()
+        ));
+    }
+    let _ = inner.store.update(&p.name, |r| {
+        r.serial = signed.serial.clone();
+        r.not_after = signed.not_after.unix_timestamp();
+    });
+    inner.store.audit(
+        "renew",
+        &p.name,
+        serde_json::json!({"session": session.id, "serial": signed.serial, "not_after": signed.not_after.unix_timestamp()}),
+    );
+    tracing::info!(name = %p.name, not_after = %signed.not_after, "the host's client certificate was renewed over its session");
+    Ok((OffsetDateTime::now_utc(), signed.not_after))
+}
