@@ -53,7 +53,6 @@ pub(crate) struct Peer {
     pub name: String,
     pub key_sha256: String,
     pub serial: String,
-    pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
 
@@ -259,7 +258,6 @@ pub(crate) fn peer(cert_der: &[u8]) -> Result<Peer> {
         key_sha256: sha256_b64(&c.tbs_certificate.subject_pki.subject_public_key.data),
         // DER writes a positive serial with a leading zero byte when its top bit is set.
         serial: hex(strip_zeros(c.tbs_certificate.raw_serial())),
-        not_before: ts(c.validity().not_before),
         not_after: ts(c.validity().not_after),
     })
 }

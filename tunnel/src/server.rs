@@ -604,6 +604,9 @@ impl Inner {
         remote: SocketAddr,
         stop: CancellationToken,
     ) {
+        // Cancelling this closes the connection itself, open streams included (a revoke):
+        // hyper runs the HTTP/2 connection on a task of its own, which pooled streams keep.
+        let stop = stop.child_token();
         let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -611,7 +614,7 @@ impl Inner {
             .keep_alive_while_idle(true)
             .initial_stream_window_size(256 * 1024)
             .initial_connection_window_size(4 * 1024 * 1024)
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(tls));
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(Killable::new(tls, stop.clone())));
         let (tx, conn) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
@@ -634,7 +637,7 @@ impl Inner {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             streams: Arc::new(tokio::sync::Semaphore::new(self.settings.max_streams)),
-            stop: stop.child_token(),
+            stop,
         });
         // The same agent reconnecting replaces its old session at once (which drains: its
         // open streams carry on, no new ones go to it).
@@ -694,19 +697,16 @@ impl Inner {
 /// is left: the edge asks the host for a request from its key, signs it, and hands the
 /// certificate back; the host uses it from its next connection.
 async fn renew_loop(inner: Arc<Inner>, session: Arc<Session>, p: Peer) {
-    let mut not_before = p.not_before;
+    let lifetime =
+        time::Duration::try_from(inner.settings.cert_lifetime).unwrap_or(time::Duration::days(7));
     let mut not_after = p.not_after;
     loop {
-        let lifetime: time::Duration = not_after - not_before;
         let at: OffsetDateTime = not_after - lifetime / 3;
         let left: time::Duration = at - OffsetDateTime::now_utc();
         let wait = left.max(time::Duration::ZERO);
         tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
         match renew_once(&inner, &session, &p).await {
-            Ok((nb, na)) => {
-                not_before = nb;
-                not_after = na;
-            }
+            Ok(na) => not_after = na,
             Err(e) => {
                 tracing::warn!(name = %p.name, error = %e, "renewing the host's certificate failed; trying again in a minute");
                 tokio::time::sleep(Duration::from_secs(60)).await;
@@ -719,7 +719,7 @@ async fn renew_once(
     inner: &Inner,
     session: &Session,
     p: &Peer,
-) -> std::result::Result<(OffsetDateTime, OffsetDateTime), String> {
+) -> std::result::Result<OffsetDateTime, String> {
     let mut tx = session.tx.clone();
     tx.ready().await.map_err(|e| e.to_string())?;
     let ask = http::Request::builder()
@@ -785,5 +785,67 @@ async fn renew_once(
         serde_json::json!({"session": session.id, "serial": signed.serial, "not_after": signed.not_after.unix_timestamp()}),
     );
     tracing::info!(name = %p.name, not_after = %signed.not_after, "the host's client certificate was renewed over its session");
-    Ok((OffsetDateTime::now_utc(), signed.not_after))
+    Ok(signed.not_after)
+}
+
+/// The session's connection, closed from the edge's side when `stop` is cancelled: reads and
+/// writes fail from then on, which ends hyper's connection task and every stream on it.
+struct Killable<T> {
+    io: T,
+    stop: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl<T> Killable<T> {
+    fn new(io: T, stop: CancellationToken) -> Killable<T> {
+        Killable {
+            io,
+            stop: Box::pin(stop.cancelled_owned()),
+        }
+    }
+
+    fn stopped(&mut self, cx: &mut Context<'_>) -> bool {
+        std::future::Future::poll(self.stop.as_mut(), cx).is_ready()
+    }
+}
+
+fn aborted() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "the session was closed by the edge",
+    )
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Killable<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.stopped(cx) {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Killable<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.stopped(cx) {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.stopped(cx) {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
