@@ -48,14 +48,16 @@ fn nginx(dir: &Path) -> (Killed, u16) {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("nginx is not installed; .ci/run installs it");
-    let child = Command::new(bin)
-        .args(["-p", &d.to_string(), "-c"])
-        .arg(dir.join("nginx.conf"))
-        .spawn()
-        .unwrap();
+    let child = Killed(
+        Command::new(bin)
+            .args(["-p", &d.to_string(), "-c"])
+            .arg(dir.join("nginx.conf"))
+            .spawn()
+            .unwrap(),
+    );
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (Killed(child), port);
+            return (child, port);
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -99,16 +101,18 @@ impl Edge {
         self.dir.join("state/ca/example.test/ca.pem")
     }
     fn start(&self, log: &str) -> Killed {
-        let child = Command::new(EDGE)
-            .args(["up", "--config"])
-            .arg(self.cfg())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join(log)).unwrap())
-            .spawn()
-            .unwrap();
+        let child = Killed(
+            Command::new(EDGE)
+                .args(["up", "--config"])
+                .arg(self.cfg())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(self.dir.join(log)).unwrap())
+                .spawn()
+                .unwrap(),
+        );
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", self.register)).is_ok() {
-                return Killed(child);
+                return child;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
