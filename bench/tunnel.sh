@@ -50,6 +50,7 @@ inns ip addr add "$NET.2/30" dev "$W"; inns ip link set "$W" up; inns ip link se
 mkdir -p "$RUN/www"
 head -c 1024 /dev/zero | tr '\0' 'x' > "$RUN/www/1k"
 truncate -s 1G "$RUN/www/1g"
+chmod -R a+rX "$RUN"   # nginx's workers are not root
 cat > "$RUN/nginx.conf" <<CONF
 daemon off; worker_processes 1; pid $RUN/nginx.pid; error_log $RUN/nginx-error.log error;
 events { worker_connections 4096; }
@@ -79,10 +80,10 @@ name = "local"
   mount = "forge"
   upstream = "http://$NET.2:8080"
 CONF
-"$EDGE" up --config "$RUN/edge.toml" 2> "$RUN/edge.log" & EDGE_PID=$!; PIDS+=($EDGE_PID)
+"$EDGE" up --config "$RUN/edge.toml" > "$RUN/edge.out" 2> "$RUN/edge.log" & EDGE_PID=$!; PIDS+=($EDGE_PID)
 
-# rathole: its server here, its client on the project host, plain TCP transport (its default;
-# unencrypted, where edge's session is TLS 1.3).
+# rathole: its server here, its client on the project host; twice: with its default transport,
+# plain TCP (unencrypted, where edge's session is TLS 1.3), and with Noise (encrypted, as edge).
 cat > "$RUN/rathole-server.toml" <<CONF
 [server]
 bind_addr = "$NET.1:2333"
@@ -97,9 +98,36 @@ remote_addr = "$NET.1:2333"
 token = "bench-token"
 local_addr = "127.0.0.1:8080"
 CONF
+KEYS=$("$RATHOLE" --genkey)
+PRIV=$(awk '/Private Key/ {getline; print}' <<<"$KEYS")
+PUB=$(awk '/Public Key/ {getline; print}' <<<"$KEYS")
+cat > "$RUN/rathole-noise-server.toml" <<CONF
+[server]
+bind_addr = "$NET.1:2334"
+[server.transport]
+type = "noise"
+[server.transport.noise]
+local_private_key = "$PRIV"
+[server.services.web]
+token = "bench-token"
+bind_addr = "127.0.0.1:9401"
+CONF
+cat > "$RUN/rathole-noise-client.toml" <<CONF
+[client]
+remote_addr = "$NET.1:2334"
+[client.transport]
+type = "noise"
+[client.transport.noise]
+remote_public_key = "$PUB"
+[client.services.web]
+token = "bench-token"
+local_addr = "127.0.0.1:8080"
+CONF
 RUST_LOG=warn "$RATHOLE" --server "$RUN/rathole-server.toml" > "$RUN/rathole-server.log" 2>&1 & RS_PID=$!; PIDS+=($RS_PID)
+RUST_LOG=warn "$RATHOLE" --server "$RUN/rathole-noise-server.toml" > "$RUN/rathole-noise-server.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:9301/healthz && break; sleep 0.1; done
 RUST_LOG=warn inns "$RATHOLE" --client "$RUN/rathole-client.toml" > "$RUN/rathole-client.log" 2>&1 & PIDS+=($!)
+RUST_LOG=warn inns "$RATHOLE" --client "$RUN/rathole-noise-client.toml" > "$RUN/rathole-noise-client.log" 2>&1 & PIDS+=($!)
 
 # edge register, timed to the first 200.
 TOKEN=$("$EDGE" register token create demo --config "$RUN/edge.toml" | tail -1)
@@ -108,41 +136,46 @@ inns "$EDGE" register demo --edge "$NET.1:7443" --token "$TOKEN" --route "forge=
 until [[ $(curl -s -o /dev/null -w '%{http_code}' -H 'Host: demo.example.test' http://127.0.0.1:9300/forge/1k) == 200 ]]; do sleep 0.005; done
 T1=$(date +%s.%N)
 REGISTER_MS=$(echo "($T1 - $T0) * 1000" | bc -l)
-for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:9400/1k && break; sleep 0.1; done
+for port in 9400 9401; do
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/1k" && break; sleep 0.1; done
+done
 
 declare -A URL HOSTH
 URL[direct]="http://$NET.2:8080/1k";      HOSTH[direct]="x"
 URL[edge-local]="http://127.0.0.1:9300/forge/1k"; HOSTH[edge-local]="local.example.test"
 URL[edge-tunnel]="http://127.0.0.1:9300/forge/1k"; HOSTH[edge-tunnel]="demo.example.test"
 URL[rathole]="http://127.0.0.1:9400/1k";  HOSTH[rathole]="x"
-TARGETS="direct edge-local edge-tunnel rathole"
+URL[rathole-noise]="http://127.0.0.1:9401/1k";  HOSTH[rathole-noise]="x"
+TARGETS="direct edge-local edge-tunnel rathole rathole-noise"
 
 printf '# wrk -t2 -c%s -d%ss, 1 KiB, %s interleaved rounds\n' "$CONNS" "$DUR" "$ROUNDS"
-printf '%-12s %6s %10s %10s\n' target round req/s p99
+printf '%-14s %6s %10s %10s\n' target round req/s p99
 for r in $(seq "$ROUNDS"); do
   for t in $TARGETS; do
     out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency -H "Host: ${HOSTH[$t]}" "${URL[$t]}")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
     errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-    printf '%-12s %6s %10s %10s %s\n' "$t" "$r" "$rps" "$p99" "$errs"
+    printf '%-14s %6s %10s %10s %s\n' "$t" "$r" "$rps" "$p99" "$errs"
   done
 done
 
-printf '\n# one 1 GiB download\n'
-for t in direct edge-tunnel rathole; do
-  url=${URL[$t]%1k}1g
-  s=$(curl -s -o /dev/null -H "Host: ${HOSTH[$t]}" -w '%{speed_download} %{size_download}' "$url")
-  printf '%-12s %8.0f MB/s (%s bytes)\n' "$t" "$(echo "${s% *} / 1000000" | bc -l)" "${s#* }"
+printf '\n# one 1 GiB download, %s interleaved rounds\n' "$ROUNDS"
+for r in $(seq "$ROUNDS"); do
+  for t in direct edge-tunnel rathole rathole-noise; do
+    url=${URL[$t]%1k}1g
+    s=$(curl -s -o /dev/null -H "Host: ${HOSTH[$t]}" -w '%{speed_download} %{size_download}' "$url")
+    printf '%-14s %s %8.0f MB/s (%s bytes)\n' "$t" "$r" "$(echo "${s% *} / 1000000" | bc -l)" "${s#* }"
+  done
 done
-
 printf '\n# edge register -> first 200: %.0f ms\n' "$REGISTER_MS"
 
 # Memory: edge's RSS with 200 idle keep-alive connections through the tunnel, and rathole's
 # (server + client) with 200 through it.
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-RC_PID=$(ip netns pids "$NS" | while read -r p; do grep -q rathole "/proc/$p/cmdline" 2>/dev/null && echo "$p"; done | head -1)
-HC_PID=$(ip netns pids "$NS" | while read -r p; do tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q "register demo" && echo "$p"; done | head -1)
+RC_PID=$(ip netns pids "$NS" | while read -r p; do tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q "rathole-client.toml" && echo "$p"; done | head -1 || true)
+HC_PID=$(ip netns pids "$NS" | while read -r p; do tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q "register demo" && echo "$p"; done | head -1 || true)
+echo "pids: edge $EDGE_PID host $HC_PID rathole server $RS_PID client $RC_PID" >&2
 hold() { # hold N keep-alive connections open to URL with Host, for S seconds
   python3 - "$@" <<'PY' &
 import socket, sys, time

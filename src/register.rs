@@ -219,7 +219,12 @@ async fn hold(state: &ClientState) -> Result<(), Failure> {
         }
         s.cancel();
     });
-    edge_tunnel::connect(state, stop, |urls| {
+    // One session per core (up to 4): streams spread over them, and so over the cores.
+    let lanes = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+        .min(4);
+    edge_tunnel::connect(state, lanes, stop, |urls| {
         tracing::info!(?urls, "online");
     })
     .await

@@ -536,8 +536,11 @@ name = "main"
     }
     let first_connect = demo.iter().position(|x| x == "connect").unwrap();
     assert!(demo.iter().position(|x| x == "register").unwrap() < first_connect);
+    // One line per session: a host holds one per core, so runs of the same event fold.
+    let mut b = events(&audit, "bproj");
+    b.dedup();
     assert_eq!(
-        events(&audit, "bproj"),
+        b,
         [
             "token",
             "register",

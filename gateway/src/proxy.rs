@@ -420,7 +420,14 @@ fn tunnel_failure(
                  Try again in a moment.</p>"
             ),
         )),
-        _ => None,
+        _ => Some(pages::page(
+            StatusCode::BAD_GATEWAY,
+            "Bad Gateway",
+            &format!(
+                "<p>The host of project <b>{pn}</b> could not reach the upstream of \
+                 <code>/{m}/</code>.</p><p>The project host's log has the cause.</p>"
+            ),
+        )),
     }
 }
 

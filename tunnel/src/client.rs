@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::identity::spki_pin;
 use crate::proto::{read_line, write_line, Answer, Ask, ALPN};
-use crate::server::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+use crate::server::{
+    CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME, STREAM_WINDOW,
+};
 use crate::{io_err, Error, Result};
 
 /// A mount the host serves, and the local upstream (`host:port`) behind it.
@@ -334,12 +336,13 @@ enum Ended {
     Refused(String),
 }
 
-/// Holds the session from the saved enrolment until `stop`, reconnecting with exponential
-/// backoff and full jitter (200 ms doubling to 30 s, reset after a minute connected). `online`
+/// Holds the sessions (`lanes` of them, side by side) from the saved enrolment until `stop`,
+/// each reconnecting with exponential backoff and full jitter (200 ms doubling to 30 s, reset after a minute connected). `online`
 /// is called with the public URLs each time a session is accepted. Ends with an error when the
 /// edge refuses this host for good.
 pub async fn connect(
     state: &ClientState,
+    lanes: u32,
     stop: CancellationToken,
     online: impl Fn(&[String]) + Send + Sync,
 ) -> Result<()> {
@@ -357,16 +360,37 @@ pub async fn connect(
             state.dir.display()
         )));
     }
+    // One session per lane, each reconnecting on its own.
+    let lanes = lanes.clamp(1, 16);
+    let online = &online;
+    let results = futures_util::future::join_all((0..lanes).map(|lane| {
+        let stop = stop.clone();
+        async move { hold_lane(state, lane, stop, online).await }
+    }))
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+}
+
+async fn hold_lane(
+    state: &ClientState,
+    lane: u32,
+    stop: CancellationToken,
+    online: &(impl Fn(&[String]) + Send + Sync),
+) -> Result<()> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let e = state.enrolment()?;
         let started = tokio::time::Instant::now();
         let ended = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            r = session_once(state, &e, &online) => r,
+            r = session_once(state, &e, lane, online) => r,
         };
         match ended {
-            Ended::Refused(why) => return Err(Error::Msg(format!("the edge refused: {why}"))),
+            Ended::Refused(why) => {
+                // Every lane hears the same refusal; the whole connection ends.
+                stop.cancel();
+                return Err(Error::Msg(format!("the edge refused: {why}")));
+            }
             Ended::Retry(why) => {
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_millis(200);
@@ -375,7 +399,7 @@ pub async fn connect(
                 let frac =
                     f64::from(u32::from_le_bytes([r[0], r[1], r[2], r[3]])) / f64::from(u32::MAX);
                 let wait = backoff.mul_f64(frac);
-                tracing::warn!(edge = %e.edge, reason = %why, retry_in = ?wait, "the session ended; reconnecting");
+                tracing::warn!(edge = %e.edge, lane, reason = %why, retry_in = ?wait, "the session ended; reconnecting");
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(wait) => {}
@@ -389,6 +413,7 @@ pub async fn connect(
 async fn session_once(
     state: &ClientState,
     e: &Enrolment,
+    lane: u32,
     online: &(impl Fn(&[String]) + Send + Sync),
 ) -> Ended {
     let mut tls = match state.dial(&e.edge, &e.pin, true).await {
@@ -398,6 +423,7 @@ async fn session_once(
     let hello = Ask::Hello {
         agent: e.agent.clone(),
         mounts: e.routes.iter().map(|r| r.mount.clone()).collect(),
+        lane,
     };
     if let Err(x) = write_line(&mut tls, &hello).await {
         return Ended::Retry(x.to_string());
@@ -418,8 +444,10 @@ async fn session_once(
             Ended::Refused(why)
         };
     }
-    tracing::info!(edge = %e.edge, name = %e.name, "session open");
-    online(&answer.urls);
+    tracing::info!(edge = %e.edge, name = %e.name, lane, "session open");
+    if lane == 0 {
+        online(&answer.urls);
+    }
     let routes = Arc::new(e.routes.clone());
     let st = state.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -430,8 +458,9 @@ async fn session_once(
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .initial_stream_window_size(256 * 1024)
-        .initial_connection_window_size(4 * 1024 * 1024)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(4096)
         .serve_connection(TokioIo::new(tls), service);
     match conn.await {

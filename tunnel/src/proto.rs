@@ -21,7 +21,14 @@ pub(crate) enum Ask {
     },
     /// Open the session (with a client certificate): the mounts the host serves, and which
     /// agent it is (a host and state directory; the same agent reconnecting replaces itself).
-    Hello { agent: String, mounts: Vec<String> },
+    /// A host holds several sessions at once (`lane` 0, 1, ...), so that its streams spread
+    /// over several connections and cores; a lane reconnecting replaces only itself.
+    Hello {
+        agent: String,
+        mounts: Vec<String>,
+        #[serde(default)]
+        lane: u32,
+    },
     /// Give the name up (with its client certificate).
     Deregister,
 }

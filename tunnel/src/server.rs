@@ -29,6 +29,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 PINGs both ways: a dead path is noticed within interval + timeout.
 pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 flow control of a session: each stream may have this much in flight before the
+/// receiver's window update (a download over a 50 ms path still runs at ~20 MB/s per stream),
+/// and the whole session this much; frames up to `MAX_FRAME` (fewer, larger TLS records).
+pub(crate) const STREAM_WINDOW: u32 = 1024 * 1024;
+pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+pub(crate) const MAX_FRAME: u32 = 256 * 1024;
 
 /// `[register]`, as the server needs it.
 #[derive(Debug, Clone)]
@@ -67,6 +73,7 @@ impl std::fmt::Debug for Hooks {
 pub struct SessionInfo {
     pub name: String,
     pub agent: String,
+    pub lane: u32,
     pub remote: String,
     /// Unix seconds.
     pub since: i64,
@@ -79,6 +86,7 @@ struct Session {
     id: u64,
     name: String,
     agent: String,
+    lane: u32,
     remote: SocketAddr,
     since: OffsetDateTime,
     tx: SendRequest<Empty<Bytes>>,
@@ -235,6 +243,7 @@ impl TunnelServer {
             .map(|s| SessionInfo {
                 name: s.name.clone(),
                 agent: s.agent.clone(),
+                lane: s.lane,
                 remote: s.remote.to_string(),
                 since: s.since.unix_timestamp(),
                 bytes_in: s.bytes_in.load(Relaxed),
@@ -264,7 +273,9 @@ impl TunnelServer {
     /// A stream to `mount` on `name`'s project host. `NotConnected` when the host has no
     /// session; `NotFound` when it does not serve the mount.
     pub async fn open(&self, name: &str, mount: &str) -> std::io::Result<TunnelStream> {
-        let session = {
+        // The sessions to try, the round-robin's pick first: a session whose path just died
+        // (not yet noticed) fails fast, and the next one carries the stream.
+        let sessions: Vec<Arc<Session>> = {
             let all = self
                 .inner
                 .sessions
@@ -273,16 +284,37 @@ impl TunnelServer {
             match all.get(name) {
                 Some(v) if !v.is_empty() => {
                     let i = self.inner.round_robin.fetch_add(1, Relaxed) % v.len();
-                    v[i].clone()
+                    v[i..].iter().chain(&v[..i]).cloned().collect()
                 }
-                _ => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::NotConnected,
-                        format!("the project host of {name} is offline"),
-                    ))
-                }
+                _ => Vec::new(),
             }
         };
+        let mut last = std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            format!("the project host of {name} is offline"),
+        );
+        for session in sessions {
+            match self.open_on(&session, name, mount).await {
+                Ok(s) => return Ok(s),
+                // The host answered (no such mount, its upstream refused): final.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e),
+                Err(e) => {
+                    tracing::info!(%name, session = session.id, error = %e, "a session could not open a stream; trying the next");
+                    last = std::io::Error::new(std::io::ErrorKind::NotConnected, e.to_string());
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// A stream on one session. `BrokenPipe` when the session itself failed.
+    async fn open_on(
+        &self,
+        session: &Arc<Session>,
+        name: &str,
+        mount: &str,
+    ) -> std::io::Result<TunnelStream> {
+        let broken = |e: hyper::Error| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e);
         let permit = session.streams.clone().try_acquire_owned().map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::WouldBlock,
@@ -293,13 +325,18 @@ impl TunnelServer {
             )
         })?;
         let mut tx = session.tx.clone();
-        tx.ready().await.map_err(std::io::Error::other)?;
+        tx.ready().await.map_err(broken)?;
         let req = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(format!("{mount}:80"))
             .body(Empty::<Bytes>::new())
             .map_err(std::io::Error::other)?;
-        let resp = tx.send_request(req).await.map_err(std::io::Error::other)?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), tx.send_request(req))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "no answer within 10 s")
+            })?
+            .map_err(broken)?;
         let status = resp.status();
         if status != http::StatusCode::OK {
             let body = resp
@@ -318,12 +355,10 @@ impl TunnelServer {
                 format!("the project host said: {body}"),
             ));
         }
-        let io = hyper::upgrade::on(resp)
-            .await
-            .map_err(std::io::Error::other)?;
+        let io = hyper::upgrade::on(resp).await.map_err(broken)?;
         Ok(TunnelStream {
             io: TokioIo::new(io),
-            session,
+            session: session.clone(),
             _permit: permit,
         })
     }
@@ -467,7 +502,11 @@ impl Inner {
                 };
                 let _ = write_line(&mut tls, &answer).await;
             }
-            Ask::Hello { agent, mounts } => {
+            Ask::Hello {
+                agent,
+                mounts,
+                lane,
+            } => {
                 let Some(p) = peer else {
                     self.refuse("", remote, "hello without a client certificate");
                     let _ = write_line(
@@ -517,7 +556,8 @@ impl Inner {
                 if write_line(&mut tls, &answer).await.is_err() {
                     return;
                 }
-                self.session(tls, p, agent, mounts, remote, stop).await;
+                self.session(tls, p, (agent, lane.min(63)), mounts, remote, stop)
+                    .await;
             }
         }
     }
@@ -599,7 +639,7 @@ impl Inner {
         self: &Arc<Inner>,
         tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
         p: Peer,
-        agent: String,
+        (agent, lane): (String, u32),
         mounts: Vec<String>,
         remote: SocketAddr,
         stop: CancellationToken,
@@ -612,8 +652,9 @@ impl Inner {
             .keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
-            .initial_stream_window_size(256 * 1024)
-            .initial_connection_window_size(4 * 1024 * 1024)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .handshake::<_, Empty<Bytes>>(TokioIo::new(Killable::new(tls, stop.clone())));
         let (tx, conn) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(h)) => h,
@@ -631,6 +672,7 @@ impl Inner {
             id,
             name: p.name.clone(),
             agent: agent.clone(),
+            lane,
             remote,
             since: OffsetDateTime::now_utc(),
             tx,
@@ -639,13 +681,14 @@ impl Inner {
             streams: Arc::new(tokio::sync::Semaphore::new(self.settings.max_streams)),
             stop,
         });
-        // The same agent reconnecting replaces its old session at once (which drains: its
-        // open streams carry on, no new ones go to it).
+        // The same agent's lane reconnecting replaces its old session at once (which drains:
+        // its open streams carry on, no new ones go to it).
         let replaced = {
             let mut all = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             let v = all.entry(p.name.clone()).or_default();
-            let old: Vec<Arc<Session>> = v.iter().filter(|s| s.agent == agent).cloned().collect();
-            v.retain(|s| s.agent != agent);
+            let same = |s: &Arc<Session>| s.agent == agent && s.lane == lane;
+            let old: Vec<Arc<Session>> = v.iter().filter(|s| same(s)).cloned().collect();
+            v.retain(|s| !same(s));
             v.push(session.clone());
             old
         };
@@ -659,9 +702,9 @@ impl Inner {
         self.store.audit(
             "connect",
             &p.name,
-            serde_json::json!({"remote": remote.to_string(), "agent": agent, "session": id, "mounts": mounts, "serial": p.serial}),
+            serde_json::json!({"remote": remote.to_string(), "agent": agent, "lane": lane, "session": id, "mounts": mounts, "serial": p.serial}),
         );
-        tracing::info!(name = %p.name, %remote, %agent, session = id, "project host connected");
+        tracing::info!(name = %p.name, %remote, %agent, lane, session = id, "project host connected");
         if mounts_changed {
             (self.hooks.changed)();
         }
