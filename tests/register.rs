@@ -135,8 +135,24 @@ impl Edge {
     }
     /// GET `https://HOST/PATH` through the edge: (status, body).
     fn get(&self, host: &str, path: &str) -> (u16, Vec<u8>) {
+        self.get_with(host, path, "--http2")
+    }
+    /// The same over HTTP/1.1: a connection of its own to the upstream (HTTP/2 clients'
+    /// requests share pooled streams).
+    fn get11(&self, host: &str, path: &str) -> (u16, Vec<u8>) {
+        self.get_with(host, path, "--http1.1")
+    }
+    fn get_with(&self, host: &str, path: &str, version: &str) -> (u16, Vec<u8>) {
         let out = Command::new("curl")
-            .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+            .args([
+                "-s",
+                version,
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
             .arg(self.ca())
             .args([
                 "--resolve",
@@ -647,4 +663,154 @@ async fn garbage_on_the_tunnel_listener_is_refused_and_harms_nothing() {
     );
     let refused = e.audit().iter().filter(|x| x["event"] == "refused").count();
     assert!(refused >= 1, "{:?}", e.audit());
+}
+
+/// A keep-alive HTTP/1.1 server on loopback answering every request with `body`.
+async fn answering(body: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_ha_two_hosts_share_a_name_and_deregistering_ends_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (one, two) = (answering("one").await, answering("two").await);
+    let e = Edge {
+        dir: d.to_path_buf(),
+        https: common::free_port(),
+        register: common::free_port(),
+        admin: common::free_port(),
+    };
+    std::fs::write(
+        e.cfg(),
+        format!(
+            "domain = \"example.test\"\nstate_dir = \"state\"\n[listen]\nhttps = \"127.0.0.1:{}\"\nhttp = \"\"\nadmin = \"127.0.0.1:{}\"\n[register]\nlisten = \"127.0.0.1:{}\"\nha = true\n[[projects]]\nname = \"main\"\n  [[projects.routes]]\n  mount = \"forge\"\n  upstream = \"http://127.0.0.1:9\"\n",
+            e.https, e.admin, e.register
+        ),
+    )
+    .unwrap();
+    let _edge = e.start("edge.log");
+    let (_, _, token) = e.token("pair");
+    let s1 = d.join("h1");
+    let h1 = host(
+        &[
+            "register",
+            "pair",
+            "--edge",
+            &format!("127.0.0.1:{}", e.register),
+            "--token",
+            &token,
+            "--route",
+            &format!("forge=http://127.0.0.1:{one}"),
+            "--state",
+            s1.to_str().unwrap(),
+        ],
+        &d.join("h1.log"),
+    );
+    until(Duration::from_secs(10), "h1 not serving", || {
+        e.get("pair.example.test", "/forge/").0 == 200
+    })
+    .await;
+    // The second host: the same key (copied), another agent, its own upstream.
+    let s2 = d.join("h2");
+    std::fs::create_dir_all(&s2).unwrap();
+    for f in ["key.pem", "cert.pem"] {
+        std::fs::copy(s1.join(f), s2.join(f)).unwrap();
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s1.join("enrolment.json")).unwrap()).unwrap();
+    v["agent"] = "second/1".into();
+    v["routes"][0]["upstream"] = format!("127.0.0.1:{two}").into();
+    std::fs::write(s2.join("enrolment.json"), v.to_string()).unwrap();
+    let mut h2 = host(
+        &["connect", "--state", s2.to_str().unwrap()],
+        &d.join("h2.log"),
+    );
+    // Streams spread over both hosts' sessions (each HTTP/1.1 client connection is a stream).
+    let mut seen = std::collections::BTreeSet::new();
+    let start = Instant::now();
+    loop {
+        let (code, body) = e.get11("pair.example.test", "/forge/");
+        if code == 200 {
+            seen.insert(String::from_utf8_lossy(&body).into_owned());
+        }
+        if seen.len() == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "requests did not reach both hosts ({seen:?}): {}\n{}",
+            std::fs::read_to_string(d.join("h2.log")).unwrap_or_default(),
+            std::fs::read_to_string(d.join("state/register/audit.jsonl")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first host gives the name up: both hosts' sessions end, the second is refused from
+    // its next connection, and the name is no longer served.
+    let _ = h1;
+    let out = Command::new(EDGE)
+        .args(["deregister", "--state"])
+        .arg(&s1)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deregistered pair"));
+    let status = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = h2.0.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the second host did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!status.success());
+    assert_ne!(e.get("pair.example.test", "/forge/").0, 200);
+    let ev = events(&e.audit(), "pair");
+    assert!(ev.contains(&"deregister".to_string()), "{ev:?}");
+    // A wrong owner and a missing name get the same answer.
+    let out = Command::new(EDGE)
+        .args(["deregister", "--state"])
+        .arg(&s2)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not registered"));
 }
