@@ -814,3 +814,76 @@ async fn with_ha_two_hosts_share_a_name_and_deregistering_ends_both() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not registered"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_at_its_stream_limit_answers_busy_and_others_carry_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let echo_port = ws_echo().await;
+    let e = Edge {
+        dir: d.to_path_buf(),
+        https: common::free_port(),
+        register: common::free_port(),
+        admin: common::free_port(),
+    };
+    std::fs::write(
+        e.cfg(),
+        format!(
+            "domain = \"example.test\"\nstate_dir = \"state\"\n[listen]\nhttps = \"127.0.0.1:{}\"\nhttp = \"\"\nadmin = \"127.0.0.1:{}\"\n[register]\nlisten = \"127.0.0.1:{}\"\nmax_streams = 1\n[[projects]]\nname = \"main\"\n  [[projects.routes]]\n  mount = \"forge\"\n  upstream = \"http://127.0.0.1:9\"\n",
+            e.https, e.admin, e.register
+        ),
+    )
+    .unwrap();
+    let _edge = e.start("edge.log");
+    let (_, _, token) = e.token("demo");
+    let state = d.join("h");
+    let _h = host(
+        &[
+            "register",
+            "demo",
+            "--edge",
+            &format!("127.0.0.1:{}", e.register),
+            "--token",
+            &token,
+            "--route",
+            &format!("live=http://127.0.0.1:{echo_port}"),
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        &d.join("h.log"),
+    );
+    until(Duration::from_secs(10), "not registered", || {
+        e.get("demo.example.test", "/live/").0 != 0
+            && e.audit().iter().any(|x| x["event"] == "connect")
+    })
+    .await;
+    // Each WebSocket holds a stream; the host's sessions (one per core) take one each.
+    let lanes = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4);
+    until(Duration::from_secs(10), "not every lane connected", || {
+        e.audit().iter().filter(|x| x["event"] == "connect").count() >= lanes
+    })
+    .await;
+    let mut held = Vec::new();
+    for i in 0..lanes {
+        let mut ws = wss(e.https, "demo.example.test", &e.ca()).await;
+        echo(&mut ws, &format!("held {i}")).await;
+        held.push(ws);
+    }
+    let (code, body) = e.get11("demo.example.test", "/live/");
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("as many streams open as it may"));
+    // The open ones carry on; one closes, and a new stream fits again.
+    for (i, ws) in held.iter_mut().enumerate() {
+        echo(ws, &format!("still {i}")).await;
+    }
+    drop(held.pop());
+    until(
+        Duration::from_secs(5),
+        "the freed stream was not reused",
+        || e.get11("demo.example.test", "/live/").0 != 503,
+    )
+    .await;
+}

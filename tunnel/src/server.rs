@@ -293,18 +293,21 @@ impl TunnelServer {
             std::io::ErrorKind::NotConnected,
             format!("the project host of {name} is offline"),
         );
+        let mut full = None;
         for session in sessions {
             match self.open_on(&session, name, mount).await {
                 Ok(s) => return Ok(s),
-                // The host answered (no such mount, its upstream refused): final.
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e),
-                Err(e) => {
+                // This session is at its stream limit: another may not be.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => full = Some(e),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
                     tracing::info!(%name, session = session.id, error = %e, "a session could not open a stream; trying the next");
                     last = std::io::Error::new(std::io::ErrorKind::NotConnected, e.to_string());
                 }
+                // The host answered (no such mount, its upstream refused): final.
+                Err(e) => return Err(e),
             }
         }
-        Err(last)
+        Err(full.unwrap_or(last))
     }
 
     /// A stream on one session. `BrokenPipe` when the session itself failed.
