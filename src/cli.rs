@@ -152,12 +152,18 @@ pub enum Command {
         /// ~/.local/state/edge-register)
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
+        /// How to reach the edge: auto (QUIC, else TLS over TCP), quic, tcp
+        #[arg(long, default_value = "auto")]
+        transport: String,
     },
     /// On a project host: hold the session to the edge again, from the saved enrolment
     /// (reconnecting by itself after network cuts and edge restarts).
     Connect {
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
+        /// How to reach the edge: auto (QUIC, else TLS over TCP), quic, tcp
+        #[arg(long, default_value = "auto")]
+        transport: String,
     },
     /// On a project host: give the name up; the edge stops serving it.
     Deregister {
@@ -524,6 +530,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             token,
             routes,
             state,
+            transport,
         } => match command {
             None => crate::register::register_host(
                 name.as_deref().unwrap_or_default(),
@@ -531,6 +538,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 token.as_deref().unwrap_or_default(),
                 &routes,
                 state,
+                &transport,
             ),
             Some(RegisterCommand::Token {
                 command: TokenCommand::Create { name, ttl, config },
@@ -566,7 +574,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 crate::register::revoke(&loaded.config, admin.as_deref(), &name)
             }
         },
-        Command::Connect { state } => crate::register::connect_host(state),
+        Command::Connect { state, transport } => crate::register::connect_host(state, &transport),
         Command::Deregister { state } => crate::register::deregister_host(state),
         Command::Reload { config, admin } => {
             let admin = match admin {

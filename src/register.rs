@@ -140,6 +140,14 @@ pub async fn start(
     let s = server.clone();
     let t = stop.clone();
     tasks.spawn(async move { s.serve(listener, t).await });
+    if reg.quic {
+        let (s, t, addr) = (server.clone(), stop.clone(), reg.listen);
+        tasks.spawn(async move {
+            if let Err(e) = s.serve_quic(addr, t).await {
+                tracing::error!(error = %e, "QUIC for edge register is off; hosts use TLS over TCP");
+            }
+        });
+    }
     // Route-table swaps, coalesced: a burst of sessions is one swap.
     let gw = gateway.clone();
     let dir = base_dir.to_path_buf();
@@ -204,7 +212,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 /// Holds the session until Ctrl-C or SIGTERM.
-async fn hold(state: &ClientState) -> Result<(), Failure> {
+async fn hold(state: &ClientState, transport: edge_tunnel::Transport) -> Result<(), Failure> {
     let stop = CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move {
@@ -224,7 +232,7 @@ async fn hold(state: &ClientState) -> Result<(), Failure> {
         .map(|n| n.get() as u32)
         .unwrap_or(1)
         .min(4);
-    edge_tunnel::connect(state, lanes, stop, |urls| {
+    edge_tunnel::connect(state, lanes, transport, stop, |urls| {
         tracing::info!(?urls, "online");
     })
     .await
@@ -239,7 +247,11 @@ pub fn register_host(
     token: &str,
     routes: &[String],
     state: Option<PathBuf>,
+    transport: &str,
 ) -> Result<(), Failure> {
+    let transport: edge_tunnel::Transport = transport
+        .parse()
+        .map_err(|e: String| Failure::config(anyhow::anyhow!("--transport {e}")))?;
     crate::up::init_tracing(false);
     let routes: Vec<LocalRoute> = routes
         .iter()
@@ -266,19 +278,22 @@ pub fn register_host(
             state.dir.display(),
             state.dir.display()
         );
-        hold(&state).await
+        hold(&state, transport).await
     })
 }
 
 /// `edge connect`: the session again, from the saved enrolment.
-pub fn connect_host(state: Option<PathBuf>) -> Result<(), Failure> {
+pub fn connect_host(state: Option<PathBuf>, transport: &str) -> Result<(), Failure> {
+    let transport: edge_tunnel::Transport = transport
+        .parse()
+        .map_err(|e: String| Failure::config(anyhow::anyhow!("--transport {e}")))?;
     crate::up::init_tracing(false);
     let state = ClientState::new(&state_dir(state));
     let e = state
         .enrolment()
         .map_err(|e| Failure::config(anyhow::anyhow!("{e}")))?;
     println!("connecting {} to {}", e.name, e.edge);
-    runtime()?.block_on(hold(&state))
+    runtime()?.block_on(hold(&state, transport))
 }
 
 /// `edge deregister`: give the name up.

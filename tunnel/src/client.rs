@@ -328,6 +328,27 @@ pub async fn deregister(state: &ClientState) -> Result<String> {
     Ok(e.name)
 }
 
+/// How a host reaches the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC, and TLS over TCP when QUIC cannot connect (UDP blocked on the way).
+    Auto,
+    Quic,
+    Tcp,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Transport, String> {
+        match s {
+            "auto" => Ok(Transport::Auto),
+            "quic" => Ok(Transport::Quic),
+            "tcp" => Ok(Transport::Tcp),
+            other => Err(format!("{other:?}: use auto, quic or tcp")),
+        }
+    }
+}
+
 /// Why a session ended.
 enum Ended {
     /// Worth trying again (network, edge restart).
@@ -343,6 +364,7 @@ enum Ended {
 pub async fn connect(
     state: &ClientState,
     lanes: u32,
+    transport: Transport,
     stop: CancellationToken,
     online: impl Fn(&[String]) + Send + Sync,
 ) -> Result<()> {
@@ -365,7 +387,7 @@ pub async fn connect(
     let online = &online;
     let results = futures_util::future::join_all((0..lanes).map(|lane| {
         let stop = stop.clone();
-        async move { hold_lane(state, lane, stop, online).await }
+        async move { hold_lane(state, lane, transport, stop, online).await }
     }))
     .await;
     results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
@@ -374,6 +396,7 @@ pub async fn connect(
 async fn hold_lane(
     state: &ClientState,
     lane: u32,
+    transport: Transport,
     stop: CancellationToken,
     online: &(impl Fn(&[String]) + Send + Sync),
 ) -> Result<()> {
@@ -381,10 +404,12 @@ async fn hold_lane(
     loop {
         let e = state.enrolment()?;
         let started = tokio::time::Instant::now();
-        let ended = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            r = session_once(state, &e, lane, online) => r,
-        };
+        // The session watches `stop` itself, so that it can say goodbye (a QUIC peer would
+        // otherwise wait out its idle timeout).
+        let ended = session_any(state, &e, lane, transport, online, &stop).await;
+        if stop.is_cancelled() {
+            return Ok(());
+        }
         match ended {
             Ended::Refused(why) => {
                 // Every lane hears the same refusal; the whole connection ends.
@@ -407,6 +432,195 @@ async fn hold_lane(
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+/// One session over the chosen transport; with `Auto`, QUIC first and TCP when QUIC does not
+/// connect within 3 s.
+async fn session_any(
+    state: &ClientState,
+    e: &Enrolment,
+    lane: u32,
+    transport: Transport,
+    online: &(impl Fn(&[String]) + Send + Sync),
+    stop: &CancellationToken,
+) -> Ended {
+    if transport != Transport::Tcp {
+        match session_quic(state, e, lane, online, stop).await {
+            Ended::Retry(why) if transport == Transport::Auto && why.starts_with("QUIC: ") => {
+                tracing::info!(edge = %e.edge, lane, reason = %why, "QUIC did not connect; using TLS over TCP");
+            }
+            other => return other,
+        }
+    }
+    tokio::select! {
+        r = session_once(state, e, lane, online) => r,
+        _ = stop.cancelled() => Ended::Retry("stopping".into()),
+    }
+}
+
+/// A session over QUIC: the first line on the host's stream, then the edge's streams.
+async fn session_quic(
+    state: &ClientState,
+    e: &Enrolment,
+    lane: u32,
+    online: &(impl Fn(&[String]) + Send + Sync),
+    stop: &CancellationToken,
+) -> Ended {
+    let addr = match tokio::net::lookup_host(&e.edge).await.map(|mut a| a.next()) {
+        Ok(Some(a)) => a,
+        Ok(None) => return Ended::Retry(format!("QUIC: {} has no address", e.edge)),
+        Err(x) => return Ended::Retry(format!("QUIC: {}: {x}", e.edge)),
+    };
+    let tls = match state.tls(&e.pin, true) {
+        Ok(t) => t,
+        Err(x) => return Ended::Retry(x.to_string()),
+    };
+    let ep = match crate::quic::client_endpoint(tls, addr) {
+        Ok(ep) => ep,
+        Err(x) => return Ended::Retry(format!("QUIC: {x}")),
+    };
+    let connecting = match ep.connect(addr, "edge-tunnel") {
+        Ok(c) => c,
+        Err(x) => return Ended::Retry(format!("QUIC: {x}")),
+    };
+    let conn = match tokio::time::timeout(Duration::from_secs(3), connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(x)) => return Ended::Retry(format!("QUIC: {x}")),
+        Err(_) => return Ended::Retry("QUIC: no handshake within 3 s".into()),
+    };
+    let hello = Ask::Hello {
+        agent: e.agent.clone(),
+        mounts: e.routes.iter().map(|r| r.mount.clone()).collect(),
+        lane,
+    };
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(x) => return Ended::Retry(x.to_string()),
+    };
+    if let Err(x) = write_line(&mut send, &hello).await {
+        return Ended::Retry(x.to_string());
+    }
+    let _ = send.finish();
+    let answer: Answer = match read_line(&mut recv).await {
+        Ok(l) => match serde_json::from_str(&l) {
+            Ok(a) => a,
+            Err(x) => return Ended::Retry(format!("an answer that does not parse: {x}")),
+        },
+        Err(x) => return Ended::Retry(x.to_string()),
+    };
+    if !answer.ok {
+        conn.close(quinn::VarInt::from_u32(0), b"refused");
+        let why = answer.error.unwrap_or_default();
+        return if why.contains("another agent") {
+            Ended::Retry(why)
+        } else {
+            Ended::Refused(why)
+        };
+    }
+    tracing::info!(edge = %e.edge, name = %e.name, lane, transport = "quic", "session open");
+    if lane == 0 {
+        online(&answer.urls);
+    }
+    let routes = Arc::new(e.routes.clone());
+    loop {
+        let next = tokio::select! {
+            n = conn.accept_bi() => n,
+            _ = stop.cancelled() => {
+                conn.close(quinn::VarInt::from_u32(0), b"host stopping");
+                let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+                return Ended::Retry("stopping".into());
+            }
+        };
+        match next {
+            Ok((send, recv)) => {
+                let (routes, st) = (routes.clone(), state.clone());
+                tokio::spawn(async move { serve_quic_stream(send, recv, &routes, &st).await });
+            }
+            Err(x) => {
+                ep.close(quinn::VarInt::from_u32(0), b"");
+                return Ended::Retry(x.to_string());
+            }
+        }
+    }
+}
+
+/// One stream the edge opened over QUIC: `CONNECT <mount>`, `RENEW` or `CERT <base64>`.
+async fn serve_quic_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    routes: &[LocalRoute],
+    state: &ClientState,
+) {
+    let Ok(Ok(line)) = tokio::time::timeout(Duration::from_secs(10), read_line(&mut recv)).await
+    else {
+        return;
+    };
+    if let Some(mount) = line.strip_prefix("CONNECT ") {
+        let Some(route) = routes.iter().find(|r| r.mount == mount) else {
+            let _ = send
+                .write_all(format!("404 this host does not serve /{mount}/\n").as_bytes())
+                .await;
+            let _ = send.finish();
+            return;
+        };
+        let tcp = match tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(&route.upstream),
+        )
+        .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(x)) => {
+                let _ = send
+                    .write_all(format!("502 {}: {x}\n", route.upstream).as_bytes())
+                    .await;
+                let _ = send.finish();
+                return;
+            }
+            Err(_) => {
+                let _ = send
+                    .write_all(
+                        format!("502 {}: no answer within 10 s\n", route.upstream).as_bytes(),
+                    )
+                    .await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        if send.write_all(b"200\n").await.is_err() {
+            return;
+        }
+        let mut io = crate::quic::QuicIo { send, recv };
+        let mut tcp = tcp;
+        let _ = tokio::io::copy_bidirectional(&mut io, &mut tcp).await;
+    } else if line == "RENEW" {
+        if let Ok(csr) = state.csr() {
+            let _ = send.write_all(csr.as_bytes()).await;
+        }
+        let _ = send.finish();
+    } else if let Some(b64) = line.strip_prefix("CERT ") {
+        use base64::Engine as _;
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|p| crate::identity::pem_der(p).is_some());
+        let answer = match pem {
+            Some(pem) => {
+                match edge_certs::write_atomic(&state.dir.join("cert.pem"), pem.as_bytes(), 0o644) {
+                    Ok(()) => {
+                        tracing::info!("a renewed client certificate was saved");
+                        "204\n"
+                    }
+                    Err(_) => "500\n",
+                }
+            }
+            None => "400\n",
+        };
+        let _ = send.write_all(answer.as_bytes()).await;
+        let _ = send.finish();
     }
 }
 
@@ -444,7 +658,7 @@ async fn session_once(
             Ended::Refused(why)
         };
     }
-    tracing::info!(edge = %e.edge, name = %e.name, lane, "session open");
+    tracing::info!(edge = %e.edge, name = %e.name, lane, transport = "tcp", "session open");
     if lane == 0 {
         online(&answer.urls);
     }

@@ -17,12 +17,14 @@
 mod client;
 mod identity;
 mod proto;
+mod quic;
 mod server;
 mod store;
 
-pub use client::{connect, deregister, enrol, ClientState, Enrolment, LocalRoute};
+pub use client::{connect, deregister, enrol, ClientState, Enrolment, LocalRoute, Transport};
 pub use identity::Identity;
-pub use server::{Hooks, SessionInfo, TunnelServer, TunnelSettings};
+pub use quic::QuicIo;
+pub use server::{Hooks, SessionInfo, TunnelServer, TunnelSettings, TunnelStream};
 pub use store::{check_name, Registration, Store, BUILT_IN_RESERVED};
 
 /// Errors of this crate, each naming what it concerns.

@@ -74,6 +74,8 @@ pub struct SessionInfo {
     pub name: String,
     pub agent: String,
     pub lane: u32,
+    /// `tcp` (HTTP/2 over TLS) or `quic`.
+    pub transport: &'static str,
     pub remote: String,
     /// Unix seconds.
     pub since: i64,
@@ -89,11 +91,35 @@ struct Session {
     lane: u32,
     remote: SocketAddr,
     since: OffsetDateTime,
-    tx: SendRequest<Empty<Bytes>>,
+    link: Link,
     /// Bytes from the host to visitors, and from visitors to the host.
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     streams: Arc<tokio::sync::Semaphore>,
+    stop: CancellationToken,
+}
+
+/// A session's connection.
+enum Link {
+    H2(SendRequest<Empty<Bytes>>),
+    Quic(quinn::Connection),
+}
+
+impl Link {
+    fn name(&self) -> &'static str {
+        match self {
+            Link::H2(_) => "tcp",
+            Link::Quic(_) => "quic",
+        }
+    }
+}
+
+/// An accepted hello, before its session starts.
+struct Hello {
+    peer: Peer,
+    agent: String,
+    lane: u32,
+    mounts: Vec<String>,
     stop: CancellationToken,
 }
 
@@ -123,7 +149,7 @@ impl std::fmt::Debug for TunnelServer {
 /// One visitor connection's stream through a session: counts its bytes and holds its place
 /// among the session's streams.
 pub struct TunnelStream {
-    io: TokioIo<hyper::upgrade::Upgraded>,
+    io: StreamIo,
     session: Arc<Session>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -133,6 +159,49 @@ impl std::fmt::Debug for TunnelStream {
         f.debug_struct("TunnelStream")
             .field("name", &self.session.name)
             .finish_non_exhaustive()
+    }
+}
+
+enum StreamIo {
+    H2(TokioIo<hyper::upgrade::Upgraded>),
+    Quic(crate::quic::QuicIo),
+}
+
+impl AsyncRead for StreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            StreamIo::H2(io) => Pin::new(io).poll_read(cx, buf),
+            StreamIo::Quic(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for StreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            StreamIo::H2(io) => Pin::new(io).poll_write(cx, buf),
+            StreamIo::Quic(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            StreamIo::H2(io) => Pin::new(io).poll_flush(cx),
+            StreamIo::Quic(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            StreamIo::H2(io) => Pin::new(io).poll_shutdown(cx),
+            StreamIo::Quic(io) => Pin::new(io).poll_shutdown(cx),
+        }
     }
 }
 
@@ -244,6 +313,7 @@ impl TunnelServer {
                 name: s.name.clone(),
                 agent: s.agent.clone(),
                 lane: s.lane,
+                transport: s.link.name(),
                 remote: s.remote.to_string(),
                 since: s.since.unix_timestamp(),
                 bytes_in: s.bytes_in.load(Relaxed),
@@ -259,11 +329,14 @@ impl TunnelServer {
     /// once, and its certificate is refused from now on. Whether there was such a name.
     pub fn revoke(&self, name: &str) -> Result<bool> {
         let was = self.inner.store.remove(name)?;
-        self.inner.kill(name);
         if was {
+            // Logged before the sessions close, so the log reads in the order things happened.
             self.inner
                 .store
                 .audit("revoke", name, serde_json::json!({"by": "operator"}));
+        }
+        self.inner.kill(name);
+        if was {
             tracing::info!(%name, "registration revoked; its sessions are closed");
             (self.inner.hooks.changed)();
         }
@@ -327,7 +400,18 @@ impl TunnelServer {
                 ),
             )
         })?;
-        let mut tx = session.tx.clone();
+        let tx = match &session.link {
+            Link::H2(tx) => tx.clone(),
+            Link::Quic(conn) => {
+                let io = quic_connect(conn, mount).await?;
+                return Ok(TunnelStream {
+                    io: StreamIo::Quic(io),
+                    session: session.clone(),
+                    _permit: permit,
+                });
+            }
+        };
+        let mut tx = tx;
         tx.ready().await.map_err(broken)?;
         let req = http::Request::builder()
             .method(http::Method::CONNECT)
@@ -360,10 +444,29 @@ impl TunnelServer {
         }
         let io = hyper::upgrade::on(resp).await.map_err(broken)?;
         Ok(TunnelStream {
-            io: TokioIo::new(io),
+            io: StreamIo::H2(TokioIo::new(io)),
             session: session.clone(),
             _permit: permit,
         })
+    }
+
+    /// Serves QUIC on `addr` (UDP) until `stop`: the same sessions as over TCP.
+    pub async fn serve_quic(&self, addr: SocketAddr, stop: CancellationToken) -> Result<()> {
+        let endpoint = crate::quic::server_endpoint(self.inner.identity.server_config()?, addr)?;
+        loop {
+            let incoming = tokio::select! {
+                _ = stop.cancelled() => break,
+                i = endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+            };
+            let inner = self.inner.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { inner.handle_quic(incoming, stop).await });
+        }
+        endpoint.close(quinn::VarInt::from_u32(0), b"edge stopping");
+        Ok(())
     }
 
     /// Serves the tunnel listener until `stop`.
@@ -439,6 +542,7 @@ impl Inner {
                 return;
             }
         };
+        let _ = &stop;
         let peer: Option<Peer> = tls
             .get_ref()
             .1
@@ -456,12 +560,103 @@ impl Inner {
                 return;
             }
         };
-        let ask: Ask = match serde_json::from_str(&line) {
+        let Some(hello) = self.dispatch(&line, peer, remote, &mut tls).await else {
+            return;
+        };
+        // HTTP/2 with the edge as the client.
+        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(Killable::new(tls, hello.stop.clone())));
+        let (tx, conn) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                self.refuse(&hello.peer.name, remote, &format!("HTTP/2 handshake: {e}"));
+                return;
+            }
+            Err(_) => {
+                self.refuse(&hello.peer.name, remote, "HTTP/2 handshake took too long");
+                return;
+            }
+        };
+        let ended = Box::pin(async move {
+            match conn.await {
+                Ok(()) => "the host closed the session".to_string(),
+                Err(e) => e.to_string(),
+            }
+        });
+        self.session(Link::H2(tx), hello, remote, ended).await;
+    }
+
+    /// A QUIC connection: the host's first stream carries the first line.
+    async fn handle_quic(self: Arc<Inner>, incoming: quinn::Incoming, stop: CancellationToken) {
+        let remote = incoming.remote_address();
+        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::info!(%remote, error = %e, "tunnel handshake failed (QUIC)");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%remote, "tunnel handshake took too long (QUIC)");
+                return;
+            }
+        };
+        let peer: Option<Peer> = conn
+            .peer_identity()
+            .and_then(|a| {
+                a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|v| v.first().and_then(|c| peer(c.as_ref()).ok()));
+        let (mut send, mut recv) =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    self.refuse("", remote, "no first stream within 10 s (QUIC)");
+                    return;
+                }
+            };
+        let line = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_line(&mut recv)).await {
+            Ok(Ok(l)) => l,
+            _ => {
+                self.refuse("", remote, "no first line within 10 s (QUIC)");
+                return;
+            }
+        };
+        let hello = self.dispatch(&line, peer, remote, &mut send).await;
+        let _ = send.finish();
+        let Some(mut hello) = hello else {
+            // Enrolment and refusals: the host closes once it has read the answer.
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.closed()).await;
+            return;
+        };
+        hello.stop = stop.child_token();
+        let c = conn.clone();
+        let ended = Box::pin(async move { c.closed().await.to_string() });
+        self.session(Link::Quic(conn), hello, remote, ended).await;
+    }
+
+    /// The first line's request, answered on `w`: enrolment and deregistration end here; an
+    /// accepted hello is returned for its session to start.
+    async fn dispatch<W: AsyncWrite + Unpin>(
+        &self,
+        line: &str,
+        peer: Option<Peer>,
+        remote: SocketAddr,
+        w: &mut W,
+    ) -> Option<Hello> {
+        let ask: Ask = match serde_json::from_str(line) {
             Ok(a) => a,
             Err(e) => {
                 self.refuse("", remote, &format!("not a tunnel request: {e}"));
-                let _ = write_line(&mut tls, &Answer::refused("not a tunnel request")).await;
-                return;
+                let _ = write_line(w, &Answer::refused("not a tunnel request")).await;
+                return None;
             }
         };
         match ask {
@@ -478,18 +673,19 @@ impl Inner {
                         Answer::refused(format!("the edge could not enrol {name}: {e}"))
                     }
                 };
-                let _ = write_line(&mut tls, &answer).await;
+                let _ = write_line(w, &answer).await;
+                None
             }
             Ask::Deregister => {
                 let answer = match &peer {
                     Some(p) if self.owns(p) => {
                         let _ = self.store.remove(&p.name);
-                        self.kill(&p.name);
                         self.store.audit(
                             "deregister",
                             &p.name,
                             serde_json::json!({"remote": remote.to_string(), "key": p.key_sha256}),
                         );
+                        self.kill(&p.name);
                         tracing::info!(name = %p.name, %remote, "deregistered by its host");
                         (self.hooks.changed)();
                         Answer {
@@ -503,7 +699,8 @@ impl Inner {
                         Answer::refused("not registered")
                     }
                 };
-                let _ = write_line(&mut tls, &answer).await;
+                let _ = write_line(w, &answer).await;
+                None
             }
             Ask::Hello {
                 agent,
@@ -513,13 +710,13 @@ impl Inner {
                 let Some(p) = peer else {
                     self.refuse("", remote, "hello without a client certificate");
                     let _ = write_line(
-                        &mut tls,
+                        w,
                         &Answer::refused(
                             "a client certificate is needed: enrol with `edge register` first",
                         ),
                     )
                     .await;
-                    return;
+                    return None;
                 };
                 if !self.owns(&p) {
                     self.refuse(
@@ -527,13 +724,13 @@ impl Inner {
                         remote,
                         "not registered to this key (revoked, or deregistered)",
                     );
-                    let _ = write_line(&mut tls, &Answer::refused("not registered")).await;
-                    return;
+                    let _ = write_line(w, &Answer::refused("not registered")).await;
+                    return None;
                 }
                 if let Err(why) = mounts_ok(&mounts) {
                     self.refuse(&p.name, remote, &why);
-                    let _ = write_line(&mut tls, &Answer::refused(why)).await;
-                    return;
+                    let _ = write_line(w, &Answer::refused(why)).await;
+                    return None;
                 }
                 let held_by_another = !self.settings.ha
                     && self
@@ -542,13 +739,11 @@ impl Inner {
                         .unwrap_or_else(|e| e.into_inner())
                         .get(&p.name)
                         .is_some_and(|v| v.iter().any(|s| s.agent != agent));
-                {
-                    if held_by_another {
-                        let why = "another agent holds this name's session (HA is off)";
-                        self.refuse(&p.name, remote, why);
-                        let _ = write_line(&mut tls, &Answer::refused(why)).await;
-                        return;
-                    }
+                if held_by_another {
+                    let why = "another agent holds this name's session (HA is off)";
+                    self.refuse(&p.name, remote, why);
+                    let _ = write_line(w, &Answer::refused(why)).await;
+                    return None;
                 }
                 let urls = (self.hooks.urls)(&p.name, &mounts);
                 let answer = Answer {
@@ -556,11 +751,16 @@ impl Inner {
                     urls,
                     ..Answer::default()
                 };
-                if write_line(&mut tls, &answer).await.is_err() {
-                    return;
+                if write_line(w, &answer).await.is_err() {
+                    return None;
                 }
-                self.session(tls, p, (agent, lane.min(63)), mounts, remote, stop)
-                    .await;
+                Some(Hello {
+                    peer: p,
+                    agent,
+                    lane: lane.min(63),
+                    mounts,
+                    stop: CancellationToken::new(),
+                })
             }
         }
     }
@@ -636,40 +836,23 @@ impl Inner {
         })
     }
 
-    /// Holds one session: HTTP/2 with the edge as the client, until the host goes, the path
-    /// dies (PINGs unanswered), or the name is revoked.
+    /// Holds one session (HTTP/2 over TLS, or QUIC) until the host goes, the path dies
+    /// (keepalives unanswered), or the name is revoked; `ended` resolves with why it ended.
     async fn session(
         self: &Arc<Inner>,
-        tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        p: Peer,
-        (agent, lane): (String, u32),
-        mounts: Vec<String>,
+        link: Link,
+        hello: Hello,
         remote: SocketAddr,
-        stop: CancellationToken,
+        ended: Pin<Box<dyn std::future::Future<Output = String> + Send>>,
     ) {
-        // Cancelling this closes the connection itself, open streams included (a revoke):
-        // hyper runs the HTTP/2 connection on a task of its own, which pooled streams keep.
-        let stop = stop.child_token();
-        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(Killable::new(tls, stop.clone())));
-        let (tx, conn) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                self.refuse(&p.name, remote, &format!("HTTP/2 handshake: {e}"));
-                return;
-            }
-            Err(_) => {
-                self.refuse(&p.name, remote, "HTTP/2 handshake took too long");
-                return;
-            }
-        };
+        let Hello {
+            peer: p,
+            agent,
+            lane,
+            mounts,
+            stop,
+        } = hello;
+        let transport = link.name();
         let id = self.next_id.fetch_add(1, Relaxed);
         let session = Arc::new(Session {
             id,
@@ -678,7 +861,7 @@ impl Inner {
             lane,
             remote,
             since: OffsetDateTime::now_utc(),
-            tx,
+            link,
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             streams: Arc::new(tokio::sync::Semaphore::new(self.settings.max_streams)),
@@ -705,19 +888,21 @@ impl Inner {
         self.store.audit(
             "connect",
             &p.name,
-            serde_json::json!({"remote": remote.to_string(), "agent": agent, "lane": lane, "session": id, "mounts": mounts, "serial": p.serial}),
+            serde_json::json!({"remote": remote.to_string(), "agent": agent, "lane": lane, "transport": transport, "session": id, "mounts": mounts, "serial": p.serial}),
         );
-        tracing::info!(name = %p.name, %remote, %agent, lane, session = id, "project host connected");
+        tracing::info!(name = %p.name, %remote, %agent, lane, transport, session = id, "project host connected");
         if mounts_changed {
             (self.hooks.changed)();
         }
         let renewals = tokio::spawn(renew_loop(self.clone(), session.clone(), p.clone()));
         let reason = tokio::select! {
-            r = conn => match r {
-                Ok(()) => "the host closed the session".to_string(),
-                Err(e) => format!("{e}"),
-            },
-            _ = session.stop.cancelled() => "closed by the edge".to_string(),
+            r = ended => r,
+            _ = session.stop.cancelled() => {
+                if let Link::Quic(c) = &session.link {
+                    c.close(quinn::VarInt::from_u32(1), b"closed by the edge");
+                }
+                "closed by the edge".to_string()
+            }
         };
         renewals.abort();
         {
@@ -736,6 +921,41 @@ impl Inner {
                 "bytes_in": session.bytes_in.load(Relaxed), "bytes_out": session.bytes_out.load(Relaxed)}),
         );
         tracing::info!(name = %p.name, session = id, %reason, "project host disconnected");
+    }
+}
+
+/// A stream to `mount` on a QUIC session: `CONNECT <mount>`, then the host's `200` (or `404`
+/// / `502` and why).
+async fn quic_connect(
+    conn: &quinn::Connection,
+    mount: &str,
+) -> std::io::Result<crate::quic::QuicIo> {
+    let broken = |e: String| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e);
+    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.open_bi())
+        .await
+        .map_err(|_| broken("no stream within 10 s".into()))?
+        .map_err(|e| broken(e.to_string()))?;
+    send.write_all(format!("CONNECT {mount}\n").as_bytes())
+        .await
+        .map_err(|e| broken(e.to_string()))?;
+    let line = tokio::time::timeout(Duration::from_secs(10), read_line(&mut recv))
+        .await
+        .map_err(|_| broken("no answer within 10 s".into()))?
+        .map_err(|e| broken(e.to_string()))?;
+    match line
+        .split_once(' ')
+        .map(|(a, b)| (a, b.to_string()))
+        .unwrap_or((line.as_str(), String::new()))
+    {
+        ("200", _) => Ok(crate::quic::QuicIo { send, recv }),
+        ("404", why) => Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("the project host said: {why}"),
+        )),
+        (_, why) => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("the project host said: {why}"),
+        )),
     }
 }
 
@@ -766,24 +986,40 @@ async fn renew_once(
     session: &Session,
     p: &Peer,
 ) -> std::result::Result<OffsetDateTime, String> {
-    let mut tx = session.tx.clone();
-    tx.ready().await.map_err(|e| e.to_string())?;
-    let ask = http::Request::builder()
-        .method(http::Method::POST)
-        .uri("http://edge/_edge/renew")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = tx.send_request(ask).await.map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("the host answered {}", resp.status()));
-    }
-    let csr = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let csr = String::from_utf8_lossy(&csr).into_owned();
+    let csr = match &session.link {
+        Link::H2(tx) => {
+            let mut tx = tx.clone();
+            tx.ready().await.map_err(|e| e.to_string())?;
+            let ask = http::Request::builder()
+                .method(http::Method::POST)
+                .uri("http://edge/_edge/renew")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let resp = tx.send_request(ask).await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("the host answered {}", resp.status()));
+            }
+            let b = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            String::from_utf8_lossy(&b).into_owned()
+        }
+        Link::Quic(conn) => {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(b"RENEW\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            let b = recv
+                .read_to_end(crate::proto::MAX_LINE)
+                .await
+                .map_err(|e| e.to_string())?;
+            String::from_utf8_lossy(&b).into_owned()
+        }
+    };
     let lifetime =
         time::Duration::try_from(inner.settings.cert_lifetime).unwrap_or(time::Duration::days(7));
     let signed = inner
@@ -793,8 +1029,24 @@ async fn renew_once(
     if signed.key_sha256 != p.key_sha256 {
         return Err("the host's request is for another key".into());
     }
-    // The certificate goes back on a stream of its own (the host's HTTP/2 server takes it).
-    let mut sender = session.tx.clone();
+    // The certificate goes back on a stream of its own.
+    use base64::Engine as _;
+    let cert_b64 = base64::engine::general_purpose::STANDARD.encode(signed.cert_pem.as_bytes());
+    let mut sender = match &session.link {
+        Link::H2(tx) => tx.clone(),
+        Link::Quic(conn) => {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(format!("CERT {cert_b64}\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            let answer = read_line(&mut recv).await.map_err(|e| e.to_string())?;
+            if answer.trim() != "204" {
+                return Err(format!("the host refused the certificate: {answer}"));
+            }
+            return finish_renewal(inner, session, p, &signed);
+        }
+    };
     sender.ready().await.map_err(|e| e.to_string())?;
     let put = http::Request::builder()
         .method(http::Method::POST)
@@ -803,13 +1055,9 @@ async fn renew_once(
         .map_err(|e| e.to_string())?;
     // The certificate rides in a header: the session's request bodies are empty by type.
     let (mut parts, body) = put.into_parts();
-    use base64::Engine as _;
     parts.headers.insert(
         "edge-certificate",
-        http::HeaderValue::from_str(
-            &base64::engine::general_purpose::STANDARD.encode(signed.cert_pem.as_bytes()),
-        )
-        .map_err(|e| e.to_string())?,
+        http::HeaderValue::from_str(&cert_b64).map_err(|e| e.to_string())?,
     );
     let resp = sender
         .send_request(http::Request::from_parts(parts, body))
@@ -821,6 +1069,15 @@ async fn renew_once(
             resp.status()
         ));
     }
+    finish_renewal(inner, session, p, &signed)
+}
+
+fn finish_renewal(
+    inner: &Inner,
+    session: &Session,
+    p: &Peer,
+    signed: &crate::identity::Signed,
+) -> std::result::Result<OffsetDateTime, String> {
     let _ = inner.store.update(&p.name, |r| {
         r.serial = signed.serial.clone();
         r.not_after = signed.not_after.unix_timestamp();

@@ -8,8 +8,10 @@ use crate::walk::{Errors, Table};
 /// `[register]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterConfig {
-    /// The tunnel listener (TLS over TCP).
+    /// The tunnel listener: TLS over TCP, and QUIC on the same UDP port.
     pub listen: SocketAddr,
+    /// Serve QUIC on `listen`'s UDP port too (hosts fall back to TCP where UDP is blocked).
+    pub quic: bool,
     /// Names refused beside the built-in reserved ones.
     pub reserved: Vec<String>,
     /// How long a host's client certificate lives (renewed over its session with a third left).
@@ -62,6 +64,7 @@ pub(super) fn read_register(t: Option<Table<'_>>, errs: &mut Errors) -> Option<R
         .parsed(errs, "token_ttl", crate::units::parse_duration)
         .unwrap_or(Duration::from_secs(3600));
     let ha = t.bool(errs, "ha").unwrap_or(false);
+    let quic = t.bool(errs, "quic").unwrap_or(true);
     let max_streams = t.uint(errs, "max_streams").unwrap_or(1024);
     if !(1..=65_536).contains(&max_streams) {
         errs.push(t.key("max_streams"), "between 1 and 65536");
@@ -69,6 +72,7 @@ pub(super) fn read_register(t: Option<Table<'_>>, errs: &mut Errors) -> Option<R
     t.finish(errs);
     Some(RegisterConfig {
         listen: listen?,
+        quic,
         reserved,
         cert_lifetime,
         ha,
