@@ -135,6 +135,10 @@ T0=$(date +%s.%N)
 inns "$EDGE" register demo --edge "$NET.1:7443" --token "$TOKEN" --route "forge=http://127.0.0.1:8080" --state "$RUN/host" > "$RUN/host.out" 2> "$RUN/host.log" & PIDS+=($!)
 until [[ $(curl -s -o /dev/null -w '%{http_code}' -H 'Host: demo.example.test' http://127.0.0.1:9300/forge/1k) == 200 ]]; do sleep 0.005; done
 T1=$(date +%s.%N)
+# A second host over TLS + TCP (the first one took QUIC).
+TOKEN=$("$EDGE" register token create demotcp --config "$RUN/edge.toml" | tail -1)
+inns "$EDGE" register demotcp --transport tcp --edge "$NET.1:7443" --token "$TOKEN" --route "forge=http://127.0.0.1:8080" --state "$RUN/host-tcp" > "$RUN/host-tcp.out" 2> "$RUN/host-tcp.log" & PIDS+=($!)
+until [[ $(curl -s -o /dev/null -w '%{http_code}' -H 'Host: demotcp.example.test' http://127.0.0.1:9300/forge/1k) == 200 ]]; do sleep 0.05; done
 REGISTER_MS=$(echo "($T1 - $T0) * 1000" | bc -l)
 for port in 9400 9401; do
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/1k" && break; sleep 0.1; done
@@ -143,10 +147,11 @@ done
 declare -A URL HOSTH
 URL[direct]="http://$NET.2:8080/1k";      HOSTH[direct]="x"
 URL[edge-local]="http://127.0.0.1:9300/forge/1k"; HOSTH[edge-local]="local.example.test"
-URL[edge-tunnel]="http://127.0.0.1:9300/forge/1k"; HOSTH[edge-tunnel]="demo.example.test"
+URL[edge-quic]="http://127.0.0.1:9300/forge/1k"; HOSTH[edge-quic]="demo.example.test"
+URL[edge-tcp]="http://127.0.0.1:9300/forge/1k"; HOSTH[edge-tcp]="demotcp.example.test"
 URL[rathole]="http://127.0.0.1:9400/1k";  HOSTH[rathole]="x"
 URL[rathole-noise]="http://127.0.0.1:9401/1k";  HOSTH[rathole-noise]="x"
-TARGETS="direct edge-local edge-tunnel rathole rathole-noise"
+TARGETS="direct edge-local edge-quic edge-tcp rathole rathole-noise"
 
 printf '# wrk -t2 -c%s -d%ss, 1 KiB, %s interleaved rounds\n' "$CONNS" "$DUR" "$ROUNDS"
 printf '%-14s %6s %10s %10s\n' target round req/s p99
@@ -162,7 +167,7 @@ done
 
 printf '\n# one 1 GiB download, %s interleaved rounds\n' "$ROUNDS"
 for r in $(seq "$ROUNDS"); do
-  for t in direct edge-tunnel rathole rathole-noise; do
+  for t in direct edge-quic edge-tcp rathole rathole-noise; do
     url=${URL[$t]%1k}1g
     s=$(curl -s -o /dev/null -H "Host: ${HOSTH[$t]}" -w '%{speed_download} %{size_download}' "$url")
     printf '%-14s %s %8.0f MB/s (%s bytes)\n' "$t" "$r" "$(echo "${s% *} / 1000000" | bc -l)" "${s#* }"
@@ -174,7 +179,7 @@ printf '\n# edge register -> first 200: %.0f ms\n' "$REGISTER_MS"
 # (server + client) with 200 through it.
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 RC_PID=$(ip netns pids "$NS" | while read -r p; do tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q "rathole-client.toml" && echo "$p"; done | head -1 || true)
-HC_PID=$(ip netns pids "$NS" | while read -r p; do tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q "register demo" && echo "$p"; done | head -1 || true)
+HC_PID=$(ip netns pids "$NS" | while read -r p; do tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q "register demotcp" && echo "$p"; done | head -1 || true)
 echo "pids: edge $EDGE_PID host $HC_PID rathole server $RS_PID client $RC_PID" >&2
 hold() { # hold N keep-alive connections open to URL with Host, for S seconds
   python3 - "$@" <<'PY' &
@@ -191,11 +196,11 @@ time.sleep(s)
 PY
 }
 e0=$(rss $EDGE_PID); h0=$(rss "$HC_PID"); r0=$(rss $RS_PID); c0=$(rss "$RC_PID")
-hold 127.0.0.1 9300 demo.example.test 200 6 /forge/1k; HP=$!
+hold 127.0.0.1 9300 demotcp.example.test 200 6 /forge/1k; HP=$!
 sleep 4; e1=$(rss $EDGE_PID); h1=$(rss "$HC_PID"); wait $HP
 hold 127.0.0.1 9400 x 200 6 /1k; RP=$!
 sleep 4; r1=$(rss $RS_PID); c1=$(rss "$RC_PID"); wait $RP
-printf '\n# memory per open connection (200 idle keep-alive connections)\n'
+printf '\n# memory per open connection (200 idle keep-alive connections; edge over TCP)\n'
 printf 'edge (edge + host side): %.1f KiB   rathole (server + client): %.1f KiB\n' \
   "$(echo "(($e1-$e0)+($h1-$h0))/200" | bc -l)" "$(echo "(($r1-$r0)+($c1-$c0))/200" | bc -l)"
 printf 'idle RSS: edge %s KiB + host side %s KiB; rathole server %s KiB + client %s KiB\n' "$e0" "$h0" "$r0" "$c0"
@@ -203,7 +208,7 @@ printf 'idle RSS: edge %s KiB + host side %s KiB; rathole server %s KiB + client
 # Recovery after a 5 s link cut.
 ip link set "$H" down; sleep 5; ip link set "$H" up
 T0=$(date +%s.%N)
-for t in edge-tunnel rathole; do
+for t in edge-quic edge-tcp rathole; do
   until [[ $(curl -s --max-time 2 -o /dev/null -w '%{http_code}' -H "Host: ${HOSTH[$t]}" "${URL[$t]}") == 200 ]]; do sleep 0.05; done
   printf '%s back %.2f s after the link came back\n' "$t" "$(echo "$(date +%s.%N) - $T0" | bc -l)"
 done

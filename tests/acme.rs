@@ -192,59 +192,6 @@ fn config_ok(cfg: &Path) {
     );
 }
 
-/// A WebSocket echo server on loopback.
-async fn ws_echo() -> u16 {
-    use futures_util::{SinkExt, StreamExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                    return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_text() && ws.send(m).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
-/// A WebSocket to `wss://demo.example.test/live/` through edge, trusting `ca` (PEM).
-async fn wss(
-    https: u16,
-    ca: &Path,
-) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("demo.example.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (ws, _) = tokio_tungstenite::client_async("wss://demo.example.test/live/", tls)
-        .await
-        .unwrap();
-    ws
-}
-
 fn curl(args: &[&str]) -> (bool, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "5"])
@@ -303,7 +250,7 @@ async fn edge_gets_a_certificate_from_an_acme_ca_over_http_01_and_keeps_it() {
     let (_pebble, acme_port, mgmt) = pebble(d, http, dns, 15);
     std::fs::create_dir_all(d.join("site")).unwrap();
     std::fs::write(d.join("site/index.html"), "hello from staging").unwrap();
-    let echo = ws_echo().await;
+    let echo = common::ws_echo().await;
     let cfg = d.join("edge.toml");
     std::fs::write(
         &cfg,
@@ -338,7 +285,12 @@ name = "demo"
     let started = Instant::now();
     let mut edge = common::edge_up(&cfg, https).await;
     // A WebSocket opened on the local CA's certificate, before the ACME one arrives.
-    let mut live = wss(https, &d.join("state/ca/example.test/ca.pem")).await;
+    let mut live = common::wss(
+        https,
+        "demo.example.test",
+        &d.join("state/ca/example.test/ca.pem"),
+    )
+    .await;
     let root = pebble_root(d, mgmt);
     // Until the order completes edge serves its local CA's certificate; then Pebble's.
     let served = loop {
@@ -355,17 +307,7 @@ name = "demo"
     };
     eprintln!("edge up -> a Pebble certificate served (http-01): {served:?}");
     // The swap left the WebSocket open on the old certificate's connection.
-    {
-        use futures_util::{SinkExt, StreamExt};
-        use tokio_tungstenite::tungstenite::Message;
-        live.send(Message::text("still here")).await.unwrap();
-        let m = tokio::time::timeout(Duration::from_secs(5), live.next())
-            .await
-            .expect("an echo after the swap")
-            .unwrap()
-            .unwrap();
-        assert_eq!(m.into_text().unwrap().as_str(), "still here");
-    }
+    common::echo(&mut live, "still here").await;
     // Served through it: the site, over a connection that trusts only Pebble's root.
     let (ok, body) = curl(&[
         "--cacert",

@@ -64,28 +64,6 @@ fn nginx(dir: &Path) -> (Killed, u16) {
     panic!("nginx did not start");
 }
 
-/// A WebSocket echo server on loopback.
-async fn ws_echo() -> u16 {
-    use futures_util::{SinkExt, StreamExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                    return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_text() && ws.send(m).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 struct Edge {
     dir: PathBuf,
     https: u16,
@@ -94,6 +72,26 @@ struct Edge {
 }
 
 impl Edge {
+    /// An edge with `[register]` (plus `extra`, TOML lines for that table) and one project of
+    /// its own, `main`, written to `d/edge.toml` (not started).
+    fn small(d: &Path, extra: &str) -> Edge {
+        let e = Edge {
+            dir: d.to_path_buf(),
+            https: common::free_port(),
+            register: common::free_port(),
+            admin: common::free_port(),
+        };
+        std::fs::write(
+            e.cfg(),
+            format!(
+                "domain = \"example.test\"\nstate_dir = \"state\"\n[listen]\nhttps = \"127.0.0.1:{}\"\nhttp = \"\"\nadmin = \"127.0.0.1:{}\"\n[register]\nlisten = \"127.0.0.1:{}\"\n{extra}[[projects]]\nname = \"main\"\n  [[projects.routes]]\n  mount = \"forge\"\n  upstream = \"http://127.0.0.1:9\"\n",
+                e.https, e.admin, e.register
+            ),
+        )
+        .unwrap();
+        e
+    }
+
     fn cfg(&self) -> PathBuf {
         self.dir.join("edge.toml")
     }
@@ -201,56 +199,6 @@ async fn until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Dur
     start.elapsed()
 }
 
-/// A WebSocket through the edge to `wss://HOST/live/`.
-async fn wss(
-    https: u16,
-    host: &str,
-    ca: &Path,
-) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(format!("wss://{host}/live/"), tls)
-        .await
-        .unwrap();
-    ws
-}
-
-async fn echo(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    >,
-    text: &str,
-) {
-    use futures_util::{SinkExt, StreamExt};
-    ws.send(tokio_tungstenite::tungstenite::Message::text(text))
-        .await
-        .unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("an echo")
-        .unwrap()
-        .unwrap();
-    assert_eq!(m.into_text().unwrap().as_str(), text);
-}
-
 fn events(audit: &[serde_json::Value], name: &str) -> Vec<String> {
     audit
         .iter()
@@ -264,7 +212,7 @@ async fn a_host_registers_with_a_token_and_its_mounts_go_live_through_one_sessio
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let (_nginx, web) = nginx(d);
-    let echo_port = ws_echo().await;
+    let echo_port = common::ws_echo().await;
     let e = Edge {
         dir: d.to_path_buf(),
         https: common::free_port(),
@@ -396,8 +344,8 @@ name = "main"
     assert!(said.contains("not valid"), "{said}");
 
     // A WebSocket on demo, open while another project registers and is revoked.
-    let mut live = wss(e.https, "demo.example.test", &e.ca()).await;
-    echo(&mut live, "before").await;
+    let mut live = common::wss(e.https, "demo.example.test", &e.ca()).await;
+    common::echo(&mut live, "before").await;
     let (_, _, token_b) = e.token("bproj");
     let state_b = d.join("host-b");
     let mut b = host(
@@ -419,7 +367,7 @@ name = "main"
         e.get("bproj.example.test", "/forge/").0 == 200
     })
     .await;
-    echo(&mut live, "while b registered").await;
+    common::echo(&mut live, "while b registered").await;
     let revoke = Command::new(EDGE)
         .args(["register", "revoke", "bproj", "--config"])
         .arg(e.cfg())
@@ -452,7 +400,7 @@ name = "main"
     let said = std::fs::read_to_string(d.join("host-b.log")).unwrap();
     assert!(said.contains("not registered"), "{said}");
     assert_ne!(e.get("bproj.example.test", "/forge/").0, 200);
-    echo(&mut live, "after b revoked").await;
+    common::echo(&mut live, "after b revoked").await;
 
     // A second agent for demo (the same key copied elsewhere) is refused while HA is off.
     let state_a2 = d.join("host-a2");
@@ -583,20 +531,7 @@ async fn garbage_on_the_tunnel_listener_is_refused_and_harms_nothing() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let e = Edge {
-        dir: d.to_path_buf(),
-        https: common::free_port(),
-        register: common::free_port(),
-        admin: common::free_port(),
-    };
-    std::fs::write(
-        e.cfg(),
-        format!(
-            "domain = \"example.test\"\nstate_dir = \"state\"\n[listen]\nhttps = \"127.0.0.1:{}\"\nhttp = \"\"\nadmin = \"127.0.0.1:{}\"\n[register]\nlisten = \"127.0.0.1:{}\"\n[[projects]]\nname = \"main\"\n  [[projects.routes]]\n  mount = \"forge\"\n  upstream = \"http://127.0.0.1:9\"\n",
-            e.https, e.admin, e.register
-        ),
-    )
-    .unwrap();
+    let e = Edge::small(d, "");
     let _edge = e.start("edge.log");
     // Not TLS at all, a thousand times over.
     let mut tasks = Vec::new();
@@ -708,20 +643,7 @@ async fn with_ha_two_hosts_share_a_name_and_deregistering_ends_both() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let (one, two) = (answering("one").await, answering("two").await);
-    let e = Edge {
-        dir: d.to_path_buf(),
-        https: common::free_port(),
-        register: common::free_port(),
-        admin: common::free_port(),
-    };
-    std::fs::write(
-        e.cfg(),
-        format!(
-            "domain = \"example.test\"\nstate_dir = \"state\"\n[listen]\nhttps = \"127.0.0.1:{}\"\nhttp = \"\"\nadmin = \"127.0.0.1:{}\"\n[register]\nlisten = \"127.0.0.1:{}\"\nha = true\n[[projects]]\nname = \"main\"\n  [[projects.routes]]\n  mount = \"forge\"\n  upstream = \"http://127.0.0.1:9\"\n",
-            e.https, e.admin, e.register
-        ),
-    )
-    .unwrap();
+    let e = Edge::small(d, "ha = true\n");
     let _edge = e.start("edge.log");
     let (_, _, token) = e.token("pair");
     let s1 = d.join("h1");
@@ -840,21 +762,8 @@ async fn with_ha_two_hosts_share_a_name_and_deregistering_ends_both() {
 async fn a_session_at_its_stream_limit_answers_busy_and_others_carry_on() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let echo_port = ws_echo().await;
-    let e = Edge {
-        dir: d.to_path_buf(),
-        https: common::free_port(),
-        register: common::free_port(),
-        admin: common::free_port(),
-    };
-    std::fs::write(
-        e.cfg(),
-        format!(
-            "domain = \"example.test\"\nstate_dir = \"state\"\n[listen]\nhttps = \"127.0.0.1:{}\"\nhttp = \"\"\nadmin = \"127.0.0.1:{}\"\n[register]\nlisten = \"127.0.0.1:{}\"\nmax_streams = 1\nquic = false\n[[projects]]\nname = \"main\"\n  [[projects.routes]]\n  mount = \"forge\"\n  upstream = \"http://127.0.0.1:9\"\n",
-            e.https, e.admin, e.register
-        ),
-    )
-    .unwrap();
+    let echo_port = common::ws_echo().await;
+    let e = Edge::small(d, "max_streams = 1\nquic = false\n");
     let _edge = e.start("edge.log");
     let (_, _, token) = e.token("demo");
     let state = d.join("h");
@@ -895,8 +804,8 @@ async fn a_session_at_its_stream_limit_answers_busy_and_others_carry_on() {
         .all(|x| x["transport"] == "tcp"));
     let mut held = Vec::new();
     for i in 0..lanes {
-        let mut ws = wss(e.https, "demo.example.test", &e.ca()).await;
-        echo(&mut ws, &format!("held {i}")).await;
+        let mut ws = common::wss(e.https, "demo.example.test", &e.ca()).await;
+        common::echo(&mut ws, &format!("held {i}")).await;
         held.push(ws);
     }
     let (code, body) = e.get11("demo.example.test", "/live/");
@@ -904,7 +813,7 @@ async fn a_session_at_its_stream_limit_answers_busy_and_others_carry_on() {
     assert!(String::from_utf8_lossy(&body).contains("as many streams open as it may"));
     // The open ones carry on; one closes, and a new stream fits again.
     for (i, ws) in held.iter_mut().enumerate() {
-        echo(ws, &format!("still {i}")).await;
+        common::echo(ws, &format!("still {i}")).await;
     }
     drop(held.pop());
     until(
