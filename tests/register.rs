@@ -189,6 +189,21 @@ fn host(args: &[&str], log: &Path) -> Killed {
     )
 }
 
+/// Waits (up to 10 s) until a host process ends; its exit status.
+async fn exits(h: &mut Killed) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = h.0.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the host did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until `f` holds, up to `within`; how long it took.
 async fn until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -379,23 +394,7 @@ name = "main"
         String::from_utf8_lossy(&revoke.stderr)
     );
     // The revoked host stops: the edge refuses its certificate.
-    let log_b = d.join("host-b.log");
-    let status = tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = b.0.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the revoked host did not stop: {}",
-                std::fs::read_to_string(&log_b).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .await
-    .unwrap();
+    let status = exits(&mut b).await;
     assert!(!status.success());
     let said = std::fs::read_to_string(d.join("host-b.log")).unwrap();
     assert!(said.contains("not registered"), "{said}");
@@ -720,21 +719,7 @@ async fn with_ha_two_hosts_share_a_name_and_deregistering_ends_both() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("deregistered pair"));
-    let status = tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = h2.0.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the second host did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .await
-    .unwrap();
+    let status = exits(&mut h2).await;
     assert!(!status.success());
     assert_ne!(e.get("pair.example.test", "/forge/").0, 200);
     // The first host's sessions ran over QUIC, the second's (asked for) over TLS + TCP.

@@ -21,6 +21,25 @@ pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// The outposts' status as JSON (`GET /outposts`), from whoever runs them (the chat).
 pub type StatusFn = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// A JSON body with its content type.
+fn json(body: String) -> Response<ResBody> {
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The value of `key` in the request's query string, if given.
+fn query_param(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+    })
+}
+
 fn text(status: StatusCode, body: String) -> Response<ResBody> {
     let mut r = Response::new(ResBody::full(body));
     *r.status_mut() = status;
@@ -75,14 +94,7 @@ async fn handle(
             }
         },
         (&Method::GET, "/outposts") => match shared.outposts.get() {
-            Some(f) => {
-                let mut r = text(StatusCode::OK, f());
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                r
-            }
+            Some(f) => json(f()),
             None => text(
                 StatusCode::NOT_FOUND,
                 "this edge runs no chat, so no outposts\n".into(),
@@ -90,11 +102,7 @@ async fn handle(
         },
         (&Method::POST, "/certs/renew") => match shared.renew.get() {
             Some(f) => {
-                let project = req.uri().query().and_then(|q| {
-                    q.split('&')
-                        .find_map(|kv| kv.strip_prefix("project="))
-                        .map(str::to_string)
-                });
+                let project = query_param(&req, "project");
                 match f(project.as_deref()) {
                     Ok(m) => text(StatusCode::ACCEPTED, m),
                     Err(m) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{m}\n")),
@@ -103,14 +111,7 @@ async fn handle(
             None => text(StatusCode::NOT_FOUND, "this edge serves no HTTPS\n".into()),
         },
         (&Method::GET, "/register") => match shared.register_status.get() {
-            Some(f) => {
-                let mut r = text(StatusCode::OK, f());
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                r
-            }
+            Some(f) => json(f()),
             None => text(
                 StatusCode::NOT_FOUND,
                 "registration is not enabled on this edge ([register])\n".into(),
@@ -118,11 +119,7 @@ async fn handle(
         },
         (&Method::POST, "/register/revoke") => match shared.register_revoke.get() {
             Some(f) => {
-                let name = req.uri().query().and_then(|q| {
-                    q.split('&')
-                        .find_map(|kv| kv.strip_prefix("name="))
-                        .map(str::to_string)
-                });
+                let name = query_param(&req, "name");
                 match f(name.as_deref()) {
                     Ok(m) => text(StatusCode::OK, m),
                     Err(m) => text(StatusCode::NOT_FOUND, format!("{m}\n")),

@@ -542,7 +542,6 @@ impl Inner {
                 return;
             }
         };
-        let _ = &stop;
         let peer: Option<Peer> = tls
             .get_ref()
             .1
@@ -560,9 +559,11 @@ impl Inner {
                 return;
             }
         };
-        let Some(hello) = self.dispatch(&line, peer, remote, &mut tls).await else {
+        let Some(mut hello) = self.dispatch(&line, peer, remote, &mut tls).await else {
             return;
         };
+        // The edge's shutdown ends the session too.
+        hello.stop = stop.child_token();
         // HTTP/2 with the edge as the client.
         let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
