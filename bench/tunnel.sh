@@ -153,15 +153,36 @@ URL[rathole]="http://127.0.0.1:9400/1k";  HOSTH[rathole]="x"
 URL[rathole-noise]="http://127.0.0.1:9401/1k";  HOSTH[rathole-noise]="x"
 TARGETS="direct edge-local edge-quic edge-tcp rathole rathole-noise"
 
-printf '# wrk -t2 -c%s -d%ss, 1 KiB, %s interleaved rounds\n' "$CONNS" "$DUR" "$ROUNDS"
-printf '%-14s %6s %10s %10s\n' target round req/s p99
+# CPU per request of each process on the path (user + system, from /proc), so the tunnel's
+# own cost shows apart from the HTTP proxying: "near" is the edge or rathole's server, "far" the
+# host side or rathole's client.
+pid_of() { # the process in the namespace whose command line has $1
+  ip netns pids "$NS" | while read -r p; do tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "$1" && echo "$p"; done | head -1 || true
+}
+RS_NOISE_PID=$(pgrep -f "rathole-noise-server.toml" | head -1)
+declare -A NEAR FAR
+NEAR[direct]=""; FAR[direct]=""
+NEAR[edge-local]=$EDGE_PID; FAR[edge-local]=""
+NEAR[edge-quic]=$EDGE_PID; FAR[edge-quic]=$(pid_of "register demo ")
+NEAR[edge-tcp]=$EDGE_PID; FAR[edge-tcp]=$(pid_of "register demotcp")
+NEAR[rathole]=$RS_PID; FAR[rathole]=$(pid_of "rathole-client.toml")
+NEAR[rathole-noise]=$RS_NOISE_PID; FAR[rathole-noise]=$(pid_of "rathole-noise-client.toml")
+ticks() { [[ -n $1 ]] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
+TCK=$(getconf CLK_TCK)
+
+printf '# wrk -t2 -c%s -d%ss, 1 KiB, %s interleaved rounds; CPU µs per request near (edge / rathole server) and far (host side / rathole client)\n' "$CONNS" "$DUR" "$ROUNDS"
+printf '%-14s %6s %10s %10s %8s %8s\n' target round req/s p99 near far
 for r in $(seq "$ROUNDS"); do
   for t in $TARGETS; do
+    n0=$(ticks "${NEAR[$t]}"); f0=$(ticks "${FAR[$t]}")
     out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency -H "Host: ${HOSTH[$t]}" "${URL[$t]}")
+    n1=$(ticks "${NEAR[$t]}"); f1=$(ticks "${FAR[$t]}")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
     errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-    printf '%-14s %6s %10s %10s %s\n' "$t" "$r" "$rps" "$p99" "$errs"
+    printf '%-14s %6s %10s %10s %8.1f %8.1f %s\n' "$t" "$r" "$rps" "$p99" \
+      "$(echo "($n1-$n0)*1000000/$TCK/$reqs" | bc -l)" "$(echo "($f1-$f0)*1000000/$TCK/$reqs" | bc -l)" "$errs"
   done
 done
 
@@ -195,14 +216,37 @@ for _ in range(n):
 time.sleep(s)
 PY
 }
+# Memory per idle session: 16 more hosts holding one session each, over each transport; the
+# edge's RSS before and after, and each host's own RSS.
+printf '\n# memory per idle session (16 hosts, --lanes 1)\n'
+for tr in tcp quic; do
+  e0=$(rss $EDGE_PID); HPIDS=()
+  for i in $(seq 16); do
+    T=$("$EDGE" register token create "idle$tr$i" --config "$RUN/edge.toml" | tail -1)
+    inns "$EDGE" register "idle$tr$i" --lanes 1 --transport "$tr" --edge "$NET.1:7443" --token "$T" \
+      --route "forge=http://127.0.0.1:8080" --state "$RUN/idle-$tr-$i" > /dev/null 2>&1 & HPIDS+=($!)
+  done
+  for i in $(seq 16); do
+    until [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Host: idle$tr$i.example.test" http://127.0.0.1:9300/forge/1k) == 200 ]]; do sleep 0.05; done
+  done
+  sleep 2
+  e1=$(rss $EDGE_PID); hs=0
+  for i in $(seq 16); do hs=$(( hs + $(rss "$(pid_of "register idle$tr$i ")") )); done
+  printf '%s: edge +%.0f KiB per session; a host holding one session: %.1f MiB RSS\n' "$tr" \
+    "$(echo "($e1-$e0)/16" | bc -l)" "$(echo "$hs/16/1024" | bc -l)"
+  for i in $(seq 16); do kill "$(pid_of "register idle$tr$i ")" 2>/dev/null || true; done
+  wait "${HPIDS[@]}" 2>/dev/null || true
+done
+
 e0=$(rss $EDGE_PID); h0=$(rss "$HC_PID"); r0=$(rss $RS_PID); c0=$(rss "$RC_PID")
 hold 127.0.0.1 9300 demotcp.example.test 200 6 /forge/1k; HP=$!
 sleep 4; e1=$(rss $EDGE_PID); h1=$(rss "$HC_PID"); wait $HP
 hold 127.0.0.1 9400 x 200 6 /1k; RP=$!
 sleep 4; r1=$(rss $RS_PID); c1=$(rss "$RC_PID"); wait $RP
 printf '\n# memory per open connection (200 idle keep-alive connections; edge over TCP)\n'
-printf 'edge (edge + host side): %.1f KiB   rathole (server + client): %.1f KiB\n' \
-  "$(echo "(($e1-$e0)+($h1-$h0))/200" | bc -l)" "$(echo "(($r1-$r0)+($c1-$c0))/200" | bc -l)"
+printf 'edge: %.1f KiB (edge %.1f + host side %.1f)   rathole: %.1f KiB (server %.1f + client %.1f)\n' \
+  "$(echo "(($e1-$e0)+($h1-$h0))/200" | bc -l)" "$(echo "($e1-$e0)/200" | bc -l)" "$(echo "($h1-$h0)/200" | bc -l)" \
+  "$(echo "(($r1-$r0)+($c1-$c0))/200" | bc -l)" "$(echo "($r1-$r0)/200" | bc -l)" "$(echo "($c1-$c0)/200" | bc -l)"
 printf 'idle RSS: edge %s KiB + host side %s KiB; rathole server %s KiB + client %s KiB\n' "$e0" "$h0" "$r0" "$c0"
 
 # Recovery after a 5 s link cut.

@@ -152,18 +152,16 @@ pub enum Command {
         /// ~/.local/state/edge-register)
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
-        /// How to reach the edge: auto (QUIC, else TLS over TCP), quic, tcp
-        #[arg(long, default_value = "auto")]
-        transport: String,
+        #[command(flatten)]
+        session: SessionArgs,
     },
     /// On a project host: hold the session to the edge again, from the saved enrolment
     /// (reconnecting by itself after network cuts and edge restarts).
     Connect {
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
-        /// How to reach the edge: auto (QUIC, else TLS over TCP), quic, tcp
-        #[arg(long, default_value = "auto")]
-        transport: String,
+        #[command(flatten)]
+        session: SessionArgs,
     },
     /// On a project host: give the name up; the edge stops serving it.
     Deregister {
@@ -188,6 +186,17 @@ pub enum CertsCommand {
         /// The project (default: every project whose issuer is ACME)
         project: Option<String>,
     },
+}
+
+/// How a project host holds its sessions (`edge register`, `edge connect`).
+#[derive(Debug, clap::Args)]
+pub struct SessionArgs {
+    /// How to reach the edge: auto (QUIC, else TLS over TCP), quic, tcp
+    #[arg(long, default_value = "auto")]
+    pub transport: String,
+    /// Sessions held side by side, each on a thread of its own (default: one per core, up to 4)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub lanes: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -530,7 +539,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             token,
             routes,
             state,
-            transport,
+            session,
         } => match command {
             None => crate::register::register_host(
                 name.as_deref().unwrap_or_default(),
@@ -538,7 +547,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 token.as_deref().unwrap_or_default(),
                 &routes,
                 state,
-                &transport,
+                &session,
             ),
             Some(RegisterCommand::Token {
                 command: TokenCommand::Create { name, ttl, config },
@@ -574,7 +583,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 crate::register::revoke(&loaded.config, admin.as_deref(), &name)
             }
         },
-        Command::Connect { state, transport } => crate::register::connect_host(state, &transport),
+        Command::Connect { state, session } => crate::register::connect_host(state, &session),
         Command::Deregister { state } => crate::register::deregister_host(state),
         Command::Reload { config, admin } => {
             let admin = match admin {

@@ -11,7 +11,7 @@ use edge_routing::{Config, RouteTarget, RoutingMode};
 use edge_tunnel::{ClientState, LocalRoute, TunnelServer, TunnelSettings};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Failure;
+use crate::cli::{Failure, SessionArgs};
 
 /// Whether a project in the route table is one `edge register` added.
 fn is_registered(p: &edge_routing::Project) -> bool {
@@ -187,6 +187,7 @@ fn status_json(s: &TunnelServer) -> String {
             "enrolled": r.enrolled, "not_after": r.not_after,
         })).collect::<Vec<_>>(),
         "sessions": sessions,
+        "handshakes_refused": s.handshakes_refused(),
     })
     .to_string()
 }
@@ -203,16 +204,28 @@ pub fn state_dir(flag: Option<PathBuf>) -> PathBuf {
     .unwrap_or_else(|| PathBuf::from("edge-register"))
 }
 
+fn parse_transport(session: &SessionArgs) -> Result<edge_tunnel::Transport, Failure> {
+    session
+        .transport
+        .parse()
+        .map_err(|e: String| Failure::config(anyhow::anyhow!("--transport {e}")))
+}
+
+/// The host side's runtime: single-threaded; `edge_tunnel::connect` gives each further lane a
+/// thread of its own.
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?)
 }
 
 /// Holds the session until Ctrl-C or SIGTERM.
-async fn hold(state: &ClientState, transport: edge_tunnel::Transport) -> Result<(), Failure> {
+async fn hold(
+    state: &ClientState,
+    transport: edge_tunnel::Transport,
+    lanes: Option<u32>,
+) -> Result<(), Failure> {
     let stop = CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move {
@@ -228,10 +241,12 @@ async fn hold(state: &ClientState, transport: edge_tunnel::Transport) -> Result<
         s.cancel();
     });
     // One session per core (up to 4): streams spread over them, and so over the cores.
-    let lanes = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
-        .min(4);
+    let lanes = lanes.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+            .min(4)
+    });
     edge_tunnel::connect(state, lanes, transport, stop, |urls| {
         tracing::info!(?urls, "online");
     })
@@ -247,11 +262,9 @@ pub fn register_host(
     token: &str,
     routes: &[String],
     state: Option<PathBuf>,
-    transport: &str,
+    session: &SessionArgs,
 ) -> Result<(), Failure> {
-    let transport: edge_tunnel::Transport = transport
-        .parse()
-        .map_err(|e: String| Failure::config(anyhow::anyhow!("--transport {e}")))?;
+    let transport = parse_transport(session)?;
     crate::up::init_tracing(false);
     let routes: Vec<LocalRoute> = routes
         .iter()
@@ -278,22 +291,20 @@ pub fn register_host(
             state.dir.display(),
             state.dir.display()
         );
-        hold(&state, transport).await
+        hold(&state, transport, session.lanes).await
     })
 }
 
 /// `edge connect`: the session again, from the saved enrolment.
-pub fn connect_host(state: Option<PathBuf>, transport: &str) -> Result<(), Failure> {
-    let transport: edge_tunnel::Transport = transport
-        .parse()
-        .map_err(|e: String| Failure::config(anyhow::anyhow!("--transport {e}")))?;
+pub fn connect_host(state: Option<PathBuf>, session: &SessionArgs) -> Result<(), Failure> {
+    let transport = parse_transport(session)?;
     crate::up::init_tracing(false);
     let state = ClientState::new(&state_dir(state));
     let e = state
         .enrolment()
         .map_err(|e| Failure::config(anyhow::anyhow!("{e}")))?;
     println!("connecting {} to {}", e.name, e.edge);
-    runtime()?.block_on(hold(&state, transport))
+    runtime()?.block_on(hold(&state, transport, session.lanes))
 }
 
 /// `edge deregister`: give the name up.

@@ -549,6 +549,36 @@ async fn garbage_on_the_tunnel_listener_is_refused_and_harms_nothing() {
     for t in tasks {
         t.await.unwrap();
     }
+    // Silent connections from one address (a slow handshake each): 16 are let wait out the
+    // handshake timeout, the rest are dropped at once, and everyone else is served meanwhile.
+    let refused_so_far = || {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{}/register", e.admin)])
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["handshakes_refused"].as_u64().unwrap()
+    };
+    // (Some of the thousand above may have been dropped this way already.)
+    let before = refused_so_far();
+    let mut silent = Vec::new();
+    let mut dropped = 0;
+    for _ in 0..40 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.9:0".parse().unwrap()).unwrap();
+        let mut s = sock
+            .connect(([127, 0, 0, 1], e.register).into())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 8];
+        match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => dropped += 1,
+            Ok(Ok(n)) => panic!("the edge said {n} bytes before the client's hello"),
+            Err(_) => silent.push(s),
+        }
+    }
+    assert_eq!((silent.len(), dropped), (16, 24));
+    assert_eq!(refused_so_far() - before, 24);
     // The edge still serves, and still takes a real enrolment.
     assert_eq!(e.get("main.example.test", "/forge/").0, 502);
     let (ok, text, token) = e.token("demo");
@@ -602,6 +632,8 @@ async fn garbage_on_the_tunnel_listener_is_refused_and_harms_nothing() {
     );
     let refused = e.audit().iter().filter(|x| x["event"] == "refused").count();
     assert!(refused >= 1, "{:?}", e.audit());
+    // The silent ones are still held (they get the 10 s handshake timeout, no more).
+    drop(silent);
 }
 
 /// A keep-alive HTTP/1.1 server on loopback answering every request with `body`.

@@ -2,7 +2,7 @@
 //! sessions by name, and [`TunnelServer::open`], which the gateway dials a mount through.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -26,6 +26,11 @@ use crate::{now_unix, Result};
 
 /// How long a host has to finish the TLS handshake and say its first line.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes (TLS or QUIC, up to the first line answered) in progress at once from one
+/// address (an IPv6 /64), and from everyone: past them a new connection is dropped before any
+/// cryptography is done, so a flood from one place neither starves the others nor the edge.
+const MAX_HANDSHAKES_PER_IP: usize = 16;
+const MAX_HANDSHAKES: usize = 512;
 /// HTTP/2 PINGs both ways: a dead path is noticed within interval + timeout.
 pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -132,6 +137,63 @@ struct Inner {
     sessions: Mutex<HashMap<String, Vec<Arc<Session>>>>,
     next_id: AtomicU64,
     round_robin: AtomicUsize,
+    handshakes: Handshakes,
+}
+
+/// The handshakes in progress, by client address.
+#[derive(Default)]
+struct Handshakes {
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+    refused: AtomicU64,
+}
+
+/// A handshake's place in `Handshakes`, given back when it ends either way.
+struct HandshakeGuard<'a> {
+    of: &'a Handshakes,
+    ip: IpAddr,
+}
+
+impl Handshakes {
+    fn try_start(&self, remote: SocketAddr) -> Option<HandshakeGuard<'_>> {
+        // An IPv6 client usually has a whole /64: count it as one.
+        let ip = match remote.ip() {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)),
+            v4 => v4,
+        };
+        let mut m = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = m.values().sum();
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_IP || total >= MAX_HANDSHAKES {
+            if *n == 0 {
+                m.remove(&ip);
+            }
+            drop(m);
+            let refused = self.refused.fetch_add(1, Relaxed) + 1;
+            // One line per hundred, so that a flood does not flood the log as well.
+            if refused % 100 == 1 {
+                tracing::warn!(%remote, refused, "tunnel listener: too many handshakes at once; connection dropped");
+            }
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeGuard { of: self, ip })
+    }
+}
+
+impl Drop for HandshakeGuard<'_> {
+    fn drop(&mut self) {
+        let mut m = self.of.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The tunnel server. Cheap to clone.
@@ -277,6 +339,7 @@ impl TunnelServer {
                 sessions: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 round_robin: AtomicUsize::new(0),
+                handshakes: Handshakes::default(),
             }),
         })
     }
@@ -297,6 +360,12 @@ impl TunnelServer {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .is_some_and(|v| !v.is_empty())
+    }
+
+    /// Connections dropped so far because too many handshakes were in progress (from their
+    /// address, or from everyone).
+    pub fn handshakes_refused(&self) -> u64 {
+        self.inner.handshakes.refused.load(Relaxed)
     }
 
     /// The live sessions.
@@ -531,6 +600,9 @@ impl Inner {
         remote: SocketAddr,
         stop: CancellationToken,
     ) {
+        let Some(guard) = self.handshakes.try_start(remote) else {
+            return;
+        };
         let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.accept(tcp)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
@@ -559,7 +631,9 @@ impl Inner {
                 return;
             }
         };
-        let Some(mut hello) = self.dispatch(&line, peer, remote, &mut tls).await else {
+        let hello = self.dispatch(&line, peer, remote, &mut tls).await;
+        drop(guard);
+        let Some(mut hello) = hello else {
             return;
         };
         // The edge's shutdown ends the session too.
@@ -597,6 +671,10 @@ impl Inner {
     /// A QUIC connection: the host's first stream carries the first line.
     async fn handle_quic(self: Arc<Inner>, incoming: quinn::Incoming, stop: CancellationToken) {
         let remote = incoming.remote_address();
+        let Some(guard) = self.handshakes.try_start(remote) else {
+            incoming.refuse();
+            return;
+        };
         let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
@@ -631,6 +709,7 @@ impl Inner {
             }
         };
         let hello = self.dispatch(&line, peer, remote, &mut send).await;
+        drop(guard);
         let _ = send.finish();
         let Some(mut hello) = hello else {
             // Enrolment and refusals: the host closes once it has read the answer.
