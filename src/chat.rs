@@ -88,7 +88,18 @@ pub async fn print_login_url(chat: &Chat, config: &Config, https_port: Option<u1
 
 /// `edge chat login-url`: a new one-time link, written into the store a running edge uses.
 pub fn login_url(loaded: Loaded, project: Option<String>) -> Result<(), Failure> {
-    let config = loaded.config;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let url = rt.block_on(login_link(&loaded.config, project.as_deref()))?;
+    println!("{url}");
+    Ok(())
+}
+
+/// A new one-time sign-in link for `project` (else the default one), written into the chat's
+/// store under the config's `state_dir`.
+pub async fn login_link(config: &Config, project: Option<&str>) -> Result<String, Failure> {
     let Some(c) = &config.chat else {
         return Err(Failure::config(anyhow::anyhow!(
             "the config has no [chat] table"
@@ -117,18 +128,12 @@ pub fn login_url(loaded: Loaded, project: Option<String>) -> Result<(), Failure>
             config.projects[config.default_project].name
         ))
     })?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     let store = edge_chat::Store::open(&edge_chat::store_dir(&config.state_dir))
         .context("opening the chat store")?;
     let user = c.token_user.clone();
-    let url = rt
-        .block_on(edge_chat::login_url(&store, &base, &user))
-        .context("creating the link")?;
-    println!("{url}");
-    Ok(())
+    Ok(edge_chat::login_url(&store, &base, &user)
+        .await
+        .context("creating the link")?)
 }
 
 /// `edge chat`: the chat service alone (the gateway runs elsewhere and forwards to it).

@@ -87,6 +87,29 @@ pub enum Command {
         #[arg(long)]
         probe: bool,
     },
+    /// Check a live deployment from outside, as a browser would: TLS, redirects, each mount and
+    /// its assets, the sign-in gate, staging's sandbox, the chat's WebSocket, the admin
+    /// listener. Exits 1 when a check fails.
+    Smoke {
+        /// The edge's config (default: $EDGE_CONFIG, else the embedded default): every project
+        /// and mount, its CA, its listeners, a one-time sign-in for the chat
+        #[arg(long, value_name = "FILE", conflicts_with = "url")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Check this address instead, from what the edge says of itself (subpath routing)
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Trust this CA too (PEM), e.g. an edge's local CA with --url
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
+        /// Dial this address for HTTPS whatever the names resolve to (like curl --resolve)
+        #[arg(long, value_name = "ADDR:PORT")]
+        connect: Option<std::net::SocketAddr>,
+        /// One JSON object on stdout (for CI)
+        #[arg(long)]
+        json: bool,
+    },
     /// Confine agent runs: check which layers this host enforces, try a profile.
     Sandbox {
         #[command(subcommand)]
@@ -443,6 +466,28 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 Some(file) => crate::worker::oneshot(&file, floor),
                 None => crate::worker::stdio(name, floor),
             }
+        }
+        Command::Smoke {
+            config,
+            state_dir,
+            url,
+            cacert,
+            connect,
+            json,
+        } => {
+            let loaded = match url {
+                Some(_) => None,
+                None => Some(load(config_path(config).as_deref(), state_dir.as_deref())?),
+            };
+            crate::smoke::run(
+                loaded,
+                crate::smoke::Args {
+                    url,
+                    cacert,
+                    connect,
+                    json,
+                },
+            )
         }
         Command::Sandbox { command } => crate::sandbox::run(command),
         Command::Workers {

@@ -6,6 +6,7 @@ mod chat;
 mod cli;
 mod register;
 mod sandbox;
+mod smoke;
 mod trust;
 mod up;
 mod worker;

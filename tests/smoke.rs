@@ -1,0 +1,324 @@
+//! `edge smoke` against live edges: a correct deployment passes; one whose apps make the known
+//! subpath mistakes (links without the prefix, a `Location` to the upstream's own address, a
+//! redirect loop, an upstream that is down, an admin listener on every interface) fails, and
+//! each check names what it saw and the fix. nginx plays the apps.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const EDGE: &str = env!("CARGO_BIN_EXE_edge");
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16, what: &str) {
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{what} did not start on port {port}");
+}
+
+/// nginx as the apps: `/good/` a page whose scripts, styles and images are under `/good/`;
+/// `/links/` a page that links its script without the prefix; `/internal/` a redirect to its
+/// own loopback address; `/loop/` a redirect loop; `/downgrade/` a redirect to plain HTTP (an
+/// app that does not know it is behind TLS); `/staging/` a preview that sets a cookie.
+fn nginx(dir: &Path) -> (Killed, u16) {
+    let www = dir.join("www");
+    for d in ["good", "links", "staging"] {
+        std::fs::create_dir_all(www.join(d)).unwrap();
+    }
+    std::fs::write(
+        www.join("good/index.html"),
+        "<!doctype html><html><head><title>Good app</title>\
+         <link rel=\"stylesheet\" href=\"/good/app.css\"><script src=\"app.js\"></script></head>\
+         <body><img src=\"/good/logo.svg\"><a href=\"/elsewhere/\">not loaded</a></body></html>",
+    )
+    .unwrap();
+    for f in ["app.css", "app.js", "logo.svg"] {
+        std::fs::write(www.join("good").join(f), "/* ok */").unwrap();
+    }
+    std::fs::write(
+        www.join("links/index.html"),
+        "<!doctype html><html><head><title>Links app</title><script src=\"/assets/app.js\"></script>\
+         <link rel=\"stylesheet\" href=\"/links/app.css\"></head><body></body></html>",
+    )
+    .unwrap();
+    std::fs::write(www.join("links/app.css"), "/* ok */").unwrap();
+    std::fs::write(
+        www.join("staging/index.html"),
+        "<!doctype html><title>Preview</title><p>a preview build</p>",
+    )
+    .unwrap();
+    let port = common::free_port();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/nginx-error.log error;\n\
+             events {{ worker_connections 256; }}\nhttp {{ access_log off; client_body_temp_path {d}/b; \
+             proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+             types {{ text/html html; text/css css; application/javascript js; image/svg+xml svg; }}\n\
+             server {{ listen 127.0.0.1:{port}; root {www}; absolute_redirect off;\n\
+               location /internal/ {{ return 302 http://127.0.0.1:{port}/internal/login; }}\n\
+               location = /loop/ {{ return 302 /loop/again/; }}\n\
+               location = /loop/again/ {{ return 302 /loop/; }}\n\
+               location = /downgrade/ {{ return 302 http://$host/downgrade/in; }}\n\
+               location /staging/ {{ add_header Set-Cookie \"tracker=1; Path=/\"; }}\n\
+             }} }}\n",
+            www = www.display()
+        ),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nginx is not installed; .ci/run installs it");
+    let child = Killed(
+        Command::new(bin)
+            .args(["-p", &d.to_string(), "-c"])
+            .arg(dir.join("nginx.conf"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port, "nginx");
+    (child, port)
+}
+
+struct Edge {
+    cfg: std::path::PathBuf,
+    https: u16,
+    _child: Killed,
+}
+
+/// An edge on free ports with `routes` (TOML of `[[projects.routes]]` tables) and a chat.
+fn edge(dir: &Path, name: &str, routes: &str, admin_ip: &str) -> Edge {
+    let (https, http, admin, chat) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "domain = \"example.test\"\nstate_dir = \"state-{name}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\n\
+             http = \"127.0.0.1:{http}\"\nadmin = \"{admin_ip}:{admin}\"\n[[projects]]\nname = \"demo\"\n{routes}\
+             [chat]\nlisten = \"127.0.0.1:{chat}\"\nlogin = \"token\"\n"
+        ),
+    )
+    .unwrap();
+    let child = Killed(
+        Command::new(EDGE)
+            .args(["up", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(https, "edge");
+    wait_port(chat, "the chat");
+    Edge {
+        cfg,
+        https,
+        _child: child,
+    }
+}
+
+fn smoke(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = Command::new(EDGE).arg("smoke").args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        v,
+        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// The checks named `check` whose subject ends with `subject`.
+fn find<'a>(r: &'a serde_json::Value, check: &str, subject: &str) -> Vec<&'a serde_json::Value> {
+    r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == check && c["subject"].as_str().unwrap().ends_with(subject))
+        .collect()
+}
+
+#[test]
+fn a_correct_deployment_passes_and_a_broken_one_fails_naming_each_mistake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (_nginx, app) = nginx(d);
+    let good = edge(
+        d,
+        "good",
+        &format!(
+            "  [[projects.routes]]\n  mount = \"good\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"staging\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"chat\"\n  upstream = \"chat\"\n  auth = \"forward\"\n"
+        ),
+        "127.0.0.1",
+    );
+    let (code, r, text) = smoke(&["--config", good.cfg.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(r["ok"], true, "{text}");
+    assert_eq!(r["failed"], 0, "{text}");
+    let assets = find(&r, "assets", "/good/");
+    assert_eq!(assets.len(), 1, "{text}");
+    assert_eq!(
+        assets[0]["saw"], "3 scripts, styles and images load",
+        "{text}"
+    );
+    assert_eq!(find(&r, "root", "/")[0]["status"], "pass", "{text}");
+    let staging = find(&r, "staging", "/staging/");
+    assert_eq!(staging[0]["status"], "pass", "{text}");
+    assert!(
+        staging[0]["saw"].as_str().unwrap().contains("sandbox"),
+        "{text}"
+    );
+    let ws = find(&r, "chat-websocket", "/chat/ws");
+    assert_eq!(ws.len(), 2, "{text}");
+    assert!(ws.iter().all(|c| c["status"] == "pass"), "{text}");
+    assert!(ws[0]["saw"].as_str().unwrap().contains("101"), "{text}");
+    let gate = find(&r, "auth-gate", "/chat/api/me");
+    assert_eq!(gate[0]["saw"], "a fetch without a session: 401", "{text}");
+    assert_eq!(
+        find(&r, "tls", "demo.example.test")[0]["status"],
+        "pass",
+        "{text}"
+    );
+    assert_eq!(
+        find(&r, "http-redirect", "/")[0]["status"],
+        "pass",
+        "{text}"
+    );
+
+    // The same deployment seen from a URL alone: the mounts come from edge's 404 page.
+    let ca = d.join("state-good/ca/example.test/ca.pem");
+    let (code, r, text) = smoke(&[
+        "--url",
+        "https://demo.example.test/",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--connect",
+        &format!("127.0.0.1:{}", good.https),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let mounts: Vec<&str> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "mount")
+        .map(|c| c["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            "https://demo.example.test/good/",
+            "https://demo.example.test/staging/",
+            "https://demo.example.test/chat/"
+        ],
+        "{text}"
+    );
+    assert_eq!(
+        find(&r, "chat-websocket", "/chat/ws")[0]["status"],
+        "skip",
+        "{text}"
+    );
+    drop(good);
+
+    // The broken one.
+    let bad = edge(
+        d,
+        "bad",
+        &format!(
+            "  [[projects.routes]]\n  mount = \"links\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"internal\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"loop\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"downgrade\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"down\"\n  upstream = \"http://127.0.0.1:9\"\n"
+        ),
+        "0.0.0.0",
+    );
+    let (code, r, text) = smoke(&["--config", bad.cfg.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(r["ok"], false, "{text}");
+    let links = find(&r, "assets", "/links/");
+    assert_eq!(links[0]["status"], "fail", "{text}");
+    assert_eq!(
+        links[0]["saw"], "1 of 2 do not load: /assets/app.js (404)",
+        "{text}"
+    );
+    assert!(
+        links[0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("links /assets/app.js outside its mount /links/"),
+        "{text}"
+    );
+    let internal = find(&r, "mount", "/internal/");
+    assert_eq!(internal[0]["status"], "fail", "{text}");
+    assert!(
+        internal[0]["saw"]
+            .as_str()
+            .unwrap()
+            .contains("the upstream's own address"),
+        "{text}"
+    );
+    let looped = find(&r, "mount", "/loop/");
+    assert_eq!(looped[0]["status"], "fail", "{text}");
+    assert_eq!(
+        looped[0]["saw"], "redirect loop: /loop/ (302) -> /loop/again/ (302) -> /loop/ (0)",
+        "{text}"
+    );
+    let downgrade = find(&r, "mount", "/downgrade/");
+    assert_eq!(downgrade[0]["status"], "fail", "{text}");
+    assert_eq!(
+        downgrade[0]["saw"],
+        "/downgrade/ redirects to http://demo.example.test/downgrade/in: plain HTTP",
+        "{text}"
+    );
+    let down = find(&r, "mount", "/down/");
+    assert_eq!(down[0]["status"], "fail", "{text}");
+    assert!(
+        down[0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("nothing answers at http://127.0.0.1:9"),
+        "{text}"
+    );
+    let admin: Vec<_> = find(&r, "admin", "")
+        .into_iter()
+        .filter(|c| c["status"] == "warn")
+        .collect();
+    assert_eq!(admin.len(), 1, "{text}");
+    assert!(
+        admin[0]["saw"].as_str().unwrap().contains("0.0.0.0"),
+        "{text}"
+    );
+    // The terminal report names the failures too.
+    let (code, _, human) = smoke(&["--config", bad.cfg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(human.contains("FAIL  mount"), "{human}");
+    let failed = r["failed"].as_u64().unwrap();
+    assert!(failed >= 4, "{text}");
+    assert!(human.contains(&format!(", {failed} failed,")), "{human}");
+}
