@@ -13,7 +13,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 ROUNDS=${ROUNDS:-5}; DURATION=${DURATION:-10}
-command -v wrk >/dev/null || { echo "wrk is needed (bash ../shared/bench/install.sh)" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "wrk is needed (bash bench/harness/install.sh)" >&2; exit 1; }
 cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" >&2
 EDGE=$ROOT/target/release/edge
 RUN=$(mktemp -d)

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Benchmarks edge side by side with nginx, HAProxy (and, if asked, Caddy, Traefik, Envoy) using
-# the shared harness (../shared/bench/run.sh): GET /forge/<rest> proxied to a fixed 1 KiB
+# the peer harness (bench/harness/run.sh): GET /forge/<rest> proxied to a fixed 1 KiB
 # upstream, prefix stripped, one worker each, interleaved rounds, over HTTP and HTTPS, plus a
 # WebSocket echo. Loopback only; every run is bounded. Results: $OUT (printed at the end).
 #
 #   bench/run.sh                       # edge vs nginx and HAProxy, 5 rounds of 10 s
 #   TARGETS="direct nginx haproxy caddy traefik envoy" bench/run.sh
 #
-# Needs the harness' peers: `bash ../shared/bench/install.sh` once (nginx, haproxy, wrk, ...).
+# Needs the harness' peers: `bash bench/harness/install.sh` once (nginx, haproxy, wrk, ...).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-HARNESS=${HARNESS:-$ROOT/../shared/bench/run.sh}
+HARNESS=${HARNESS:-$ROOT/bench/harness/run.sh}
 [[ -x $HARNESS || -f $HARNESS ]] || { echo "harness not found at $HARNESS (set HARNESS=)" >&2; exit 1; }
 
 cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" >&2

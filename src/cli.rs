@@ -70,7 +70,7 @@ pub enum Command {
         oneshot: Option<PathBuf>,
         /// The least confinement this worker accepts, whatever the orchestrator sends (a TOML
         /// file: require, memory, pids, open_files, file_size, egress, writable, hidden; see
-        /// docs/workers.md). Runs below it are refused and say why.
+        /// docs/sandbox.md, "A worker's floor"). Runs below it are refused and say why.
         #[arg(long, value_name = "FILE")]
         floor: Option<PathBuf>,
     },

@@ -457,6 +457,7 @@ async fn serve(
     let config = crate::register::effective(&config);
     let (certs, ca_path) = project_certs(&config, &base_dir).context("preparing certificates")?;
     let gateway = Gateway::new(config.clone(), &base_dir, &certs).map_err(Failure::config)?;
+    gateway.set_config_file(path.clone());
     let answers = Arc::new(edge_certs::Http01Answers::default());
     {
         let a = answers.clone();

@@ -358,7 +358,7 @@ fn edge_with_config() -> (Running, tempfile::TempDir, std::path::PathBuf, u16, P
         .args(["up", "--config"])
         .arg(&cfg)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("edge.log")).unwrap())
         .spawn()
         .unwrap();
     let running = Running(child);
@@ -425,6 +425,13 @@ fn sighup_and_edge_reload_reread_the_config_and_a_bad_one_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(get(ports.1, "/extra/x").0, "200", "the old config stays");
+    // The refusal is in edge's own log too, with the key.
+    let log = std::fs::read_to_string(cfg.with_file_name("edge.log")).unwrap();
+    let refused = log.find("POST /reload refused").expect(&log);
+    assert!(
+        log[refused..].contains("projects[0].routes[1].mount"),
+        "{log}"
+    );
 
     write_config(&cfg, up, ports, false);
     signal(&edge_proc.0, "-HUP");

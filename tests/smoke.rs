@@ -322,3 +322,74 @@ fn a_correct_deployment_passes_and_a_broken_one_fails_naming_each_mistake() {
     assert!(failed >= 4, "{text}");
     assert!(human.contains(&format!(", {failed} failed,")), "{human}");
 }
+
+fn curl(e: &Edge, dir: &Path, name: &str, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+        .arg(dir.join(format!("state-{name}/ca/example.test/ca.pem")))
+        .args([
+            "--resolve",
+            &format!("demo.example.test:{}:127.0.0.1", e.https),
+            &format!("https://demo.example.test:{}{path}", e.https),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn the_welcome_page_lists_the_mounts_and_unset_mounts_say_how_to_set_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let e = edge(
+        d,
+        "first",
+        "  [[projects.routes]]\n  mount = \"forge\"\n\
+           [[projects.routes]]\n  mount = \"staging\"\n  upstream = \"welcome\"\n\
+           [[projects.routes]]\n  mount = \"chat\"\n  upstream = \"chat\"\n  auth = \"forward\"\n",
+        "127.0.0.1",
+    );
+    let file = e.cfg.display().to_string();
+    let (code, page) = curl(&e, d, "first", "/staging/");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("<title>edge is running</title>"), "{page}");
+    assert!(
+        page.contains("<a href=\"/forge/\">/forge/</a> — <b>not pointed anywhere yet</b>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("/chat/</a> — the agent chat edge runs"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("edge reload --config {file}")),
+        "{page}"
+    );
+    assert!(page.contains("cargo install --path ."), "{page}");
+    let (code, page) = curl(&e, d, "first", "/forge/");
+    assert_eq!(code, 503, "{page}");
+    assert!(
+        page.contains("Set <code>projects[0].routes[0].upstream</code>"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("edge reload --config {file}")),
+        "{page}"
+    );
+    assert!(
+        page.contains("<a href=\"/staging/\">/staging/</a> shows every mount"),
+        "{page}"
+    );
+    // The smoke run: the welcome page passes as staging (sandboxed, no cookies), the unset
+    // mount is a warning, nothing fails.
+    let (code, r, text) = smoke(&["--config", &file, "--json"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(
+        find(&r, "staging", "/staging/")[0]["status"],
+        "pass",
+        "{text}"
+    );
+    assert_eq!(find(&r, "mount", "/forge/")[0]["status"], "warn", "{text}");
+}

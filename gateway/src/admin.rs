@@ -77,19 +77,30 @@ async fn handle(
             r
         }
         (&Method::POST, "/reload") => match &reload {
-            None => text(
-                StatusCode::NOT_IMPLEMENTED,
-                "this edge was started without a config file to re-read\n".into(),
-            ),
+            None => {
+                tracing::warn!("POST /reload refused: edge runs the embedded default, there is no file to re-read");
+                text(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "this edge runs its embedded default: there is no config file to re-read \
+                     (`edge config default > edge.toml`, then restart with `edge up --config edge.toml`)\n"
+                        .into(),
+                )
+            }
             Some(f) => {
                 let f = f.clone();
                 match tokio::task::spawn_blocking(move || f()).await {
                     Ok(Ok(())) => text(StatusCode::OK, "reloaded\n".into()),
-                    Ok(Err(e)) => text(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        format!("reload refused, the old config stays:\n{e}\n"),
-                    ),
-                    Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into()),
+                    Ok(Err(e)) => {
+                        tracing::error!("POST /reload refused, the old config stays: {e}");
+                        text(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            format!("reload refused, the old config stays:\n{e}\n"),
+                        )
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "POST /reload panicked");
+                        text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into())
+                    }
                 }
             }
         },

@@ -2,7 +2,7 @@
 //! goes to an auth server (the chat's verify endpoint, oauth2-proxy, Authelia, ...). A 2xx lets
 //! it through with the identity headers the server named; anything else is the answer.
 //!
-//! The rules come from how these setups fail in the field (research/gateway-anchors.md §3):
+//! The rules come from how forward-auth setups fail in the field (docs/security.md):
 //! the auth server sees the *original* target, never a stripped one; it never sees `Upgrade`,
 //! so it cannot mistake the check for a WebSocket handshake; identity headers the client sent are
 //! gone before the check, so an absent header in the answer cannot let a spoofed one through;

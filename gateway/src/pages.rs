@@ -20,15 +20,19 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// A page with a title and an HTML body (already escaped by the caller).
+/// A page with a title and an HTML body (already escaped by the caller). The status code leads
+/// the title unless it is 200.
 pub fn page(status: StatusCode, title: &str, body_html: &str) -> Response<ResBody> {
+    let title = if status == StatusCode::OK {
+        esc(title)
+    } else {
+        format!("{} {}", status.as_u16(), esc(title))
+    };
     let html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{code} {title}</title><style>body{{font:16px/1.5 system-ui,sans-serif;max-width:44em;margin:3em auto;padding:0 1em;color:#222}}\
+         <title>{title}</title><style>body{{font:16px/1.5 system-ui,sans-serif;max-width:44em;margin:3em auto;padding:0 1em;color:#222}}\
          code{{background:#f3f3f3;padding:0 .25em}}h1{{font-size:1.4em}}small{{color:#777}}</style></head>\
-         <body><h1>{code} {title}</h1>\n{body_html}\n<p><small>edge</small></p></body></html>\n",
-        code = status.as_u16(),
-        title = esc(title),
+         <body><h1>{title}</h1>\n{body_html}\n<p><small>edge</small></p></body></html>\n",
     );
     let mut r = Response::new(ResBody::full(html));
     *r.status_mut() = status;

@@ -291,7 +291,8 @@ async fn route(
                 forward_auth::strip_cookies(req.headers_mut(), &edge_routing::CHAT_COOKIES);
             }
             let mut resp = match &rrt.target {
-                Target::Unconfigured => unconfigured(rt, project, route),
+                Target::Unconfigured => unconfigured(shared, rt, project, route),
+                Target::Welcome => welcome(shared, rt, project, route, host.to_str().unwrap_or("")),
                 Target::Static(root) => {
                     crate::static_files::serve(root, path, &method, req.headers()).await
                 }
@@ -360,23 +361,106 @@ fn not_found(
     }
 }
 
-fn unconfigured(rt: &Runtime, project: usize, route: usize) -> Response<ResBody> {
+/// How a change to the config takes effect on this edge, as HTML.
+fn how_to_apply(shared: &Shared) -> String {
+    match shared.config_file.get() {
+        None => "in the config, then run <code>edge reload</code>".to_string(),
+        Some(Some(f)) => format!(
+            "in <code>{f}</code>, then run <code>edge reload --config {f}</code>",
+            f = esc(&f.display().to_string())
+        ),
+        Some(None) => "in a config file: this edge runs its embedded default, so first \
+                 <code>edge config default &gt; edge.toml</code>, make the change there, stop this \
+                 edge and start it again with <code>edge up --config edge.toml</code>"
+            .to_string(),
+    }
+}
+
+fn unconfigured(shared: &Shared, rt: &Runtime, project: usize, route: usize) -> Response<ResBody> {
     let p = &rt.config().projects[project];
     let r = &p.routes[route];
+    let welcome = p
+        .routes
+        .iter()
+        .find(|r| r.target == edge_routing::RouteTarget::Welcome)
+        .map(|w| {
+            format!(
+                "<p><a href=\"/{m}/\">/{m}/</a> shows every mount of this project and what to run next.</p>",
+                m = esc(&w.mount)
+            )
+        })
+        .unwrap_or_default();
     let body = format!(
         "<p>The mount <code>/{m}/</code> of project <b>{pn}</b> is not pointed anywhere yet.</p>\
-         <p>Set <code>{key}.upstream</code> (e.g. <code>upstream = \"http://127.0.0.1:3000\"</code>) \
-         or <code>{key}.root</code> (a directory of static files) in the config, then run \
-         <code>edge reload</code>.</p>",
+         <p>Set <code>{key}.upstream</code> (the app's address, e.g. \
+         <code>upstream = \"http://127.0.0.1:3000\"</code>) or <code>{key}.root</code> (a \
+         directory of static files, e.g. <code>root = \"./site\"</code>) {apply}.</p>{welcome}",
         m = esc(&r.mount),
         pn = esc(&p.name),
         key = esc(&r.key),
+        apply = how_to_apply(shared),
     );
     pages::page(
         StatusCode::SERVICE_UNAVAILABLE,
         "Mount not configured",
         &body,
     )
+}
+
+/// edge's welcome page: the project's mounts, what each points at, what to run next.
+fn welcome(
+    shared: &Shared,
+    rt: &Runtime,
+    project: usize,
+    route: usize,
+    host: &str,
+) -> Response<ResBody> {
+    use edge_routing::RouteTarget;
+    let cfg = rt.config();
+    let p = &cfg.projects[project];
+    let mut rows = String::new();
+    for (i, r) in p.routes.iter().enumerate() {
+        let what = match &r.target {
+            RouteTarget::Unconfigured => "<b>not pointed anywhere yet</b>: set <code>upstream</code> or <code>root</code>".to_string(),
+            RouteTarget::Welcome if i == route => "this page".to_string(),
+            RouteTarget::Welcome => "edge's welcome page".to_string(),
+            RouteTarget::Chat => "the agent chat edge runs: sign in with the one-time link <code>edge up</code> printed, or a new one from <code>edge chat login-url</code>".to_string(),
+            RouteTarget::Upstream(u) => format!("the app at <code>{}</code>", esc(&u.authority)),
+            RouteTarget::Static(d) => format!("the files in <code>{}</code>", esc(&d.display().to_string())),
+            RouteTarget::Tunnel => "a registered project host, through its session".to_string(),
+        };
+        let gate = if r.auth.is_some() {
+            " (behind the sign-in)"
+        } else {
+            ""
+        };
+        let link = match cfg.routing {
+            edge_routing::RoutingMode::Subpath => format!("/{}/", r.mount),
+            edge_routing::RoutingMode::Subdomain => {
+                let port = host
+                    .rsplit_once(':')
+                    .map(|(_, p)| format!(":{p}"))
+                    .unwrap_or_default();
+                format!("//{}.{}{port}/", r.mount, cfg.project_host(project))
+            }
+        };
+        rows.push_str(&format!(
+            "<li><a href=\"{link}\">/{m}/</a> — {what}{gate}</li>",
+            link = esc(&link),
+            m = esc(&r.mount),
+        ));
+    }
+    let body = format!(
+        "<p>This is project <b>{pn}</b> on edge. Its mounts:</p><ul>{rows}</ul>\
+         <p><b>Next:</b> point each mount at its app {apply}. Forgejo wants its <code>ROOT_URL</code> \
+         to end with its mount (<code>/forge/</code>), Woodpecker its <code>WOODPECKER_HOST</code>.</p>\
+         <p>Then check the whole deployment from outside with <code>edge smoke</code>. \
+         To have <code>edge</code> on your PATH: <code>cargo install --path .</code> in edge's source \
+         directory.</p>",
+        pn = esc(&p.name),
+        apply = how_to_apply(shared),
+    );
+    pages::page(StatusCode::OK, "edge is running", &body)
 }
 
 /// How a route's upstream is reached.

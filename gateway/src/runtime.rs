@@ -16,6 +16,8 @@ use crate::pages::esc;
 #[derive(Debug)]
 pub(crate) enum Target {
     Unconfigured,
+    /// edge's welcome page (`upstream = "welcome"`).
+    Welcome,
     /// `tunnel`: the authority names a registered project's mount, dialled through its
     /// session (see `crate::tunnel`).
     Upstream {
@@ -71,6 +73,7 @@ impl Runtime {
                 let chat_listen = config.chat.as_ref().map(|c| c.listen);
                 let target = match &r.target {
                     RouteTarget::Unconfigured => Target::Unconfigured,
+                    RouteTarget::Welcome => Target::Welcome,
                     RouteTarget::Chat => match chat_listen {
                         Some(a) => Target::Upstream {
                             authority: a

@@ -42,6 +42,9 @@ pub enum Error {
 }
 
 pub(crate) struct Shared {
+    /// The config file `edge up` runs from (`None`: the embedded default), for the advice on
+    /// edge's own pages.
+    pub(crate) config_file: std::sync::OnceLock<Option<std::path::PathBuf>>,
     /// `GET /outposts` on the admin listener.
     pub(crate) outposts: std::sync::OnceLock<crate::admin::StatusFn>,
     /// ACME HTTP-01 answers (token to key authorization), set by `edge up` when a project's
@@ -141,6 +144,7 @@ impl Gateway {
                 renew: std::sync::OnceLock::new(),
                 extra_metrics: std::sync::OnceLock::new(),
                 register_status: std::sync::OnceLock::new(),
+                config_file: std::sync::OnceLock::new(),
                 register_revoke: std::sync::OnceLock::new(),
                 runtime: ArcSwap::from_pointee(runtime),
                 client,
@@ -203,6 +207,12 @@ impl Gateway {
         v.set_sensitive(true);
         self.shared.auth_secret.store(Some(Arc::new(v)));
         Ok(())
+    }
+
+    /// Where the config came from (`None`: the embedded default), so that edge's pages say how to
+    /// change it. Set once.
+    pub fn set_config_file(&self, file: Option<std::path::PathBuf>) {
+        let _ = self.shared.config_file.set(file);
     }
 
     /// Gives the gateway the sessions of registered projects (`edge register`): their mounts

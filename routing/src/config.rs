@@ -51,7 +51,8 @@ default = "forge"
   prefix = "keep"
 
   [[projects.routes]]
-  mount = "staging"    # set root = "./site" for static files, or an upstream
+  mount = "staging"    # edge's welcome page; set root = "./site" for static files, or an upstream
+  upstream = "welcome"
 
   [[projects.routes]]
   mount = "chat"       # the agent chat that edge runs; sign in with the one-time URL edge prints
@@ -187,6 +188,9 @@ pub enum RouteTarget {
     Static(PathBuf),
     /// The chat service edge runs (`[chat] listen`).
     Chat,
+    /// edge's own welcome page (`upstream = "welcome"`): the project's mounts, what each points
+    /// at, and what to run next. The embedded default puts it at `/staging/`.
+    Welcome,
     /// A registered project's mount, reached through its host's `edge register` session. Never
     /// written in a config file: edge adds these for registered names.
     Tunnel,
@@ -946,6 +950,7 @@ fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Ro
     let root = t.str(errs, "root");
     let target = match (upstream, root) {
         (Some("chat"), None) => RouteTarget::Chat,
+        (Some("welcome"), None) => RouteTarget::Welcome,
         (Some(_), Some(_)) => {
             errs.push(
                 t.key("root"),

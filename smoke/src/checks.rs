@@ -427,8 +427,7 @@ async fn root(client: &Client, site: &Site, hosts: &[String], out: &mut Out) {
     }
 }
 
-/// The mount's first page as a browser opens it; the final URL and answer when it is one to
-/// look into (HTML from the app).
+/// The mount's first page as a browser opens it; the final URL and answer when it passed.
 async fn mount(
     client: &Client,
     plan: &Plan,
@@ -500,13 +499,17 @@ async fn mount(
         format!("{path} \"{title}\"")
     };
     out.add("mount", subject, status, saw, fix);
-    let html = r
-        .header("content-type")
-        .is_some_and(|c| c.starts_with("text/html"));
-    (status == Status::Pass && html && !edge_page(&r)).then_some((url, r))
+    (status == Status::Pass).then_some((url, r))
 }
 
 async fn assets(client: &Client, site: &Site, m: &Mount, page: &Url, r: &Resp, out: &mut Out) {
+    // Only an app's HTML pages: edge's own pages load nothing.
+    let html = r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/html"));
+    if !html || edge_page(r) {
+        return;
+    }
     let found = crate::page::assets(&r.body);
     let mut checked = 0;
     let mut broken = Vec::new();
