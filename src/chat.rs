@@ -86,8 +86,37 @@ pub async fn print_login_url(chat: &Chat, config: &Config, https_port: Option<u1
     }
 }
 
-/// `edge chat login-url`: a new one-time link, written into the store a running edge uses.
+/// `edge chat login-url`: a new one-time link. The running edge makes it (`POST
+/// /chat/login-url` on its admin listener), in its own store, whatever config this command was
+/// given; with no edge answering there, it is written into the store of this config's
+/// `state_dir`, and the command says so.
 pub fn login_url(loaded: Loaded, project: Option<String>) -> Result<(), Failure> {
+    if let Some(admin) = loaded.config.listen.admin {
+        let a = admin.to_string();
+        if let Ok(s) =
+            std::net::TcpStream::connect_timeout(&admin, std::time::Duration::from_secs(2))
+        {
+            let path = match &project {
+                Some(p) => format!(
+                    "/chat/login-url?project={}",
+                    url::form_urlencoded::byte_serialize(p.as_bytes()).collect::<String>()
+                ),
+                None => "/chat/login-url".to_string(),
+            };
+            let (ok, body) = crate::up::admin_post_on(s, &a, &path)?;
+            if ok {
+                println!("{body}");
+                return Ok(());
+            }
+            return Err(Failure::config(anyhow::anyhow!(
+                "the edge answering on its admin listener {a}: {body}"
+            )));
+        }
+        eprintln!(
+            "no edge answers on the admin listener {a}: the link is written to the chat's store in {} and works once an edge using that state directory runs",
+            loaded.config.state_dir.display()
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -330,9 +330,14 @@ pub enum SandboxCommand {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate config files without starting anything; every problem is listed with its key.
+    /// Also checks what each file names on this host (static roots, the agent's workspace and
+    /// program as a run finds them) unless --file-only.
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The files alone (configs meant for another host)
+        #[arg(long)]
+        file_only: bool,
     },
     /// Print the embedded default config, a starting point for your own.
     Default,
@@ -496,7 +501,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             probe,
         } => crate::worker::workers(config_path(config), admin, probe),
         Command::Config {
-            command: ConfigCommand::Check { files },
+            command: ConfigCommand::Check { files, file_only },
         } => {
             let mut bad = 0;
             for f in &files {
@@ -509,16 +514,40 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     }
                 };
                 match Config::from_toml(&text) {
-                    Ok(c) => println!(
-                        "{}: ok ({} project{}, {} routing)",
-                        f.display(),
-                        c.projects.len(),
-                        if c.projects.len() == 1 { "" } else { "s" },
-                        match c.routing {
-                            edge_routing::RoutingMode::Subpath => "subpath",
-                            edge_routing::RoutingMode::Subdomain => "subdomain",
+                    Ok(c) => {
+                        let base = f
+                            .parent()
+                            .filter(|d| !d.as_os_str().is_empty())
+                            .unwrap_or(Path::new("."));
+                        let problems = if file_only {
+                            Vec::new()
+                        } else {
+                            crate::check::on_disk(&c, base)
+                        };
+                        if problems.is_empty() {
+                            println!(
+                                "{}: ok ({} project{}, {} routing)",
+                                f.display(),
+                                c.projects.len(),
+                                if c.projects.len() == 1 { "" } else { "s" },
+                                match c.routing {
+                                    edge_routing::RoutingMode::Subpath => "subpath",
+                                    edge_routing::RoutingMode::Subdomain => "subdomain",
+                                }
+                            );
+                        } else {
+                            eprintln!(
+                                "{}: {} problem{} on this host:",
+                                f.display(),
+                                problems.len(),
+                                if problems.len() == 1 { "" } else { "s" }
+                            );
+                            for p in &problems {
+                                eprintln!("  {p}");
+                            }
+                            bad += 1;
                         }
-                    ),
+                    }
                     Err(e) => {
                         eprintln!("{}: {e}", f.display());
                         bad += 1;

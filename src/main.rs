@@ -3,6 +3,7 @@
 
 mod certs;
 mod chat;
+mod check;
 mod cli;
 mod register;
 mod sandbox;

@@ -481,6 +481,13 @@ async fn serve(
     if let Some(c) = &chat {
         let c = c.clone();
         gateway.set_outposts_status(std::sync::Arc::new(move || c.outposts_json()));
+        // `edge chat login-url` asks this edge, so that the link is made in this edge's store.
+        let (gw, handle) = (gateway.clone(), tokio::runtime::Handle::current());
+        gateway.set_chat_login(Arc::new(move |project| {
+            handle
+                .block_on(crate::chat::login_link(&gw.config(), project))
+                .map_err(|e| format!("{e:#}"))
+        }));
     }
 
     let https = match config.listen.https {
@@ -761,9 +768,24 @@ pub fn post_reload(admin: &str) -> Result<(), Failure> {
 
 /// POSTs to the admin listener; prints the answer, an error unless it is 2xx.
 pub fn post_admin(admin: &str, path: &str) -> Result<(), Failure> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin)
+    let s = std::net::TcpStream::connect(admin)
         .with_context(|| format!("connecting to the admin listener at {admin}"))?;
+    let (ok, body) = admin_post_on(s, admin, path)?;
+    if ok {
+        println!("{body}");
+        Ok(())
+    } else {
+        Err(Failure::config(anyhow::anyhow!("{body}")))
+    }
+}
+
+/// A POST on an open connection to the admin listener: (2xx, the body trimmed).
+pub fn admin_post_on(
+    mut s: std::net::TcpStream,
+    admin: &str,
+    path: &str,
+) -> Result<(bool, String), Failure> {
+    use std::io::{Read, Write};
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .context("socket")?;
     write!(
@@ -774,12 +796,5 @@ pub fn post_admin(admin: &str, path: &str) -> Result<(), Failure> {
     let mut out = String::new();
     s.read_to_string(&mut out).context("reading the answer")?;
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let ok = head.starts_with("HTTP/1.1 2");
-    let body = body.trim();
-    if ok {
-        println!("{body}");
-        Ok(())
-    } else {
-        Err(Failure::config(anyhow::anyhow!("{body}")))
-    }
+    Ok((head.starts_with("HTTP/1.1 2"), body.trim().to_string()))
 }

@@ -115,6 +115,87 @@ fn config_check_reports_every_problem_with_its_key_and_exits_2() {
 }
 
 #[test]
+fn config_check_looks_at_what_the_file_names_on_this_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A program installed under /tmp (as under ~/.local/bin): runs cannot see it.
+    let hidden = d.join("bin/claude");
+    std::fs::create_dir_all(hidden.parent().unwrap()).unwrap();
+    std::fs::write(&hidden, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&hidden, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(d.join("site")).unwrap();
+    let write = |name: &str, root: &str, command: &str, workspace: &str| {
+        let f = d.join(name);
+        std::fs::write(
+            &f,
+            format!(
+                "[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"staging\"\n  root = \"{root}\"\n\
+                 [chat]\n[chat.agent]\nkind = \"claude\"\ncommand = \"{command}\"\nworkspace = \"{workspace}\"\n"
+            ),
+        )
+        .unwrap();
+        f
+    };
+    let bad = write(
+        "bad.toml",
+        "./nowhere",
+        &hidden.display().to_string(),
+        "./no-workspace",
+    );
+    let out = edge().args(["config", "check"]).arg(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("3 problems on this host"), "{err}");
+    assert!(
+        err.contains("projects[0].routes[0].root: ") && err.contains("nowhere"),
+        "{err}"
+    );
+    assert!(
+        err.contains("chat.agent.workspace: ") && err.contains("no-workspace"),
+        "{err}"
+    );
+    assert!(
+        err.contains("chat.agent.command: ")
+            && err.contains("under /tmp, which the sandbox empties"),
+        "{err}"
+    );
+    let missing = write("missing.toml", "./site", "no-such-agent-program", ".");
+    let out = edge()
+        .args(["config", "check"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"no-such-agent-program\" is not an executable file on PATH"),
+        "{err}"
+    );
+    // --file-only: the file alone passes.
+    let out = edge()
+        .args(["config", "check", "--file-only"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Everything present: ok.
+    let good = write("good.toml", "./site", "/bin/sh", ".");
+    let out = edge()
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn config_check_accepts_every_example() {
     let examples: Vec<_> =
         std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
@@ -124,7 +205,12 @@ fn config_check_accepts_every_example() {
             .collect();
     assert!(!examples.is_empty(), "no examples found");
     for ex in &examples {
-        let out = edge().args(["config", "check"]).arg(ex).output().unwrap();
+        // Examples are written for other hosts: their paths need not exist here.
+        let out = edge()
+            .args(["config", "check", "--file-only"])
+            .arg(ex)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{}: {}",
@@ -301,8 +387,54 @@ fn up_with_the_embedded_default_serves_demo_localhost_over_https() {
     let second = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_ne!(second, link);
     assert_eq!(status(&[&second]), "302 https://demo.localhost:8443/chat/");
+    // ...from any directory: the running edge makes the link, in its own store.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = edge()
+        .args(["chat", "login-url"])
+        .current_dir(elsewhere.path())
+        .env_remove("EDGE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let third = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(status(&[&third]), "302 https://demo.localhost:8443/chat/");
+    assert!(
+        !elsewhere.path().join("state").exists(),
+        "nothing written elsewhere"
+    );
+    // The welcome page: the first run's mounts and what to run next.
+    let out = curl(&["--cacert", ca, "https://demo.localhost:8443/staging/"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains("<title>edge is running</title>"), "{page}");
+    assert!(
+        page.contains("edge config default &gt; edge.toml"),
+        "{page}"
+    );
 
     drop(running);
+    // With no edge running, the link goes into this directory's store, and the command says so.
+    let out = edge()
+        .args(["chat", "login-url"])
+        .current_dir(elsewhere.path())
+        .env_remove("EDGE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no edge answers on the admin listener 127.0.0.1:9090"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(elsewhere.path().join("state").exists());
     let printed = printed.lock().unwrap().clone();
     assert!(
         printed.contains("https://demo.localhost:8443/forge/"),

@@ -121,6 +121,20 @@ async fn handle(
             }
             None => text(StatusCode::NOT_FOUND, "this edge serves no HTTPS\n".into()),
         },
+        (&Method::POST, "/chat/login-url") => match shared.chat_login.get() {
+            Some(f) => {
+                let (f, project) = (f.clone(), query_param(&req, "project"));
+                match tokio::task::spawn_blocking(move || f(project.as_deref())).await {
+                    Ok(Ok(link)) => text(StatusCode::OK, format!("{link}\n")),
+                    Ok(Err(m)) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{m}\n")),
+                    Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into()),
+                }
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "this edge's chat does not sign people in with links (no [chat], or login is not \"token\")\n".into(),
+            ),
+        },
         (&Method::GET, "/register") => match shared.register_status.get() {
             Some(f) => json(f()),
             None => text(
@@ -144,13 +158,13 @@ async fn handle(
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/reload" | "/outposts" | "/certs/renew"
-            | "/register" | "/register/revoke",
+            | "/register" | "/register/revoke" | "/chat/login-url",
         ) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n".into())
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /healthz /readyz /metrics /outposts /register POST /reload POST /certs/renew POST /register/revoke\n"
+            "admin endpoints: /healthz /readyz /metrics /outposts /register POST /reload POST /certs/renew POST /register/revoke POST /chat/login-url\n"
                 .into(),
         ),
     };

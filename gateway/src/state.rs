@@ -45,6 +45,9 @@ pub(crate) struct Shared {
     /// The config file `edge up` runs from (`None`: the embedded default), for the advice on
     /// edge's own pages.
     pub(crate) config_file: std::sync::OnceLock<Option<std::path::PathBuf>>,
+    /// `POST /chat/login-url?project=` on the admin listener: a one-time sign-in link made by
+    /// the running edge, in its own store (set by `edge up` with `login = "token"`).
+    pub(crate) chat_login: std::sync::OnceLock<RenewFn>,
     /// `GET /outposts` on the admin listener.
     pub(crate) outposts: std::sync::OnceLock<crate::admin::StatusFn>,
     /// ACME HTTP-01 answers (token to key authorization), set by `edge up` when a project's
@@ -145,6 +148,7 @@ impl Gateway {
                 extra_metrics: std::sync::OnceLock::new(),
                 register_status: std::sync::OnceLock::new(),
                 config_file: std::sync::OnceLock::new(),
+                chat_login: std::sync::OnceLock::new(),
                 register_revoke: std::sync::OnceLock::new(),
                 runtime: ArcSwap::from_pointee(runtime),
                 client,
@@ -213,6 +217,12 @@ impl Gateway {
     /// change it. Set once.
     pub fn set_config_file(&self, file: Option<std::path::PathBuf>) {
         let _ = self.shared.config_file.set(file);
+    }
+
+    /// `POST /chat/login-url?project=NAME` on the admin listener: `f` makes a one-time sign-in
+    /// link for the project's chat (the default project's without a name). Set once.
+    pub fn set_chat_login(&self, f: RenewFn) {
+        let _ = self.shared.chat_login.set(f);
     }
 
     /// Gives the gateway the sessions of registered projects (`edge register`): their mounts
