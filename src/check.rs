@@ -102,3 +102,95 @@ pub fn on_disk(config: &Config, base: &Path) -> Vec<ConfigError> {
     }
     out
 }
+
+/// `edge config check --explain`: for each route, what its app preset set and every request
+/// class that skips its sign-in, with where the rule comes from.
+pub fn explain(config: &Config) -> String {
+    let mut out = String::new();
+    for p in &config.projects {
+        for r in &p.routes {
+            let head = format!("{} /{}/", r.key, r.mount);
+            let prefix = match r.prefix {
+                edge_routing::PrefixMode::Strip => "strip",
+                edge_routing::PrefixMode::Keep => "keep",
+            };
+            let body = r
+                .max_body
+                .map_or("unlimited".to_string(), |b| format!("{b} bytes"));
+            let settings = format!(
+                "prefix = \"{prefix}\", timeout = {}s, max_body = {body}, root_paths = {:?}",
+                r.timeout.as_secs(),
+                r.root_paths
+            );
+            match r.app {
+                Some(a) => out.push_str(&format!(
+                    "{head}: app = \"{}\" ({settings}; keys the route sets itself win)\n",
+                    a.name()
+                )),
+                None => out.push_str(&format!("{head}: {settings}\n")),
+            }
+            match (&r.auth, r.auth_skip.is_empty()) {
+                (None, _) => out.push_str("  no sign-in (auth = \"none\")\n"),
+                (Some(_), true) => {
+                    out.push_str(&format!("{head}: every request asks the sign-in\n"))
+                }
+                (Some(_), false) => {
+                    for s in &r.auth_skip {
+                        let methods = s.methods.as_ref().map_or("*".to_string(), |m| m.join(","));
+                        out.push_str(&format!(
+                            "  skips the sign-in: {methods} {} ({})\n",
+                            s.pattern, s.source
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `edge apps env`: for each route with an `app`, the settings to give the app for where edge
+/// serves it now (routing mode, host, port), and the sign-in redirect URIs to register.
+pub fn apps_env(config: &Config) -> String {
+    let mut out = String::new();
+    for (pi, p) in config.projects.iter().enumerate() {
+        for (ri, r) in p.routes.iter().enumerate() {
+            let url = config.mount_url(pi, ri);
+            let Some(app) = r.app else {
+                continue;
+            };
+            let path = match config.routing {
+                edge_routing::RoutingMode::Subpath => format!("/{}/", r.mount),
+                edge_routing::RoutingMode::Subdomain => "/".to_string(),
+            };
+            out.push_str(&format!("# {} {url} ({}, {})\n", p.name, app.name(), r.key));
+            for (setting, value) in app.settings(&url, &path) {
+                out.push_str(&format!("{setting} = {value}\n"));
+            }
+            if app == edge_routing::App::Woodpecker {
+                out.push_str(&format!(
+                    "OAuth redirect URI to register in the forge for Woodpecker = {}/authorize\n",
+                    url.trim_end_matches('/')
+                ));
+            }
+            out.push('\n');
+        }
+        if let Some(ri) = p.routes.iter().position(|r| r.target == RouteTarget::Chat) {
+            let login = config.chat.as_ref().map(|c| c.login);
+            if matches!(
+                login,
+                Some(edge_routing::LoginKind::Forgejo | edge_routing::LoginKind::Oidc)
+            ) {
+                out.push_str(&format!(
+                    "# {} chat sign-in\nOAuth redirect URI to register at the provider = {}oauth/callback\n\n",
+                    p.name,
+                    config.mount_url(pi, ri)
+                ));
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push_str("no route names an app (app = \"forgejo\", \"woodpecker\", \"jupyter\" or \"grafana\")\n");
+    }
+    out
+}

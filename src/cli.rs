@@ -110,6 +110,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The apps behind the routes (`app = "..."`).
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
     /// Confine agent runs: check which layers this host enforces, try a profile.
     Sandbox {
         #[command(subcommand)]
@@ -328,6 +333,16 @@ pub enum SandboxCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// The settings to give each app for where edge serves it now (base URLs, OAuth redirect
+    /// URIs), from the routes' `app` keys.
+    Env {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate config files without starting anything; every problem is listed with its key.
     /// Also checks what each file names on this host (static roots, the agent's workspace and
@@ -338,6 +353,10 @@ pub enum ConfigCommand {
         /// The files alone (configs meant for another host)
         #[arg(long)]
         file_only: bool,
+        /// Also print, per route, what its app preset set and every request that skips its
+        /// sign-in (and which rule lets it)
+        #[arg(long)]
+        explain: bool,
     },
     /// Print the embedded default config, a starting point for your own.
     Default,
@@ -494,6 +513,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 },
             )
         }
+        Command::Apps {
+            command: AppsCommand::Env { config },
+        } => {
+            let loaded = load(config_path(config).as_deref(), None)?;
+            print!("{}", crate::check::apps_env(&loaded.config));
+            Ok(())
+        }
         Command::Sandbox { command } => crate::sandbox::run(command),
         Command::Workers {
             config,
@@ -501,7 +527,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             probe,
         } => crate::worker::workers(config_path(config), admin, probe),
         Command::Config {
-            command: ConfigCommand::Check { files, file_only },
+            command:
+                ConfigCommand::Check {
+                    files,
+                    file_only,
+                    explain,
+                },
         } => {
             let mut bad = 0;
             for f in &files {
@@ -519,6 +550,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                             .parent()
                             .filter(|d| !d.as_os_str().is_empty())
                             .unwrap_or(Path::new("."));
+                        if explain {
+                            print!("{}", crate::check::explain(&c));
+                        }
                         let problems = if file_only {
                             Vec::new()
                         } else {

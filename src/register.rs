@@ -46,16 +46,7 @@ pub fn effective(cfg: &Config) -> Config {
 
 /// Where `name`'s mounts are served.
 fn urls(cfg: &Config, name: &str, mounts: &[String]) -> Vec<String> {
-    let (scheme, port, default) = match (cfg.listen.https, cfg.listen.http) {
-        (Some(a), _) => ("https", a.port(), 443),
-        (None, Some(a)) => ("http", a.port(), 80),
-        (None, None) => ("https", 443, 443),
-    };
-    let port = if port == default {
-        String::new()
-    } else {
-        format!(":{port}")
-    };
+    let (scheme, port) = cfg.public_scheme_port();
     mounts
         .iter()
         .map(|m| match cfg.routing {

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use edge_routing::{Config, RouteTarget, RoutingMode, Scheme};
+use edge_routing::{Config, RouteTarget, Scheme};
 use edge_smoke::{Admin, CertificateDer, Mount, Plan, Site};
 use url::Url;
 
@@ -37,13 +37,6 @@ fn read_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Fa
     edge_smoke::read_pem_certs(path).map_err(|e| Failure::config(anyhow::anyhow!("{e}")))
 }
 
-fn port_suffix(scheme: &str, port: u16) -> String {
-    match (scheme, port) {
-        ("https", 443) | ("http", 80) => String::new(),
-        _ => format!(":{port}"),
-    }
-}
-
 /// The plan for every project of a config, dialling its own listeners.
 fn plan_from_config(
     config: &Config,
@@ -59,7 +52,7 @@ fn plan_from_config(
             )))
         }
     };
-    let port = port_suffix(scheme, listener.port());
+    let (_, port) = config.public_scheme_port();
     let mut sites = Vec::new();
     for (pi, p) in config.projects.iter().enumerate() {
         let host = config.project_host(pi);
@@ -68,11 +61,9 @@ fn plan_from_config(
         let mounts = p
             .routes
             .iter()
-            .map(|r| {
-                let url = match config.routing {
-                    RoutingMode::Subpath => format!("{scheme}://{host}{port}/{}/", r.mount),
-                    RoutingMode::Subdomain => format!("{scheme}://{}.{host}{port}/", r.mount),
-                };
+            .enumerate()
+            .map(|(ri, r)| {
+                let url = config.mount_url(pi, ri);
                 let target = match &r.target {
                     RouteTarget::Upstream(u) => Some(format!(
                         "{}://{}",

@@ -265,26 +265,31 @@ async fn route(
                 // Identity comes from the auth server only, whatever the client sent.
                 // In every spelling a CGI-style upstream folds together.
                 hygiene::remove_cgi_spellings(req.headers_mut(), auth.identity_headers());
-                let asked = Asked {
-                    method: &method,
-                    proto: scheme,
-                    host: &host,
-                    target,
-                    client_ip: &conn.ip_value,
-                    headers: req.headers(),
-                    upgrade: hygiene::is_upgrade_request(req.headers()),
-                };
-                match forward_auth::check(shared, auth, asked).await {
-                    Verdict::Allow {
-                        identity,
-                        set_cookies,
-                    } => {
-                        for (name, value) in identity {
-                            req.headers_mut().insert(name, value);
+                if let Some(rule) = skipped_by(cfg, rcfg, method.as_str(), path) {
+                    // The app authenticates these itself (git over HTTP, API tokens, webhooks).
+                    tracing::debug!(route = %rcfg.key, rule = %rule.source, "forward-auth skipped");
+                } else {
+                    let asked = Asked {
+                        method: &method,
+                        proto: scheme,
+                        host: &host,
+                        target,
+                        client_ip: &conn.ip_value,
+                        headers: req.headers(),
+                        upgrade: hygiene::is_upgrade_request(req.headers()),
+                    };
+                    match forward_auth::check(shared, auth, asked).await {
+                        Verdict::Allow {
+                            identity,
+                            set_cookies,
+                        } => {
+                            for (name, value) in identity {
+                                req.headers_mut().insert(name, value);
+                            }
+                            auth_cookies = set_cookies;
                         }
-                        auth_cookies = set_cookies;
+                        Verdict::Deny(resp) => return (resp, rrt.metrics.clone()),
                     }
-                    Verdict::Deny(resp) => return (resp, rrt.metrics.clone()),
                 }
             }
             if !rrt.chat {
@@ -359,6 +364,29 @@ fn not_found(
             )
         }
     }
+}
+
+/// The `auth_skip` rule (the app preset's or the route's own) that lets this request past the
+/// route's forward-auth, if any. Rules see the path inside the mount (`/owner/repo/info/refs`
+/// for `/forge/owner/repo/info/refs` whatever the prefix mode), or the whole path for a root path.
+fn skipped_by<'c>(
+    cfg: &edge_routing::Config,
+    r: &'c edge_routing::Route,
+    method: &str,
+    path: &str,
+) -> Option<&'c edge_routing::AuthSkip> {
+    if r.auth_skip.is_empty() {
+        return None;
+    }
+    let within = match (cfg.routing, r.prefix) {
+        (edge_routing::RoutingMode::Subpath, edge_routing::PrefixMode::Keep) => path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(r.mount.as_str()))
+            .filter(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
+            .unwrap_or(path),
+        _ => path,
+    };
+    r.auth_skip.iter().find(|s| s.matches(method, within))
 }
 
 /// How a change to the config takes effect on this edge, as HTML.

@@ -9,12 +9,14 @@ use std::time::Duration;
 use crate::units::parse_duration;
 use crate::walk::{Errors, Table};
 
+mod apps;
 mod auth;
 mod certs;
 mod outposts;
 mod register;
 mod sandbox;
 
+pub use apps::{App, AuthSkip};
 pub use auth::{
     AgentConfig, AgentKind, AuthServer, ChatConfig, ChatLimits, ForwardAuth, LoginKind,
     ProjectChat, CHAT_COOKIES, PERMISSION_MODES,
@@ -218,6 +220,12 @@ pub struct Route {
     pub dotfiles: bool,
     /// Forward-auth: every request is first shown to an auth server.
     pub auth: Option<ForwardAuth>,
+    /// The known app behind this route (`app = "forgejo"`), whose preset filled the keys the
+    /// route leaves out.
+    pub app: Option<App>,
+    /// Requests that skip forward-auth because they carry their own credentials (the app's
+    /// preset's rules, then `auth_skip`).
+    pub auth_skip: Vec<AuthSkip>,
     /// The key of this route in the file (`projects[0].routes[1]`), for messages.
     pub key: String,
 }
@@ -485,6 +493,34 @@ impl Config {
     /// The public host of a project in the current mode's canonical form (`demo.example.test`).
     pub fn project_host(&self, project: usize) -> String {
         format!("{}.{}", self.projects[project].name, self.domain)
+    }
+
+    /// The scheme and port suffix browsers use: HTTPS when it is served, else plain HTTP
+    /// (`("https", ":8443")`; no suffix on the scheme's own port).
+    pub fn public_scheme_port(&self) -> (&'static str, String) {
+        let (scheme, port, default) = match (self.listen.https, self.listen.http) {
+            (Some(a), _) => ("https", a.port(), 443),
+            (None, Some(a)) => ("http", a.port(), 80),
+            (None, None) => ("https", 443, 443),
+        };
+        let port = if port == default {
+            String::new()
+        } else {
+            format!(":{port}")
+        };
+        (scheme, port)
+    }
+
+    /// A mount's public URL, ending in `/` (`https://demo.example.test/forge/`, or
+    /// `https://forge.demo.example.test/` in subdomain mode).
+    pub fn mount_url(&self, project: usize, route: usize) -> String {
+        let (scheme, port) = self.public_scheme_port();
+        let host = self.project_host(project);
+        let m = &self.projects[project].routes[route].mount;
+        match self.routing {
+            RoutingMode::Subpath => format!("{scheme}://{host}{port}/{m}/"),
+            RoutingMode::Subdomain => format!("{scheme}://{m}.{host}{port}/"),
+        }
     }
 }
 
@@ -946,6 +982,23 @@ fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Ro
             false
         }
     };
+    let app = match t.str(errs, "app") {
+        None => None,
+        Some(a) => match App::parse(a) {
+            Some(app) => Some(app),
+            None => {
+                errs.push(
+                    t.key("app"),
+                    format!(
+                        "{a:?} is not a known app: {}",
+                        App::ALL.map(App::name).join(", ")
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let preset = app.map(App::preset);
     let upstream = t.str(errs, "upstream");
     let root = t.str(errs, "root");
     let target = match (upstream, root) {
@@ -984,6 +1037,7 @@ fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Ro
         (None, None) => RouteTarget::Unconfigured,
     };
     let prefix = match t.str(errs, "prefix") {
+        None if preset.as_ref().is_some_and(|p| p.prefix_keep) => PrefixMode::Keep,
         None | Some("strip") => PrefixMode::Strip,
         Some("keep") => PrefixMode::Keep,
         Some(other) => {
@@ -996,11 +1050,16 @@ fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Ro
     };
     let timeout = t
         .parsed(errs, "timeout", parse_duration)
+        .or(preset.as_ref().map(|p| p.timeout))
         .unwrap_or(Duration::from_secs(60));
     if timeout.is_zero() {
         errs.push(t.key("timeout"), "must be more than 0s");
     }
-    let max_body = t.size(errs, "max_body");
+    let max_body = if t.has("max_body") {
+        t.size(errs, "max_body")
+    } else {
+        preset.as_ref().and_then(|p| p.max_body)
+    };
     let auth = auth::read_forward_auth(&mut t, errs);
     if target == RouteTarget::Chat && prefix == PrefixMode::Keep {
         errs.push(
@@ -1015,7 +1074,12 @@ fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Ro
     let mut root_paths = Vec::new();
     for (i, p) in t
         .strings(errs, "root_paths")
-        .unwrap_or_default()
+        .unwrap_or_else(|| {
+            preset
+                .as_ref()
+                .map(|p| p.root_paths.to_vec())
+                .unwrap_or_default()
+        })
         .into_iter()
         .enumerate()
     {
@@ -1026,6 +1090,29 @@ fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Ro
             );
         } else {
             root_paths.push(p.to_string());
+        }
+    }
+    let mut auth_skip: Vec<AuthSkip> = match (app, &preset) {
+        (Some(a), Some(p)) => p
+            .skips
+            .iter()
+            .filter_map(|(rule, why)| {
+                AuthSkip::parse(rule, format!("app = \"{}\": {why}", a.name())).ok()
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let user_skips = t.strings(errs, "auth_skip").unwrap_or_default();
+    if !user_skips.is_empty() && auth.is_none() {
+        errs.push(
+            t.key("auth_skip"),
+            "only routes with auth = \"forward\" have a sign-in to skip",
+        );
+    }
+    for (i, rule) in user_skips.into_iter().enumerate() {
+        match AuthSkip::parse(rule, format!("auth_skip[{i}]")) {
+            Ok(s) => auth_skip.push(s),
+            Err(e) => errs.push(t.key(&format!("auth_skip[{i}]")), e),
         }
     }
     t.finish(errs);
@@ -1042,6 +1129,8 @@ fn read_route(mut t: Table<'_>, listen: &Listen, errs: &mut Errors) -> Option<Ro
         root_paths,
         dotfiles,
         auth,
+        app,
+        auth_skip,
         key,
     })
 }

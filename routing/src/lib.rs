@@ -12,11 +12,11 @@ mod units;
 mod walk;
 
 pub use config::{
-    AcmeConfig, AgentConfig, AgentKind, AuthServer, CertsConfig, ChallengeKind, ChatConfig,
-    ChatLimits, Config, ConfigError, ConfigErrors, DnsConfig, DnsProvider, ForwardAuth, IssuerKind,
-    Limits, Listen, LogConfig, LoginKind, OutpostConfig, OutpostKind, PrefixMode, Project,
-    ProjectCerts, ProjectChat, RegisterConfig, Route, RouteTarget, RoutingMode, Scheme, Upstream,
-    CHAT_COOKIES, EMBEDDED_DEFAULT, PERMISSION_MODES,
+    AcmeConfig, AgentConfig, AgentKind, App, AuthServer, AuthSkip, CertsConfig, ChallengeKind,
+    ChatConfig, ChatLimits, Config, ConfigError, ConfigErrors, DnsConfig, DnsProvider, ForwardAuth,
+    IssuerKind, Limits, Listen, LogConfig, LoginKind, OutpostConfig, OutpostKind, PrefixMode,
+    Project, ProjectCerts, ProjectChat, RegisterConfig, Route, RouteTarget, RoutingMode, Scheme,
+    Upstream, CHAT_COOKIES, EMBEDDED_DEFAULT, PERMISSION_MODES,
 };
 pub use resolve::{normalize_host, Decision, RouteTable};
 pub use target::{check_host, normalize_target, TargetError};
