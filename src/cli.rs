@@ -110,6 +110,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find subpath and setup mistakes before users do: names that do not resolve, listeners,
+    /// the sandbox and outposts, then each mount through the gateway (links and redirects
+    /// without the prefix or to the upstream's own address, cookies outside the mount, redirect
+    /// loops, known apps' base-URL settings). Exits 1 when it finds an error.
+    Doctor {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// One JSON object on stdout
+        #[arg(long)]
+        json: bool,
+    },
     /// The apps behind the routes (`app = "..."`).
     Apps {
         #[command(subcommand)]
@@ -512,6 +525,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     json,
                 },
             )
+        }
+        Command::Doctor {
+            config,
+            state_dir,
+            json,
+        } => {
+            let loaded = load(config_path(config).as_deref(), state_dir.as_deref())?;
+            crate::doctor::run(loaded, json)
         }
         Command::Apps {
             command: AppsCommand::Env { config },

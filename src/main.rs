@@ -5,6 +5,7 @@ mod certs;
 mod chat;
 mod check;
 mod cli;
+mod doctor;
 mod register;
 mod sandbox;
 mod smoke;

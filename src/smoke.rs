@@ -38,7 +38,7 @@ fn read_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Fa
 }
 
 /// The plan for every project of a config, dialling its own listeners.
-fn plan_from_config(
+pub fn plan_from_config(
     config: &Config,
     label: String,
     file: Option<&std::path::Path>,

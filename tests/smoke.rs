@@ -37,14 +37,14 @@ fn wait_port(port: u16, what: &str) {
 /// app that does not know it is behind TLS); `/staging/` a preview that sets a cookie.
 fn nginx(dir: &Path) -> (Killed, u16) {
     let www = dir.join("www");
-    for d in ["good", "links", "staging"] {
+    for d in ["good", "links", "staging", "cookie", "css", "fj"] {
         std::fs::create_dir_all(www.join(d)).unwrap();
     }
     std::fs::write(
         www.join("good/index.html"),
         "<!doctype html><html><head><title>Good app</title>\
          <link rel=\"stylesheet\" href=\"/good/app.css\"><script src=\"app.js\"></script></head>\
-         <body><img src=\"/good/logo.svg\"><a href=\"/elsewhere/\">not loaded</a></body></html>",
+         <body><img src=\"/good/logo.svg\"><a href=\"/good/other/\">not loaded</a></body></html>",
     )
     .unwrap();
     for f in ["app.css", "app.js", "logo.svg"] {
@@ -57,6 +57,26 @@ fn nginx(dir: &Path) -> (Killed, u16) {
     )
     .unwrap();
     std::fs::write(www.join("links/app.css"), "/* ok */").unwrap();
+    std::fs::write(
+        www.join("cookie/index.html"),
+        "<!doctype html><title>Cookie app</title><p>sets a cookie for the whole host</p>",
+    )
+    .unwrap();
+    std::fs::write(
+        www.join("css/index.html"),
+        "<!doctype html><title>CSS app</title><link rel=\"stylesheet\" href=\"style.css\">",
+    )
+    .unwrap();
+    std::fs::write(
+        www.join("css/style.css"),
+        "body{background:url(/img/bg.png)}",
+    )
+    .unwrap();
+    std::fs::write(
+        www.join("fj/index.html"),
+        "<!doctype html><title>Forgejo</title><script>window.config = {appUrl: 'http://127.0.0.1:3000/', appSubUrl: ''};</script>",
+    )
+    .unwrap();
     std::fs::write(
         www.join("staging/index.html"),
         "<!doctype html><title>Preview</title><p>a preview build</p>",
@@ -76,6 +96,7 @@ fn nginx(dir: &Path) -> (Killed, u16) {
                location = /loop/ {{ return 302 /loop/again/; }}\n\
                location = /loop/again/ {{ return 302 /loop/; }}\n\
                location = /downgrade/ {{ return 302 http://$host/downgrade/in; }}\n\
+               location /cookie/ {{ add_header Set-Cookie \"sid=1; Path=/; HttpOnly\"; }}\n\
                location /staging/ {{ add_header Set-Cookie \"tracker=1; Path=/\"; }}\n\
              }} }}\n",
             www = www.display()
@@ -392,4 +413,99 @@ fn the_welcome_page_lists_the_mounts_and_unset_mounts_say_how_to_set_them() {
         "{text}"
     );
     assert_eq!(find(&r, "mount", "/forge/")[0]["status"], "warn", "{text}");
+}
+
+fn doctor(cfg: &Path) -> (i32, serde_json::Value, String) {
+    let out = Command::new(EDGE)
+        .args(["doctor", "--json", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null),
+        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// The findings about the mount whose URL ends with `mount`.
+fn about<'a>(r: &'a serde_json::Value, mount: &str) -> Vec<&'a serde_json::Value> {
+    r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["subject"].as_str().unwrap().ends_with(mount))
+        .collect()
+}
+
+#[test]
+fn doctor_names_each_subpath_mistake_and_nothing_on_a_correct_setup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (_nginx, app) = nginx(d);
+    let good = edge(
+        d,
+        "good",
+        &format!(
+            "  [[projects.routes]]\n  mount = \"good\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"staging\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n"
+        ),
+        "127.0.0.1",
+    );
+    let (code, r, text) = doctor(&good.cfg);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(r["errors"], 0, "{text}");
+    // Nothing about the mounts (the test domain does not resolve here: that is the edge's).
+    assert!(about(&r, "/good/").is_empty(), "{text}");
+    assert!(about(&r, "/staging/").is_empty(), "{text}");
+    drop(good);
+
+    let bad = edge(
+        d,
+        "bad",
+        &format!(
+            "  [[projects.routes]]\n  mount = \"links\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"internal\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"loop\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"cookie\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"css\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"fj\"\n  app = \"forgejo\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n"
+        ),
+        "127.0.0.1",
+    );
+    let (code, r, text) = doctor(&bad.cfg);
+    assert_eq!(code, 1, "{text}");
+    let one = |mount: &str, severity: &str, says: &str| {
+        let f = about(&r, mount);
+        assert!(
+            f.iter()
+                .any(|f| f["severity"] == severity && f["what"].as_str().unwrap().contains(says)),
+            "{mount}: {severity} {says:?} in\n{text}"
+        );
+    };
+    one(
+        "/links/",
+        "error",
+        "the page links /assets/app.js outside /links/",
+    );
+    one("/internal/", "error", "the upstream's own address");
+    one("/loop/", "error", "redirect loop");
+    one("/cookie/", "warning", "the cookie sid is set for Path=/");
+    one(
+        "/css/",
+        "error",
+        "/css/style.css uses /img/bg.png outside /css/",
+    );
+    one(
+        "/fj/",
+        "error",
+        "forgejo's appUrl is \"http://127.0.0.1:3000/\"",
+    );
+    let fj = about(&r, "/fj/");
+    assert!(
+        fj.iter()
+            .any(|f| f["fix"].as_str().is_some_and(|x| x.contains("ROOT_URL"))),
+        "{text}"
+    );
 }

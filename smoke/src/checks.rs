@@ -11,7 +11,7 @@ use crate::{Admin, Check, Mount, Plan, Report, Site, Status};
 /// An `Origin` no deployment serves (`.invalid` is reserved, RFC 2606).
 const FOREIGN_ORIGIN: &str = "https://smoke-check.invalid";
 /// What a browser sends when it opens a page.
-const PAGE: &[(&str, &str)] = &[
+pub(crate) const PAGE: &[(&str, &str)] = &[
     ("accept", "text/html,application/xhtml+xml"),
     ("sec-fetch-mode", "navigate"),
     ("sec-fetch-dest", "document"),
@@ -147,7 +147,7 @@ fn origin(u: &Url) -> String {
 }
 
 /// The edge's own error pages end with this line.
-fn edge_page(r: &Resp) -> bool {
+pub(crate) fn edge_page(r: &Resp) -> bool {
     r.body
         .windows(b"<p><small>edge</small></p>".len())
         .any(|w| w == b"<p><small>edge</small></p>")
@@ -268,15 +268,17 @@ async fn http_redirect(client: &Client, plan: &Plan, site: &Site, out: &mut Out)
 }
 
 /// A walk through redirects as a browser takes them.
-struct Walk {
+pub(crate) struct Walk {
     /// Every URL asked, with its status.
-    hops: Vec<(Url, u16)>,
+    pub hops: Vec<(Url, u16)>,
+    /// The redirects on the way, whole (their `Location` and `Set-Cookie`).
+    pub answers: Vec<(Url, Resp)>,
     /// The last answer and its URL; `None` when the walk stopped on a problem or an error.
-    last: Option<(Url, Resp)>,
+    pub last: Option<(Url, Resp)>,
     /// Why the walk is wrong, and the fix.
-    problem: Option<(String, String)>,
+    pub problem: Option<(String, String)>,
     /// The walk left for another site (a sign-in provider): where.
-    left_for: Option<Url>,
+    pub left_for: Option<Url>,
 }
 
 impl Walk {
@@ -289,7 +291,7 @@ impl Walk {
     }
 }
 
-fn internal(host: &str) -> bool {
+pub(crate) fn internal_host(host: &str) -> bool {
     match host.trim_matches(['[', ']']).parse::<IpAddr>() {
         Ok(IpAddr::V4(v4)) => {
             v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
@@ -301,7 +303,7 @@ fn internal(host: &str) -> bool {
     }
 }
 
-async fn follow(
+pub(crate) async fn follow(
     client: &Client,
     start: &Url,
     headers: &[(&str, &str)],
@@ -309,6 +311,7 @@ async fn follow(
 ) -> Result<Walk, String> {
     let mut walk = Walk {
         hops: Vec::new(),
+        answers: Vec::new(),
         last: None,
         problem: None,
         left_for: None,
@@ -338,7 +341,7 @@ async fn follow(
         };
         let host = next.host_str().unwrap_or("").to_string();
         let ours = hosts.contains(&host);
-        if !ours && internal(&host) && !internal(start.host_str().unwrap_or("")) {
+        if !ours && internal_host(&host) && !internal_host(start.host_str().unwrap_or("")) {
             walk.problem = Some((
                 format!("{} redirects to {next}: the upstream's own address, which browsers cannot reach", url.path()),
                 format!("the app does not know its public URL: set its base URL to {start} (Forgejo ROOT_URL, Woodpecker WOODPECKER_HOST, Jupyter base_url...) or rewrite Location"),
@@ -371,6 +374,7 @@ async fn follow(
             ));
             return Ok(walk);
         }
+        walk.answers.push((url, r));
         url = next;
     }
 }

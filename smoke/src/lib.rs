@@ -21,6 +21,7 @@
 
 mod checks;
 mod client;
+pub mod doctor;
 mod page;
 
 use std::future::Future;

@@ -50,6 +50,35 @@ pub(crate) fn assets(html: &[u8]) -> Vec<String> {
     found.into_inner()
 }
 
+/// Every URL an element of `html` names (`href`, `src`, `action`, `formaction`, `poster`), in
+/// order, each once.
+pub(crate) fn urls(html: &[u8]) -> Vec<String> {
+    let found = RefCell::new(Vec::<String>::new());
+    let mut settings = Settings::new();
+    for attr in ["href", "src", "action", "formaction", "poster"] {
+        let found = &found;
+        settings =
+            settings.append_element_content_handler(element!(format!("[{attr}]"), move |el| {
+                if let Some(v) = el.get_attribute(attr) {
+                    let v = v.trim().to_string();
+                    let mut f = found.borrow_mut();
+                    if !v.is_empty()
+                        && !v.starts_with("data:")
+                        && !v.starts_with('#')
+                        && !f.contains(&v)
+                    {
+                        f.push(v);
+                    }
+                }
+                Ok(())
+            }));
+    }
+    let mut rewriter = HtmlRewriter::new(settings, |_: &[u8]| {});
+    let _ = rewriter.write(html);
+    let _ = rewriter.end();
+    found.into_inner()
+}
+
 /// The `href` of every `<a>` in `html`, in order.
 pub(crate) fn links(html: &[u8]) -> Vec<String> {
     let found = RefCell::new(Vec::<String>::new());
