@@ -112,6 +112,14 @@ fn config_check_reports_every_problem_with_its_key_and_exits_2() {
     ] {
         assert!(err.contains(key), "missing {key} in {err}");
     }
+    // Each with its place in the file.
+    for at in [
+        "(line 1, column 1)",
+        "(line 6, column 3)",
+        "(line 10, column 3)",
+    ] {
+        assert!(err.contains(at), "missing {at} in {err}");
+    }
 }
 
 #[test]

@@ -82,6 +82,18 @@ impl fmt::Display for ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
+/// Each error with the line and column of its key, at the end of its message.
+fn located(text: &str, errs: Vec<ConfigError>) -> Vec<ConfigError> {
+    errs.into_iter()
+        .map(|mut e| {
+            if let Some((line, col)) = crate::locate(text, &e.key) {
+                e.message = format!("{} (line {line}, column {col})", e.message);
+            }
+            e
+        })
+        .collect()
+}
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
@@ -387,7 +399,7 @@ impl Config {
         let cfg = read_config(&doc, &mut errs);
         match (cfg, errs.0.is_empty()) {
             (Some(cfg), true) => Ok(cfg),
-            _ => Err(ConfigErrors(errs.0)),
+            _ => Err(ConfigErrors(located(text, errs.0))),
         }
     }
 
@@ -1189,6 +1201,17 @@ mod tests {
     }
 
     #[test]
+    fn a_misspelled_kind_is_one_error_not_two() {
+        let e = errors(&format!(
+            "{BASE}[[outposts]]\nname = \"x\"\nkind = \"shh\"\nhost = \"h\"\nuser = \"u\"\n"
+        ));
+        assert_eq!(
+            e,
+            ["outposts[0].kind: \"shh\": use \"local\", \"ssh\", \"http\" or \"nomad\" (line 9, column 1)"]
+        );
+    }
+
+    #[test]
     fn sandbox_profiles_and_outposts_parse_and_explain_mistakes() {
         let c = Config::from_toml(&format!(
             "{BASE}[sandbox.profiles.laptop]\nrequire = [\"env\", \"landlock\"]\ndisable = [\"cgroup\"]\nmemory = \"4GiB\"\negress = [\"api.anthropic.com:443\", \"*.example.org:*\"]\n\
@@ -1700,7 +1723,7 @@ mod tests {
         );
         assert_eq!(
             errs,
-            ["projects[0].routes[0].upstream: 127.0.0.1:8443 is the gateway's own listen address"]
+            ["projects[0].routes[0].upstream: 127.0.0.1:8443 is the gateway's own listen address (line 6, column 15)"]
         );
     }
 
@@ -1776,12 +1799,16 @@ mod tests {
         );
         assert!(
             errs.contains(
-                &"listen.http_redirect: expected true or false, found a string".to_string()
+                &"listen.http_redirect: expected true or false, found a string (line 3, column 13)"
+                    .to_string()
             ),
             "{errs:?}"
         );
         assert!(
-            errs.contains(&"projects[0].name: expected a string, found an integer".to_string()),
+            errs.contains(
+                &"projects[0].name: expected a string, found an integer (line 5, column 13)"
+                    .to_string()
+            ),
             "{errs:?}"
         );
     }

@@ -18,6 +18,8 @@ pub use config::{
     Project, ProjectCerts, ProjectChat, RegisterConfig, Route, RouteTarget, RoutingMode, Scheme,
     Upstream, CHAT_COOKIES, EMBEDDED_DEFAULT, PERMISSION_MODES,
 };
+mod locate;
+pub use locate::locate;
 pub use resolve::{normalize_host, Decision, RouteTable};
 pub use target::{check_host, normalize_target, TargetError};
 pub use units::{parse_duration, parse_size};

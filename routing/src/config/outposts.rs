@@ -203,7 +203,9 @@ fn read_outpost(mut t: Table<'_>, errs: &mut Errors) -> Option<OutpostConfig> {
                 t.key("kind"),
                 format!("{other:?}: use \"local\", \"ssh\", \"http\" or \"nomad\""),
             );
-            OutpostKind::Local
+            // Which other keys belong depends on the kind: with a misspelled kind they cannot
+            // be judged, and one error says it all.
+            return None;
         }
     };
     t.finish(errs);
