@@ -7,29 +7,10 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 const EDGE: &str = env!("CARGO_BIN_EXE_edge");
 
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if ready() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("{what} did not start");
-}
+use common::{wait_for, Killed};
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap();
@@ -101,42 +82,20 @@ fn git_server(dir: &Path) -> (Vec<Killed>, u16) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
     let port = common::free_port();
-    let d = dir.display();
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/nginx-error.log error;\n\
-             events {{ worker_connections 256; }}\nhttp {{ access_log off; client_body_temp_path {d}/b; \
-             proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-             client_max_body_size 0;\n\
-             server {{ listen 127.0.0.1:{port};\n\
-               location / {{ include /etc/nginx/fastcgi_params;\n\
-                 fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;\n\
-                 fastcgi_param GIT_PROJECT_ROOT {repos};\n\
-                 fastcgi_param GIT_HTTP_EXPORT_ALL \"\";\n\
-                 fastcgi_param PATH_INFO $uri;\n\
-                 fastcgi_pass unix:{sock}; }}\n\
-             }} }}\n",
-            repos = repos.display(),
-            sock = sock.display(),
-        ),
-    )
-    .unwrap();
-    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("nginx is not installed; .ci/run installs it");
-    let nginx = Killed(
-        Command::new(bin)
-            .args(["-p", &d.to_string(), "-c"])
-            .arg(dir.join("nginx.conf"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let http = format!(
+        "client_max_body_size 0;\n\
+         server {{ listen 127.0.0.1:{port};\n\
+           location / {{ include /etc/nginx/fastcgi_params;\n\
+             fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;\n\
+             fastcgi_param GIT_PROJECT_ROOT {repos};\n\
+             fastcgi_param GIT_HTTP_EXPORT_ALL \"\";\n\
+             fastcgi_param PATH_INFO $uri;\n\
+             fastcgi_pass unix:{sock}; }}\n\
+         }}",
+        repos = repos.display(),
+        sock = sock.display(),
     );
-    wait_for("nginx", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let nginx = common::nginx(dir, port, &http);
     (vec![nginx, fcgi], port)
 }
 

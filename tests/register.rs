@@ -10,15 +10,7 @@ use std::time::{Duration, Instant};
 
 const EDGE: &str = env!("CARGO_BIN_EXE_edge");
 
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
+use common::Killed;
 
 /// nginx on loopback serving `index.html` and an 8 MiB `big.bin` from `dir/www`.
 fn nginx(dir: &Path) -> (Killed, u16) {
@@ -32,36 +24,11 @@ fn nginx(dir: &Path) -> (Killed, u16) {
     let big: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
     std::fs::write(www.join("big.bin"), &big).unwrap();
     let port = common::free_port();
-    let d = dir.display();
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/nginx-error.log error;\n\
-             events {{ worker_connections 1024; }}\nhttp {{ access_log off; client_body_temp_path {d}/b; \
-             proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-             server {{ listen 127.0.0.1:{port}; root {www}; }} }}\n",
-            www = www.display()
-        ),
-    )
-    .unwrap();
-    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("nginx is not installed; .ci/run installs it");
-    let child = Killed(
-        Command::new(bin)
-            .args(["-p", &d.to_string(), "-c"])
-            .arg(dir.join("nginx.conf"))
-            .spawn()
-            .unwrap(),
+    let server = format!(
+        "server {{ listen 127.0.0.1:{port}; root {}; }}",
+        www.display()
     );
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (child, port);
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("nginx did not start");
+    (common::nginx(dir, port, &server), port)
 }
 
 struct Edge {

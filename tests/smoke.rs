@@ -7,28 +7,15 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 const EDGE: &str = env!("CARGO_BIN_EXE_edge");
 
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
+use common::Killed;
 
 fn wait_port(port: u16, what: &str) {
-    for _ in 0..400 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("{what} did not start on port {port}");
+    common::wait_for(what, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
 }
 
 /// nginx as the apps: `/good/` a page whose scripts, styles and images are under `/good/`;
@@ -83,14 +70,8 @@ fn nginx(dir: &Path) -> (Killed, u16) {
     )
     .unwrap();
     let port = common::free_port();
-    let d = dir.display();
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/nginx-error.log error;\n\
-             events {{ worker_connections 256; }}\nhttp {{ access_log off; client_body_temp_path {d}/b; \
-             proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-             types {{ text/html html; text/css css; application/javascript js; image/svg+xml svg; }}\n\
+    let http = format!(
+        "types {{ text/html html; text/css css; application/javascript js; image/svg+xml svg; }}\n\
              server {{ listen 127.0.0.1:{port}; root {www}; absolute_redirect off;\n\
                location /internal/ {{ return 302 http://127.0.0.1:{port}/internal/login; }}\n\
                location = /loop/ {{ return 302 /loop/again/; }}\n\
@@ -98,25 +79,10 @@ fn nginx(dir: &Path) -> (Killed, u16) {
                location = /downgrade/ {{ return 302 http://$host/downgrade/in; }}\n\
                location /cookie/ {{ add_header Set-Cookie \"sid=1; Path=/; HttpOnly\"; }}\n\
                location /staging/ {{ add_header Set-Cookie \"tracker=1; Path=/\"; }}\n\
-             }} }}\n",
-            www = www.display()
-        ),
-    )
-    .unwrap();
-    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("nginx is not installed; .ci/run installs it");
-    let child = Killed(
-        Command::new(bin)
-            .args(["-p", &d.to_string(), "-c"])
-            .arg(dir.join("nginx.conf"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+             }}",
+        www = www.display()
     );
-    wait_port(port, "nginx");
-    (child, port)
+    (common::nginx(dir, port, &http), port)
 }
 
 struct Edge {
@@ -161,8 +127,9 @@ fn edge(dir: &Path, name: &str, routes: &str, admin_ip: &str) -> Edge {
     }
 }
 
-fn smoke(args: &[&str]) -> (i32, serde_json::Value, String) {
-    let out = Command::new(EDGE).arg("smoke").args(args).output().unwrap();
+/// `edge ARGS...` whose stdout is JSON: (exit code, the JSON, stdout and stderr).
+fn edge_json(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = Command::new(EDGE).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let v = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
     (
@@ -170,6 +137,10 @@ fn smoke(args: &[&str]) -> (i32, serde_json::Value, String) {
         v,
         format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
     )
+}
+
+fn smoke(args: &[&str]) -> (i32, serde_json::Value, String) {
+    edge_json(&[&["smoke"], args].concat())
 }
 
 /// The checks named `check` whose subject ends with `subject`.
@@ -416,17 +387,7 @@ fn the_welcome_page_lists_the_mounts_and_unset_mounts_say_how_to_set_them() {
 }
 
 fn doctor(cfg: &Path) -> (i32, serde_json::Value, String) {
-    let out = Command::new(EDGE)
-        .args(["doctor", "--json", "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null),
-        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
-    )
+    edge_json(&["doctor", "--json", "--config", cfg.to_str().unwrap()])
 }
 
 /// The findings about the mount whose URL ends with `mount`.

@@ -63,15 +63,7 @@ pub async fn run(plan: &Plan) -> Report {
             };
         }
     };
-    let hosts: Vec<String> = plan
-        .sites
-        .iter()
-        .flat_map(|s| {
-            std::iter::once(s.base.clone())
-                .chain(s.mounts.iter().map(|m| m.url.clone()))
-                .filter_map(|u| u.host_str().map(str::to_string))
-        })
-        .collect();
+    let hosts = plan.hosts();
     for site in &plan.sites {
         tls(&client, plan, site, &mut out).await;
         http_redirect(&client, plan, site, &mut out).await;

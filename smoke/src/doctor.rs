@@ -82,15 +82,7 @@ pub async fn examine(plan: &Plan, info: &[Vec<MountInfo>]) -> Vec<Finding> {
             return out;
         }
     };
-    let hosts: Vec<String> = plan
-        .sites
-        .iter()
-        .flat_map(|s| {
-            std::iter::once(s.base.clone())
-                .chain(s.mounts.iter().map(|m| m.url.clone()))
-                .filter_map(|u| u.host_str().map(str::to_string))
-        })
-        .collect();
+    let hosts = plan.hosts();
     for (si, site) in plan.sites.iter().enumerate() {
         // Paths that are some mount's (or a root path's): links there are fine.
         let known: Vec<String> = site

@@ -158,6 +158,20 @@ pub struct Plan {
     pub login: Option<LoginFn>,
 }
 
+impl Plan {
+    /// Every host name the plan's sites and mounts are served at.
+    pub(crate) fn hosts(&self) -> Vec<String> {
+        self.sites
+            .iter()
+            .flat_map(|s| {
+                std::iter::once(s.base.clone())
+                    .chain(s.mounts.iter().map(|m| m.url.clone()))
+                    .filter_map(|u| u.host_str().map(str::to_string))
+            })
+            .collect()
+    }
+}
+
 impl std::fmt::Debug for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plan")

@@ -340,3 +340,58 @@ pub async fn echo(
         .unwrap();
     assert_eq!(m.into_text().unwrap().as_str(), text);
 }
+
+/// A child process sent SIGTERM (and waited for) when dropped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (up to 10 s) until `ready` says so, else panics naming `what`.
+pub fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{what} did not start");
+}
+
+/// Debian's nginx in `dir` (its pid, logs and temp files there), listening on `port`, with
+/// `http_body` inside its `http { }` block; returns once the port accepts.
+pub fn nginx(dir: &Path, port: u16, http_body: &str) -> Killed {
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/nginx-error.log error;\n\
+             events {{ worker_connections 1024; }}\nhttp {{ access_log off; client_body_temp_path {d}/b; \
+             proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+             {http_body}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nginx is not installed; .ci/run installs it");
+    let child = Killed(
+        std::process::Command::new(bin)
+            .args(["-p", &d.to_string(), "-c"])
+            .arg(dir.join("nginx.conf"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("nginx", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    child
+}
