@@ -381,33 +381,27 @@ fn up_with_the_embedded_default_serves_demo_localhost_over_https() {
     );
     assert_eq!(status(&[&link]), "401 ", "the link works once");
     // `edge chat login-url` writes a new link into the store the running edge uses.
-    let out = edge()
-        .args(["chat", "login-url"])
-        .current_dir(dir.path())
-        .env_remove("EDGE_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let login_url = |from: &Path| {
+        let out = edge()
+            .args(["chat", "login-url"])
+            .current_dir(from)
+            .env_remove("EDGE_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let out = login_url(dir.path());
     let second = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_ne!(second, link);
     assert_eq!(status(&[&second]), "302 https://demo.localhost:8443/chat/");
     // ...from any directory: the running edge makes the link, in its own store.
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = edge()
-        .args(["chat", "login-url"])
-        .current_dir(elsewhere.path())
-        .env_remove("EDGE_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = login_url(elsewhere.path());
     let third = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(status(&[&third]), "302 https://demo.localhost:8443/chat/");
     assert!(
@@ -425,17 +419,7 @@ fn up_with_the_embedded_default_serves_demo_localhost_over_https() {
 
     drop(running);
     // With no edge running, the link goes into this directory's store, and the command says so.
-    let out = edge()
-        .args(["chat", "login-url"])
-        .current_dir(elsewhere.path())
-        .env_remove("EDGE_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = login_url(elsewhere.path());
     assert!(
         String::from_utf8_lossy(&out.stderr)
             .contains("no edge answers on the admin listener 127.0.0.1:9090"),
