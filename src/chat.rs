@@ -91,27 +91,11 @@ pub async fn print_login_url(chat: &Chat, config: &Config, https_port: Option<u1
 /// given; with no edge answering there, it is written into the store of this config's
 /// `state_dir`, and the command says so.
 pub fn login_url(loaded: Loaded, project: Option<String>) -> Result<(), Failure> {
-    if let Some(admin) = loaded.config.listen.admin {
-        let a = admin.to_string();
-        if let Ok(s) =
-            std::net::TcpStream::connect_timeout(&admin, std::time::Duration::from_secs(2))
-        {
-            let path = match &project {
-                Some(p) => format!(
-                    "/chat/login-url?project={}",
-                    url::form_urlencoded::byte_serialize(p.as_bytes()).collect::<String>()
-                ),
-                None => "/chat/login-url".to_string(),
-            };
-            let (ok, body) = crate::up::admin_post_on(s, &a, &path)?;
-            if ok {
-                println!("{body}");
-                return Ok(());
-            }
-            return Err(Failure::config(anyhow::anyhow!(
-                "the edge answering on its admin listener {a}: {body}"
-            )));
-        }
+    if let Some(url) = ask_running_edge(&loaded.config, project.as_deref())? {
+        println!("{url}");
+        return Ok(());
+    }
+    if let Some(a) = loaded.config.listen.admin {
         eprintln!(
             "no edge answers on the admin listener {a}: the link is written to the chat's store in {} and works once an edge using that state directory runs",
             loaded.config.state_dir.display()
@@ -126,9 +110,35 @@ pub fn login_url(loaded: Loaded, project: Option<String>) -> Result<(), Failure>
     Ok(())
 }
 
-/// A new one-time sign-in link for `project` (else the default one), written into the chat's
-/// store under the config's `state_dir`.
-pub async fn login_link(config: &Config, project: Option<&str>) -> Result<String, Failure> {
+/// A one-time link made by the edge answering on the config's admin listener (`None`: no edge
+/// answers there). Blocking.
+pub fn ask_running_edge(config: &Config, project: Option<&str>) -> Result<Option<String>, Failure> {
+    let Some(admin) = config.listen.admin else {
+        return Ok(None);
+    };
+    let Ok(s) = std::net::TcpStream::connect_timeout(&admin, std::time::Duration::from_secs(2))
+    else {
+        return Ok(None);
+    };
+    let path = match project {
+        Some(p) => format!(
+            "/chat/login-url?project={}",
+            url::form_urlencoded::byte_serialize(p.as_bytes()).collect::<String>()
+        ),
+        None => "/chat/login-url".to_string(),
+    };
+    let a = admin.to_string();
+    match crate::up::admin_post_on(s, &a, &path)? {
+        (true, body) => Ok(Some(body)),
+        (false, body) => Err(Failure::config(anyhow::anyhow!(
+            "the edge answering on its admin listener {a}: {body}"
+        ))),
+    }
+}
+
+/// Where a one-time link for `project` (else the default one) leads, and whom it signs in:
+/// `(the chat's base URL, the user)`.
+pub fn login_target(config: &Config, project: Option<&str>) -> Result<(String, String), Failure> {
     let Some(c) = &config.chat else {
         return Err(Failure::config(anyhow::anyhow!(
             "the config has no [chat] table"
@@ -157,9 +167,15 @@ pub async fn login_link(config: &Config, project: Option<&str>) -> Result<String
             config.projects[config.default_project].name
         ))
     })?;
+    Ok((base, c.token_user.clone()))
+}
+
+/// A new one-time sign-in link written straight into the chat's store under the config's
+/// `state_dir` (for when no edge runs; a running edge makes its own, `ask_running_edge`).
+pub async fn login_link(config: &Config, project: Option<&str>) -> Result<String, Failure> {
+    let (base, user) = login_target(config, project)?;
     let store = edge_chat::Store::open(&edge_chat::store_dir(&config.state_dir))
         .context("opening the chat store")?;
-    let user = c.token_user.clone();
     Ok(edge_chat::login_url(&store, &base, &user)
         .await
         .context("creating the link")?)

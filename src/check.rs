@@ -41,7 +41,7 @@ pub fn on_disk(config: &Config, base: &Path) -> Vec<ConfigError> {
     let ws = base.join(&agent.workspace);
     match std::fs::metadata(&ws) {
         Ok(m) if m.is_dir() => {
-            if std::fs::metadata(&ws).is_ok_and(|m| m.permissions().readonly()) {
+            if m.permissions().readonly() {
                 push(
                     "chat.agent.workspace".into(),
                     format!(
@@ -63,7 +63,7 @@ pub fn on_disk(config: &Config, base: &Path) -> Vec<ConfigError> {
     let (key, program) = match &agent.kind {
         AgentKind::Claude { command } => ("chat.agent.command", command.clone()),
         AgentKind::Command { argv } => match argv.first() {
-            Some(p) => ("chat.agent.argv", p.clone()),
+            Some(p) => ("chat.agent.command", p.clone()),
             None => return out,
         },
     };

@@ -59,10 +59,14 @@ pub fn run(loaded: Loaded, json: bool) -> Result<(), Failure> {
         }
     }
 
-    // Listeners: the edge answering, or its ports free for it.
-    let running = plan.dial.is_some_and(|a| {
-        std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok()
-    });
+    // Listeners: the edge answering (its admin listener's /healthz when it has one: something
+    // else may hold the HTTPS port), or its ports free for it.
+    let running = match config.listen.admin {
+        Some(a) => crate::up::admin_get(&a.to_string(), "/healthz").is_ok(),
+        None => plan.dial.is_some_and(|a| {
+            std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok()
+        }),
+    };
     if !running {
         for (what, addr) in [
             ("listen.https", config.listen.https),
@@ -95,7 +99,7 @@ pub fn run(loaded: Loaded, json: bool) -> Result<(), Failure> {
     let exe = std::env::current_exe().context("finding edge's own program")?;
     if config.chat.as_ref().is_some_and(|c| c.agent.is_some()) {
         let mut cmd = Command::new(&exe);
-        cmd.args(["sandbox", "verify"]);
+        cmd.args(["sandbox", "verify", "--json"]);
         if let Some(p) = &loaded.path {
             cmd.arg("--config").arg(p);
         }
@@ -103,6 +107,28 @@ pub fn run(loaded: Loaded, json: bool) -> Result<(), Failure> {
             cmd.args(["--profile", &a.sandbox]);
         }
         let out = cmd.output().context("running edge sandbox verify")?;
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        // The layers not enforced and the probes that got through, each with why.
+        let mut failing: Vec<String> = Vec::new();
+        for l in report["layers"].as_array().into_iter().flatten() {
+            if l["state"] != "enforced" {
+                failing.push(format!(
+                    "{} {} ({})",
+                    l["layer"].as_str().unwrap_or("?"),
+                    l["state"].as_str().unwrap_or("?"),
+                    l["detail"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        for p in report["probes"].as_array().into_iter().flatten() {
+            if p["held"] == false {
+                failing.push(format!(
+                    "probe {} got through ({})",
+                    p["probe"].as_str().unwrap_or("?"),
+                    p["detail"].as_str().unwrap_or("")
+                ));
+            }
+        }
         if out.status.success() {
             findings.push(finding(
                 Severity::Info,
@@ -111,18 +137,13 @@ pub fn run(loaded: Loaded, json: bool) -> Result<(), Failure> {
                 None,
             ));
         } else {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let failing: Vec<&str> = text
-                .lines()
-                .filter(|l| {
-                    l.contains("UNAVAILABLE") || l.contains("FAIL") || l.contains("missing")
-                })
-                .take(5)
-                .collect();
             findings.push(finding(
                 Severity::Error,
                 "edge",
-                format!("edge sandbox verify fails: {}", if failing.is_empty() { "see its output".to_string() } else { failing.join("; ") }),
+                format!(
+                    "edge sandbox verify fails: {}",
+                    if failing.is_empty() { String::from_utf8_lossy(&out.stderr).trim().to_string() } else { failing.join("; ") }
+                ),
                 Some("runs will be refused: `edge sandbox verify` says which layer and why (install bubblewrap, enable cgroups...)".into()),
             ));
         }

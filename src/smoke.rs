@@ -113,9 +113,20 @@ pub fn plan_from_config(
             let login: edge_smoke::LoginFn = Box::new(move |project: String| {
                 let config = config.clone();
                 Box::pin(async move {
-                    crate::chat::login_link(&config, Some(&project))
-                        .await
-                        .map_err(|e| e.to_string())
+                    // The running edge's own link, as `edge chat login-url` gets it; else one
+                    // written into this config's store.
+                    let (c, p) = (config.clone(), project.clone());
+                    let asked = tokio::task::spawn_blocking(move || {
+                        crate::chat::ask_running_edge(&c, Some(&p))
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    match asked.map_err(|e| e.to_string())? {
+                        Some(link) => Ok(link),
+                        None => crate::chat::login_link(&config, Some(&project))
+                            .await
+                            .map_err(|e| e.to_string()),
+                    }
                 })
             });
             login

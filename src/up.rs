@@ -479,14 +479,20 @@ async fn serve(
     }
     let chat = chat.map(|(c, _)| c);
     if let Some(c) = &chat {
-        let c = c.clone();
-        gateway.set_outposts_status(std::sync::Arc::new(move || c.outposts_json()));
-        // `edge chat login-url` asks this edge, so that the link is made in this edge's store.
-        let (gw, handle) = (gateway.clone(), tokio::runtime::Handle::current());
+        let status = c.clone();
+        gateway.set_outposts_status(std::sync::Arc::new(move || status.outposts_json()));
+        // `edge chat login-url` asks this edge, so that the link is made by its own chat.
+        let (c, gw, handle) = (
+            c.clone(),
+            gateway.clone(),
+            tokio::runtime::Handle::current(),
+        );
         gateway.set_chat_login(Arc::new(move |project| {
+            let (base, user) =
+                crate::chat::login_target(&gw.config(), project).map_err(|e| format!("{e:#}"))?;
             handle
-                .block_on(crate::chat::login_link(&gw.config(), project))
-                .map_err(|e| format!("{e:#}"))
+                .block_on(c.login_url(&base, &user))
+                .map_err(|e| e.to_string())
         }));
     }
 

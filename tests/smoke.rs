@@ -470,3 +470,54 @@ fn doctor_names_each_subpath_mistake_and_nothing_on_a_correct_setup() {
         "{text}"
     );
 }
+
+#[test]
+fn doctor_without_a_running_edge_checks_the_host_and_says_the_mounts_were_not_examined() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (https, admin) = (common::free_port(), common::free_port());
+    let cfg = d.join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "domain = \"example.test\"\nstate_dir = \"state\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\nhttp = \"\"\n\
+             admin = \"127.0.0.1:{admin}\"\n[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"forge\"\n\
+             [chat]\nlogin = \"token\"\n[chat.agent]\nkind = \"command\"\ncommand = [\"/bin/echo\", \"{{message}}\"]\nworkspace = \".\"\n"
+        ),
+    )
+    .unwrap();
+    let (code, r, text) = doctor(&cfg);
+    assert_eq!(code, 0, "{text}");
+    let what: Vec<&str> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["what"].as_str().unwrap())
+        .collect();
+    assert!(
+        what.contains(&"edge sandbox verify: every required layer holds"),
+        "{text}"
+    );
+    assert!(
+        what.contains(
+            &"the edge is not answering on its HTTPS listener: the mounts were not examined"
+        ),
+        "{text}"
+    );
+    // A listener whose port another program holds is an error.
+    let _held = std::net::TcpListener::bind(("127.0.0.1", https)).unwrap();
+    let (code, r, text) = doctor(&cfg);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["severity"] == "error"
+                && f["what"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("listen.https 127.0.0.1:{https} cannot be bound"))),
+        "{text}"
+    );
+}
