@@ -19,6 +19,43 @@ fn finding(severity: Severity, subject: &str, what: String, fix: Option<String>)
     }
 }
 
+/// Whether this host's clock is kept synchronised, as systemd's `timedatectl` tells.
+fn clock() -> Finding {
+    let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+    match Command::new("timedatectl")
+        .args(["show", "--property=NTPSynchronized", "--value"])
+        .output()
+    {
+        Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "yes" => finding(
+            Severity::Info,
+            "edge",
+            format!("the clock is synchronised (timedatectl); it says {now}"),
+            None,
+        ),
+        Ok(o) if o.status.success() => finding(
+            Severity::Warning,
+            "edge",
+            format!("the clock is not synchronised (timedatectl: NTPSynchronized={}); it says {now}", String::from_utf8_lossy(&o.stdout).trim()),
+            Some("enable time synchronisation (`timedatectl set-ntp true`, chrony): certificates, sign-in links and sessions are checked against this clock".into()),
+        ),
+        Ok(o) => finding(
+            Severity::Info,
+            "edge",
+            format!(
+                "whether the clock is synchronised could not be told (timedatectl: {}); it says {now}",
+                String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("no answer").trim()
+            ),
+            None,
+        ),
+        Err(_) => finding(
+            Severity::Info,
+            "edge",
+            format!("whether the clock is synchronised could not be told (no timedatectl here); it says {now}"),
+            None,
+        ),
+    }
+}
+
 /// `edge doctor [--config FILE] [--json]`.
 pub fn run(loaded: Loaded, json: bool) -> Result<(), Failure> {
     let config = &loaded.config;
@@ -58,6 +95,10 @@ pub fn run(loaded: Loaded, json: bool) -> Result<(), Failure> {
             }
         }
     }
+
+    // The clock: certificates, sign-in tokens and cookies are all checked against it (the
+    // apps' clocks are compared with this one through the gateway, below).
+    findings.push(clock());
 
     // Listeners: the edge answering (its admin listener's /healthz when it has one: something
     // else may hold the HTTPS port), or its ports free for it.

@@ -24,7 +24,7 @@ fn wait_port(port: u16, what: &str) {
 /// app that does not know it is behind TLS); `/staging/` a preview that sets a cookie.
 fn nginx(dir: &Path) -> (Killed, u16) {
     let www = dir.join("www");
-    for d in ["good", "links", "staging", "cookie", "css", "fj"] {
+    for d in ["good", "links", "staging", "cookie", "css", "fj", "wp"] {
         std::fs::create_dir_all(www.join(d)).unwrap();
     }
     std::fs::write(
@@ -64,6 +64,17 @@ fn nginx(dir: &Path) -> (Killed, u16) {
         "<!doctype html><title>Forgejo</title><script>window.config = {appUrl: 'http://127.0.0.1:3000/', appSubUrl: ''};</script>",
     )
     .unwrap();
+    // Woodpecker started without the path in WOODPECKER_HOST: its config script says root "".
+    std::fs::write(
+        www.join("wp/index.html"),
+        "<!doctype html><title>Woodpecker</title><script src=\"/wp/web-config.js\"></script>",
+    )
+    .unwrap();
+    std::fs::write(
+        www.join("wp/web-config.js"),
+        "window.WOODPECKER_VERSION = \"3.0.0\";\nwindow.WOODPECKER_ROOT_PATH = \"\";\n",
+    )
+    .unwrap();
     std::fs::write(
         www.join("staging/index.html"),
         "<!doctype html><title>Preview</title><p>a preview build</p>",
@@ -78,11 +89,39 @@ fn nginx(dir: &Path) -> (Killed, u16) {
                location = /loop/again/ {{ return 302 /loop/; }}\n\
                location = /downgrade/ {{ return 302 http://$host/downgrade/in; }}\n\
                location /cookie/ {{ add_header Set-Cookie \"sid=1; Path=/; HttpOnly\"; }}\n\
+               location /raw/ {{ default_type text/plain; return 200 \"$request_uri\"; }}\n\
+               location /dec/ {{ proxy_pass http://127.0.0.1:{port}/raw/; }}\n\
+               location = /wp/api/stream/events {{ default_type text/event-stream; gzip on; gzip_types text/event-stream; gzip_min_length 0; return 200 \"data: hello\\n\\n\"; }}\n\
                location /staging/ {{ add_header Set-Cookie \"tracker=1; Path=/\"; }}\n\
              }}",
         www = www.display()
     );
     (common::nginx(dir, port, &http), port)
+}
+
+/// An app whose clock is an hour behind: a loopback server answering every request (up to 64
+/// connections) with a page dated an hour ago.
+fn skewed_app() -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().take(64) {
+            let Ok(mut c) = c else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let date = httpdate::fmt_http_date(
+                std::time::SystemTime::now() - std::time::Duration::from_secs(3600),
+            );
+            let body = "<!doctype html><title>Late app</title><p>an hour behind</p>";
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nDate: {date}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
 }
 
 struct Edge {
@@ -331,6 +370,75 @@ fn curl(e: &Edge, dir: &Path, name: &str, path: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// `edge smoke --url` against an edge in subdomain routing: the project's address lists the
+/// mounts, each found at its own host name, and checked there.
+#[test]
+fn smoke_from_a_url_alone_finds_the_mounts_of_subdomain_routing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (_nginx, app) = nginx(d);
+    let (https, admin) = (common::free_port(), common::free_port());
+    let cfg = d.join("sub.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "domain = \"example.test\"\nrouting = \"subdomain\"\nstate_dir = \"state\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\n\
+             http = \"\"\nadmin = \"127.0.0.1:{admin}\"\n[[projects]]\nname = \"demo\"\n\
+               [[projects.routes]]\n  mount = \"good\"\n  upstream = \"http://127.0.0.1:{app}\"\n\
+               [[projects.routes]]\n  mount = \"links\"\n  upstream = \"http://127.0.0.1:{app}\"\n"
+        ),
+    )
+    .unwrap();
+    let _edge = Killed(
+        Command::new(EDGE)
+            .args(["up", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("sub.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(https, "edge");
+    let ca = d.join("state/ca/example.test/ca.pem");
+    let (_, r, text) = smoke(&[
+        "--url",
+        "https://demo.example.test/",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--connect",
+        &format!("127.0.0.1:{https}"),
+        "--json",
+    ]);
+    // (nginx has no page at its root: the mounts answer 403, which is the app's.)
+    let mounts: Vec<(&str, &str)> = r["checks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{text}"))
+        .iter()
+        .filter(|c| c["check"] == "mount")
+        .map(|c| (c["subject"].as_str().unwrap(), c["saw"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            (
+                "https://good.demo.example.test/",
+                "/ (403) \"403 Forbidden\""
+            ),
+            (
+                "https://links.demo.example.test/",
+                "/ (403) \"403 Forbidden\""
+            )
+        ],
+        "{text}"
+    );
+    // Each host's certificate was checked (the wildcard covers them).
+    assert_eq!(
+        find(&r, "tls", "good.demo.example.test")[0]["status"],
+        "pass",
+        "{text}"
+    );
+}
+
 #[test]
 fn the_welcome_page_lists_the_mounts_and_unset_mounts_say_how_to_set_them() {
     let tmp = tempfile::tempdir().unwrap();
@@ -410,7 +518,8 @@ fn doctor_names_each_subpath_mistake_and_nothing_on_a_correct_setup() {
         "good",
         &format!(
             "  [[projects.routes]]\n  mount = \"good\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
-               [[projects.routes]]\n  mount = \"staging\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n"
+               [[projects.routes]]\n  mount = \"staging\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"raw\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n"
         ),
         "127.0.0.1",
     );
@@ -420,7 +529,17 @@ fn doctor_names_each_subpath_mistake_and_nothing_on_a_correct_setup() {
     // Nothing about the mounts (the test domain does not resolve here: that is the edge's).
     assert!(about(&r, "/good/").is_empty(), "{text}");
     assert!(about(&r, "/staging/").is_empty(), "{text}");
+    // An app that shows the path it got: %2F arrived as sent.
+    let raw = about(&r, "/raw/");
+    assert!(
+        raw.iter().all(|f| f["severity"] == "info")
+            && raw
+                .iter()
+                .any(|f| f["what"] == "%2F and %25 reach the app as sent"),
+        "{text}"
+    );
     drop(good);
+    let late = skewed_app();
 
     let bad = edge(
         d,
@@ -431,7 +550,10 @@ fn doctor_names_each_subpath_mistake_and_nothing_on_a_correct_setup() {
                [[projects.routes]]\n  mount = \"loop\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
                [[projects.routes]]\n  mount = \"cookie\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
                [[projects.routes]]\n  mount = \"css\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
-               [[projects.routes]]\n  mount = \"fj\"\n  app = \"forgejo\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n"
+               [[projects.routes]]\n  mount = \"fj\"\n  app = \"forgejo\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"dec\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"wp\"\n  app = \"woodpecker\"\n  upstream = \"http://127.0.0.1:{app}\"\n\
+               [[projects.routes]]\n  mount = \"late\"\n  upstream = \"http://127.0.0.1:{late}\"\n"
         ),
         "127.0.0.1",
     );
@@ -463,6 +585,27 @@ fn doctor_names_each_subpath_mistake_and_nothing_on_a_correct_setup() {
         "error",
         "forgejo's appUrl is \"http://127.0.0.1:3000/\"",
     );
+    // A proxy between edge and the app that decodes the path (nginx's proxy_pass with a URI).
+    one("/dec/", "error", "reaches the app decoded");
+    // Woodpecker told its host without the path; its event stream compressed.
+    one("/wp/", "error", "woodpecker's root path is \"\"");
+    assert!(
+        about(&r, "/wp/")
+            .iter()
+            .any(|f| f["fix"].as_str().is_some_and(|x| x.ends_with(&format!(
+                "WOODPECKER_HOST to https://demo.example.test:{}/wp",
+                bad.https
+            )))),
+        "{text}"
+    );
+    one(
+        "/wp/",
+        "error",
+        "an event stream at /wp/api/stream/events: compressed (gzip)",
+    );
+    // (3599 to 3601 s, as the seconds fall.)
+    one("/late/", "warning", "the app's clock is 3");
+    one("/late/", "warning", " s behind this host's");
     let fj = about(&r, "/fj/");
     assert!(
         fj.iter()
@@ -520,4 +663,81 @@ fn doctor_without_a_running_edge_checks_the_host_and_says_the_mounts_were_not_ex
                     .starts_with(&format!("listen.https 127.0.0.1:{https} cannot be bound"))),
         "{text}"
     );
+}
+
+/// The first-run pages as a browser shows them (Debian's chromium, headless): the welcome page
+/// and an unset mount's page, at desktop and phone sizes, load without console errors (a CSP
+/// violation is one), fit the screen, and link nowhere that is missing. The screenshots are
+/// kept in `target/screenshots/first-run/` for a person to look at.
+#[test]
+fn the_first_run_pages_in_a_browser_at_desktop_and_phone_sizes() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: install Debian's chromium (bash .ci/run does) or set CHROMIUM"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let e = edge(
+        d,
+        "first",
+        "  [[projects.routes]]\n  mount = \"forge\"\n\
+           [[projects.routes]]\n  mount = \"staging\"\n  upstream = \"welcome\"\n\
+           [[projects.routes]]\n  mount = \"chat\"\n  upstream = \"chat\"\n  auth = \"forward\"\n",
+        "127.0.0.1",
+    );
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/first-run");
+    std::fs::create_dir_all(&shots).unwrap();
+    let base = format!("https://demo.example.test:{}", e.https);
+    let out = Command::new("node")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("chat/tests/js/page.mjs"))
+        .arg(&shots)
+        .arg(format!("{base}/staging/"))
+        .arg(format!("{base}/forge/"))
+        .env("CHROMIUM", &chromium)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|_| {
+            panic!(
+                "browser output: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(r["ok"], true, "{r:#}");
+    let pages = r["pages"].as_array().unwrap();
+    assert_eq!(pages.len(), 4, "{r:#}");
+    for p in pages {
+        let at = format!("{} ({})", p["url"], p["size"]);
+        assert_eq!(p["errors"], serde_json::json!([]), "{at}: {p:#}");
+        assert_eq!(p["failed"], serde_json::json!([]), "{at}: {p:#}");
+        assert_eq!(p["overflows"], false, "{at} is wider than the screen");
+        for l in p["links"].as_array().unwrap() {
+            let status = l["status"].as_u64().unwrap();
+            let href = l["href"].as_str().unwrap();
+            if href.ends_with("/forge/") {
+                // The unset mount: its page says what to set.
+                assert_eq!(status, 503, "{at}: {l}");
+            } else if l["landed"].as_str().unwrap().contains("/chat/login") {
+                // The chat, behind the sign-in: its page says how to get a link.
+                assert_eq!(status, 401, "{at}: {l}");
+            } else {
+                assert!(status < 400, "{at}: a link that does not load: {l}");
+            }
+        }
+        let text = p["text"].as_str().unwrap();
+        if p["url"].as_str().unwrap().ends_with("/staging/") {
+            assert_eq!(p["status"], 200, "{at}");
+            assert_eq!(p["title"], "edge is running", "{at}");
+            assert!(text.contains("not pointed anywhere yet"), "{at}: {text}");
+            assert!(text.contains("cargo install --path ."), "{at}: {text}");
+        } else {
+            assert_eq!(p["status"], 503, "{at}");
+            assert!(
+                text.contains("Set projects[0].routes[0].upstream"),
+                "{at}: {text}"
+            );
+        }
+    }
 }

@@ -30,7 +30,7 @@ pub fn page(status: StatusCode, title: &str, body_html: &str) -> Response<ResBod
     };
     let html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{title}</title><style>body{{font:16px/1.5 system-ui,sans-serif;max-width:44em;margin:3em auto;padding:0 1em;color:#222}}\
+         <link rel=\"icon\" href=\"data:,\"><title>{title}</title><style>body{{font:16px/1.5 system-ui,sans-serif;max-width:44em;margin:3em auto;padding:0 1em;color:#222}}\
          code{{background:#f3f3f3;padding:0 .25em}}h1{{font-size:1.4em}}small{{color:#777}}</style></head>\
          <body><h1>{title}</h1>\n{body_html}\n<p><small>edge</small></p></body></html>\n",
     );

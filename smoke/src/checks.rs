@@ -101,7 +101,7 @@ pub async fn discover_mounts(plan: &Plan, base: &Url) -> Result<Vec<Mount>, Stri
     let r = client.request(Method::GET, &probe, PAGE).await?;
     if r.status != 404 || !edge_page(&r) {
         return Err(format!(
-            "{probe} answered {}, not edge's 404 page listing the mounts (is this an edge, in subpath routing?)",
+            "{probe} answered {}, not edge's 404 page listing the mounts (is this an edge's project address?)",
             r.status
         ));
     }
@@ -113,7 +113,19 @@ pub async fn discover_mounts(plan: &Plan, base: &Url) -> Result<Vec<Mount>, Stri
         if name.is_empty() || name.contains('/') {
             continue;
         }
-        let url = base.join(&href).map_err(|e| e.to_string())?;
+        let mut url = base.join(&href).map_err(|e| e.to_string())?;
+        // Subdomain routing: the project's address sends /forge/ on to forge.<project host>.
+        let sub = format!("{name}.{}", base.host_str().unwrap_or_default());
+        if let Ok(r) = client.request(Method::GET, &url, FETCH).await {
+            if let Some(next) = r
+                .header("location")
+                .filter(|_| matches!(r.status, 301 | 308))
+                .and_then(|l| url.join(l).ok())
+                .filter(|n| n.host_str() == Some(sub.as_str()))
+            {
+                url = next;
+            }
+        }
         let gated = client
             .request(Method::GET, &url, FETCH)
             .await
@@ -134,7 +146,7 @@ pub async fn discover_mounts(plan: &Plan, base: &Url) -> Result<Vec<Mount>, Stri
     Ok(mounts)
 }
 
-fn origin(u: &Url) -> String {
+pub(crate) fn origin(u: &Url) -> String {
     u.origin().ascii_serialization()
 }
 
@@ -149,6 +161,13 @@ fn key_of(m: &Mount) -> String {
     m.key
         .clone()
         .unwrap_or_else(|| format!("the `{}` route", m.name))
+}
+
+/// The certificate of each host of `site`, as checks (for `edge doctor`).
+pub(crate) async fn tls_checks(client: &Client, plan: &Plan, site: &Site) -> Vec<Check> {
+    let mut out = Out(Vec::new());
+    tls(client, plan, site, &mut out).await;
+    out.0
 }
 
 async fn tls(client: &Client, plan: &Plan, site: &Site, out: &mut Out) {
@@ -732,43 +751,30 @@ fn staging(m: &Mount, r: Option<&Resp>, out: &mut Out) {
     }
 }
 
-async fn chat_websocket(client: &Client, plan: &Plan, site: &Site, m: &Mount, out: &mut Out) {
-    let ws = m.url.join("ws").unwrap_or(m.url.clone());
-    let subject = ws.to_string();
+/// Why no session could be had.
+pub(crate) enum SignIn {
+    /// Signing in is not possible from here (no config, no link): the check is skipped.
+    Unavailable(String),
+    /// It was tried and failed: what was seen, and the fix.
+    Failed(String, Option<String>),
+}
+
+/// Signs in to `site` with a one-time link: the session's cookies, as one `Cookie` value.
+pub(crate) async fn sign_in(client: &Client, plan: &Plan, site: &Site) -> Result<String, SignIn> {
     let Some(login) = &plan.login else {
-        out.add("chat-websocket", subject, Status::Skip, "signing in needs the edge's config (--config): the check makes a one-time link in the chat's store", None);
-        return;
+        return Err(SignIn::Unavailable(
+            "signing in needs the edge's config (--config): the check makes a one-time link in the chat's store".into(),
+        ));
     };
-    let link = match login(site.project.clone()).await {
-        Ok(l) => l,
-        Err(e) => {
-            out.add(
-                "chat-websocket",
-                subject,
-                Status::Skip,
-                format!("no one-time link: {e}"),
-                None,
-            );
-            return;
-        }
-    };
-    let Ok(link) = Url::parse(&link) else {
-        out.add(
-            "chat-websocket",
-            subject,
-            Status::Fail,
-            format!("the one-time link is not a URL: {link}"),
-            None,
-        );
-        return;
-    };
-    let r = match client.request(Method::GET, &link, PAGE).await {
-        Ok(r) => r,
-        Err(e) => {
-            out.add("chat-websocket", subject, Status::Fail, e, None);
-            return;
-        }
-    };
+    let link = login(site.project.clone())
+        .await
+        .map_err(|e| SignIn::Unavailable(format!("no one-time link: {e}")))?;
+    let url = Url::parse(&link)
+        .map_err(|_| SignIn::Failed(format!("the one-time link is not a URL: {link}"), None))?;
+    let r = client
+        .request(Method::GET, &url, PAGE)
+        .await
+        .map_err(|e| SignIn::Failed(e, None))?;
     let cookies: Vec<String> = r
         .headers
         .get_all("set-cookie")
@@ -777,16 +783,41 @@ async fn chat_websocket(client: &Client, plan: &Plan, site: &Site, m: &Mount, ou
         .filter_map(|v| v.split(';').next().map(str::to_string))
         .collect();
     if cookies.is_empty() {
-        out.add(
-            "chat-websocket",
-            subject,
-            Status::Fail,
+        return Err(SignIn::Failed(
             format!("signing in with a one-time link answered {} and set no cookie", r.status),
             Some("the running edge does not share this config's state_dir (the link was made in another store): pass the same --config and --state-dir as `edge up`".into()),
-        );
-        return;
+        ));
     }
-    let cookie = cookies.join("; ");
+    Ok(cookies.join("; "))
+}
+
+/// Signs a session made by [`sign_in`] out again (through the chat mount `chat`).
+pub(crate) async fn sign_out(client: &Client, chat: &Url, cookie: &str) {
+    if let Ok(out_url) = chat.join("logout") {
+        let _ = client
+            .request(
+                Method::POST,
+                &out_url,
+                &[("origin", &origin(chat)), ("cookie", cookie)],
+            )
+            .await;
+    }
+}
+
+async fn chat_websocket(client: &Client, plan: &Plan, site: &Site, m: &Mount, out: &mut Out) {
+    let ws = m.url.join("ws").unwrap_or(m.url.clone());
+    let subject = ws.to_string();
+    let cookie = match sign_in(client, plan, site).await {
+        Ok(c) => c,
+        Err(SignIn::Unavailable(why)) => {
+            out.add("chat-websocket", subject, Status::Skip, why, None);
+            return;
+        }
+        Err(SignIn::Failed(what, fix)) => {
+            out.add("chat-websocket", subject, Status::Fail, what, fix);
+            return;
+        }
+    };
     let own = origin(&m.url);
     let opened = client
         .websocket(
@@ -837,15 +868,7 @@ async fn chat_websocket(client: &Client, plan: &Plan, site: &Site, m: &Mount, ou
         Err(e) => out.add("chat-websocket", &subject, Status::Fail, e, None),
     }
     // Sign the check's session out again.
-    if let Ok(out_url) = m.url.join("logout") {
-        let _ = client
-            .request(
-                Method::POST,
-                &out_url,
-                &[("origin", &own), ("cookie", &cookie)],
-            )
-            .await;
-    }
+    sign_out(client, &m.url, &cookie).await;
 }
 
 async fn admin(client: &Client, plan: &Plan, site: &Site, out: &mut Out) {

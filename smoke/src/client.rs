@@ -20,6 +20,17 @@ const BODY_CAP: usize = 4 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How much of an answer is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The whole body (up to the cap).
+    Full,
+    /// A WebSocket handshake: no body after a 101.
+    Upgrade,
+    /// What arrives within the time given (an event stream that never ends).
+    Start(Duration),
+}
+
 /// A response: status, headers, body (capped).
 #[derive(Debug)]
 pub(crate) struct Resp {
@@ -148,7 +159,7 @@ impl Client {
     ) -> Result<Resp, String> {
         tokio::time::timeout(
             REQUEST_TIMEOUT,
-            self.request_inner(method, url, headers, false),
+            self.request_inner(method, url, headers, Mode::Full),
         )
         .await
         .map_err(|_| format!("{url}: no answer within 15 s"))?
@@ -166,7 +177,23 @@ impl Client {
         h.extend_from_slice(headers);
         tokio::time::timeout(
             REQUEST_TIMEOUT,
-            self.request_inner(Method::GET, url, &h, true),
+            self.request_inner(Method::GET, url, &h, Mode::Upgrade),
+        )
+        .await
+        .map_err(|_| format!("{url}: no answer within 15 s"))?
+    }
+
+    /// A request whose answer may never end (an event stream): the status, the headers and
+    /// what of the body arrives within `wait`.
+    pub async fn stream_start(
+        &self,
+        url: &Url,
+        headers: &[(&str, &str)],
+        wait: Duration,
+    ) -> Result<Resp, String> {
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.request_inner(Method::GET, url, headers, Mode::Start(wait)),
         )
         .await
         .map_err(|_| format!("{url}: no answer within 15 s"))?
@@ -177,7 +204,7 @@ impl Client {
         method: Method,
         url: &Url,
         headers: &[(&str, &str)],
-        upgrade: bool,
+        mode: Mode,
     ) -> Result<Resp, String> {
         let io = self.stream(url).await?;
         let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
@@ -220,8 +247,23 @@ impl Client {
         };
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = if upgrade && status == 101 {
+        let body = if mode == Mode::Upgrade && status == 101 {
             Bytes::new()
+        } else if let Mode::Start(wait) = mode {
+            let mut body = resp.into_body();
+            let mut got = Vec::new();
+            let until = tokio::time::Instant::now() + wait;
+            while got.len() < BODY_CAP {
+                match tokio::time::timeout_at(until, body.frame()).await {
+                    Ok(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            got.extend_from_slice(d);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            Bytes::from(got)
         } else {
             match Limited::new(resp.into_body(), BODY_CAP).collect().await {
                 Ok(b) => b.to_bytes(),

@@ -296,7 +296,26 @@ pub async fn wss(
     host: &str,
     ca: &Path,
 ) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    wss_at(https, host, ca, "/live/", &[]).await.unwrap().0
+}
+
+/// A WebSocket through edge on `https` to `wss://HOST{path}` with `headers`, trusting `ca`
+/// (PEM); a refused handshake is an `Err` with the response.
+pub async fn wss_at(
+    https: u16,
+    host: &str,
+    ca: &Path,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        u16,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
     use rustls::pki_types::pem::PemObject;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -311,15 +330,21 @@ pub async fn wss(
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https))
         .await
         .unwrap();
-    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.split(':').next().unwrap().to_string())
+        .unwrap();
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
         .connect(name, tcp)
         .await
         .unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(format!("wss://{host}/live/"), tls)
-        .await
-        .unwrap();
-    ws
+    let mut req = format!("wss://{host}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let (ws, resp) = tokio_tungstenite::client_async(req, tls).await?;
+    Ok((ws, resp.status().as_u16()))
 }
 
 /// Sends `text` on `ws` and expects it echoed within 5 s.

@@ -119,17 +119,21 @@ impl App {
                 "ROOT_URL ([server] in app.ini; FORGEJO__server__ROOT_URL)",
                 format!("{trimmed}/"),
             )],
-            App::Woodpecker => vec![
-                ("WOODPECKER_HOST", trimmed.to_string()),
+            // Woodpecker takes its root path from WOODPECKER_HOST's path (2.x dropped
+            // WOODPECKER_ROOT_PATH; setting both broke its OAuth callback).
+            App::Woodpecker => vec![("WOODPECKER_HOST", trimmed.to_string())],
+            // Jupyter refuses a Host that is not a local name unless told: edge sends the
+            // public one.
+            App::Jupyter => vec![
                 (
-                    "WOODPECKER_ROOT_PATH",
-                    mount_path.trim_end_matches('/').to_string(),
+                    "--ServerApp.base_url (c.ServerApp.base_url)",
+                    mount_path.to_string(),
+                ),
+                (
+                    "--ServerApp.allow_remote_access (c.ServerApp.allow_remote_access)",
+                    "True".to_string(),
                 ),
             ],
-            App::Jupyter => vec![(
-                "--ServerApp.base_url (c.ServerApp.base_url)",
-                mount_path.to_string(),
-            )],
             App::Grafana => vec![
                 (
                     "GF_SERVER_ROOT_URL ([server] root_url)",
