@@ -82,8 +82,16 @@ pub fn run(loaded: Loaded, json: bool) -> Result<(), Failure> {
             let resolves = rt
                 .block_on(tokio::net::lookup_host((n.as_str(), 443)))
                 .is_ok_and(|mut a| a.next().is_some());
+            let localhost = n == "localhost" || n.ends_with(".localhost");
             match resolves {
                 true => {}
+                // Browsers take every *.localhost name for loopback themselves (RFC 6761).
+                false if localhost => findings.push(finding(
+                    Severity::Info,
+                    "edge",
+                    format!("{n} does not resolve here, but browsers send every *.localhost name to this host themselves"),
+                    Some(format!("for curl and other tools: --resolve {n}:<port>:127.0.0.1, or an /etc/hosts line")),
+                )),
                 false => findings.push(finding(
                     Severity::Warning,
                     "edge",

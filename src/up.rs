@@ -741,12 +741,19 @@ fn print_welcome(config: &Config, https_port: Option<u16>, ca: Option<(&Path, bo
     println!();
 }
 
+/// A connection to the running edge's admin listener, or an error that says what to do.
+fn connect_admin(admin: &str) -> Result<std::net::TcpStream, Failure> {
+    std::net::TcpStream::connect(admin).map_err(|e| {
+        Failure::from(anyhow::anyhow!(
+            "no edge answers on the admin listener {admin} ({e}): start it with `edge up`, or, if it runs with another config, pass that --config (its listen.admin)"
+        ))
+    })
+}
+
 /// A GET on the admin listener; the body of a 200, else an error with the answer.
 pub fn admin_get(admin: &str, path: &str) -> Result<String, Failure> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).with_context(|| {
-        format!("connecting to the admin listener at {admin} (is edge running?)")
-    })?;
+    let mut s = connect_admin(admin)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .context("socket")?;
     write!(
@@ -774,8 +781,7 @@ pub fn post_reload(admin: &str) -> Result<(), Failure> {
 
 /// POSTs to the admin listener; prints the answer, an error unless it is 2xx.
 pub fn post_admin(admin: &str, path: &str) -> Result<(), Failure> {
-    let s = std::net::TcpStream::connect(admin)
-        .with_context(|| format!("connecting to the admin listener at {admin}"))?;
+    let s = connect_admin(admin)?;
     let (ok, body) = admin_post_on(s, admin, path)?;
     if ok {
         println!("{body}");

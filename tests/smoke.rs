@@ -24,7 +24,9 @@ fn wait_port(port: u16, what: &str) {
 /// app that does not know it is behind TLS); `/staging/` a preview that sets a cookie.
 fn nginx(dir: &Path) -> (Killed, u16) {
     let www = dir.join("www");
-    for d in ["good", "links", "staging", "cookie", "css", "fj", "wp"] {
+    for d in [
+        "good", "links", "staging", "cookie", "css", "fj", "wp", "bundle",
+    ] {
         std::fs::create_dir_all(www.join(d)).unwrap();
     }
     std::fs::write(
@@ -64,6 +66,12 @@ fn nginx(dir: &Path) -> (Killed, u16) {
         "<!doctype html><title>Forgejo</title><script>window.config = {appUrl: 'http://127.0.0.1:3000/', appSubUrl: ''};</script>",
     )
     .unwrap();
+    // A bundle that calls its API at the address it was built for.
+    std::fs::write(
+        www.join("bundle/index.html"),
+        "<!doctype html><title>Bundle</title><script src=\"app.js\"></script>",
+    )
+    .unwrap();
     // Woodpecker started without the path in WOODPECKER_HOST: its config script says root "".
     std::fs::write(
         www.join("wp/index.html"),
@@ -81,6 +89,11 @@ fn nginx(dir: &Path) -> (Killed, u16) {
     )
     .unwrap();
     let port = common::free_port();
+    std::fs::write(
+        www.join("bundle/app.js"),
+        format!("const api = 'http://127.0.0.1:{port}/api';"),
+    )
+    .unwrap();
     let http = format!(
         "types {{ text/html html; text/css css; application/javascript js; image/svg+xml svg; }}\n\
              server {{ listen 127.0.0.1:{port}; root {www}; absolute_redirect off;\n\
@@ -552,6 +565,7 @@ fn doctor_names_each_subpath_mistake_and_nothing_on_a_correct_setup() {
                [[projects.routes]]\n  mount = \"css\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
                [[projects.routes]]\n  mount = \"fj\"\n  app = \"forgejo\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
                [[projects.routes]]\n  mount = \"dec\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"bundle\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
                [[projects.routes]]\n  mount = \"wp\"\n  app = \"woodpecker\"\n  upstream = \"http://127.0.0.1:{app}\"\n\
                [[projects.routes]]\n  mount = \"late\"\n  upstream = \"http://127.0.0.1:{late}\"\n"
         ),
@@ -587,6 +601,11 @@ fn doctor_names_each_subpath_mistake_and_nothing_on_a_correct_setup() {
     );
     // A proxy between edge and the app that decodes the path (nginx's proxy_pass with a URI).
     one("/dec/", "error", "reaches the app decoded");
+    one(
+        "/bundle/",
+        "error",
+        &format!("the page names the upstream's own address: 127.0.0.1:{app} (in /bundle/app.js)"),
+    );
     // Woodpecker told its host without the path; its event stream compressed.
     one("/wp/", "error", "woodpecker's root path is \"\"");
     assert!(

@@ -312,6 +312,23 @@ async fn examine_mount(
         if body.contains(up.as_str()) && !internal.iter().any(|l| l.contains(up.as_str())) {
             internal.push(format!("{up} (in the page's text or scripts)"));
         }
+        // The page's own scripts (an app's bundle often carries its base URL).
+        let scripts: Vec<Url> = crate::page::assets(&page.body)
+            .iter()
+            .filter(|a| a.split('?').next().is_some_and(|p| p.ends_with(".js")))
+            .filter_map(|a| page_url.join(a).ok())
+            .filter(|u| u.origin() == page_url.origin())
+            .take(MAX_STYLESHEETS)
+            .collect();
+        let js_headers = at.headers(&[("accept", "*/*")]);
+        for js in scripts {
+            let Ok(r) = client.request(Method::GET, &js, &js_headers).await else {
+                continue;
+            };
+            if r.status == 200 && String::from_utf8_lossy(&r.body).contains(up.as_str()) {
+                internal.push(format!("{up} (in {})", js.path()));
+            }
+        }
     }
     if !outside.is_empty() {
         add(
