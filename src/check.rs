@@ -1,13 +1,10 @@
 //! What `edge config check` looks at beyond the file itself: what the config names on this
 //! host (static roots, the agent's workspace and program, as a run would find them).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use edge_routing::{AgentKind, Config, ConfigError, RouteTarget};
 use edge_sandbox::Layer;
-
-/// Paths the sandbox's namespaces layer covers with empty directories inside a run.
-const HIDDEN_IN_RUNS: [&str; 4] = ["/home", "/root", "/tmp", "/run"];
 
 /// Problems with what the config names on this host, each with its key. Relative paths are
 /// taken from `base` (the config file's directory), as `edge up` takes them.
@@ -69,7 +66,7 @@ pub fn on_disk(config: &Config, base: &Path) -> Vec<ConfigError> {
     };
     // Runs get edge's own PATH (or the sandbox's default when it has none).
     let path = std::env::var("PATH").ok();
-    let Some(found) = edge_sandbox::helper::resolve(&program, path.as_deref()) else {
+    if edge_sandbox::helper::resolve(&program, path.as_deref()).is_none() {
         push(
             key.into(),
             format!(
@@ -78,24 +75,76 @@ pub fn on_disk(config: &Config, base: &Path) -> Vec<ConfigError> {
             ),
         );
         return out;
-    };
-    let real: PathBuf = std::fs::canonicalize(&found).unwrap_or(found.clone());
-    let namespaces = config
+    }
+    let default = edge_sandbox::Profile::default_named(&agent.sandbox);
+    let profile = config
         .sandbox_profiles
         .get(&agent.sandbox)
-        .is_none_or(|p| p.requires(Layer::Namespaces));
-    if let Some(h) = HIDDEN_IN_RUNS.iter().find(|h| real.starts_with(h)) {
-        if namespaces {
+        .unwrap_or(&default);
+    let namespaces = profile.enabled(Layer::Namespaces);
+    let closure = match edge_sandbox::program::closure(&program, path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            push(key.into(), format!("{program:?}: {e}"));
+            return out;
+        }
+    };
+    let shown = if closure.real != closure.program {
+        format!(
+            "{} (→ {})",
+            closure.program.display(),
+            closure.real.display()
+        )
+    } else {
+        closure.program.display().to_string()
+    };
+    // What runs see of it: with the namespaces layer, what it empties is bound back (read-only)
+    // unless the profile hides it; without, the run's uid must reach it by itself.
+    let hidden = edge_sandbox::program::hidden_paths(profile);
+    for t in closure
+        .trees
+        .iter()
+        .chain(closure.links.iter().map(|(l, _)| l))
+    {
+        if let Some(h) = hidden.iter().find(|h| t.starts_with(h)) {
             push(
                 key.into(),
                 format!(
-                    "{program:?} is {}{}, under {h}, which the sandbox empties inside every run (its namespaces layer), so runs cannot start it: install it under /usr/local or /opt (Claude Code: `npm install -g @anthropic-ai/claude-code`), or give that path",
-                    found.display(),
-                    if real != found {
-                        format!(" (→ {})", real.display())
-                    } else {
-                        String::new()
-                    }
+                    "{program:?} is {shown}; runs need {}, which sandbox profile {:?} hides ({}): install the agent elsewhere, or take that path out of the profile's hidden list",
+                    t.display(),
+                    agent.sandbox,
+                    h.display()
+                ),
+            );
+            return out;
+        }
+    }
+    let uid = profile.uid;
+    let reaches = |p: &Path| -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).is_ok_and(|m| {
+            let bits = if m.uid() == uid { 0o100 } else { 0o001 };
+            m.mode() & bits != 0
+        })
+    };
+    if !reaches(&closure.real) {
+        push(
+            key.into(),
+            format!(
+                "{program:?} is {shown}, which uid {uid} (the runs' user) may not execute: `chmod o+rx {}`",
+                closure.real.display()
+            ),
+        );
+    }
+    if !namespaces {
+        // Every directory on the way must let the run's uid through.
+        if let Some(d) = closure.real.ancestors().skip(1).find(|d| !reaches(d)) {
+            push(
+                key.into(),
+                format!(
+                    "{program:?} is {shown}, under {}, which uid {uid} (the runs' user) cannot enter, and profile {:?} has no namespaces layer to bring it back: install the agent under /usr/local or /opt, or enable the namespaces layer",
+                    d.display(),
+                    agent.sandbox
                 ),
             );
         }

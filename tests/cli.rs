@@ -126,7 +126,8 @@ fn config_check_reports_every_problem_with_its_key_and_exits_2() {
 fn config_check_looks_at_what_the_file_names_on_this_host() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // A program installed under /tmp (as under ~/.local/bin): runs cannot see it.
+    // A program installed under /tmp (as under ~/.local/bin) is brought back into runs, unless
+    // the profile hides it.
     let hidden = d.join("bin/claude");
     std::fs::create_dir_all(hidden.parent().unwrap()).unwrap();
     std::fs::write(&hidden, "#!/bin/sh\n").unwrap();
@@ -138,7 +139,9 @@ fn config_check_looks_at_what_the_file_names_on_this_host() {
             &f,
             format!(
                 "[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"staging\"\n  root = \"{root}\"\n\
-                 [chat]\n[chat.agent]\nkind = \"claude\"\ncommand = \"{command}\"\nworkspace = \"{workspace}\"\n"
+                 [chat]\n[chat.agent]\nkind = \"claude\"\ncommand = \"{command}\"\nworkspace = \"{workspace}\"\n\
+                 [sandbox.profiles.default]\nhidden = [\"{hide}\"]\n",
+                hide = d.join("bin").display()
             ),
         )
         .unwrap();
@@ -164,7 +167,10 @@ fn config_check_looks_at_what_the_file_names_on_this_host() {
     );
     assert!(
         err.contains("chat.agent.command: ")
-            && err.contains("under /tmp, which the sandbox empties"),
+            && err.contains(&format!(
+                "runs need {}, which sandbox profile \"default\" hides",
+                d.join("bin").display()
+            )),
         "{err}"
     );
     let missing = write("missing.toml", "./site", "no-such-agent-program", ".");

@@ -212,3 +212,135 @@ fn sandbox_run_confines_a_command_and_refuses_what_it_cannot_confine() {
         "{stderr}"
     );
 }
+
+fn exe(p: &std::path::Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, body).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `edge sandbox run` of `argv` with a workspace and home of its own and `PATH`.
+fn sandbox_run(path: &str, argv: &[&str]) -> (bool, String) {
+    let ws = tempfile::tempdir_in("/var/tmp").unwrap();
+    Command::new("chown")
+        .args(["65534:65534", ws.path().to_str().unwrap()])
+        .status()
+        .unwrap();
+    let home = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = Command::new(EDGE)
+        .args(["sandbox", "run", "--workspace"])
+        .arg(ws.path())
+        .arg("--home")
+        .arg(home.path().join("agent"))
+        .arg("--")
+        .args(argv)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Agents where their installers put them, under a home closed to the run's uid (0700, as
+/// installers leave it): Claude Code's own installer (`~/.local/bin/claude`, a link to
+/// `~/.local/share/claude/versions/X/claude`), an npm package under a user prefix whose script
+/// runs `#!/usr/bin/env node` with a node under `~/.nvm`, and a program under `/tmp`. Each runs
+/// inside the sandbox and sees its own files, and nothing else of the home around it.
+#[test]
+fn agents_installed_under_homes_and_tmp_run_inside_the_sandbox() {
+    need_root_and_bwrap();
+    let h = tempfile::Builder::new()
+        .prefix("edge-test-home-")
+        .tempdir_in("/home")
+        .unwrap();
+    let h = h.path();
+    std::fs::write(h.join("secret.txt"), "the user's own file").unwrap();
+    // Claude Code's own installer.
+    let versions = h.join(".local/share/claude/versions/1.2.3");
+    exe(
+        &versions.join("claude"),
+        "#!/bin/sh\nd=$(dirname \"$(readlink -f \"$0\")\")\necho \"native: $(cat \"$d/resources.txt\")\"\n",
+    );
+    std::fs::write(versions.join("resources.txt"), "resources found").unwrap();
+    std::fs::create_dir_all(h.join(".local/bin")).unwrap();
+    std::os::unix::fs::symlink(
+        "../share/claude/versions/1.2.3/claude",
+        h.join(".local/bin/claude"),
+    )
+    .unwrap();
+    let path = format!("{}:/usr/bin:/bin", h.join(".local/bin").display());
+    let (ok, out) = sandbox_run(&path, &["claude"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("native: resources found"), "{out}");
+    // Its home is not readable: only what the agent needs was brought back.
+    let (ok, out) = sandbox_run(
+        &path,
+        &[
+            "sh",
+            "-c",
+            &format!("ls -A {}; cat {}/secret.txt", h.display(), h.display()),
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(!out.contains("the user's own file"), "{out}");
+
+    // npm with a user prefix, run by a node under ~/.nvm.
+    let pkg = h.join(".npm-global/lib/node_modules/agent-pkg");
+    std::fs::create_dir_all(pkg.join("lib")).unwrap();
+    std::fs::write(pkg.join("package.json"), "{\"name\":\"agent-pkg\"}").unwrap();
+    std::fs::write(
+        pkg.join("lib/helper.js"),
+        "exports.hello = () => 'npm: helper loaded';",
+    )
+    .unwrap();
+    exe(
+        &pkg.join("bin/cli.js"),
+        "#!/usr/bin/env node\nconsole.log(require('../lib/helper.js').hello());\nconsole.log('node: ' + process.execPath);\n",
+    );
+    std::fs::create_dir_all(h.join(".npm-global/bin")).unwrap();
+    std::os::unix::fs::symlink(
+        "../lib/node_modules/agent-pkg/bin/cli.js",
+        h.join(".npm-global/bin/agent"),
+    )
+    .unwrap();
+    let nvm = h.join(".nvm/versions/node/v20.0.0/bin");
+    std::fs::create_dir_all(&nvm).unwrap();
+    let node = std::fs::canonicalize("/usr/bin/node").expect("node is installed (.ci/run)");
+    if std::fs::hard_link(&node, nvm.join("node")).is_err() {
+        std::fs::copy(&node, nvm.join("node")).unwrap();
+    }
+    let path = format!(
+        "{}:{}:/usr/bin:/bin",
+        h.join(".npm-global/bin").display(),
+        nvm.display()
+    );
+    let (ok, out) = sandbox_run(&path, &["agent"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("npm: helper loaded"), "{out}");
+    assert!(
+        out.contains(&format!("node: {}", nvm.join("node").display())),
+        "{out}"
+    );
+
+    // A program under /tmp (a private directory, as mktemp makes).
+    let t = tempfile::tempdir_in("/tmp").unwrap();
+    exe(&t.path().join("agent.sh"), "#!/bin/sh\necho tmp: ran\n");
+    let (ok, out) = sandbox_run(
+        "/usr/bin:/bin",
+        &[t.path().join("agent.sh").to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("tmp: ran"), "{out}");
+}

@@ -110,6 +110,20 @@ fn stage1_inner(spec: &RunSpec) -> Result<std::convert::Infallible, Refusal> {
             })
         })?;
     }
+    let env = environment(spec);
+    // The agent's program, wherever its installer put it: what the namespaces layer would
+    // empty is bound back read-only, through descriptors opened now (as root: a home closed
+    // to the run's uid, as installers leave them, is still reachable).
+    let namespaces = spec.profile.enabled(Layer::Namespaces)
+        && !spec.missing.iter().any(|(l, _)| *l == Layer::Namespaces);
+    let program_args = if namespaces {
+        layer(spec, Layer::Namespaces, || {
+            bring_back(spec, env.get("PATH").map(String::as_str))
+        })?
+        .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     // A dedicated uid when root.
     if nix::unistd::geteuid().is_root() {
         let (uid, gid) = (spec.profile.uid, spec.profile.gid);
@@ -142,18 +156,16 @@ fn stage1_inner(spec: &RunSpec) -> Result<std::convert::Infallible, Refusal> {
             ));
         }
     }
-    let env = environment(spec);
     // The namespaces, unless the outer part found them unavailable (then `missing` says so and
     // the run was refused above if they are required).
-    if spec.profile.enabled(Layer::Namespaces)
-        && !spec.missing.iter().any(|(l, _)| *l == Layer::Namespaces)
-    {
+    if namespaces {
         let bwrap = crate::probe::bwrap()
             .ok_or_else(|| refuse(Layer::Namespaces, "bwrap is not installed"))?;
         let exe = self_exe().map_err(|e| refuse(Layer::Namespaces, e))?;
         let json = serde_json::to_string(spec).map_err(|e| refuse(Layer::Env, e.to_string()))?;
         let mut cmd = Command::new(bwrap);
         cmd.args(bwrap_args(spec))
+            .args(program_args)
             .arg("--")
             .arg(exe)
             .args(["sandbox", "exec", "--inner", "--spec"])
@@ -193,13 +205,25 @@ fn stage2_inner(
     layer(spec, Layer::NoNewPrivs, || {
         nix::sys::prctl::set_no_new_privs().map_err(errno("PR_SET_NO_NEW_PRIVS"))
     })?;
-    let program = resolve(&spec.argv[0], env.get("PATH").map(String::as_str)).ok_or_else(|| {
+    let path = env.get("PATH").map(String::as_str);
+    let program = resolve(&spec.argv[0], path).ok_or_else(|| {
         refuse(
             Layer::Env,
-            format!("{:?}: no such program on PATH", spec.argv[0]),
+            format!(
+                "{:?}: no such program on PATH ({}){}",
+                spec.argv[0],
+                path.unwrap_or("unset"),
+                if inside {
+                    " inside the run: give its full path in the config (`edge config check` shows what runs see)"
+                } else {
+                    ""
+                }
+            ),
         )
     })?;
-    layer(spec, Layer::Landlock, || landlock(spec, inside, &program))?;
+    layer(spec, Layer::Landlock, || {
+        landlock(spec, inside, &program, path)
+    })?;
     layer(spec, Layer::Seccomp, crate::seccomp::apply)?;
     let mut cmd = Command::new(&program);
     cmd.arg0(&spec.argv[0])
@@ -389,19 +413,85 @@ pub fn bwrap_args(spec: &RunSpec) -> Vec<OsString> {
     a
 }
 
+/// bubblewrap arguments that bring the agent's program back into a run where the namespaces
+/// layer empties it (`~/.local/bin/claude` and its versions directory, an npm package under a
+/// home and the `node` that runs it): each installation tree bound read-only at its own path
+/// through a descriptor opened here, each symlink on the way recreated. Refused when the
+/// profile hides one of them.
+fn bring_back(spec: &RunSpec, path: Option<&str>) -> Result<Vec<OsString>, String> {
+    let c = crate::program::closure(&spec.argv[0], path)?;
+    let mut rw: Vec<&Path> = vec![&spec.workspace, &spec.home];
+    rw.extend(spec.profile.read_write.iter().map(PathBuf::as_path));
+    let visible = |p: &Path| rw.iter().any(|r| p.starts_with(r));
+    let hidden = crate::program::hidden_paths(&spec.profile);
+    for p in c.trees.iter().chain(c.links.iter().map(|(l, _)| l)) {
+        if let Some(h) = hidden.iter().find(|h| p.starts_with(h)) {
+            return Err(format!(
+                "the agent's program {} needs {}, which profile {:?} hides ({}): install the agent elsewhere, or take that path out of the profile's hidden list",
+                c.program.display(),
+                p.display(),
+                spec.profile.name,
+                h.display()
+            ));
+        }
+    }
+    let (links, trees) = c.emptied();
+    let mut a: Vec<OsString> = Vec::new();
+    let mut bound: Vec<&Path> = Vec::new();
+    for t in trees {
+        if visible(t) {
+            continue;
+        }
+        let fd = nix::fcntl::open(
+            t.as_path(),
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("opening {}: {e}", t.display()))?;
+        a.extend([
+            "--ro-bind-fd".into(),
+            fd.to_string().into(),
+            t.as_os_str().to_owned(),
+        ]);
+        bound.push(t);
+    }
+    for (link, target) in links {
+        if visible(link) || bound.iter().any(|b| link.starts_with(b)) {
+            continue;
+        }
+        a.extend([
+            "--symlink".into(),
+            target.as_os_str().to_owned(),
+            link.as_os_str().to_owned(),
+        ]);
+    }
+    Ok(a)
+}
+
 /// Landlock: system paths, the program and the extra read-only paths readable; the
 /// workspace, home, extra read-write paths (and /tmp inside the namespaces) writable; device
 /// files usable. Nothing else.
-fn landlock(spec: &RunSpec, inside: bool, program: &Path) -> Result<(), String> {
+fn landlock(
+    spec: &RunSpec,
+    inside: bool,
+    program: &Path,
+    path: Option<&str>,
+) -> Result<(), String> {
     let abi = ABI::V5;
     let read = AccessFs::from_read(abi);
     let all = AccessFs::from_all(abi);
     let mut ro: Vec<PathBuf> = SYSTEM_READ_ONLY.iter().map(PathBuf::from).collect();
     ro.extend(spec.profile.read_only.iter().cloned());
-    // The program itself and the directory it lives in (its libraries, for npm installs).
-    if let Ok(real) = std::fs::canonicalize(program) {
-        if let Some(dir) = real.parent() {
-            ro.push(dir.to_path_buf());
+    // The program's installation trees (its package, for npm installs; its interpreter's).
+    match crate::program::closure(&program.to_string_lossy(), path) {
+        Ok(c) => ro.extend(c.trees),
+        Err(_) => {
+            if let Some(dir) = std::fs::canonicalize(program)
+                .ok()
+                .and_then(|r| r.parent().map(Path::to_path_buf))
+            {
+                ro.push(dir);
+            }
         }
     }
     let mut rw: Vec<PathBuf> = vec![spec.workspace.clone(), spec.home.clone()];

@@ -20,6 +20,7 @@ mod floor;
 pub mod helper;
 pub mod probe;
 mod profile;
+pub mod program;
 mod seccomp;
 pub mod verify;
 
