@@ -467,8 +467,6 @@ async fn serve(
     *cert_state.served.lock().unwrap_or_else(|e| e.into_inner()) = certs.clone();
     {
         let (s, gw) = (cert_state.clone(), gateway.clone());
-        gateway.set_extra_metrics(Arc::new(move || s.metrics(&gw.config())));
-        let (s, gw) = (cert_state.clone(), gateway.clone());
         gateway.set_cert_renewal(Arc::new(move |p| s.renew(&gw.config(), p)));
     }
     let chat = crate::chat::open(&config)?;
@@ -478,6 +476,18 @@ async fn serve(
             .map_err(Failure::config)?;
     }
     let chat = chat.map(|(c, _)| c);
+    {
+        // Certificates and ACME orders, then the chat's runs.
+        let (s, gw, c) = (cert_state.clone(), gateway.clone(), chat.clone());
+        gateway.set_extra_metrics(Arc::new(move || {
+            let mut text = s.metrics(&gw.config());
+            if let Some(c) = &c {
+                let o = c.orchestrator();
+                text.push_str(&o.metrics.render(&o.outpost_status()));
+            }
+            text
+        }));
+    }
     if let Some(c) = &chat {
         let status = c.clone();
         gateway.set_outposts_status(std::sync::Arc::new(move || status.outposts_json()));

@@ -670,3 +670,89 @@ async fn egress_denials_show_in_the_run() {
         "{notice}"
     );
 }
+
+/// What the test's process logs, for [`runs_are_logged_and_counted`].
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A run that ends well and one whose agent fails: each start and end is one log line (user,
+/// conversation, outpost, attempts, outcome, duration, tokens, exit code; the agent's stderr
+/// on failure), and `/metrics` counts them (started, ended by outcome, active, tokens, the time
+/// to the first token, each outpost's health).
+#[tokio::test]
+async fn runs_are_logged_and_counted() {
+    let log = LogBuf::default();
+    let w = log.clone();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || w.clone())
+        .init();
+    let e = env(CLAUDE, "").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "hello"}))
+        .await;
+    let frames = a.until_end().await;
+    assert_eq!(frames.last().unwrap()["outcome"], "ok");
+    // An agent that fails, with something on stderr.
+    let conv2 = e.conversation().await;
+    a.send(json!({"t": "send", "conversation_id": conv2, "text": "fail please"}))
+        .await;
+    let frames = a.until_end().await;
+    assert_eq!(frames.last().unwrap()["outcome"], "error", "{frames:?}");
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("run ")).collect();
+    let started: Vec<&&str> = lines.iter().filter(|l| l.contains("run started")).collect();
+    assert_eq!(started.len(), 2, "{text}");
+    assert!(
+        started[0].contains("user=demo/operator")
+            && started[0].contains(&format!("conversation={conv}")),
+        "{text}"
+    );
+    let ended: Vec<&&str> = lines.iter().filter(|l| l.contains("run ended")).collect();
+    assert_eq!(ended.len(), 2, "{text}");
+    for want in [
+        "outpost=local",
+        "attempts=1",
+        "outcome=Ok",
+        "duration_ms=",
+        "tokens_in=",
+        "exit_code=0",
+    ] {
+        assert!(ended[0].contains(want), "{want} in {}", ended[0]);
+    }
+    assert!(ended[0].contains(" INFO "), "{}", ended[0]);
+    assert!(
+        ended[1].contains(" WARN ")
+            && ended[1].contains("outcome=Error")
+            && ended[1].contains("detail="),
+        "{}",
+        ended[1]
+    );
+    let o = e.chat.orchestrator();
+    let m = o.metrics.render(&o.outpost_status());
+    for line in [
+        "edge_chat_runs_started_total 2",
+        "edge_chat_runs_ended_total{outcome=\"ok\"} 1",
+        "edge_chat_runs_ended_total{outcome=\"error\"} 1",
+        "edge_chat_runs_active 0",
+        "edge_chat_first_output_seconds_count 2",
+        "edge_chat_outpost_up{outpost=\"local\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} in\n{m}");
+    }
+    assert!(
+        !m.contains("edge_chat_tokens_total{kind=\"output\"} 0"),
+        "{m}"
+    );
+}

@@ -394,6 +394,13 @@ impl Conversations {
                 }
                 let mut out = Vec::new();
                 for (run, seq, user) in last {
+                    tracing::warn!(
+                        run = %run,
+                        user = %user,
+                        conversation = %path.file_stem().unwrap_or_default().to_string_lossy(),
+                        outcome = "interrupted",
+                        "run ended: edge stopped during it"
+                    );
                     out.push(Record {
                         ts: now_rfc3339(),
                         user,

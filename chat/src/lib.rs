@@ -17,6 +17,7 @@ mod app;
 mod conversations;
 pub mod links;
 mod login;
+pub mod metrics;
 mod pages;
 mod runs;
 mod secret;
@@ -284,17 +285,22 @@ impl Chat {
         let store = Store::open(&store_dir(state_dir))?;
         let worker = local_worker();
         let conversations = Conversations::new(store_dir(state_dir).join("conversations"));
-        match conversations.recover_interrupted() {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                runs = n,
-                "runs cut short by a previous stop are marked interrupted"
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "could not check conversations for interrupted runs")
+        let interrupted = match conversations.recover_interrupted() {
+            Ok(0) => 0,
+            Ok(n) => {
+                tracing::warn!(
+                    runs = n,
+                    "runs cut short by a previous stop are marked interrupted"
+                );
+                n
             }
-        }
+            Err(e) => {
+                tracing::error!(error = %e, "could not check conversations for interrupted runs");
+                0
+            }
+        };
         let orch = runs::Orchestrator::new(worker.clone(), conversations);
+        orch.metrics.interrupted(interrupted as u64);
         if !config.outposts.is_empty() {
             orch.set_outposts(outposts(&config.outposts, state_dir, &worker)?);
         }

@@ -141,6 +141,8 @@ pub struct Orchestrator {
     outposts: Mutex<Vec<OutpostState>>,
     conversations: Conversations,
     active: Mutex<HashMap<(String, String), Arc<Run>>>,
+    /// Runs started and ended, tokens, first output, permission answers.
+    pub metrics: crate::metrics::RunMetrics,
 }
 
 impl Orchestrator {
@@ -150,6 +152,7 @@ impl Orchestrator {
             outposts: Mutex::new(vec![OutpostState::new(Outpost::local(worker))]),
             conversations,
             active: Mutex::default(),
+            metrics: Default::default(),
         })
     }
 
@@ -346,11 +349,18 @@ impl Orchestrator {
         let me = self.clone();
         let r = run.clone();
         let spec = spec.clone();
+        self.metrics.started();
+        tracing::info!(run = %run.id, user = %run.user, conversation = %run.conversation, "run started");
         tokio::spawn(async move {
             let mut task = RunTask {
                 orch: &me,
                 run: &r,
                 seq: 0,
+                started: std::time::Instant::now(),
+                first_output: false,
+                outpost: None,
+                attempts: 0,
+                exit_code: None,
             };
             task.drive(plan, &spec, cancel_rx).await;
             me.release(&r);
@@ -591,6 +601,12 @@ struct RunTask<'a> {
     orch: &'a Orchestrator,
     run: &'a Run,
     seq: u64,
+    /// For the end's log line and the metrics.
+    started: std::time::Instant,
+    first_output: bool,
+    outpost: Option<String>,
+    attempts: u32,
+    exit_code: Option<i32>,
 }
 
 enum Parser {
@@ -621,6 +637,17 @@ impl RunTask<'_> {
         }
         let mut frames = Vec::with_capacity(bodies.len());
         let mut records = Vec::with_capacity(bodies.len());
+        for body in &bodies {
+            if let RunBody::End {
+                outcome,
+                usage,
+                detail,
+                ..
+            } = body
+            {
+                self.ended(*outcome, usage, detail.as_deref());
+            }
+        }
         for body in bodies {
             self.seq += 1;
             let f = RunFrame {
@@ -661,8 +688,42 @@ impl RunTask<'_> {
         }
     }
 
+    /// The run's end: one log line (user, conversation, outpost, attempts, outcome, duration,
+    /// tokens, exit code; why, on failure) and the metrics.
+    fn ended(&self, outcome: Outcome, usage: &Usage, detail: Option<&str>) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.orch.metrics.ended(outcome, usage.input, usage.output);
+        let outpost = self.outpost.as_deref().unwrap_or("-");
+        let code = self
+            .exit_code
+            .map_or_else(|| "-".to_string(), |c| c.to_string());
+        match outcome {
+            Outcome::Ok | Outcome::Cancelled => tracing::info!(
+                run = %self.run.id, user = %self.run.user, conversation = %self.run.conversation,
+                outpost = %outpost, attempts = self.attempts, outcome = ?outcome, duration_ms = ms,
+                tokens_in = usage.input, tokens_out = usage.output, exit_code = %code,
+                "run ended"
+            ),
+            _ => {
+                // The agent's own words (its stderr's last lines), bounded.
+                let why: String = detail.unwrap_or("").chars().take(2000).collect();
+                tracing::warn!(
+                    run = %self.run.id, user = %self.run.user, conversation = %self.run.conversation,
+                    outpost = %outpost, attempts = self.attempts, outcome = ?outcome, duration_ms = ms,
+                    tokens_in = usage.input, tokens_out = usage.output, exit_code = %code,
+                    detail = %why, "run ended"
+                )
+            }
+        }
+    }
+
     /// Emits agent events, remembering what the agent's `result` said.
     async fn emit_events(&mut self, events: Vec<Event>, result: &mut Option<AgentResult>) {
+        // The first token: the first text or tool input the agent streams.
+        if !self.first_output && events.iter().any(|e| matches!(e, Event::Delta { .. })) {
+            self.first_output = true;
+            self.orch.metrics.first_output(self.started.elapsed());
+        }
         for e in &events {
             if let Event::Result {
                 is_error,
@@ -730,6 +791,7 @@ impl RunTask<'_> {
                     return;
                 };
                 attempts += 1;
+                self.attempts = attempts;
                 let attempt = format!("{}-{}", self.run.id, attempts);
                 tried.push(outpost.name.clone());
                 let mut lease = Lease {
@@ -821,6 +883,7 @@ impl RunTask<'_> {
                         }
                         Some(Ok(f)) => match f {
                             FromWorker::Started { .. } => {
+                                self.outpost = Some(lease.name.clone());
                                 if let Some(used) = &this.session {
                                     if plan.started(used, &lease.name) {
                                         if let Err(e) = self.orch.conversations.set_session(
@@ -891,6 +954,7 @@ impl RunTask<'_> {
                                 stderr_tail.push_back(line);
                             }
                             FromWorker::Exit { code, reason, .. } => {
+                                self.exit_code = code;
                                 if let Parser::Command(p) = &mut parser {
                                     let events = p.finish(code);
                                     self.emit_events(events, &mut result).await;
