@@ -756,3 +756,192 @@ async fn runs_are_logged_and_counted() {
         "{m}"
     );
 }
+
+/// `[chat.agent]` for the stand-in that asks before each tool, in its own workspace (writable
+/// by the run's uid).
+fn ask_agent(ws: &std::path::Path, timeout: &str) -> String {
+    format!(
+        "[chat.agent]\nkind = \"claude\"\ncommand = \"{}/tests/fixtures/fake-claude-ask.sh\"\n\
+         workspace = \"{}\"\npermission_mode = \"ask\"\npermission_timeout = \"{timeout}\"\n",
+        env!("CARGO_MANIFEST_DIR"),
+        ws.display()
+    )
+}
+
+fn workspace() -> tempfile::TempDir {
+    let ws = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(
+        ws.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    ws
+}
+
+impl Tab {
+    /// Frames until one of type `t`, which is returned.
+    async fn until(&mut self, t: &str) -> Value {
+        loop {
+            let f = self.next().await;
+            if f["t"] == t {
+                return f;
+            }
+        }
+    }
+}
+
+fn text_of(frames: &[Value]) -> String {
+    frames
+        .iter()
+        .filter(|f| f["t"] == "event" && f["event"]["t"] == "delta")
+        .map(|f| f["event"]["text"].as_str().unwrap())
+        .collect()
+}
+
+/// Tool permission prompts: the agent's question reaches every tab; the first answer wins and
+/// every tab sees how it was resolved; allowed, the tool runs; the question and its answer are
+/// in the conversation file; a second answer is refused.
+#[tokio::test]
+async fn a_tool_question_reaches_every_tab_and_the_first_answer_wins() {
+    let ws = workspace();
+    let e = env(&ask_agent(ws.path(), "5m"), "").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    let mut b = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "note this"}))
+        .await;
+    let qa = a.until("permission_request").await;
+    let qb = b.until("permission_request").await;
+    assert_eq!(qa, qb);
+    assert_eq!(qa["request_id"], "req-1");
+    assert_eq!(qa["tool"], "Write");
+    assert_eq!(qa["input"]["file_path"], "a.txt");
+    assert_eq!(qa["summary"], "Write: a.txt");
+    let run_id = qa["run_id"].as_str().unwrap().to_string();
+    assert!(!ws.path().join("a.txt").exists());
+    b.send(json!({"t": "permission_response", "run_id": run_id, "request_id": "req-1", "behavior": "allow"}))
+        .await;
+    let ra = a.until("permission_resolved").await;
+    assert_eq!(ra["behavior"], "allow");
+    assert_eq!(ra["by"], "operator");
+    assert_eq!(b.until("permission_resolved").await, ra);
+    // Too late: refused, changing nothing.
+    a.send(json!({"t": "permission_response", "run_id": run_id, "request_id": "req-1", "behavior": "deny"}))
+        .await;
+    let err = a.until("error").await;
+    assert_eq!(err["code"], "not_found", "{err}");
+    let frames = a.until_end().await;
+    assert_eq!(frames.last().unwrap()["outcome"], "ok", "{frames:?}");
+    assert!(text_of(&frames).contains("wrote a.txt"), "{frames:?}");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("a.txt")).unwrap(),
+        "note this\n"
+    );
+    // The question and the answer are in the conversation.
+    let r = e
+        .req(reqwest::Method::GET, &format!("/api/conversations/{conv}"))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let kinds: Vec<&str> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["frame"]["t"].as_str())
+        .filter(|t| t.starts_with("permission_"))
+        .collect();
+    assert_eq!(kinds, ["permission_request", "permission_resolved"], "{v}");
+    let o = e.chat.orchestrator();
+    assert!(o
+        .metrics
+        .render(&o.outpost_status())
+        .contains("edge_chat_permission_requests_total{answer=\"allow\"} 1"));
+}
+
+/// Denied, the tool does not run and the agent is told who denied it; unanswered, the question
+/// is denied when `permission_timeout` passes.
+#[tokio::test]
+async fn a_denied_or_unanswered_question_leaves_the_workspace_untouched() {
+    let ws = workspace();
+    let e = env(&ask_agent(ws.path(), "1s"), "").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "try"}))
+        .await;
+    let q = a.until("permission_request").await;
+    a.send(json!({"t": "permission_response", "run_id": q["run_id"], "request_id": "req-1", "behavior": "deny"}))
+        .await;
+    let frames = a.until_end().await;
+    let resolved = frames
+        .iter()
+        .find(|f| f["t"] == "permission_resolved")
+        .unwrap();
+    assert_eq!(
+        (resolved["behavior"].as_str(), resolved["by"].as_str()),
+        (Some("deny"), Some("operator"))
+    );
+    assert!(
+        text_of(&frames).contains("denied: operator denied this in the chat"),
+        "{frames:?}"
+    );
+    assert!(!ws.path().join("a.txt").exists());
+    // Nobody answers: denied after 1 s.
+    let conv2 = e.conversation().await;
+    let t0 = std::time::Instant::now();
+    a.send(json!({"t": "send", "conversation_id": conv2, "text": "wait"}))
+        .await;
+    let frames = a.until_end().await;
+    let resolved = frames
+        .iter()
+        .find(|f| f["t"] == "permission_resolved")
+        .unwrap();
+    assert_eq!(
+        (resolved["behavior"].as_str(), resolved["by"].as_str()),
+        (Some("deny"), Some("timeout"))
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(1));
+    assert!(text_of(&frames).contains("denied: nobody answered in time"));
+    assert!(!ws.path().join("a.txt").exists());
+    assert_eq!(frames.last().unwrap()["outcome"], "ok");
+}
+
+/// A tab that connects while a question is open sees it (catching up from the run's frames) and
+/// may answer it; "always allow" answers the tool's later questions in the conversation at once.
+#[tokio::test]
+async fn a_tab_that_reconnects_mid_question_answers_it_and_always_allow_sticks() {
+    let ws = workspace();
+    let e = env(&ask_agent(ws.path(), "5m"), "").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "twice"}))
+        .await;
+    let q = a.until("permission_request").await;
+    let run_id = q["run_id"].as_str().unwrap().to_string();
+    drop(a);
+    // A new tab: it catches the run up from the start and finds the open question.
+    let mut c = e.tab().await;
+    c.send(json!({"t": "subscribe", "conversation_id": conv, "run_id": run_id, "last_seq": 0}))
+        .await;
+    let q2 = c.until("permission_request").await;
+    assert_eq!(q2["request_id"], "req-1");
+    c.send(json!({"t": "permission_response", "run_id": run_id, "request_id": "req-1", "behavior": "allow", "always": true}))
+        .await;
+    let frames = c.until_end().await;
+    let resolved: Vec<(&str, &str)> = frames
+        .iter()
+        .filter(|f| f["t"] == "permission_resolved")
+        .map(|f| (f["request_id"].as_str().unwrap(), f["by"].as_str().unwrap()))
+        .collect();
+    assert_eq!(resolved, [("req-1", "operator"), ("req-2", "always")]);
+    assert!(ws.path().join("a.txt").exists() && ws.path().join("b.txt").exists());
+    // The next run of the conversation: allowed at once.
+    c.send(json!({"t": "send", "conversation_id": conv, "text": "again"}))
+        .await;
+    let frames = c.until_end().await;
+    let r = frames
+        .iter()
+        .find(|f| f["t"] == "permission_resolved")
+        .unwrap();
+    assert_eq!((r["behavior"].as_str(), r["by"].as_str()), (Some("allow"), Some("always")));
+}

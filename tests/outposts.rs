@@ -681,6 +681,7 @@ async fn bench_first_token_local_vs_ssh_and_runs_per_second() {
         },
         workspace: "/tmp".into(),
         timeout: Duration::from_secs(30),
+        permission_timeout: Duration::from_secs(300),
         sandbox: Some(edge_sandbox::Confine {
             home: dir.path().join("agent-home"),
             profile,

@@ -28,6 +28,7 @@ fn claude(dir: &std::path::Path) -> AgentSpec {
         },
         workspace: dir.to_str().unwrap().into(),
         timeout: Duration::from_secs(30),
+        permission_timeout: Duration::from_secs(300),
         sandbox: None,
     }
 }
@@ -192,6 +193,7 @@ async fn failures_and_plain_commands() {
         },
         workspace: dir.path().to_str().unwrap().into(),
         timeout: Duration::from_secs(30),
+        permission_timeout: Duration::from_secs(300),
         sandbox: None,
     };
     let run = o.start("bob", &conv.id, "$(id)", &spec, None).unwrap();

@@ -48,6 +48,10 @@ pub struct Meta {
     /// None: not known (a conversation from before outposts were recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_outpost: Option<String>,
+    /// Tools the person allowed for the rest of the conversation ("always allow"): their
+    /// permission questions are answered at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_tools: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +271,7 @@ impl Conversations {
             updated: now,
             session: None,
             session_outpost: None,
+            allowed_tools: Vec::new(),
         };
         self.write_meta(user, &meta)?;
         Ok(meta)
@@ -278,7 +283,7 @@ impl Conversations {
         write_atomic(&path, &text)
     }
 
-    fn meta(&self, user: &str, id: &str) -> Result<Option<Meta>, Error> {
+    pub fn meta(&self, user: &str, id: &str) -> Result<Option<Meta>, Error> {
         let (_, path) = self.paths(user, id)?;
         match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b)
@@ -469,6 +474,17 @@ impl Conversations {
             {
                 m.session = Some(session.to_string());
                 m.session_outpost = Some(outpost.to_string());
+                self.write_meta(user, &m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Allows `tool` for the rest of the conversation (written atomically with its metadata).
+    pub fn allow_tool(&self, user: &str, id: &str, tool: &str) -> Result<(), Error> {
+        if let Some(mut m) = self.meta(user, id)? {
+            if !m.allowed_tools.iter().any(|t| t == tool) {
+                m.allowed_tools.push(tool.to_string());
                 self.write_meta(user, &m)?;
             }
         }

@@ -390,6 +390,29 @@ async fn http_connect(h: &HttpTarget, run: &ToWorker) -> Result<Link, String> {
     let target = h.clone();
     tokio::spawn(async move {
         while let Some(f) = rx.recv().await {
+            // The agent's input, in order (awaited one by one).
+            if let ToWorker::Stdin { attempt_id, .. } | ToWorker::StdinClose { attempt_id } = &f {
+                let url = format!("{}/work/{attempt_id}/stdin", target.url);
+                let body = match edge_workers::encode(&f) {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                };
+                match with_token(target.client.post(url), &target.token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => {
+                        tracing::warn!(status = %r.status(), "the worker did not take the agent's input")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %err_chain(&e), "the agent's input did not reach the worker")
+                    }
+                }
+                continue;
+            }
             if let ToWorker::Cancel {
                 attempt_id,
                 grace_ms,
@@ -594,11 +617,18 @@ async fn nomad_hello(n: &NomadTarget) -> Result<Hello, String> {
 
 async fn nomad_connect(n: &NomadTarget, run: &ToWorker) -> Result<Link, String> {
     let ToWorker::Run {
-        attempt_id, run_id, ..
+        attempt_id,
+        run_id,
+        keep_stdin,
+        ..
     } = run
     else {
         return Err("only a run frame is dispatched".into());
     };
+    if *keep_stdin {
+        // A dispatched job has no way back in: its payload is all the input it gets.
+        return Err("a Nomad outpost cannot carry answers to the agent's tool permission questions (permission_mode = \"ask\"): use a local, SSH or HTTP outpost for such runs".into());
+    }
     let payload = edge_workers::encode(run).map_err(|e| e.to_string())?;
     if payload.len() > NOMAD_PAYLOAD_MAX {
         return Err(format!(

@@ -41,6 +41,8 @@ pub struct AgentSpec {
     /// The agent's working directory.
     pub workspace: String,
     pub timeout: Duration,
+    /// With `permission_mode = "ask"`: an unanswered question is denied after this.
+    pub permission_timeout: Duration,
     /// The sandbox the worker confines the agent in (`None`: not confined, tests only).
     pub sandbox: Option<edge_sandbox::Confine>,
 }
@@ -81,6 +83,23 @@ pub enum RunBody {
     Event {
         event: Event,
     },
+    /// The agent asks whether it may use a tool (`permission_mode = "ask"`); every tab shows
+    /// it until a `permission_resolved` for the same `request_id`.
+    PermissionRequest {
+        request_id: String,
+        tool: String,
+        input: serde_json::Value,
+        /// One line for people: the command, the file, the URL.
+        summary: String,
+    },
+    /// How a question was answered: `behavior` `allow` or `deny`, `by` the user who answered,
+    /// `always` (allowed for the conversation earlier), `timeout`, or `ended` (the attempt
+    /// that asked is gone).
+    PermissionResolved {
+        request_id: String,
+        behavior: String,
+        by: String,
+    },
     /// Exactly once per run, last.
     End {
         outcome: Outcome,
@@ -99,6 +118,28 @@ pub struct Run {
     tx: broadcast::Sender<RunFrame>,
     ring: Mutex<VecDeque<RunFrame>>,
     cancel: mpsc::Sender<()>,
+    /// The agent's questions not answered yet (the first answer takes one out).
+    open_questions: Mutex<std::collections::HashSet<String>>,
+    answers: mpsc::UnboundedSender<Answer>,
+}
+
+/// One of the agent's open questions, as the run's task keeps it.
+#[derive(Debug)]
+struct Question {
+    tool: String,
+    /// Sent back unchanged with an allow.
+    input: serde_json::Value,
+    /// Unanswered then, it is denied.
+    deadline: std::time::Instant,
+}
+
+/// An answer to one of a run's permission questions.
+#[derive(Debug)]
+struct Answer {
+    request_id: String,
+    allow: bool,
+    by: String,
+    always: bool,
 }
 
 impl Run {
@@ -118,6 +159,34 @@ impl Run {
             Some(ring.iter().filter(|f| f.seq > last_seq).cloned().collect())
         };
         (missed, rx)
+    }
+
+    /// Answers the agent's question `request_id`: true if it was open (the first answer wins;
+    /// a later one, or one after a timeout, is refused).
+    pub fn answer(&self, request_id: &str, allow: bool, by: &str, always: bool) -> bool {
+        let open = self
+            .open_questions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(request_id);
+        if open {
+            let _ = self.answers.send(Answer {
+                request_id: request_id.to_string(),
+                allow,
+                by: by.to_string(),
+                always,
+            });
+        }
+        open
+    }
+
+    /// Takes a question out of the open ones (timed out, or its attempt is gone): false if an
+    /// answer took it first.
+    fn close_question(&self, request_id: &str) -> bool {
+        self.open_questions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(request_id)
     }
 
     /// Asks the run to stop (idempotent).
@@ -304,6 +373,7 @@ impl Orchestrator {
         )?;
         let (tx, _) = broadcast::channel(RING);
         let (cancel, cancel_rx) = mpsc::channel(1);
+        let (answers, answers_rx) = mpsc::unbounded_channel();
         let run = Arc::new(Run {
             id,
             user: user.to_string(),
@@ -311,6 +381,8 @@ impl Orchestrator {
             tx,
             ring: Mutex::new(VecDeque::new()),
             cancel,
+            open_questions: Mutex::default(),
+            answers,
         });
         active.insert(key.clone(), run.clone());
         drop(active);
@@ -361,8 +433,9 @@ impl Orchestrator {
                 outpost: None,
                 attempts: 0,
                 exit_code: None,
+                questions: HashMap::new(),
             };
-            task.drive(plan, &spec, cancel_rx).await;
+            task.drive(plan, &spec, cancel_rx, answers_rx).await;
             me.release(&r);
         });
         Ok(run)
@@ -412,8 +485,35 @@ enum Plan {
     },
 }
 
+/// Claude Code's command line for a session and message, and what goes on its stdin: with
+/// `ask`, the message as a stream-json `user` line, stdin kept open for the answers.
+fn claude_invocation(
+    command: &str,
+    permission_mode: &str,
+    session: edge_sandbox::ClaudeSession<'_>,
+    message: &str,
+) -> (Vec<String>, Option<String>, bool) {
+    if permission_mode == "ask" {
+        (
+            edge_sandbox::claude_ask_argv(command, session),
+            Some(edge_sandbox::claude_user_line(message)),
+            true,
+        )
+    } else {
+        (
+            edge_sandbox::claude_argv(command, permission_mode, session, message),
+            None,
+            false,
+        )
+    }
+}
+
 /// The command for one attempt.
 struct AttemptPlan {
+    /// Written to the agent's stdin first.
+    stdin: Option<String>,
+    /// Stdin stays open: the agent's permission questions are answered there.
+    keep_stdin: bool,
     argv: Vec<String>,
     /// The session this attempt creates or resumes.
     session: Option<String>,
@@ -448,6 +548,8 @@ impl Plan {
         let (command, permission_mode, session, exists, home, message) = match self {
             Plan::Fixed(argv) => {
                 return AttemptPlan {
+                    stdin: None,
+                    keep_stdin: false,
                     argv: argv.clone(),
                     session: None,
                     moved: None,
@@ -464,11 +566,16 @@ impl Plan {
                 ..
             } => (command, permission_mode, session, *exists, home, message),
         };
-        let plain = |s| AttemptPlan {
-            resumes: matches!(s, edge_sandbox::ClaudeSession::Resume(_)),
-            argv: edge_sandbox::claude_argv(command, permission_mode, s, message),
-            session: Some(session.clone()),
-            moved: None,
+        let plain = |s| {
+            let (argv, stdin, keep_stdin) = claude_invocation(command, permission_mode, s, message);
+            AttemptPlan {
+                resumes: matches!(s, edge_sandbox::ClaudeSession::Resume(_)),
+                argv,
+                stdin,
+                keep_stdin,
+                session: Some(session.clone()),
+                moved: None,
+            }
         };
         if !exists {
             return plain(edge_sandbox::ClaudeSession::Create(session));
@@ -493,13 +600,16 @@ impl Plan {
             ),
             None => "the conversation's agent session cannot be resumed (where it is was not recorded, or its host no longer has it)".to_string(),
         };
+        let (argv, stdin, keep_stdin) = claude_invocation(
+            command,
+            permission_mode,
+            edge_sandbox::ClaudeSession::Create(&fresh),
+            &prompt,
+        );
         AttemptPlan {
-            argv: edge_sandbox::claude_argv(
-                command,
-                permission_mode,
-                edge_sandbox::ClaudeSession::Create(&fresh),
-                &prompt,
-            ),
+            argv,
+            stdin,
+            keep_stdin,
             session: Some(fresh),
             moved: Some(format!(
                 "a new agent session, told the earlier turns: {why}"
@@ -607,6 +717,9 @@ struct RunTask<'a> {
     outpost: Option<String>,
     attempts: u32,
     exit_code: Option<i32>,
+    /// The agent's open questions: the tool's input (sent back unchanged with an allow) and
+    /// when an unanswered one is denied.
+    questions: HashMap<String, Question>,
 }
 
 enum Parser {
@@ -615,9 +728,169 @@ enum Parser {
 }
 
 impl RunTask<'_> {
+    /// The agent's events: its questions become `permission_request` frames (stored before
+    /// anyone can answer them), answered at once for tools the conversation always allows;
+    /// the rest are stored and sent as they are.
+    async fn emit_agent(
+        &mut self,
+        events: Vec<Event>,
+        result: &mut Option<AgentResult>,
+        to: &mpsc::UnboundedSender<ToWorker>,
+        attempt: &str,
+        spec: &AgentSpec,
+    ) {
+        if !events
+            .iter()
+            .any(|e| matches!(e, Event::PermissionRequest { .. }))
+        {
+            return self.emit_events(events, result).await;
+        }
+        let allowed = self
+            .orch
+            .conversations
+            .meta(&self.run.user, &self.run.conversation)
+            .ok()
+            .flatten()
+            .map(|m| m.allowed_tools)
+            .unwrap_or_default();
+        let mut plain = Vec::new();
+        let mut bodies = Vec::new();
+        let mut at_once = Vec::new();
+        for e in events {
+            match e {
+                Event::PermissionRequest {
+                    request_id,
+                    tool,
+                    input,
+                    ..
+                } => {
+                    if !plain.is_empty() {
+                        self.emit_events(std::mem::take(&mut plain), result).await;
+                    }
+                    if allowed.contains(&tool) {
+                        at_once.push(request_id.clone());
+                    }
+                    self.run
+                        .open_questions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(request_id.clone());
+                    bodies.push(RunBody::PermissionRequest {
+                        request_id: request_id.clone(),
+                        summary: summarize(&tool, &input),
+                        tool: tool.clone(),
+                        input: input.clone(),
+                    });
+                    self.questions.insert(
+                        request_id,
+                        Question {
+                            tool,
+                            input,
+                            deadline: std::time::Instant::now() + spec.permission_timeout,
+                        },
+                    );
+                    self.emit(std::mem::take(&mut bodies)).await;
+                }
+                other => plain.push(other),
+            }
+        }
+        self.emit_events(plain, result).await;
+        for id in at_once {
+            if self.run.close_question(&id) {
+                self.resolve(to, attempt, &id, true, "always", false).await;
+            }
+        }
+    }
+
+    /// Answers question `id` on the agent's stdin, and says so to every tab (and the
+    /// conversation file). `by`: who answered, `always`, `timeout` or `ended`.
+    async fn resolve(
+        &mut self,
+        to: &mpsc::UnboundedSender<ToWorker>,
+        attempt: &str,
+        id: &str,
+        allow: bool,
+        by: &str,
+        always: bool,
+    ) {
+        let Some(q) = self.questions.remove(id) else {
+            return;
+        };
+        let why = match by {
+            "timeout" => "nobody answered in time, so it was denied".to_string(),
+            "ended" => "the run ended before an answer".to_string(),
+            who => format!("{who} denied this in the chat"),
+        };
+        let line = edge_sandbox::permission_answer(id, allow, &q.input, &why);
+        let _ = to.send(ToWorker::Stdin {
+            attempt_id: attempt.to_string(),
+            line,
+        });
+        if allow && always {
+            if let Err(e) =
+                self.orch
+                    .conversations
+                    .allow_tool(&self.run.user, &self.run.conversation, &q.tool)
+            {
+                tracing::warn!(run = %self.run.id, error = %e, "recording an always-allowed tool");
+            }
+        }
+        if by != "ended" {
+            self.orch.metrics.permission(match (allow, by) {
+                (_, "timeout") => "timeout",
+                (true, _) => "allow",
+                (false, _) => "deny",
+            });
+        }
+        self.emit(vec![RunBody::PermissionResolved {
+            request_id: id.to_string(),
+            behavior: if allow { "allow" } else { "deny" }.into(),
+            by: by.to_string(),
+        }])
+        .await;
+    }
+
+    /// When the first open question goes unanswered.
+    fn next_question_deadline(&self) -> Option<std::time::Instant> {
+        self.questions.values().map(|q| q.deadline).min()
+    }
+
+    /// Denies the questions whose time is up (unless an answer took them first).
+    async fn time_out_questions(&mut self, to: &mpsc::UnboundedSender<ToWorker>, attempt: &str) {
+        let now = std::time::Instant::now();
+        let due: Vec<String> = self
+            .questions
+            .iter()
+            .filter(|(_, q)| q.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            if self.run.close_question(&id) {
+                self.resolve(to, attempt, &id, false, "timeout", false)
+                    .await;
+            }
+        }
+    }
+
+    /// The attempt that asked is gone (or the run ends): its questions close unanswered.
+    async fn drop_questions(&mut self) {
+        let ids: Vec<String> = self.questions.drain().map(|(id, _)| id).collect();
+        let mut bodies = Vec::new();
+        for id in ids {
+            self.run.close_question(&id);
+            bodies.push(RunBody::PermissionResolved {
+                request_id: id,
+                behavior: "deny".into(),
+                by: "ended".into(),
+            });
+        }
+        self.emit(bodies).await;
+    }
+
     /// An attempt is over without ending the run: its lease and link go (tearing the worker
     /// down), and the run says why it is dispatching again.
     async fn next_attempt(&mut self, lease: Lease<'_>, link: crate::links::Link, detail: String) {
+        self.drop_questions().await;
         let name = lease.name.clone();
         drop(lease);
         drop(link);
@@ -744,7 +1017,13 @@ impl RunTask<'_> {
         .await;
     }
 
-    async fn drive(&mut self, mut plan: Plan, spec: &AgentSpec, mut cancel: mpsc::Receiver<()>) {
+    async fn drive(
+        &mut self,
+        mut plan: Plan,
+        spec: &AgentSpec,
+        mut cancel: mpsc::Receiver<()>,
+        mut answers: mpsc::UnboundedReceiver<Answer>,
+    ) {
         self.emit(vec![RunBody::State {
             state: "dispatching".into(),
             outpost: None,
@@ -817,7 +1096,8 @@ impl RunTask<'_> {
                     argv: this.argv.clone(),
                     cwd: Some(spec.workspace.clone()),
                     env: Default::default(),
-                    stdin: None,
+                    stdin: this.stdin.clone(),
+                    keep_stdin: this.keep_stdin,
                     deadline_unix: Some(deadline.as_secs()),
                     sandbox: spec.sandbox.clone().map(Box::new),
                 };
@@ -858,6 +1138,16 @@ impl RunTask<'_> {
                             continue;
                         }
                         f = link.from.next() => f,
+                        a = answers.recv() => {
+                            if let Some(a) = a {
+                                self.resolve(&link.to, &attempt, &a.request_id, a.allow, &a.by, a.always).await;
+                            }
+                            continue;
+                        }
+                        _ = sleep_until_opt(self.next_question_deadline()), if !self.questions.is_empty() => {
+                            self.time_out_questions(&link.to, &attempt).await;
+                            continue;
+                        }
                     },
                 };
                 {
@@ -932,7 +1222,17 @@ impl RunTask<'_> {
                                         None => break,
                                     }
                                 }
-                                self.emit_events(events, &mut result).await;
+                                let ended_turn =
+                                    events.iter().any(|e| matches!(e, Event::Result { .. }));
+                                self.emit_agent(events, &mut result, &link.to, &attempt, spec)
+                                    .await;
+                                // In stream-json input, the agent waits for the next message
+                                // after its turn: the end of input ends it.
+                                if ended_turn && this.keep_stdin {
+                                    let _ = link.to.send(ToWorker::StdinClose {
+                                        attempt_id: attempt.clone(),
+                                    });
+                                }
                             }
                             FromWorker::Out {
                                 fd: Fd::Stderr,
@@ -1047,6 +1347,7 @@ impl RunTask<'_> {
             let (usage, cost_usd) = result.map(|(_, u, c)| (u, c)).unwrap_or_default();
             break 'attempts ((outcome.0, outcome.1, usage, cost_usd), link);
         };
+        self.drop_questions().await;
         self.emit(vec![RunBody::End {
             outcome,
             usage,
@@ -1060,4 +1361,36 @@ impl RunTask<'_> {
         drop(to);
         finish.await;
     }
+}
+
+/// Sleeps until `at` (forever when `None`).
+async fn sleep_until_opt(at: Option<std::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A permission question in one line for people: the command, the file, the URL, else the
+/// input itself (cut at 200 characters).
+pub fn summarize(tool: &str, input: &serde_json::Value) -> String {
+    let field = |k: &str| input.get(k).and_then(serde_json::Value::as_str);
+    let said = match tool {
+        "Bash" => field("command"),
+        "Write" | "Edit" | "MultiEdit" | "Read" => field("file_path"),
+        "NotebookEdit" => field("notebook_path"),
+        "WebFetch" => field("url"),
+        "WebSearch" => field("query"),
+        "Glob" | "Grep" => field("pattern"),
+        _ => None,
+    };
+    let text = match said {
+        Some(s) => s.to_string(),
+        None => input.to_string(),
+    };
+    let mut short: String = text.chars().take(200).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    format!("{tool}: {short}")
 }

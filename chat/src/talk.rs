@@ -202,6 +202,7 @@ pub(crate) async fn send(
         },
         workspace: agent.workspace.to_string_lossy().into_owned(),
         timeout: agent.timeout,
+        permission_timeout: agent.permission_timeout,
         sandbox: Some(confine),
     };
     let run = orch

@@ -42,6 +42,15 @@ enum ClientFrame {
     Cancel {
         run_id: String,
     },
+    /// An answer to a run's `permission_request`: `allow` or `deny`; `always` (with allow)
+    /// allows the tool for the rest of the conversation.
+    PermissionResponse {
+        run_id: String,
+        request_id: String,
+        behavior: String,
+        #[serde(default)]
+        always: bool,
+    },
     Ping {
         #[serde(default)]
         ts: Option<u64>,
@@ -152,6 +161,37 @@ async fn handle(st: &AppState, user: &str, text: &str) -> Vec<String> {
                 Some(r) => {
                     r.cancel();
                     Vec::new()
+                }
+                None => vec![error("not_found", "no such run going")],
+            }
+        }
+        ClientFrame::PermissionResponse {
+            run_id,
+            request_id,
+            behavior,
+            always,
+        } => {
+            let allow = match behavior.as_str() {
+                "allow" => true,
+                "deny" => false,
+                other => {
+                    return vec![error(
+                        "invalid",
+                        &format!("behavior {other:?}: use \"allow\" or \"deny\""),
+                    )]
+                }
+            };
+            match st.orch.runs_of(user).into_iter().find(|r| r.id == run_id) {
+                Some(r) => {
+                    let by = crate::store::display_user(user).to_string();
+                    if r.answer(&request_id, allow, &by, always) {
+                        Vec::new()
+                    } else {
+                        vec![error(
+                            "not_found",
+                            "no such question open (answered already, timed out, or the run ended)",
+                        )]
+                    }
                 }
                 None => vec![error("not_found", "no such run going")],
             }

@@ -99,6 +99,7 @@ impl ClaudeParser {
             "assistant" => self.assistant(&v),
             "user" => self.user(&v),
             "result" => self.result(&v),
+            "control_request" => control_request(&v),
             _ => Vec::new(),
         }
     }
@@ -269,6 +270,53 @@ impl ClaudeParser {
     }
 }
 
+/// A question from the agent (`--permission-prompt-tool stdio`): `can_use_tool` becomes a
+/// [`Event::PermissionRequest`]; other subtypes are not asked of hosts in print mode.
+fn control_request(v: &Value) -> Vec<Event> {
+    let (Some(id), Some(req)) = (s(v, "request_id"), v.get("request")) else {
+        return Vec::new();
+    };
+    if req.get("subtype").and_then(Value::as_str) != Some("can_use_tool") {
+        return vec![Event::Notice {
+            kind: "control_request".into(),
+            detail: format!(
+                "the agent asked {:?}, which edge does not answer",
+                req.get("subtype").and_then(Value::as_str).unwrap_or("?")
+            ),
+        }];
+    }
+    vec![Event::PermissionRequest {
+        request_id: id,
+        tool: s(req, "tool_name").unwrap_or_default(),
+        input: req.get("input").cloned().unwrap_or(Value::Null),
+        tool_use_id: s(req, "tool_use_id"),
+    }]
+}
+
+/// Claude Code's answer line to a `can_use_tool` request: allow (with the input unchanged) or
+/// deny with `message`.
+///
+/// ```
+/// let l = edge_sandbox::permission_answer("r1", true, &serde_json::json!({"command": "ls"}), "");
+/// let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+/// assert_eq!(v["type"], "control_response");
+/// assert_eq!(v["response"]["request_id"], "r1");
+/// assert_eq!(v["response"]["response"]["behavior"], "allow");
+/// assert_eq!(v["response"]["response"]["updatedInput"]["command"], "ls");
+/// ```
+pub fn permission_answer(request_id: &str, allow: bool, input: &Value, message: &str) -> String {
+    let response = if allow {
+        serde_json::json!({"behavior": "allow", "updatedInput": input})
+    } else {
+        serde_json::json!({"behavior": "deny", "message": message})
+    };
+    serde_json::json!({
+        "type": "control_response",
+        "response": {"subtype": "success", "request_id": request_id, "response": response}
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +324,23 @@ mod tests {
     fn run(lines: &[&str]) -> Vec<Event> {
         let mut p = ClaudeParser::new();
         lines.iter().flat_map(|l| p.line(l)).collect()
+    }
+
+    #[test]
+    fn a_permission_question_becomes_an_event() {
+        let mut p = ClaudeParser::new();
+        let ev = p.line(r#"{"type":"control_request","request_id":"req-1","request":{"subtype":"can_use_tool","tool_name":"Write","input":{"file_path":"a.txt","content":"hi"},"tool_use_id":"toolu_9","permission_suggestions":[]}}"#);
+        assert_eq!(
+            ev,
+            [Event::PermissionRequest {
+                request_id: "req-1".into(),
+                tool: "Write".into(),
+                input: serde_json::json!({"file_path": "a.txt", "content": "hi"}),
+                tool_use_id: Some("toolu_9".into()),
+            }]
+        );
+        let ev = p.line(r#"{"type":"control_request","request_id":"r2","request":{"subtype":"mcp_message"}}"#);
+        assert!(matches!(&ev[..], [Event::Notice { kind, .. }] if kind == "control_request"));
     }
 
     const INIT: &str = r#"{"type":"system","subtype":"init","cwd":"/repo","session_id":"5f0c","tools":["Bash"],"model":"claude-x","permissionMode":"acceptEdits"}"#;

@@ -48,6 +48,55 @@ pub fn claude_argv(
     v
 }
 
+/// Claude Code as the Agent SDK runs it, asking before each tool that needs approval: the
+/// message goes on stdin as a `user` line ([`claude_user_line`]), stdin stays open, and each
+/// question arrives on stdout as a `control_request` (`can_use_tool`) answered on stdin with
+/// [`crate::permission_answer`]. Closing stdin after the `result` line ends it.
+///
+/// ```
+/// use edge_sandbox::{claude_ask_argv, ClaudeSession};
+/// let argv = claude_ask_argv("claude", ClaudeSession::Create("5f0c"));
+/// assert!(argv.windows(2).any(|w| w == ["--input-format", "stream-json"]));
+/// assert!(argv.windows(2).any(|w| w == ["--permission-prompt-tool", "stdio"]));
+/// assert!(argv.windows(2).any(|w| w == ["--permission-mode", "default"]));
+/// assert_eq!(argv.last().unwrap(), "5f0c");
+/// ```
+pub fn claude_ask_argv(command: &str, session: ClaudeSession<'_>) -> Vec<String> {
+    let mut v: Vec<String> = [
+        command,
+        "-p",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--include-partial-messages",
+        "--input-format",
+        "stream-json",
+        "--permission-prompt-tool",
+        "stdio",
+        "--permission-mode",
+        "default",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    match session {
+        ClaudeSession::Create(id) => v.extend(["--session-id".into(), id.to_string()]),
+        ClaudeSession::Resume(id) => v.extend(["--resume".into(), id.to_string()]),
+    }
+    v
+}
+
+/// The message as Claude Code's stream-json input reads it: one `user` line, with its newline.
+pub fn claude_user_line(message: &str) -> String {
+    let mut l = serde_json::json!({
+        "type": "user",
+        "message": {"role": "user", "content": message}
+    })
+    .to_string();
+    l.push('\n');
+    l
+}
+
 /// A generic CLI agent: `{message}` in any argument is replaced by the message (no shell, so
 /// nothing in the message is interpreted).
 ///

@@ -69,6 +69,16 @@ pub enum Event {
         kind: String,
         detail: String,
     },
+    /// The agent asks whether it may use a tool (Claude Code's `control_request` with subtype
+    /// `can_use_tool`, under `--permission-prompt-tool stdio`). Answered on its stdin; the chat
+    /// turns it into a `permission_request` frame rather than storing it as is.
+    PermissionRequest {
+        request_id: String,
+        tool: String,
+        input: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tool_use_id: Option<String>,
+    },
     /// The agent's own end of turn (Claude's `result` line).
     Result {
         is_error: bool,

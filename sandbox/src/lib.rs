@@ -24,8 +24,10 @@ pub mod program;
 mod seccomp;
 pub mod verify;
 
-pub use claude::{ClaudeParser, MAX_TOOL_RESULT};
-pub use command::{claude_argv, command_argv, ClaudeSession, CommandOutput};
+pub use claude::{permission_answer, ClaudeParser, MAX_TOOL_RESULT};
+pub use command::{
+    claude_argv, claude_ask_argv, claude_user_line, command_argv, ClaudeSession, CommandOutput,
+};
 pub use events::{BlockKind, Event, ToolRef, Usage};
 pub use floor::Floor;
 pub use probe::{probe, Report, State};

@@ -118,6 +118,7 @@ pub fn sh_agent(script: &str) -> edge_chat::AgentSpec {
         },
         workspace: "/tmp".into(),
         timeout: Duration::from_secs(30),
+        permission_timeout: Duration::from_secs(300),
         sandbox: None,
     }
 }

@@ -7,6 +7,8 @@
 //!   the agent's process group at once. A second run while one is going gets `409` and a
 //!   `busy` frame.
 //! - `POST /work/{attempt_id}/cancel?grace_ms=N`: interrupt, then SIGTERM, then SIGKILL.
+//! - `POST /work/{attempt_id}/stdin`: the body is a `stdin` or `stdin_close` frame (JSON), for
+//!   a run with `keep_stdin` (Claude Code's tool permission answers).
 //! - `GET /hello`: the `hello_ok` frame (who, which version, busy or not).
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /healthz` (the process answers) and `GET /readyz` (`503` while busy), without auth.
@@ -287,6 +289,42 @@ async fn cancel(
     }
 }
 
+async fn stdin(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    s.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(r) = s.unauthorized(&headers) {
+        return r;
+    }
+    let frame: ToWorker = match crate::protocol::decode(&body) {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match (s.current().as_ref(), frame) {
+        (Some((cur, c)), ToWorker::Stdin { attempt_id, line }) if *cur == id && attempt_id == id => {
+            c.stdin(line);
+            (StatusCode::ACCEPTED, "sent\n").into_response()
+        }
+        (Some((cur, c)), ToWorker::StdinClose { attempt_id }) if *cur == id && attempt_id == id => {
+            c.stdin_close();
+            (StatusCode::ACCEPTED, "closed\n").into_response()
+        }
+        (Some((cur, _)), _) if *cur == id => (
+            StatusCode::BAD_REQUEST,
+            "the body must be a stdin or stdin_close frame for this attempt\n",
+        )
+            .into_response(),
+        _ => (
+            StatusCode::NOT_FOUND,
+            format!("no attempt {id:?} is running here\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn hello(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     s.metrics.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(r) = s.unauthorized(&headers) {
@@ -359,6 +397,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/work", post(work))
         .route("/work/{attempt_id}/cancel", post(cancel))
+        .route("/work/{attempt_id}/stdin", post(stdin))
         .route("/hello", get(hello))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

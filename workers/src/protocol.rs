@@ -39,6 +39,11 @@ pub enum ToWorker {
         /// Wall-clock limit (seconds since the epoch); the worker enforces it.
         #[serde(default)]
         deadline_unix: Option<u64>,
+        /// Keep the agent's stdin open after `stdin` (lines follow as `stdin` frames, until
+        /// `stdin_close`): Claude Code's `--input-format stream-json`, whose tool permission
+        /// questions are answered there.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_stdin: bool,
         /// Confine the agent with this sandbox profile (`edge sandbox exec`); a run whose
         /// required layer the worker's host cannot enforce does not start.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +54,15 @@ pub enum ToWorker {
     Cancel {
         attempt_id: String,
         grace_ms: u64,
+    },
+    /// A line for the agent's stdin (a newline is added), for a run with `keep_stdin`.
+    Stdin {
+        attempt_id: String,
+        line: String,
+    },
+    /// Closes the agent's stdin (end of input: Claude Code then ends after its turn).
+    StdinClose {
+        attempt_id: String,
     },
     Ping {
         ts: u64,

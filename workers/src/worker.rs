@@ -31,6 +31,10 @@ const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TERM"];
 #[derive(Debug)]
 enum Control {
     Cancel(Duration),
+    /// A line for the agent's stdin.
+    Stdin(String),
+    /// End of the agent's input.
+    StdinClose,
     /// Whoever asked is gone: kill at once.
     Lost,
 }
@@ -56,6 +60,16 @@ impl Canceller {
     pub fn cancel(&self, grace: Duration) {
         let _ = self.0.send(Control::Cancel(grace));
     }
+
+    /// A line for the agent's stdin (a run started with `keep_stdin`; else dropped).
+    pub fn stdin(&self, line: String) {
+        let _ = self.0.send(Control::Stdin(line));
+    }
+
+    /// Closes the agent's stdin.
+    pub fn stdin_close(&self) {
+        let _ = self.0.send(Control::StdinClose);
+    }
 }
 
 impl Attempt {
@@ -70,6 +84,7 @@ impl Attempt {
             env,
             stdin,
             deadline_unix,
+            keep_stdin,
             sandbox,
             ..
         } = frame
@@ -87,6 +102,7 @@ impl Attempt {
             cwd,
             env,
             stdin,
+            keep_stdin,
             deadline_unix,
             sandbox,
         };
@@ -174,6 +190,16 @@ where
                     ToWorker::Cancel { attempt_id, grace_ms } => {
                         if let Some(c) = current.as_ref().filter(|c| c.attempt_id == attempt_id) {
                             c.canceller().cancel(Duration::from_millis(grace_ms));
+                        }
+                    }
+                    ToWorker::Stdin { attempt_id, line } => {
+                        if let Some(c) = current.as_ref().filter(|c| c.attempt_id == attempt_id) {
+                            c.canceller().stdin(line);
+                        }
+                    }
+                    ToWorker::StdinClose { attempt_id } => {
+                        if let Some(c) = current.as_ref().filter(|c| c.attempt_id == attempt_id) {
+                            c.canceller().stdin_close();
                         }
                     }
                     ToWorker::Ping { ts } => wr.send(&FromWorker::Pong { ts }).await?,
@@ -304,6 +330,7 @@ struct Spec {
     cwd: Option<String>,
     env: BTreeMap<String, String>,
     stdin: Option<String>,
+    keep_stdin: bool,
     deadline_unix: Option<u64>,
     sandbox: Option<Box<edge_sandbox::Confine>>,
 }
@@ -448,7 +475,7 @@ async fn attempt(
             }
         }
     };
-    cmd.stdin(if spec.stdin.is_some() {
+    cmd.stdin(if spec.stdin.is_some() || spec.keep_stdin {
         Stdio::piped()
     } else {
         Stdio::null()
@@ -477,9 +504,26 @@ async fn attempt(
         })
         .await;
 
-    if let (Some(mut w), Some(input)) = (child.stdin.take(), spec.stdin) {
+    // The agent's input: what the run frame carries, then (with keep_stdin) the lines that
+    // follow, in order, until closed.
+    let (stdin_tx, mut stdin_rx) = mpsc::unbounded_channel::<Option<String>>();
+    if let Some(mut w) = child.stdin.take() {
+        let (first, keep) = (spec.stdin, spec.keep_stdin);
         tokio::spawn(async move {
-            let _ = w.write_all(input.as_bytes()).await;
+            if let Some(input) = first {
+                if w.write_all(input.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            if keep {
+                while let Some(Some(line)) = stdin_rx.recv().await {
+                    let mut b = line.into_bytes();
+                    b.push(b'\n');
+                    if w.write_all(&b).await.is_err() || w.flush().await.is_err() {
+                        return;
+                    }
+                }
+            }
             let _ = w.shutdown().await;
         });
     }
@@ -525,6 +569,12 @@ async fn attempt(
                         stop(pgid, confinement.as_ref(), Signal::SIGINT);
                         next = Some((Signal::SIGTERM, Instant::now() + grace / 2, grace / 2));
                     }
+                }
+                Some(Control::Stdin(line)) => {
+                    let _ = stdin_tx.send(Some(line));
+                }
+                Some(Control::StdinClose) => {
+                    let _ = stdin_tx.send(None);
                 }
                 Some(Control::Lost) | None => {
                     // The connection is gone: no grace.

@@ -51,6 +51,8 @@ pub struct AgentConfig {
     /// The project's working tree: the agent's working directory.
     pub workspace: PathBuf,
     pub permission_mode: String,
+    /// With `permission_mode = "ask"`: a question nobody answers within this is denied.
+    pub permission_timeout: Duration,
     /// A run longer than this is stopped.
     pub timeout: Duration,
     /// The sandbox profile runs use (`[sandbox.profiles.NAME]`; `default` requires every
@@ -79,8 +81,10 @@ impl Default for ChatLimits {
     }
 }
 
-/// Claude Code's permission modes.
-pub const PERMISSION_MODES: [&str; 6] = [
+/// Claude Code's permission modes, and edge's own `ask`: every tool that needs approval is
+/// asked in the chat (Claude Code's `default` mode, its questions answered by the person).
+pub const PERMISSION_MODES: [&str; 7] = [
+    "ask",
     "default",
     "acceptEdits",
     "plan",
@@ -450,6 +454,12 @@ fn read_agent(mut t: Table<'_>, errs: &mut Errors) -> Option<AgentConfig> {
             ),
         );
     }
+    let permission_timeout = t
+        .parsed(errs, "permission_timeout", parse_duration)
+        .unwrap_or(Duration::from_secs(5 * 60));
+    if permission_timeout.is_zero() {
+        errs.push(t.key("permission_timeout"), "must be more than 0s");
+    }
     let timeout = t
         .parsed(errs, "timeout", parse_duration)
         .unwrap_or(Duration::from_secs(30 * 60));
@@ -462,6 +472,7 @@ fn read_agent(mut t: Table<'_>, errs: &mut Errors) -> Option<AgentConfig> {
         kind,
         workspace,
         permission_mode,
+        permission_timeout,
         timeout,
         sandbox,
     })
