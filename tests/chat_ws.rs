@@ -943,5 +943,74 @@ async fn a_tab_that_reconnects_mid_question_answers_it_and_always_allow_sticks()
         .iter()
         .find(|f| f["t"] == "permission_resolved")
         .unwrap();
-    assert_eq!((r["behavior"].as_str(), r["by"].as_str()), (Some("allow"), Some("always")));
+    assert_eq!(
+        (r["behavior"].as_str(), r["by"].as_str()),
+        (Some("allow"), Some("always"))
+    );
+}
+
+/// The permission question in the browser (Debian's chromium): shown in two tabs (desktop and
+/// phone sizes), allowed in one, resolved in the other; then denied from the phone. The
+/// screenshots stay in `target/screenshots/permissions/` for a person to look at.
+#[tokio::test]
+async fn a_browser_answers_a_tool_question_and_the_other_tab_follows() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: install Debian's chromium (bash .ci/run does) or set CHROMIUM"
+    );
+    let js = concat!(env!("CARGO_MANIFEST_DIR"), "/chat/tests/js");
+    let ws = workspace();
+    let e = env_on("localhost", &ask_agent(ws.path(), "5m"), "").await;
+    let link = e
+        .chat
+        .login_url(
+            &format!("http://{}:{}/chat", e.host, e.http.port()),
+            "operator",
+        )
+        .await
+        .unwrap();
+    let shots =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/permissions");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(format!("{js}/permission-ui.mjs"))
+        .arg(&link)
+        .env("CHROMIUM", &chromium)
+        .env("SHOTS", &shots)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("the browser finished within 120 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
+            panic!(
+                "browser output: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(result["ok"], true, "{result:#}");
+    let q = result["question"].as_str().unwrap();
+    assert!(
+        q.contains("Allow Write?") && q.contains("Write: a.txt"),
+        "{q}"
+    );
+    assert_eq!(result["phone_overflows"], false, "{result:#}");
+    assert_eq!(
+        result["resolved_in_other_tab"], "Allowed (operator)",
+        "{result:#}"
+    );
+    assert_eq!(result["buttons_left"], 0, "{result:#}");
+    assert!(
+        result["answer"].as_str().unwrap().contains("wrote a.txt"),
+        "{result:#}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("a.txt")).unwrap(),
+        "keep this note\n"
+    );
 }

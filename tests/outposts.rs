@@ -788,3 +788,45 @@ fn o_conv(o: &std::sync::Arc<Orchestrator>, i: usize) -> String {
         .unwrap()
         .id
 }
+
+/// Tool permission questions over SSH: the answer travels down the same connection to the
+/// agent's stdin (a `stdin` frame), allowed or denied.
+#[tokio::test]
+async fn permission_answers_reach_the_agent_over_ssh() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = sshd(dir.path());
+    let o = Orchestrator::new(Vec::new(), Conversations::new(dir.path().join("c")));
+    o.set_outposts(
+        edge_chat::outposts(
+            &[ssh("good", d.port, &d.client_key, &d.host_key)],
+            dir.path(),
+            &[],
+        )
+        .unwrap(),
+    );
+    let ws = dir.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let spec = common::ask_agent(&ws);
+    let frames = common::run_answering(&o, "over ssh", &spec, true).await;
+    assert_eq!(
+        common::outcome(&frames).0,
+        edge_chat::Outcome::Ok,
+        "{frames:#?}"
+    );
+    assert!(
+        common::delta_text(&frames).contains("wrote a.txt"),
+        "{frames:#?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("a.txt")).unwrap(),
+        "over ssh\n"
+    );
+    assert_eq!(states(&frames).last().unwrap().1.as_deref(), Some("good"));
+    std::fs::remove_file(ws.join("a.txt")).unwrap();
+    let frames = common::run_answering(&o, "no", &spec, false).await;
+    assert!(
+        common::delta_text(&frames).contains("denied: tester denied this in the chat"),
+        "{frames:#?}"
+    );
+    assert!(!ws.join("a.txt").exists());
+}

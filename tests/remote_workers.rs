@@ -1034,3 +1034,49 @@ async fn a_conversation_resumes_its_session_where_it_lives_and_moves_with_its_hi
     let (_, on, _) = ran_on(&f5);
     assert_eq!(meta().session_outpost, on);
 }
+
+/// Tool permission questions over an HTTP outpost: the answer travels back to the agent's
+/// stdin (`POST /work/{id}/stdin`), allowed or denied. A Nomad outpost cannot carry answers:
+/// such a run is refused there, saying why, and goes to the next outpost.
+#[tokio::test]
+async fn permission_answers_reach_the_agent_over_http_and_nomad_says_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = token_file(dir.path(), "good", SECRET);
+    let w = http_worker(&["--token-file", good.to_str().unwrap()], false).await;
+    let ws = dir.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let f = nomad(dir.path()).await;
+    let nomad_token = token_file(dir.path(), "nomad-token", NOMAD_TOKEN);
+    let o = orchestrator(
+        dir.path(),
+        &[
+            nomad_outpost("cluster", &f, &nomad_token),
+            http("remote", &w.url, Some(&good)),
+        ],
+    );
+    let spec = common::ask_agent(&ws);
+    let frames = common::run_answering(&o, "over http", &spec, true).await;
+    assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
+    assert!(delta_text(&frames).contains("wrote a.txt"), "{frames:#?}");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("a.txt")).unwrap(),
+        "over http\n"
+    );
+    let st = states(&frames);
+    assert!(
+        st.iter().any(|(_, o, d)| o.as_deref() == Some("cluster")
+            && d.as_deref().is_some_and(|d| d.contains(
+                "a Nomad outpost cannot carry answers to the agent's tool permission questions"
+            ))),
+        "{st:#?}"
+    );
+    assert_eq!(st.last().unwrap().1.as_deref(), Some("remote"), "{st:#?}");
+    std::fs::remove_file(ws.join("a.txt")).unwrap();
+    let frames = common::run_answering(&o, "no", &spec, false).await;
+    assert_eq!(outcome(&frames).0, Outcome::Ok, "{frames:#?}");
+    assert!(
+        delta_text(&frames).contains("denied: tester denied this in the chat"),
+        "{frames:#?}"
+    );
+    assert!(!ws.join("a.txt").exists());
+}

@@ -15,6 +15,7 @@ fn run(id: &str, script: &str) -> ToWorker {
         env: Default::default(),
         stdin: None,
         deadline_unix: None,
+        keep_stdin: false,
         sandbox: None,
     }
 }
@@ -253,6 +254,7 @@ async fn cancel_interrupts_a_confined_agent_gracefully() {
         env,
         stdin,
         deadline_unix,
+        keep_stdin: false,
         sandbox: Some(Box::new(edge_sandbox::Confine {
             home: dir.path().join("home"),
             profile,

@@ -1101,6 +1101,20 @@ impl RunTask<'_> {
                     deadline_unix: Some(deadline.as_secs()),
                     sandbox: spec.sandbox.clone().map(Box::new),
                 };
+                // Answers to the agent's questions need a way back to it, which a Nomad
+                // dispatch does not have: the run goes elsewhere, the outpost is not rested.
+                if this.keep_stdin && matches!(outpost.via, crate::links::Via::Nomad(_)) {
+                    let why = "a Nomad outpost cannot carry answers to the agent's tool permission questions (permission_mode = \"ask\"): use a local, SSH or HTTP outpost for such runs";
+                    failures.push(format!("{}: {why}", outpost.name));
+                    drop(lease);
+                    self.emit(vec![RunBody::State {
+                        state: "dispatching".into(),
+                        outpost: Some(outpost.name.clone()),
+                        detail: Some(format!("skipped: {why}")),
+                    }])
+                    .await;
+                    continue;
+                }
                 match crate::links::connect(&outpost.via, &run).await {
                     Ok(link) => break (link, lease, attempt, this),
                     Err(e) => {

@@ -107,6 +107,31 @@ function apply(f) {
       r.box.insertBefore(el('div', 'status', `${e.kind}: ${e.detail}`), r.status);
     }
     scroll();
+  } else if (f.t === 'permission_request') {
+    // The agent asks before using a tool: every tab shows the question until it is resolved.
+    const card = el('div', 'permission'); card.dataset.request = f.request_id;
+    card.appendChild(el('div', 'question', `Allow ${f.tool}?`));
+    card.appendChild(el('code', 'summary', f.summary));
+    const d = el('details'); d.appendChild(el('summary', null, 'input'));
+    d.appendChild(el('pre', null, JSON.stringify(f.input, null, 2))); card.appendChild(d);
+    const row = el('div', 'answer');
+    const always = el('input'); always.type = 'checkbox'; always.id = `always-${f.request_id}`;
+    const label = el('label', null, ` always allow ${f.tool} in this conversation`); label.htmlFor = always.id;
+    const answer = (behavior) => {
+      row.querySelectorAll('button').forEach((b) => { b.disabled = true; });
+      send({ t: 'permission_response', run_id: f.run_id, request_id: f.request_id, behavior, always: behavior === 'allow' && always.checked });
+    };
+    const allow = el('button', 'allow', 'Allow'); allow.type = 'button'; allow.onclick = () => answer('allow');
+    const deny = el('button', 'deny', 'Deny'); deny.type = 'button'; deny.onclick = () => answer('deny');
+    row.append(allow, deny, always, label); card.appendChild(row);
+    r.box.insertBefore(card, r.status); scroll();
+  } else if (f.t === 'permission_resolved') {
+    const card = r.box.querySelector(`.permission[data-request="${CSS.escape(f.request_id)}"]`);
+    if (card) {
+      const row = card.querySelector('.answer'); if (row) row.remove();
+      const who = { always: 'always allowed in this conversation', timeout: 'no answer in time', ended: 'the run ended' }[f.by] || f.by;
+      card.appendChild(el('div', `resolved ${f.behavior}`, `${f.behavior === 'allow' ? 'Allowed' : 'Denied'} (${who})`));
+    }
   } else if (f.t === 'end') {
     const u = f.usage || {};
     const cost = f.cost_usd != null ? ` · $${f.cost_usd.toFixed(4)}` : '';
@@ -163,7 +188,8 @@ function connect() {
       case 'user_message': if (f.conversation_id === state.current) { userBubble(f.text); runView(f.run_id); } loadList(); break;
       case 'accepted': break;
       case 'rejected': $('#log').appendChild(el('div', 'msg error', f.detail + (f.retry_after ? ` (try again in ${Math.ceil(f.retry_after / 60)} min)` : ''))); scroll(); break;
-      case 'state': case 'event': case 'end': if (f.conversation_id === state.current) apply(f); break;
+      case 'state': case 'event': case 'end': case 'permission_request': case 'permission_resolved':
+        if (f.conversation_id === state.current) apply(f); break;
       case 'gap': if (state.current) send({ t: 'subscribe', conversation_id: state.current }); break;
       case 'error': $('#conn').textContent = f.msg; break;
     }

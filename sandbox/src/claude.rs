@@ -339,7 +339,9 @@ mod tests {
                 tool_use_id: Some("toolu_9".into()),
             }]
         );
-        let ev = p.line(r#"{"type":"control_request","request_id":"r2","request":{"subtype":"mcp_message"}}"#);
+        let ev = p.line(
+            r#"{"type":"control_request","request_id":"r2","request":{"subtype":"mcp_message"}}"#,
+        );
         assert!(matches!(&ev[..], [Event::Notice { kind, .. }] if kind == "control_request"));
     }
 

@@ -421,3 +421,49 @@ pub fn nginx(dir: &Path, port: u16, http_body: &str) -> Killed {
     });
     child
 }
+
+/// The stand-in for Claude Code that asks before each tool (`tests/fixtures/fake-claude-ask.sh`),
+/// with `permission_mode = "ask"`, in `workspace`, not sandboxed.
+pub fn ask_agent(workspace: &Path) -> edge_chat::AgentSpec {
+    edge_chat::AgentSpec {
+        agent: edge_chat::Agent::Claude {
+            command: concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/fake-claude-ask.sh"
+            )
+            .into(),
+            permission_mode: "ask".into(),
+        },
+        workspace: workspace.display().to_string(),
+        timeout: Duration::from_secs(30),
+        permission_timeout: Duration::from_secs(300),
+        sandbox: None,
+    }
+}
+
+/// A run of `spec` whose first tool question is answered (`allow` or not) as soon as it comes:
+/// all its frames.
+pub async fn run_answering(
+    o: &std::sync::Arc<edge_chat::Orchestrator>,
+    message: &str,
+    spec: &edge_chat::AgentSpec,
+    allow: bool,
+) -> Vec<edge_chat::RunFrame> {
+    let conv = o.conversations().create("alice", "t").unwrap();
+    let run = o.start("alice", &conv.id, message, spec, None).unwrap();
+    let (mut frames, mut rx) = frames_until(&run, |f| {
+        matches!(
+            f.body,
+            edge_chat::RunBody::PermissionRequest { .. } | edge_chat::RunBody::End { .. }
+        )
+    })
+    .await;
+    if let Some(id) = frames.iter().find_map(|f| match &f.body {
+        edge_chat::RunBody::PermissionRequest { request_id, .. } => Some(request_id.clone()),
+        _ => None,
+    }) {
+        assert!(run.answer(&id, allow, "tester", false));
+        frames.extend(until_end(&mut rx).await);
+    }
+    frames
+}

@@ -304,7 +304,9 @@ async fn stdin(
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
     match (s.current().as_ref(), frame) {
-        (Some((cur, c)), ToWorker::Stdin { attempt_id, line }) if *cur == id && attempt_id == id => {
+        (Some((cur, c)), ToWorker::Stdin { attempt_id, line })
+            if *cur == id && attempt_id == id =>
+        {
             c.stdin(line);
             (StatusCode::ACCEPTED, "sent\n").into_response()
         }

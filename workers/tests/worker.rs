@@ -40,6 +40,7 @@ fn run(id: &str, script: &str) -> ToWorker {
         env: Default::default(),
         stdin: None,
         deadline_unix: None,
+        keep_stdin: false,
         sandbox: None,
     }
 }
@@ -299,6 +300,7 @@ async fn spawn_failures_and_long_lines() {
         env: Default::default(),
         stdin: None,
         deadline_unix: None,
+        keep_stdin: false,
         sandbox: None,
     })
     .await
