@@ -36,9 +36,25 @@ pub fn open(config: &Config) -> Result<Option<(Chat, String)>, Failure> {
         ),
         None => None,
     };
-    let chat = Chat::open(config.clone(), &config.state_dir, fa.clone(), client_secret)
-        .context("opening the chat")
-        .map_err(Failure::config)?;
+    // The local outpost's worker: this binary's own `worker --stdio`.
+    let worker = std::env::current_exe()
+        .map(|e| {
+            vec![
+                e.to_string_lossy().into_owned(),
+                "worker".into(),
+                "--stdio".into(),
+            ]
+        })
+        .context("finding edge's own program for the local worker")?;
+    let chat = Chat::open_with_worker(
+        config.clone(),
+        &config.state_dir,
+        fa.clone(),
+        client_secret,
+        worker,
+    )
+    .context("opening the chat")
+    .map_err(Failure::config)?;
     Ok(Some((chat, fa)))
 }
 

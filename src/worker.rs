@@ -208,7 +208,7 @@ pub fn workers(
                 }
             }
             // No SSH master left behind for ControlPersist.
-            rt.block_on(edge_chat::links::close(&o.via));
+            rt.block_on(edge_workers::outposts::close(&o.via));
         }
         return if failed == 0 {
             Ok(())

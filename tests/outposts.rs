@@ -211,7 +211,7 @@ async fn runs_go_over_ssh_to_the_first_outpost_that_answers() {
     assert!(status.iter().all(|s| s.1 == 0), "{status:?}");
     // No SSH master left behind.
     for op in o.outposts() {
-        edge_chat::links::close(&op.via).await;
+        edge_workers::outposts::close(&op.via).await;
     }
 }
 
@@ -268,7 +268,7 @@ async fn an_ssh_worker_with_a_floor_refuses_an_unconfined_run() {
     );
     // No SSH master left behind.
     for op in o.outposts() {
-        edge_chat::links::close(&op.via).await;
+        edge_workers::outposts::close(&op.via).await;
     }
 }
 

@@ -38,6 +38,8 @@ pub(crate) struct AppState {
     pub client_secret: Option<String>,
     pub http: reqwest::Client,
     pub discovery: DiscoveryCache,
+    /// How a local worker is started (given by the binary).
+    pub local_worker: std::sync::Mutex<Vec<String>>,
 }
 
 pub(crate) type St = Arc<AppState>;

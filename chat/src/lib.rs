@@ -15,7 +15,6 @@
 mod api;
 mod app;
 mod conversations;
-pub mod links;
 mod login;
 pub mod metrics;
 mod pages;
@@ -73,193 +72,21 @@ impl std::fmt::Debug for Chat {
     }
 }
 
-/// The outposts of a config as the orchestrator runs them: `local` runs this binary's worker,
-/// `ssh` runs the system `ssh` with the key, a known_hosts file holding only the pinned host
-/// key (written under the chat's store), and no fallback to anything else.
+/// The outposts of a config as the orchestrator runs them (see
+/// [`edge_workers::outposts::config::from_config`]): `local` runs `local`, the binary's own
+/// worker command; SSH outposts' pinned host keys are written under the chat's store.
 pub fn outposts(
     list: &[edge_routing::OutpostConfig],
     state_dir: &Path,
     local: &[String],
 ) -> Result<Vec<runs::Outpost>, Error> {
-    let dir = store_dir(state_dir).join("outposts");
-    let mut out = Vec::new();
-    for o in list {
-        let via = match &o.kind {
-            edge_routing::OutpostKind::Local => links::Via::Command(local.to_vec()),
-            edge_routing::OutpostKind::Http {
-                url,
-                token_file,
-                ca,
-                client_cert,
-            } => {
-                let name = &o.name;
-                let token = token_file
-                    .as_ref()
-                    .map(|f| read_token(state_dir, f, &format!("outposts {name:?} token_file")))
-                    .transpose()?;
-                let mut b = reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .tcp_keepalive(Duration::from_secs(30))
-                    .tcp_nodelay(true)
-                    .http1_only()
-                    .redirect(reqwest::redirect::Policy::none());
-                if let Some(ca) = ca {
-                    let pem = std::fs::read(state_dir.join(ca)).map_err(|e| {
-                        Error::Config(format!("outposts {name:?} ca {}: {e}", ca.display()))
-                    })?;
-                    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                        Error::Config(format!("outposts {name:?} ca {}: {e}", ca.display()))
-                    })?;
-                    b = b.tls_built_in_root_certs(false);
-                    for c in certs {
-                        b = b.add_root_certificate(c);
-                    }
-                }
-                if let Some((cert, key)) = client_cert {
-                    let mut pem = std::fs::read(state_dir.join(cert)).map_err(|e| {
-                        Error::Config(format!(
-                            "outposts {name:?} client_cert {}: {e}",
-                            cert.display()
-                        ))
-                    })?;
-                    pem.push(b'\n');
-                    pem.extend(std::fs::read(state_dir.join(key)).map_err(|e| {
-                        Error::Config(format!(
-                            "outposts {name:?} client_key {}: {e}",
-                            key.display()
-                        ))
-                    })?);
-                    let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                        Error::Config(format!("outposts {name:?} client_cert/client_key: {e}"))
-                    })?;
-                    b = b.identity(id);
-                }
-                let client = b
-                    .build()
-                    .map_err(|e| Error::Config(format!("outposts {name:?}: {e}")))?;
-                links::Via::Http(links::HttpTarget {
-                    url: url.clone(),
-                    token,
-                    client,
-                })
-            }
-            edge_routing::OutpostKind::Nomad {
-                address,
-                token_file,
-                job,
-                task,
-                namespace,
-            } => {
-                let name = &o.name;
-                let token = token_file
-                    .as_ref()
-                    .map(|f| read_token(state_dir, f, &format!("outposts {name:?} token_file")))
-                    .transpose()?;
-                let client = reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .tcp_keepalive(Duration::from_secs(30))
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .map_err(|e| Error::Config(format!("outposts {name:?}: {e}")))?;
-                links::Via::Nomad(links::NomadTarget {
-                    address: address.clone(),
-                    token,
-                    job: job.clone(),
-                    task: task.clone(),
-                    namespace: namespace.clone(),
-                    client,
-                })
-            }
-            edge_routing::OutpostKind::Ssh {
-                host,
-                port,
-                user,
-                key,
-                host_key,
-            } => {
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| Error::Store(format!("{}: {e}", dir.display())))?;
-                let known = dir.join(format!("{}.known_hosts", o.name));
-                let pattern = if *port == 22 {
-                    host.clone()
-                } else {
-                    format!("[{host}]:{port}")
-                };
-                secret::write_private(&known, format!("{pattern} {host_key}\n").as_bytes())
-                    .map_err(|e| Error::Store(format!("{}: {e}", known.display())))?;
-                let opt = |k: &str, v: &str| ["-o".to_string(), format!("{k}={v}")];
-                let mut a = vec![
-                    "ssh".to_string(),
-                    "-T".into(),
-                    "-p".into(),
-                    port.to_string(),
-                    "-i".into(),
-                    key.display().to_string(),
-                ];
-                for (k, v) in [
-                    ("BatchMode", "yes"),
-                    ("IdentitiesOnly", "yes"),
-                    ("IdentityAgent", "none"),
-                    ("StrictHostKeyChecking", "yes"),
-                    ("UserKnownHostsFile", &known.display().to_string()),
-                    ("GlobalKnownHostsFile", "/dev/null"),
-                    ("ConnectTimeout", "10"),
-                    ("ServerAliveInterval", "10"),
-                    ("ServerAliveCountMax", "3"),
-                    ("LogLevel", "ERROR"),
-                    // One SSH connection per outpost, shared by its runs (each its own
-                    // channel, so its own worker): a run skips the key exchange and login.
-                    ("ControlMaster", "auto"),
-                    (
-                        "ControlPath",
-                        &dir.join(format!("{}.mux", o.name)).display().to_string(),
-                    ),
-                    ("ControlPersist", "120"),
-                ] {
-                    a.extend(opt(k, v));
-                }
-                a.push(format!("{user}@{host}"));
-                // What the forced command runs anyway; says what is wanted without one.
-                a.push("edge worker --stdio".into());
-                links::Via::Command(a)
-            }
-        };
-        out.push(runs::Outpost {
-            name: o.name.clone(),
-            via,
-            capacity: o.capacity,
-        });
-    }
-    Ok(out)
-}
-
-/// This binary's `edge worker --stdio`: the local outpost's worker.
-fn local_worker() -> Vec<String> {
-    std::env::current_exe()
-        .map(|e| {
-            vec![
-                e.to_string_lossy().into_owned(),
-                "worker".into(),
-                "--stdio".into(),
-            ]
-        })
-        .unwrap_or_default()
-}
-
-/// A token from a file (relative paths: under the state directory), trimmed; an empty one is
-/// an error, so a missing secret never means "no auth".
-fn read_token(state_dir: &Path, file: &Path, what: &str) -> Result<String, Error> {
-    let path = state_dir.join(file);
-    let t = std::fs::read_to_string(&path)
-        .map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))?;
-    let t = t.trim();
-    if t.is_empty() {
-        return Err(Error::Config(format!(
-            "{what} {}: the file is empty",
-            path.display()
-        )));
-    }
-    Ok(t.to_string())
+    edge_workers::outposts::config::from_config(
+        list,
+        state_dir,
+        &store_dir(state_dir).join("outposts"),
+        local,
+    )
+    .map_err(Error::Config)
 }
 
 /// The chat's store directory under a state directory.
@@ -268,13 +95,26 @@ pub fn store_dir(state_dir: &Path) -> std::path::PathBuf {
 }
 
 impl Chat {
-    /// Opens the chat for `config` (which must have a `[chat]` table). `fa_secret` is the
-    /// forward-auth secret the gateway will show; `client_secret` the OAuth client's.
+    /// Opens the chat for `config` with no local worker command (runs need outposts, or
+    /// [`Chat::set_worker`]); see [`Chat::open_with_worker`].
     pub fn open(
         config: Config,
         state_dir: &Path,
         fa_secret: String,
         client_secret: Option<String>,
+    ) -> Result<Chat, Error> {
+        Chat::open_with_worker(config, state_dir, fa_secret, client_secret, Vec::new())
+    }
+
+    /// Opens the chat for `config` (which must have a `[chat]` table). `fa_secret` is the
+    /// forward-auth secret the gateway will show; `client_secret` the OAuth client's; `worker`
+    /// the command that starts a local worker (edge gives its own `worker --stdio`).
+    pub fn open_with_worker(
+        config: Config,
+        state_dir: &Path,
+        fa_secret: String,
+        client_secret: Option<String>,
+        worker: Vec<String>,
     ) -> Result<Chat, Error> {
         if config.chat.is_none() {
             return Err(Error::Config("the config has no [chat] table".into()));
@@ -283,7 +123,6 @@ impl Chat {
             return Err(Error::Config("the forward-auth secret is empty".into()));
         }
         let store = Store::open(&store_dir(state_dir))?;
-        let worker = local_worker();
         let conversations = Conversations::new(store_dir(state_dir).join("conversations"));
         let interrupted = match conversations.recover_interrupted() {
             Ok(0) => 0,
@@ -314,6 +153,7 @@ impl Chat {
                 client_secret,
                 http: login::http_client(),
                 discovery: Default::default(),
+                local_worker: std::sync::Mutex::new(worker),
             }),
         })
     }
@@ -323,7 +163,12 @@ impl Chat {
     /// (a token file missing, say).
     pub fn reload(&self, config: Config) -> Result<(), Error> {
         if config.outposts != self.st.config.load().outposts {
-            let worker = local_worker();
+            let worker = self
+                .st
+                .local_worker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             let list = if config.outposts.is_empty() {
                 vec![runs::Outpost::local(worker)]
             } else {
@@ -366,7 +211,7 @@ impl Chat {
     /// otherwise outlive edge by their `ControlPersist`.
     pub async fn close_outposts(&self) {
         for o in self.st.orch.outposts() {
-            links::close(&o.via).await;
+            edge_workers::outposts::close(&o.via).await;
         }
     }
 
@@ -376,6 +221,11 @@ impl Chat {
 
     /// The command that starts a worker (default: this executable's `worker --stdio`).
     pub fn set_worker(&self, argv: Vec<String>) {
+        *self
+            .st
+            .local_worker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = argv.clone();
         self.st.orch.set_worker(argv);
     }
 

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::conversations::{now_rfc3339, Conversations, Record};
-pub use crate::links::{Hello, Via};
 use crate::Error;
+pub use edge_workers::outposts::{Hello, Outpost};
 
 /// Frames kept in memory per run for listeners that reconnect.
 pub const RING: usize = 4096;
@@ -647,25 +647,6 @@ impl Plan {
     }
 }
 
-/// Where runs go, and how they get there (see [`crate::links`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outpost {
-    pub name: String,
-    pub via: Via,
-    pub capacity: u64,
-}
-
-impl Outpost {
-    /// A local outpost: `worker` (e.g. `edge worker --stdio`) as edge's child.
-    pub fn local(worker: Vec<String>) -> Outpost {
-        Outpost {
-            name: "local".into(),
-            via: Via::Command(worker),
-            capacity: u64::MAX,
-        }
-    }
-}
-
 #[derive(Debug)]
 struct OutpostState {
     outpost: Outpost,
@@ -701,7 +682,7 @@ impl Drop for Lease<'_> {
 
 /// Connects to an outpost's worker and says `hello` (`edge workers --probe`).
 pub async fn probe_outpost(o: &Outpost) -> Result<Hello, String> {
-    crate::links::probe(&o.via).await
+    edge_workers::outposts::probe(&o.via).await
 }
 
 /// What the agent's `result` line said: is_error, usage, cost.
@@ -889,7 +870,12 @@ impl RunTask<'_> {
 
     /// An attempt is over without ending the run: its lease and link go (tearing the worker
     /// down), and the run says why it is dispatching again.
-    async fn next_attempt(&mut self, lease: Lease<'_>, link: crate::links::Link, detail: String) {
+    async fn next_attempt(
+        &mut self,
+        lease: Lease<'_>,
+        link: edge_workers::outposts::Link,
+        detail: String,
+    ) {
         self.drop_questions().await;
         let name = lease.name.clone();
         drop(lease);
@@ -1078,7 +1064,7 @@ impl RunTask<'_> {
                     name: outpost.name.clone(),
                     failed: None,
                 };
-                let resumable = !matches!(outpost.via, crate::links::Via::Nomad(_));
+                let resumable = !matches!(outpost.via, edge_workers::outposts::Via::Nomad(_));
                 let this = plan.for_outpost(&outpost.name, resumable, || {
                     self.orch
                         .conversations
@@ -1103,7 +1089,7 @@ impl RunTask<'_> {
                 };
                 // Answers to the agent's questions need a way back to it, which a Nomad
                 // dispatch does not have: the run goes elsewhere, the outpost is not rested.
-                if this.keep_stdin && matches!(outpost.via, crate::links::Via::Nomad(_)) {
+                if this.keep_stdin && matches!(outpost.via, edge_workers::outposts::Via::Nomad(_)) {
                     let why = "a Nomad outpost cannot carry answers to the agent's tool permission questions (permission_mode = \"ask\"): use a local, SSH or HTTP outpost for such runs";
                     failures.push(format!("{}: {why}", outpost.name));
                     drop(lease);
@@ -1115,7 +1101,7 @@ impl RunTask<'_> {
                     .await;
                     continue;
                 }
-                match crate::links::connect(&outpost.via, &run).await {
+                match edge_workers::outposts::connect(&outpost.via, &run).await {
                     Ok(link) => break (link, lease, attempt, this),
                     Err(e) => {
                         tracing::warn!(run = %self.run.id, outpost = %outpost.name, error = %e, "outpost skipped");
@@ -1371,7 +1357,7 @@ impl RunTask<'_> {
         .await;
         // Ended: a new message may start the next run at once, while the worker cleans up.
         self.orch.release(self.run);
-        let crate::links::Link { to, finish, .. } = link;
+        let edge_workers::outposts::Link { to, finish, .. } = link;
         drop(to);
         finish.await;
     }

@@ -1,7 +1,7 @@
 //! Secret files: read (trimmed, never empty) or, for the forward-auth secret, created once
 //! with 256 random bits, written atomically with mode 0600.
 
-use std::io::Write;
+pub(crate) use edge_workers::write_private;
 use std::path::Path;
 
 use crate::Error;
@@ -26,37 +26,6 @@ pub fn load_or_create_secret(path: &Path) -> Result<String, Error> {
     write_private(path, format!("{secret}\n").as_bytes())
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     Ok(secret)
-}
-
-/// Writes `bytes` to `path` atomically (a 0600 temporary file, fsync, rename, then the
-/// directory's fsync), creating the directory if needed.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("secret"),
-        std::process::id()
-    ));
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

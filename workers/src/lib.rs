@@ -4,12 +4,16 @@
 //!
 //! The same frames travel over a pipe (`--stdio`: local, and SSH as a forced command), over
 //! HTTP (`--listen`: `POST /work` streams them as NDJSON, see [`http`]) and out of a Nomad task
-//! (`--oneshot FILE`: NDJSON on stdout). The orchestrator's side is in `edge-chat`.
+//! (`--oneshot FILE`: NDJSON on stdout). The orchestrator's side of every transport is
+//! [`outposts`]: both ends of the protocol live in this crate.
 
+mod files;
 pub mod http;
+pub mod outposts;
 mod protocol;
 mod worker;
 
+pub use files::write_private;
 pub use protocol::{
     decode, encode, ExitReason, Fd, FrameError, FrameReader, FrameWriter, FromWorker, ToWorker,
     MAX_FRAME, VERSION,
