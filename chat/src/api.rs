@@ -3,12 +3,13 @@
 //! session and sees only the user's own conversations.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use crate::app::{json_error, signed_in, St};
+use crate::session::{json_error, SignedIn};
+use crate::state::St;
 use crate::talk;
 
 fn internal(e: crate::Error) -> Response {
@@ -19,11 +20,7 @@ fn not_found() -> Response {
     json_error(StatusCode::NOT_FOUND, "no such conversation")
 }
 
-pub(crate) async fn list(State(st): State<St>, h: HeaderMap) -> Response {
-    let s = match signed_in(&st, &h, true).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub(crate) async fn list(State(st): State<St>, SignedIn(s): SignedIn) -> Response {
     let cfg = st.config.load();
     if cfg.projects.get(cfg.default_project).map(|p| &p.name) == Some(&s.project) {
         if let Err(e) = st.orch.conversations().adopt_legacy(&s.user, &s.account()) {
@@ -55,11 +52,11 @@ fn bad_title() -> Response {
     )
 }
 
-pub(crate) async fn create(State(st): State<St>, h: HeaderMap, Json(b): Json<Title>) -> Response {
-    let s = match signed_in(&st, &h, true).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub(crate) async fn create(
+    State(st): State<St>,
+    SignedIn(s): SignedIn,
+    Json(b): Json<Title>,
+) -> Response {
     let Some(title) = clean_title(b.title) else {
         return bad_title();
     };
@@ -69,11 +66,11 @@ pub(crate) async fn create(State(st): State<St>, h: HeaderMap, Json(b): Json<Tit
     }
 }
 
-pub(crate) async fn open(State(st): State<St>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    let s = match signed_in(&st, &h, true).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub(crate) async fn open(
+    State(st): State<St>,
+    SignedIn(s): SignedIn,
+    Path(id): Path<String>,
+) -> Response {
     match st.orch.conversations().open(&s.account(), &id) {
         Ok(Some((meta, records))) => {
             let active = st.orch.active(&s.account(), &id).map(|r| r.id.clone());
@@ -87,14 +84,10 @@ pub(crate) async fn open(State(st): State<St>, h: HeaderMap, Path(id): Path<Stri
 
 pub(crate) async fn rename(
     State(st): State<St>,
-    h: HeaderMap,
+    SignedIn(s): SignedIn,
     Path(id): Path<String>,
     Json(b): Json<Title>,
 ) -> Response {
-    let s = match signed_in(&st, &h, true).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let Some(title) = clean_title(b.title) else {
         return bad_title();
     };
@@ -105,11 +98,11 @@ pub(crate) async fn rename(
     }
 }
 
-pub(crate) async fn delete(State(st): State<St>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    let s = match signed_in(&st, &h, true).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub(crate) async fn delete(
+    State(st): State<St>,
+    SignedIn(s): SignedIn,
+    Path(id): Path<String>,
+) -> Response {
     if st.orch.active(&s.account(), &id).is_some() {
         return json_error(
             StatusCode::CONFLICT,
@@ -123,11 +116,11 @@ pub(crate) async fn delete(State(st): State<St>, h: HeaderMap, Path(id): Path<St
     }
 }
 
-pub(crate) async fn export(State(st): State<St>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    let s = match signed_in(&st, &h, true).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub(crate) async fn export(
+    State(st): State<St>,
+    SignedIn(s): SignedIn,
+    Path(id): Path<String>,
+) -> Response {
     match st.orch.conversations().export_markdown(&s.account(), &id) {
         Ok(Some(md)) => {
             let mut r = md.into_response();
@@ -155,14 +148,10 @@ pub(crate) struct Message {
 /// Sends a message over HTTP: 202 with the run id; 429 with `Retry-After` over a limit.
 pub(crate) async fn send(
     State(st): State<St>,
-    h: HeaderMap,
+    SignedIn(s): SignedIn,
     Path(id): Path<String>,
     Json(b): Json<Message>,
 ) -> Response {
-    let s = match signed_in(&st, &h, true).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     match talk::send(&st, &s.account(), &id, &b.text, None).await {
         Ok(run_id) => (
             StatusCode::ACCEPTED,
@@ -188,11 +177,7 @@ pub(crate) async fn send(
     }
 }
 
-pub(crate) async fn limits(State(st): State<St>, h: HeaderMap) -> Response {
-    let s = match signed_in(&st, &h, true).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub(crate) async fn limits(State(st): State<St>, SignedIn(s): SignedIn) -> Response {
     match st.store.used(&s.account()).await {
         Ok(u) => Json(talk::limits_json(&st.config.load(), &s.account(), u)).into_response(),
         Err(e) => internal(e),

@@ -15,11 +15,17 @@
 mod api;
 mod app;
 mod conversations;
+mod frames;
+mod hubs;
+mod ids;
 mod login;
 pub mod metrics;
 mod pages;
 mod runs;
 mod secret;
+mod session;
+mod signin;
+mod state;
 mod store;
 mod talk;
 mod ws;
@@ -258,7 +264,7 @@ impl Chat {
 /// A one-time sign-in link, written straight into a store (also usable while another process
 /// serves the chat: the store is one SQLite file).
 pub async fn login_url(store: &Store, base: &str, user: &str) -> Result<String, Error> {
-    let token = app::random(32)?;
+    let token = ids::random(32)?;
     store.put_login_token(&token, user, LOGIN_TOKEN_TTL).await?;
     Ok(format!("{base}/login/token?token={token}"))
 }

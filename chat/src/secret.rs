@@ -22,7 +22,7 @@ pub fn load_or_create_secret(path: &Path) -> Result<String, Error> {
     if path.exists() {
         return read_secret(path);
     }
-    let secret = crate::app::random(32)?;
+    let secret = crate::ids::random(32)?;
     write_private(path, format!("{secret}\n").as_bytes())
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     Ok(secret)

@@ -2,9 +2,7 @@
 //! configured and installed, the conversation the user's, no run going, the user's limits),
 //! then the run, and the fan-out of its frames to every socket of the user.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use edge_routing::{AgentKind, Config};
 use serde::Serialize;
@@ -12,31 +10,6 @@ use tokio::sync::broadcast;
 
 use crate::runs::{Agent, AgentSpec, RunBody, RunFrame};
 use crate::store::Used;
-
-/// Frames a user's sockets all receive, as JSON text. Sized so that a slow socket lags (and
-/// is told to resubscribe) long before a run could be held up: sends never wait.
-pub const HUB: usize = 8192;
-
-/// One broadcast channel per signed-in user with at least one socket.
-#[derive(Debug, Default)]
-pub(crate) struct Hubs(Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>);
-
-impl Hubs {
-    pub fn sender(&self, user: &str) -> broadcast::Sender<Arc<str>> {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.retain(|_, s| s.receiver_count() > 0);
-        m.entry(user.to_string())
-            .or_insert_with(|| broadcast::channel(HUB).0)
-            .clone()
-    }
-
-    pub fn publish(&self, user: &str, frame: &serde_json::Value) {
-        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = m.get(user) {
-            let _ = s.send(Arc::from(frame.to_string()));
-        }
-    }
-}
 
 /// Why a message did not start a run.
 #[derive(Debug, Clone, Serialize)]
@@ -104,7 +77,7 @@ pub fn limits_json(cfg: &Config, account: &str, used: Used) -> serde_json::Value
 /// that project's agent, sandbox and limits; its frames go to every socket of the account. The
 /// run id, or why not.
 pub(crate) async fn send(
-    st: &crate::app::AppState,
+    st: &crate::state::AppState,
     user: &str,
     conversation: &str,
     text: &str,

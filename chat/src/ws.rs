@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::talk::{self, frame_json};
 
 /// Largest frame a client may send.

@@ -1,0 +1,140 @@
+//! The journal thread: appends of every conversation, with group commit.
+
+use super::*;
+
+/// The one thread that appends run events for every conversation, with group commit: appends
+/// that arrive while it is syncing are written together, and each file they touch is synced
+/// once for all of them. A caller waits (without holding an async thread) until its lines are
+/// on disk. With 100 runs streaming, this turns 100 separate `fdatasync`s per round into one
+/// round of writes whose syncs share the file system's journal commit.
+#[derive(Debug, Clone)]
+pub(super) struct Journal {
+    pub(super) tx: std::sync::mpsc::Sender<Append>,
+}
+
+pub(super) type Waiter = tokio::sync::oneshot::Sender<Result<(), Error>>;
+
+#[derive(Debug)]
+pub(super) struct Append {
+    pub(super) log: PathBuf,
+    pub(super) buf: Vec<u8>,
+    pub(super) done: Waiter,
+}
+
+impl Journal {
+    pub(super) fn start() -> Journal {
+        let (tx, rx) = std::sync::mpsc::channel::<Append>();
+        let spawned = std::thread::Builder::new()
+            .name("edge-journal".into())
+            .spawn(move || {
+                // Ends when every `Conversations` is gone.
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    commit(batch);
+                }
+            });
+        if let Err(e) = spawned {
+            // Appends then fail with a clear error (the receiver is gone); nothing is lost
+            // silently.
+            tracing::error!(error = %e, "could not start the conversation journal thread");
+        }
+        Journal { tx }
+    }
+}
+
+/// Writes a batch, file by file in arrival order, then syncs each file once.
+pub(super) fn commit(batch: Vec<Append>) {
+    let mut files: Vec<(PathBuf, Vec<u8>, Vec<Waiter>)> = Vec::new();
+    for a in batch {
+        match files.iter_mut().find(|(p, _, _)| *p == a.log) {
+            Some((_, buf, waiters)) => {
+                buf.extend_from_slice(&a.buf);
+                waiters.push(a.done);
+            }
+            None => files.push((a.log, a.buf, vec![a.done])),
+        }
+    }
+    // Written file by file, then synced file by file: the syncs of one batch share the file
+    // system's journal commit. A file whose write or sync fails is cut back to where it was, so
+    // it always ends at its last complete record.
+    let mut written = Vec::with_capacity(files.len());
+    for (log, buf, waiters) in files {
+        let r = write_whole(&log, &buf);
+        written.push((log, r, waiters));
+    }
+    for (log, r, waiters) in written {
+        let r = r.and_then(|(f, before)| {
+            f.sync_data().map_err(|e| {
+                roll_back(&log, &f, before);
+                io(&log)(e)
+            })
+        });
+        for w in waiters {
+            let _ = w.send(r.clone());
+        }
+    }
+}
+
+/// Appends `buf` (whole lines) to `log`, after cutting a torn tail a crash may have left. On a
+/// failed write (a full disk), the file is cut back to its length before: no partial line is
+/// ever left for later appends to follow. Returns the file and that length, for a failed sync.
+pub(super) fn write_whole(log: &Path, buf: &[u8]) -> Result<(std::fs::File, u64), Error> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(log)
+        .map_err(io(log))?;
+    let before = clean_tail(log, &f)?;
+    if let Err(e) = f.write_all(buf) {
+        roll_back(log, &f, before);
+        return Err(io(log)(e));
+    }
+    Ok((f, before))
+}
+
+/// Cuts `f` back to `len` and syncs, after a failed append. If even that fails the torn line
+/// stays, and the next append or read cuts it ([`clean_tail`], [`read_repairing`]).
+pub(super) fn roll_back(log: &Path, f: &std::fs::File, len: u64) {
+    match f.set_len(len).and_then(|()| f.sync_data()) {
+        Ok(()) => {
+            tracing::warn!(file = %log.display(), "an append failed; the file is back at its last complete record")
+        }
+        Err(e) => {
+            tracing::error!(file = %log.display(), error = %e, "an append failed and could not be undone; the next append cuts the torn line")
+        }
+    }
+}
+
+/// The length of `f` once it ends at a whole line: a tail without its newline (a crash, or a
+/// roll-back that failed) is cut off first.
+pub(super) fn clean_tail(log: &Path, f: &std::fs::File) -> Result<u64, Error> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata().map_err(io(log))?.len();
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut last = [0u8; 1];
+    f.read_exact_at(&mut last, len - 1).map_err(io(log))?;
+    if last[0] == b'\n' {
+        return Ok(len);
+    }
+    // Rare: find the last newline, reading back in blocks.
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    let keep = loop {
+        let start = end.saturating_sub(block.len() as u64);
+        let n = (end - start) as usize;
+        f.read_exact_at(&mut block[..n], start).map_err(io(log))?;
+        if let Some(i) = block[..n].iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        if start == 0 {
+            break 0;
+        }
+        end = start;
+    };
+    tracing::warn!(file = %log.display(), cut = len - keep, "cut a torn last line before appending");
+    f.set_len(keep).map_err(io(log))?;
+    Ok(keep)
+}

@@ -1,0 +1,535 @@
+//! One run's task: leases an outpost, opens a link, turns the worker's frames into stored and
+//! broadcast run frames, retries on the next outpost when an attempt is lost, and ends the run
+//! exactly once.
+
+use super::*;
+
+/// What the agent's `result` line said: is_error, usage, cost.
+pub(super) type AgentResult = (bool, Usage, Option<f64>);
+
+pub(super) struct RunTask<'a> {
+    pub(super) orch: &'a Orchestrator,
+    pub(super) run: &'a Run,
+    pub(super) seq: u64,
+    /// For the end's log line and the metrics.
+    pub(super) started: std::time::Instant,
+    pub(super) first_output: bool,
+    pub(super) outpost: Option<String>,
+    pub(super) attempts: u32,
+    pub(super) exit_code: Option<i32>,
+    /// The agent's open questions: the tool's input (sent back unchanged with an allow) and
+    /// when an unanswered one is denied.
+    pub(super) questions: HashMap<String, Question>,
+}
+
+pub(super) enum Parser {
+    Claude(ClaudeParser),
+    Command(CommandOutput),
+}
+
+impl RunTask<'_> {
+    /// An attempt is over without ending the run: its lease and link go (tearing the worker
+    /// down), and the run says why it is dispatching again.
+    pub(super) async fn next_attempt(
+        &mut self,
+        lease: Lease<'_>,
+        link: edge_workers::outposts::Link,
+        detail: String,
+    ) {
+        self.drop_questions().await;
+        let name = lease.name.clone();
+        drop(lease);
+        drop(link);
+        self.emit(vec![RunBody::State {
+            state: "dispatching".into(),
+            outpost: Some(name),
+            detail: Some(detail),
+        }])
+        .await;
+    }
+
+    /// Stores, then publishes, frames: one durable append per batch, through the journal
+    /// thread, so the sync holds up no async thread and concurrent runs share commits.
+    pub(super) async fn emit(&mut self, bodies: Vec<RunBody>) {
+        if bodies.is_empty() {
+            return;
+        }
+        let mut frames = Vec::with_capacity(bodies.len());
+        let mut records = Vec::with_capacity(bodies.len());
+        for body in &bodies {
+            if let RunBody::End {
+                outcome,
+                usage,
+                detail,
+                ..
+            } = body
+            {
+                self.ended(*outcome, usage, detail.as_deref());
+            }
+        }
+        for body in bodies {
+            self.seq += 1;
+            let f = RunFrame {
+                run_id: self.run.id.clone(),
+                seq: self.seq,
+                body,
+            };
+            records.push(Record {
+                ts: now_rfc3339(),
+                user: crate::store::display_user(&self.run.user).to_string(),
+                role: "assistant".into(),
+                content: match &f.body {
+                    RunBody::End { detail, .. } => detail.clone().unwrap_or_default(),
+                    _ => String::new(),
+                },
+                run_id: Some(self.run.id.clone()),
+                seq: Some(f.seq),
+                frame: Some(f.body.clone()),
+            });
+            frames.push(f);
+        }
+        if let Err(e) = self
+            .orch
+            .conversations
+            .append_shared(&self.run.user, &self.run.conversation, &records)
+            .await
+        {
+            tracing::error!(run = %self.run.id, error = %e, "could not store run events");
+        }
+        let mut ring = self.run.ring.lock().unwrap_or_else(|e| e.into_inner());
+        for f in frames {
+            if ring.len() == RING {
+                ring.pop_front();
+            }
+            ring.push_back(f.clone());
+            // No listener is fine: runs do not need one.
+            let _ = self.run.tx.send(f);
+        }
+    }
+
+    /// The run's end: one log line (user, conversation, outpost, attempts, outcome, duration,
+    /// tokens, exit code; why, on failure) and the metrics.
+    pub(super) fn ended(&self, outcome: Outcome, usage: &Usage, detail: Option<&str>) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.orch.metrics.ended(outcome, usage.input, usage.output);
+        let outpost = self.outpost.as_deref().unwrap_or("-");
+        let code = self
+            .exit_code
+            .map_or_else(|| "-".to_string(), |c| c.to_string());
+        match outcome {
+            Outcome::Ok | Outcome::Cancelled => tracing::info!(
+                run = %self.run.id, user = %self.run.user, conversation = %self.run.conversation,
+                outpost = %outpost, attempts = self.attempts, outcome = ?outcome, duration_ms = ms,
+                tokens_in = usage.input, tokens_out = usage.output, exit_code = %code,
+                "run ended"
+            ),
+            _ => {
+                // The agent's own words (its stderr's last lines), bounded.
+                let why: String = detail.unwrap_or("").chars().take(2000).collect();
+                tracing::warn!(
+                    run = %self.run.id, user = %self.run.user, conversation = %self.run.conversation,
+                    outpost = %outpost, attempts = self.attempts, outcome = ?outcome, duration_ms = ms,
+                    tokens_in = usage.input, tokens_out = usage.output, exit_code = %code,
+                    detail = %why, "run ended"
+                )
+            }
+        }
+    }
+
+    /// Emits agent events, remembering what the agent's `result` said.
+    pub(super) async fn emit_events(
+        &mut self,
+        events: Vec<Event>,
+        result: &mut Option<AgentResult>,
+    ) {
+        // The first token: the first text or tool input the agent streams.
+        if !self.first_output && events.iter().any(|e| matches!(e, Event::Delta { .. })) {
+            self.first_output = true;
+            self.orch.metrics.first_output(self.started.elapsed());
+        }
+        for e in &events {
+            if let Event::Result {
+                is_error,
+                usage,
+                cost_usd,
+                ..
+            } = e
+            {
+                *result = Some((*is_error, *usage, *cost_usd));
+            }
+        }
+        self.emit(
+            events
+                .into_iter()
+                .map(|event| RunBody::Event { event })
+                .collect(),
+        )
+        .await;
+    }
+
+    pub(super) async fn drive(
+        &mut self,
+        mut plan: Plan,
+        spec: &AgentSpec,
+        mut cancel: mpsc::Receiver<()>,
+        mut answers: mpsc::UnboundedReceiver<Answer>,
+    ) {
+        self.emit(vec![RunBody::State {
+            state: "dispatching".into(),
+            outpost: None,
+            detail: None,
+        }])
+        .await;
+        let mut parser = match spec.agent {
+            Agent::Claude { .. } => Parser::Claude(ClaudeParser::new()),
+            Agent::Command { .. } => Parser::Command(CommandOutput::new()),
+        };
+        let end = |outcome, detail: Option<String>| RunBody::End {
+            outcome,
+            usage: Usage::default(),
+            cost_usd: None,
+            detail,
+        };
+        let deadline = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            + spec.timeout;
+        // The first outpost with capacity that answers; one that does not is skipped (and
+        // rested), and the next one gets a new attempt.
+        let mut tried: Vec<String> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        let mut cancelled = false;
+        // Attempt ids are never reused (Nomad takes them as idempotency tokens), even when an
+        // outpost is tried again.
+        let mut attempts = 0;
+        // A resume whose session its host no longer has is tried once more as a new session.
+        let mut lost_session = false;
+        let ((outcome, detail, usage, cost_usd), link) = 'attempts: loop {
+            let (mut link, mut lease, attempt, this) = loop {
+                let Some(outpost) = self.orch.lease(&tried, plan.home()) else {
+                    let why = if failures.is_empty() {
+                        "every outpost is at capacity or resting after a failure".to_string()
+                    } else {
+                        failures.join("; ")
+                    };
+                    self.emit(vec![end(
+                        Outcome::Error,
+                        Some(format!("no outpost could take the run: {why}")),
+                    )])
+                    .await;
+                    return;
+                };
+                attempts += 1;
+                self.attempts = attempts;
+                let attempt = format!("{}-{}", self.run.id, attempts);
+                tried.push(outpost.name.clone());
+                let mut lease = Lease {
+                    orch: self.orch,
+                    name: outpost.name.clone(),
+                    failed: None,
+                };
+                let resumable = !matches!(outpost.via, edge_workers::outposts::Via::Nomad(_));
+                let this = plan.for_outpost(&outpost.name, resumable, || {
+                    self.orch
+                        .conversations
+                        .transcript_before(
+                            &self.run.user,
+                            &self.run.conversation,
+                            &self.run.id,
+                            TRANSCRIPT_MAX,
+                        )
+                        .unwrap_or_default()
+                });
+                let run = ToWorker::Run {
+                    attempt_id: attempt.clone(),
+                    run_id: self.run.id.clone(),
+                    argv: this.argv.clone(),
+                    cwd: Some(spec.workspace.clone()),
+                    env: Default::default(),
+                    stdin: this.stdin.clone(),
+                    keep_stdin: this.keep_stdin,
+                    deadline_unix: Some(deadline.as_secs()),
+                    sandbox: spec.sandbox.clone().map(Box::new),
+                };
+                // Answers to the agent's questions need a way back to it, which a Nomad
+                // dispatch does not have: the run goes elsewhere, the outpost is not rested.
+                if this.keep_stdin && matches!(outpost.via, edge_workers::outposts::Via::Nomad(_)) {
+                    let why = "a Nomad outpost cannot carry answers to the agent's tool permission questions (permission_mode = \"ask\"): use a local, SSH or HTTP outpost for such runs";
+                    failures.push(format!("{}: {why}", outpost.name));
+                    drop(lease);
+                    self.emit(vec![RunBody::State {
+                        state: "dispatching".into(),
+                        outpost: Some(outpost.name.clone()),
+                        detail: Some(format!("skipped: {why}")),
+                    }])
+                    .await;
+                    continue;
+                }
+                match edge_workers::outposts::connect(&outpost.via, &run).await {
+                    Ok(link) => break (link, lease, attempt, this),
+                    Err(e) => {
+                        tracing::warn!(run = %self.run.id, outpost = %outpost.name, error = %e, "outpost skipped");
+                        failures.push(format!("{}: {e}", outpost.name));
+                        lease.failed = Some(e.clone());
+                        drop(lease);
+                        self.emit(vec![RunBody::State {
+                            state: "dispatching".into(),
+                            outpost: Some(outpost.name.clone()),
+                            detail: Some(format!("skipped: {e}")),
+                        }])
+                        .await;
+                    }
+                }
+            };
+            let mut result: Option<AgentResult> = None;
+            let mut stderr_tail: VecDeque<String> = VecDeque::new();
+            // The agent wrote something on stdout.
+            let mut streamed = false;
+            // Why the worker could not start the agent (the sandbox refused, say).
+            let mut refused: Option<(String, String)> = None;
+            // A frame read while draining, handled on the next turn.
+            let mut stash = None;
+            let outcome = loop {
+                let f = match stash.take() {
+                    Some(f) => f,
+                    None => tokio::select! {
+                        c = cancel.recv(), if !cancelled => {
+                            if c.is_some() {
+                                cancelled = true;
+                                self.emit(vec![RunBody::State { state: "cancelling".into(), outpost: None, detail: None }]).await;
+                                let _ = link.to.send(ToWorker::Cancel { attempt_id: attempt.clone(), grace_ms: CANCEL_GRACE.as_millis() as u64 });
+                            }
+                            continue;
+                        }
+                        f = link.from.next() => f,
+                        a = answers.recv() => {
+                            if let Some(a) = a {
+                                self.resolve(&link.to, &attempt, &a.request_id, a.allow, &a.by, a.always).await;
+                            }
+                            continue;
+                        }
+                        _ = sleep_until_opt(self.next_question_deadline()), if !self.questions.is_empty() => {
+                            self.time_out_questions(&link.to, &attempt).await;
+                            continue;
+                        }
+                    },
+                };
+                {
+                    match f {
+                        None | Some(Err(_)) => {
+                            let why = match &f {
+                                Some(Err(e)) => format!("the worker went away mid-run ({e})"),
+                                _ => "the worker went away mid-run".to_string(),
+                            };
+                            lease.failed = Some(why.clone());
+                            if cancelled {
+                                break (Outcome::Cancelled, None);
+                            }
+                            // The host or the connection is gone: a new attempt on the next
+                            // outpost. What the lost attempt streamed stays in the conversation.
+                            failures.push(format!("{}: {why}", lease.name));
+                            // Tearing the link down kills the local child, closes the stream,
+                            // stops the Nomad job.
+                            let detail =
+                                format!("{why}; attempt {} on another outpost", attempts + 1);
+                            self.next_attempt(lease, link, detail).await;
+                            continue 'attempts;
+                        }
+                        Some(Ok(f)) => match f {
+                            FromWorker::Started { .. } => {
+                                self.outpost = Some(lease.name.clone());
+                                if let Some(used) = &this.session {
+                                    if plan.started(used, &lease.name) {
+                                        if let Err(e) = self.orch.conversations.set_session(
+                                            &self.run.user,
+                                            &self.run.conversation,
+                                            used,
+                                            &lease.name,
+                                        ) {
+                                            tracing::warn!(run = %self.run.id, error = %e, "recording the agent session");
+                                        }
+                                    }
+                                }
+                                self.emit(vec![RunBody::State {
+                                    state: "running".into(),
+                                    outpost: Some(lease.name.clone()),
+                                    detail: this.moved.clone(),
+                                }])
+                                .await
+                            }
+                            FromWorker::Out {
+                                fd: Fd::Stdout,
+                                line,
+                                ..
+                            } => {
+                                streamed = true;
+                                let parse = |parser: &mut Parser, line: &str| match parser {
+                                    Parser::Claude(p) => p.line(line),
+                                    Parser::Command(p) => p.line(line),
+                                };
+                                let mut events = parse(&mut parser, &line);
+                                // What the worker has already sent joins this batch: one append,
+                                // one fsync, however fast the agent writes.
+                                while events.len() < 1024 {
+                                    match link.from.next().now_or_never() {
+                                        Some(Some(Ok(FromWorker::Out {
+                                            fd: Fd::Stdout,
+                                            line,
+                                            ..
+                                        }))) => {
+                                            events.extend(parse(&mut parser, &line));
+                                        }
+                                        Some(other) => {
+                                            stash = Some(other);
+                                            break;
+                                        }
+                                        None => break,
+                                    }
+                                }
+                                let ended_turn =
+                                    events.iter().any(|e| matches!(e, Event::Result { .. }));
+                                self.emit_agent(events, &mut result, &link.to, &attempt, spec)
+                                    .await;
+                                // In stream-json input, the agent waits for the next message
+                                // after its turn: the end of input ends it.
+                                if ended_turn && this.keep_stdin {
+                                    let _ = link.to.send(ToWorker::StdinClose {
+                                        attempt_id: attempt.clone(),
+                                    });
+                                }
+                            }
+                            FromWorker::Out {
+                                fd: Fd::Stderr,
+                                line,
+                                ..
+                            } => {
+                                // What the sandbox's egress proxy refused: shown in the run.
+                                if let Some(why) = line.strip_prefix(edge_workers::EGRESS_PREFIX) {
+                                    let notice = Event::Notice {
+                                        kind: "egress_denied".into(),
+                                        detail: why.to_string(),
+                                    };
+                                    self.emit_events(vec![notice], &mut result).await;
+                                    continue;
+                                }
+                                if stderr_tail.len() == 20 {
+                                    stderr_tail.pop_front();
+                                }
+                                stderr_tail.push_back(line);
+                            }
+                            FromWorker::Exit { code, reason, .. } => {
+                                self.exit_code = code;
+                                if let Parser::Command(p) = &mut parser {
+                                    let events = p.finish(code);
+                                    self.emit_events(events, &mut result).await;
+                                }
+                                let tail =
+                                    stderr_tail.iter().cloned().collect::<Vec<_>>().join("\n");
+                                // Claude Code could not find the session it was to resume (its
+                                // host lost the agent's home, say): once, a new session told
+                                // the earlier turns, on any outpost, this one included.
+                                if this.resumes
+                                    && !streamed
+                                    && !cancelled
+                                    && !lost_session
+                                    && tail.contains("No conversation found with session ID")
+                                {
+                                    lost_session = true;
+                                    plan.forget_home();
+                                    let name = lease.name.clone();
+                                    tried.retain(|t| *t != name);
+                                    let detail = format!(
+                                        "outpost {name} no longer has the conversation's agent session; starting a new one, told the earlier turns"
+                                    );
+                                    self.next_attempt(lease, link, detail).await;
+                                    continue 'attempts;
+                                }
+                                match refused.take() {
+                                    // This worker's floor asks for more confinement than the
+                                    // run's profile gives: the outpost is healthy (not rested),
+                                    // but the run goes to the next one.
+                                    Some((code, why)) if code == "policy" => {
+                                        failures.push(format!("{}: {why}", lease.name));
+                                        self.next_attempt(lease, link, format!("skipped: {why}"))
+                                            .await;
+                                        continue 'attempts;
+                                    }
+                                    Some((_, why)) => break (Outcome::Error, Some(why)),
+                                    None => {}
+                                }
+                                break match reason {
+                                    ExitReason::Cancelled => (Outcome::Cancelled, None),
+                                    ExitReason::Timeout => (
+                                        Outcome::Timeout,
+                                        Some(format!(
+                                            "the run passed its limit of {:?}",
+                                            spec.timeout
+                                        )),
+                                    ),
+                                    ExitReason::Exited => match (code, &result) {
+                                        (Some(0), Some((false, _, _))) => (Outcome::Ok, None),
+                                        (Some(0), Some((true, _, _))) => (
+                                            Outcome::Error,
+                                            Some("the agent reported an error".to_string()),
+                                        ),
+                                        (Some(0), None) => (
+                                            Outcome::Error,
+                                            Some("the agent ended without a result".to_string()),
+                                        ),
+                                        (c, _) => (
+                                            Outcome::Error,
+                                            Some(format!(
+                                                "the agent exited with {}{}{tail}",
+                                                c.map_or("a signal".to_string(), |c| format!(
+                                                    "code {c}"
+                                                )),
+                                                if tail.is_empty() { "" } else { ": " }
+                                            )),
+                                        ),
+                                    },
+                                };
+                            }
+                            FromWorker::Error { code, msg, .. } => {
+                                if code == "sandbox" || code == "spawn" || code == "policy" {
+                                    // The agent never started: this is the whole story.
+                                    refused = Some((code, msg));
+                                } else {
+                                    stderr_tail.push_back(msg);
+                                }
+                            }
+                            FromWorker::Busy { .. } => {
+                                break (
+                                    Outcome::Error,
+                                    Some(format!("the worker at outpost {} is busy", lease.name)),
+                                )
+                            }
+                            FromWorker::HelloOk { .. } | FromWorker::Pong { .. } => {}
+                        },
+                    }
+                }
+            };
+            let (usage, cost_usd) = result.map(|(_, u, c)| (u, c)).unwrap_or_default();
+            break 'attempts ((outcome.0, outcome.1, usage, cost_usd), link);
+        };
+        self.drop_questions().await;
+        self.emit(vec![RunBody::End {
+            outcome,
+            usage,
+            cost_usd,
+            detail,
+        }])
+        .await;
+        // Ended: a new message may start the next run at once, while the worker cleans up.
+        self.orch.release(self.run);
+        let edge_workers::outposts::Link { to, finish, .. } = link;
+        drop(to);
+        finish.await;
+    }
+}
+/// Sleeps until `at` (forever when `None`).
+async fn sleep_until_opt(at: Option<std::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
