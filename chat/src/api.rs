@@ -77,7 +77,7 @@ pub(crate) async fn open(
             Json(serde_json::json!({"meta": meta, "records": records, "active_run": active}))
                 .into_response()
         }
-        Ok(None) | Err(crate::Error::Refused(_)) => not_found(),
+        Ok(None) | Err(crate::Error::NotFound(_)) => not_found(),
         Err(e) => internal(e),
     }
 }
@@ -93,7 +93,7 @@ pub(crate) async fn rename(
     };
     match st.orch.conversations().rename(&s.account(), &id, &title) {
         Ok(Some(m)) => Json(m).into_response(),
-        Ok(None) | Err(crate::Error::Refused(_)) => not_found(),
+        Ok(None) | Err(crate::Error::NotFound(_)) => not_found(),
         Err(e) => internal(e),
     }
 }
@@ -111,7 +111,7 @@ pub(crate) async fn delete(
     }
     match st.orch.conversations().delete(&s.account(), &id) {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) | Err(crate::Error::Refused(_)) => not_found(),
+        Ok(false) | Err(crate::Error::NotFound(_)) => not_found(),
         Err(e) => internal(e),
     }
 }
@@ -135,7 +135,7 @@ pub(crate) async fn export(
             }
             r
         }
-        Ok(None) | Err(crate::Error::Refused(_)) => not_found(),
+        Ok(None) | Err(crate::Error::NotFound(_)) => not_found(),
         Err(e) => internal(e),
     }
 }

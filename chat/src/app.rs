@@ -213,6 +213,8 @@ impl IntoResponse for Error {
                     esc(m)
                 ),
             ),
+            Error::NotFound(m) => json_error(StatusCode::NOT_FOUND, m),
+            Error::Busy(m) => json_error(StatusCode::CONFLICT, m),
             Error::Provider(m) => {
                 tracing::warn!(error = %m, "sign-in provider failed");
                 page(

@@ -57,8 +57,15 @@ pub enum Error {
     Store(String),
     #[error("sign-in provider: {0}")]
     Provider(String),
+    /// A sign-in that did not go through (rendered as a page that says so).
     #[error("{0}")]
     Refused(String),
+    /// No such conversation (or run) for this user: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The conversation already has a run going: 409.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -122,7 +122,7 @@ pub(crate) async fn send(
     let confine = agent_confine(profile, &cfg.state_dir);
     match orch.conversations().open(user, conversation) {
         Ok(Some(_)) => {}
-        Ok(None) | Err(crate::Error::Refused(_)) => {
+        Ok(None) | Err(crate::Error::NotFound(_)) => {
             return Err(reject("not_found", "no such conversation"))
         }
         Err(e) => return Err(reject("internal", e.to_string())),
@@ -187,7 +187,8 @@ pub(crate) async fn send(
             session.as_ref().map(|(s, resume)| (s.as_str(), *resume)),
         )
         .map_err(|e| match e {
-            crate::Error::Refused(m) => reject("busy", m),
+            crate::Error::Busy(m) => reject("busy", m),
+            crate::Error::NotFound(m) => reject("not_found", m),
             other => reject("internal", other.to_string()),
         })?;
     let _ = orch.conversations().touch(user, conversation);

@@ -274,7 +274,7 @@ fn subscribe(
             })
             .to_string()]
         }
-        Ok(None) | Err(crate::Error::Refused(_)) => {
+        Ok(None) | Err(crate::Error::NotFound(_)) => {
             vec![error("not_found", "no such conversation")]
         }
         Err(e) => vec![error("internal", &e.to_string())],

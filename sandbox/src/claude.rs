@@ -270,6 +270,28 @@ impl ClaudeParser {
     }
 }
 
+/// How a Claude Code run failed, as its own stderr says (the adapter classifies its failures;
+/// the orchestrator acts on the kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaudeFailure {
+    /// `--resume` named a session this host does not have (its agent home lost it).
+    SessionGone,
+}
+
+/// What Claude Code's stderr (its last lines) says went wrong, if it is a failure edge acts on.
+///
+/// ```
+/// use edge_sandbox::{classify_failure, ClaudeFailure};
+/// let tail = "No conversation found with session ID: 5f0c";
+/// assert_eq!(classify_failure(tail), Some(ClaudeFailure::SessionGone));
+/// assert_eq!(classify_failure("API Error: 500"), None);
+/// ```
+pub fn classify_failure(stderr: &str) -> Option<ClaudeFailure> {
+    stderr
+        .contains("No conversation found with session ID")
+        .then_some(ClaudeFailure::SessionGone)
+}
+
 /// A question from the agent (`--permission-prompt-tool stdio`): `can_use_tool` becomes a
 /// [`Event::PermissionRequest`]; other subtypes are not asked of hosts in print mode.
 fn control_request(v: &Value) -> Vec<Event> {

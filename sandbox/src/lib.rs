@@ -24,7 +24,9 @@ pub mod program;
 mod seccomp;
 pub mod verify;
 
-pub use claude::{permission_answer, ClaudeParser, MAX_TOOL_RESULT};
+pub use claude::{
+    classify_failure, permission_answer, ClaudeFailure, ClaudeParser, MAX_TOOL_RESULT,
+};
 pub use command::{
     claude_argv, claude_ask_argv, claude_user_line, command_argv, ClaudeSession, CommandOutput,
 };

@@ -15,8 +15,8 @@ mod worker;
 
 pub use files::write_private;
 pub use protocol::{
-    decode, encode, ExitReason, Fd, FrameError, FrameReader, FrameWriter, FromWorker, ToWorker,
-    MAX_FRAME, VERSION,
+    decode, encode, ErrorCode, ExitReason, Fd, FrameError, FrameReader, FrameWriter, FromWorker,
+    ToWorker, MAX_FRAME, VERSION,
 };
 pub use worker::{
     hello_reply, oneshot, refusal, serve, Attempt, Canceller, EGRESS_PREFIX, MAX_LINE,

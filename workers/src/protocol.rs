@@ -118,12 +118,39 @@ pub enum FromWorker {
     /// follows.
     Error {
         attempt_id: Option<String>,
-        code: String,
+        code: ErrorCode,
         msg: String,
     },
     Pong {
         ts: u64,
     },
+}
+
+/// Why a worker could not do what it was asked (`error` frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The sandbox could not confine the agent (a required layer missing): nothing ran.
+    Sandbox,
+    /// The agent's program could not be started.
+    Spawn,
+    /// The worker's floor refused the run's profile: nothing ran; another outpost may take it.
+    Policy,
+    /// A frame the worker could not read.
+    Protocol,
+    /// A code this side does not know (a newer worker).
+    #[serde(other)]
+    Other,
+}
+
+impl ErrorCode {
+    /// The agent never started: the error is the attempt's whole story.
+    pub fn refused(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Sandbox | ErrorCode::Spawn | ErrorCode::Policy
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::protocol::{
     ExitReason, Fd, FrameError, FrameReader, FrameWriter, FromWorker, ToWorker, MAX_FRAME, VERSION,
 };
+use crate::ErrorCode;
 
 /// Output lines longer than this are sent in pieces (a frame holds one piece and its envelope).
 pub const MAX_LINE: usize = MAX_FRAME - 4096;
@@ -171,7 +172,7 @@ where
             frame = rd.next() => match frame {
                 None => break Ok(()),
                 Some(Err(e)) => {
-                    let _ = wr.send(&FromWorker::Error { attempt_id: None, code: "protocol".into(), msg: e.to_string() }).await;
+                    let _ = wr.send(&FromWorker::Error { attempt_id: None, code: ErrorCode::Protocol, msg: e.to_string() }).await;
                     break Err(e);
                 }
                 Some(Ok(f)) => match f {
@@ -292,7 +293,7 @@ pub fn refusal(attempt_id: &str, why: &str) -> [FromWorker; 2] {
     [
         FromWorker::Error {
             attempt_id: Some(attempt_id.to_string()),
-            code: "policy".into(),
+            code: ErrorCode::Policy,
             msg: format!("refused by this worker's floor: {why}"),
         },
         FromWorker::Exit {
@@ -316,7 +317,7 @@ pub fn hello_reply(proto: u32, worker_name: &str, busy: bool, floor: Option<&Flo
     } else {
         FromWorker::Error {
             attempt_id: None,
-            code: "protocol".into(),
+            code: ErrorCode::Protocol,
             msg: format!("protocol {proto} is not supported; this worker speaks {VERSION}"),
         }
     }
@@ -396,9 +397,9 @@ async fn attempt(
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
     let id = spec.attempt_id.clone();
-    let fail = |code: &str, msg: String| FromWorker::Error {
+    let fail = |code: ErrorCode, msg: String| FromWorker::Error {
         attempt_id: Some(id.clone()),
-        code: code.into(),
+        code,
         msg,
     };
     let exited = || FromWorker::Exit {
@@ -414,7 +415,9 @@ async fn attempt(
         return;
     }
     let Some((program, args)) = spec.argv.split_first() else {
-        let _ = tx.send(fail("spawn", "argv is empty".into())).await;
+        let _ = tx
+            .send(fail(ErrorCode::Spawn, "argv is empty".into()))
+            .await;
         let _ = tx.send(exited()).await;
         return;
     };
@@ -468,7 +471,7 @@ async fn attempt(
                     cmd
                 }
                 Err(e) => {
-                    let _ = tx.send(fail("sandbox", e)).await;
+                    let _ = tx.send(fail(ErrorCode::Sandbox, e)).await;
                     let _ = tx.send(exited()).await;
                     return;
                 }
@@ -489,7 +492,7 @@ async fn attempt(
         Ok(c) => c,
         Err(e) => {
             let _ = tx
-                .send(fail("spawn", format!("starting {program:?}: {e}")))
+                .send(fail(ErrorCode::Spawn, format!("starting {program:?}: {e}")))
                 .await;
             let _ = tx.send(exited()).await;
             return;

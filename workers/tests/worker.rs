@@ -307,7 +307,7 @@ async fn spawn_failures_and_long_lines() {
     .unwrap();
     let frames = o.until_exit().await;
     assert!(
-        matches!(&frames[0], FromWorker::Error { code, msg, .. } if code == "spawn" && msg.contains("/nonexistent/agent")),
+        matches!(&frames[0], FromWorker::Error { code, msg, .. } if *code == edge_workers::ErrorCode::Spawn && msg.contains("/nonexistent/agent")),
         "{frames:?}"
     );
     // A 3 MiB line arrives in pieces that each fit a frame, and whole.
@@ -348,7 +348,7 @@ async fn a_worker_with_a_floor_refuses_what_falls_short_and_says_so() {
         .unwrap();
     let frames = o.until_exit().await;
     assert!(
-        matches!(&frames[0], FromWorker::Error { code, msg, .. } if code == "policy" && msg.contains("only confined agents")),
+        matches!(&frames[0], FromWorker::Error { code, msg, .. } if *code == edge_workers::ErrorCode::Policy && msg.contains("only confined agents")),
         "{frames:?}"
     );
     assert!(!frames
@@ -365,7 +365,7 @@ async fn a_worker_with_a_floor_refuses_what_falls_short_and_says_so() {
     o.tx.send(&frame).await.unwrap();
     let frames = o.until_exit().await;
     assert!(
-        matches!(&frames[0], FromWorker::Error { code, msg, .. } if code == "policy" && msg.contains("memory 2147483648")),
+        matches!(&frames[0], FromWorker::Error { code, msg, .. } if *code == edge_workers::ErrorCode::Policy && msg.contains("memory 2147483648")),
         "{frames:?}"
     );
     assert!(!marker.exists(), "a refused run must not start");

@@ -92,7 +92,7 @@ fn valid_id(id: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Refused(format!("{id:?} is not a conversation id")))
+        Err(Error::NotFound(format!("{id:?} is not a conversation id")))
     }
 }
 

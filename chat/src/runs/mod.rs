@@ -266,7 +266,7 @@ impl Orchestrator {
     }
 
     /// Starts a run for `message` in the user's conversation. The user's message is on disk
-    /// when this returns. `Err(Refused)` if the conversation already has an active run.
+    /// when this returns. `Err(Busy)` if the conversation already has an active run, `Err(NotFound)` if there is no such conversation.
     pub fn start(
         self: &Arc<Self>,
         user: &str,
@@ -278,12 +278,12 @@ impl Orchestrator {
         let key = (user.to_string(), conversation.to_string());
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         if active.contains_key(&key) {
-            return Err(Error::Refused(
+            return Err(Error::Busy(
                 "this conversation already has a run going".into(),
             ));
         }
         if self.conversations.open(user, conversation)?.is_none() {
-            return Err(Error::Refused(format!("no conversation {conversation:?}")));
+            return Err(Error::NotFound(format!("no conversation {conversation:?}")));
         }
         let id = crate::ids::random(12)?;
         self.conversations.append(

@@ -286,7 +286,7 @@ impl RunTask<'_> {
             // The agent wrote something on stdout.
             let mut streamed = false;
             // Why the worker could not start the agent (the sandbox refused, say).
-            let mut refused: Option<(String, String)> = None;
+            let mut refused: Option<(edge_workers::ErrorCode, String)> = None;
             // A frame read while draining, handled on the next turn.
             let mut stash = None;
             let outcome = loop {
@@ -432,7 +432,8 @@ impl RunTask<'_> {
                                     && !streamed
                                     && !cancelled
                                     && !lost_session
-                                    && tail.contains("No conversation found with session ID")
+                                    && edge_sandbox::classify_failure(&tail)
+                                        == Some(edge_sandbox::ClaudeFailure::SessionGone)
                                 {
                                     lost_session = true;
                                     plan.forget_home();
@@ -448,7 +449,7 @@ impl RunTask<'_> {
                                     // This worker's floor asks for more confinement than the
                                     // run's profile gives: the outpost is healthy (not rested),
                                     // but the run goes to the next one.
-                                    Some((code, why)) if code == "policy" => {
+                                    Some((edge_workers::ErrorCode::Policy, why)) => {
                                         failures.push(format!("{}: {why}", lease.name));
                                         self.next_attempt(lease, link, format!("skipped: {why}"))
                                             .await;
@@ -490,7 +491,7 @@ impl RunTask<'_> {
                                 };
                             }
                             FromWorker::Error { code, msg, .. } => {
-                                if code == "sandbox" || code == "spawn" || code == "policy" {
+                                if code.refused() {
                                     // The agent never started: this is the whole story.
                                     refused = Some((code, msg));
                                 } else {
