@@ -156,6 +156,43 @@ const CLAUDE: &str = concat!(
     "/tests/fixtures/fake-claude.sh\"\nworkspace = \"/tmp\"\n"
 );
 
+/// `node chat/tests/js/SCRIPT LINK` in Debian's chromium (or `$CHROMIUM`), its screenshots in
+/// `shots` (emptied first): the JSON line the script prints last.
+async fn browser(script: &str, link: &str, shots: &std::path::Path) -> Value {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: install Debian's chromium (bash .ci/run does) or set CHROMIUM"
+    );
+    let js = concat!(env!("CARGO_MANIFEST_DIR"), "/chat/tests/js");
+    assert!(
+        std::path::Path::new(js)
+            .join("node_modules/playwright-core")
+            .exists(),
+        "run `npm ci --prefix chat/tests/js` (bash .ci/run does)"
+    );
+    let _ = std::fs::remove_dir_all(shots);
+    std::fs::create_dir_all(shots).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(format!("{js}/{script}"))
+        .arg(link)
+        .env("CHROMIUM", &chromium)
+        .env("SHOTS", shots)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("the browser finished within 120 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
+        panic!(
+            "browser output: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 fn seqs(frames: &[Value]) -> Vec<u64> {
     frames.iter().filter_map(|f| f["seq"].as_u64()).collect()
 }
@@ -364,18 +401,6 @@ async fn limits_and_a_missing_agent_are_explained() {
 
 #[tokio::test]
 async fn a_browser_chats_in_two_tabs_reloads_mid_run_and_cancels() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "{chromium} is missing: install Debian's chromium (bash .ci/run does) or set CHROMIUM"
-    );
-    let js = concat!(env!("CARGO_MANIFEST_DIR"), "/chat/tests/js");
-    assert!(
-        std::path::Path::new(js)
-            .join("node_modules/playwright-core")
-            .exists(),
-        "run `npm ci --prefix chat/tests/js` (bash .ci/run does)"
-    );
     // *.localhost: a secure context for the browser even over plain HTTP, and resolved to
     // loopback by chromium itself.
     let e = env_on("localhost", CLAUDE, "").await;
@@ -389,27 +414,7 @@ async fn a_browser_chats_in_two_tabs_reloads_mid_run_and_cancels() {
         .unwrap();
     // Screenshots stay in target/ for a person to look at.
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chat-ui-shots");
-    let _ = std::fs::remove_dir_all(&shots);
-    std::fs::create_dir_all(&shots).unwrap();
-    let out = tokio::process::Command::new("node")
-        .arg(format!("{js}/chat-ui.mjs"))
-        .arg(&link)
-        .env("CHROMIUM", &chromium)
-        .env("SHOTS", &shots)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), out)
-        .await
-        .expect("the browser finished within 120 s")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let result: Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
-            panic!(
-                "browser output: {stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+    let result = browser("chat-ui.mjs", &link, &shots).await;
     assert_eq!(result["ok"], true, "{result:#}");
     assert_eq!(result["second_tab_saw"], true, "{result:#}");
     assert!(
@@ -954,12 +959,6 @@ async fn a_tab_that_reconnects_mid_question_answers_it_and_always_allow_sticks()
 /// screenshots stay in `target/screenshots/permissions/` for a person to look at.
 #[tokio::test]
 async fn a_browser_answers_a_tool_question_and_the_other_tab_follows() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "{chromium} is missing: install Debian's chromium (bash .ci/run does) or set CHROMIUM"
-    );
-    let js = concat!(env!("CARGO_MANIFEST_DIR"), "/chat/tests/js");
     let ws = workspace();
     let e = env_on("localhost", &ask_agent(ws.path(), "5m"), "").await;
     let link = e
@@ -972,27 +971,7 @@ async fn a_browser_answers_a_tool_question_and_the_other_tab_follows() {
         .unwrap();
     let shots =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/permissions");
-    let _ = std::fs::remove_dir_all(&shots);
-    std::fs::create_dir_all(&shots).unwrap();
-    let out = tokio::process::Command::new("node")
-        .arg(format!("{js}/permission-ui.mjs"))
-        .arg(&link)
-        .env("CHROMIUM", &chromium)
-        .env("SHOTS", &shots)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), out)
-        .await
-        .expect("the browser finished within 120 s")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let result: Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
-            panic!(
-                "browser output: {stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+    let result = browser("permission-ui.mjs", &link, &shots).await;
     assert_eq!(result["ok"], true, "{result:#}");
     let q = result["question"].as_str().unwrap();
     assert!(

@@ -26,6 +26,15 @@ pub fn claude_argv(
     session: ClaudeSession<'_>,
     message: &str,
 ) -> Vec<String> {
+    let mut v = claude_print(command, &["--permission-mode", permission_mode], session);
+    // After `--`, so a message that starts with `-` is not read as a flag.
+    v.extend(["--".into(), message.to_string()]);
+    v
+}
+
+/// Claude Code in print mode streaming JSON with partial messages, then `flags`, then the
+/// session (created or resumed).
+fn claude_print(command: &str, flags: &[&str], session: ClaudeSession<'_>) -> Vec<String> {
     let mut v: Vec<String> = [
         command,
         "-p",
@@ -33,18 +42,15 @@ pub fn claude_argv(
         "stream-json",
         "--verbose",
         "--include-partial-messages",
-        "--permission-mode",
-        permission_mode,
     ]
     .iter()
+    .chain(flags)
     .map(|s| s.to_string())
     .collect();
     match session {
         ClaudeSession::Create(id) => v.extend(["--session-id".into(), id.to_string()]),
         ClaudeSession::Resume(id) => v.extend(["--resume".into(), id.to_string()]),
     }
-    // After `--`, so a message that starts with `-` is not read as a flag.
-    v.extend(["--".into(), message.to_string()]);
     v
 }
 
@@ -62,28 +68,18 @@ pub fn claude_argv(
 /// assert_eq!(argv.last().unwrap(), "5f0c");
 /// ```
 pub fn claude_ask_argv(command: &str, session: ClaudeSession<'_>) -> Vec<String> {
-    let mut v: Vec<String> = [
+    claude_print(
         command,
-        "-p",
-        "--output-format",
-        "stream-json",
-        "--verbose",
-        "--include-partial-messages",
-        "--input-format",
-        "stream-json",
-        "--permission-prompt-tool",
-        "stdio",
-        "--permission-mode",
-        "default",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    match session {
-        ClaudeSession::Create(id) => v.extend(["--session-id".into(), id.to_string()]),
-        ClaudeSession::Resume(id) => v.extend(["--resume".into(), id.to_string()]),
-    }
-    v
+        &[
+            "--input-format",
+            "stream-json",
+            "--permission-prompt-tool",
+            "stdio",
+            "--permission-mode",
+            "default",
+        ],
+        session,
+    )
 }
 
 /// The message as Claude Code's stream-json input reads it: one `user` line, with its newline.
