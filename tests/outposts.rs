@@ -334,13 +334,23 @@ impl NetnsHost {
     }
 
     /// The host dies: every process in it (sshd, the worker, the agent) is killed at once.
+    /// Every process of the host dies at once, as in a power cut: all are stopped first, so
+    /// none sees another die and reports it (a worker that outlived its agent for a moment
+    /// would send the agent's exit, and the run would end instead of moving on), then killed.
     fn crash(&self) {
         let out = Command::new("ip")
             .args(["netns", "pids", &self.ns])
             .output()
             .unwrap();
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-9", pid]).status();
+        let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        for sig in ["-STOP", "-KILL"] {
+            let _ = Command::new("kill").arg(sig).args(&pids).status();
         }
     }
 
