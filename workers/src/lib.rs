@@ -16,8 +16,6 @@ mod worker;
 pub use files::write_private;
 pub use protocol::{
     decode, encode, ErrorCode, ExitReason, Fd, FrameError, FrameReader, FrameWriter, FromWorker,
-    ToWorker, MAX_FRAME, VERSION,
+    NoticeKind, ToWorker, MAX_FRAME, VERSION,
 };
-pub use worker::{
-    hello_reply, oneshot, refusal, serve, Attempt, Canceller, EGRESS_PREFIX, MAX_LINE,
-};
+pub use worker::{hello_reply, oneshot, refusal, serve, Attempt, Canceller, MAX_LINE};

@@ -106,6 +106,13 @@ pub enum FromWorker {
         line: String,
     },
     /// Exactly once per started attempt.
+    /// Numbered with the output (`seq`), so it stays in order with it.
+    Notice {
+        attempt_id: String,
+        seq: u64,
+        kind: NoticeKind,
+        detail: String,
+    },
     Exit {
         attempt_id: String,
         code: Option<i32>,
@@ -124,6 +131,19 @@ pub enum FromWorker {
     Pong {
         ts: u64,
     },
+}
+
+/// What the worker saw of a run that is not the agent's output (`notice` frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// The sandbox's egress proxy refused a connection (`detail`: which, and why).
+    EgressDenied,
+    /// The kernel killed the run for going past its memory limit.
+    MemoryLimit,
+    /// A kind this side does not know (a newer worker).
+    #[serde(other)]
+    Other,
 }
 
 /// Why a worker could not do what it was asked (`error` frames).

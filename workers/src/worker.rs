@@ -17,12 +17,10 @@ use tokio::time::Instant;
 use crate::protocol::{
     ExitReason, Fd, FrameError, FrameReader, FrameWriter, FromWorker, ToWorker, MAX_FRAME, VERSION,
 };
-use crate::ErrorCode;
+use crate::{ErrorCode, NoticeKind};
 
 /// Output lines longer than this are sent in pieces (a frame holds one piece and its envelope).
 pub const MAX_LINE: usize = MAX_FRAME - 4096;
-/// Stderr lines that report what the run's egress proxy refused.
-pub const EGRESS_PREFIX: &str = "edge egress: ";
 /// Grace used when a deadline passes.
 const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 /// The variables an agent gets from the worker's own environment; everything else comes from the
@@ -562,8 +560,7 @@ async fn attempt(
             }
             Some(why) = notices.recv() => {
                 seq += 1;
-                let line = format!("{EGRESS_PREFIX}{why}");
-                let _ = tx.send(FromWorker::Out { attempt_id: id.clone(), seq, fd: Fd::Stderr, line }).await;
+                let _ = tx.send(FromWorker::Notice { attempt_id: id.clone(), seq, kind: NoticeKind::EgressDenied, detail: why }).await;
             }
             c = control.recv(), if control_open => match c {
                 Some(Control::Cancel(grace)) => {
@@ -608,12 +605,11 @@ async fn attempt(
             if fin.oom_killed {
                 seq += 1;
                 let _ = tx
-                    .send(FromWorker::Out {
+                    .send(FromWorker::Notice {
                         attempt_id: id.clone(),
                         seq,
-                        fd: Fd::Stderr,
-                        line: "edge sandbox: the run went past its memory limit and was killed"
-                            .into(),
+                        kind: NoticeKind::MemoryLimit,
+                        detail: "the run went past its memory limit and was killed".into(),
                     })
                     .await;
             }

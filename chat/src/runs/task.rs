@@ -403,15 +403,6 @@ impl RunTask<'_> {
                                 line,
                                 ..
                             } => {
-                                // What the sandbox's egress proxy refused: shown in the run.
-                                if let Some(why) = line.strip_prefix(edge_workers::EGRESS_PREFIX) {
-                                    let notice = Event::Notice {
-                                        kind: "egress_denied".into(),
-                                        detail: why.to_string(),
-                                    };
-                                    self.emit_events(vec![notice], &mut result).await;
-                                    continue;
-                                }
                                 if stderr_tail.len() == 20 {
                                     stderr_tail.pop_front();
                                 }
@@ -503,6 +494,23 @@ impl RunTask<'_> {
                                     Outcome::Error,
                                     Some(format!("the worker at outpost {} is busy", lease.name)),
                                 )
+                            }
+                            // What the worker saw of the run: shown in it; a memory kill is also
+                            // the reason the run ends.
+                            FromWorker::Notice { kind, detail, .. } => {
+                                let kind = match kind {
+                                    edge_workers::NoticeKind::EgressDenied => "egress_denied",
+                                    edge_workers::NoticeKind::MemoryLimit => {
+                                        stderr_tail.push_back(format!("edge sandbox: {detail}"));
+                                        "memory_limit"
+                                    }
+                                    edge_workers::NoticeKind::Other => "worker",
+                                };
+                                let notice = Event::Notice {
+                                    kind: kind.into(),
+                                    detail,
+                                };
+                                self.emit_events(vec![notice], &mut result).await;
                             }
                             FromWorker::HelloOk { .. } | FromWorker::Pong { .. } => {}
                         },
