@@ -566,6 +566,7 @@ fn doctor_names_each_subpath_mistake_and_nothing_on_a_correct_setup() {
                [[projects.routes]]\n  mount = \"fj\"\n  app = \"forgejo\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
                [[projects.routes]]\n  mount = \"dec\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
                [[projects.routes]]\n  mount = \"bundle\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
+               [[projects.routes]]\n  mount = \"gone\"\n  upstream = \"http://127.0.0.1:{app}\"\n  prefix = \"keep\"\n\
                [[projects.routes]]\n  mount = \"wp\"\n  app = \"woodpecker\"\n  upstream = \"http://127.0.0.1:{app}\"\n\
                [[projects.routes]]\n  mount = \"late\"\n  upstream = \"http://127.0.0.1:{late}\"\n"
         ),
@@ -601,6 +602,8 @@ fn doctor_names_each_subpath_mistake_and_nothing_on_a_correct_setup() {
     );
     // A proxy between edge and the app that decodes the path (nginx's proxy_pass with a URI).
     one("/dec/", "error", "reaches the app decoded");
+    // An app that serves nothing under the mount (nginx's own 404).
+    one("/gone/", "error", "the app answers 404 at /gone/");
     one(
         "/bundle/",
         "error",

@@ -115,15 +115,16 @@ function apply(f) {
     const d = el('details'); d.appendChild(el('summary', null, 'input'));
     d.appendChild(el('pre', null, JSON.stringify(f.input, null, 2))); card.appendChild(d);
     const row = el('div', 'answer');
-    const always = el('input'); always.type = 'checkbox'; always.id = `always-${f.request_id}`;
-    const label = el('label', null, ` always allow ${f.tool} in this conversation`); label.htmlFor = always.id;
+    // The box inside its label: they wrap together on a phone.
+    const always = el('input'); always.type = 'checkbox';
+    const label = el('label', 'always', ` always allow ${f.tool} in this conversation`); label.prepend(always);
     const answer = (behavior) => {
       row.querySelectorAll('button').forEach((b) => { b.disabled = true; });
       send({ t: 'permission_response', run_id: f.run_id, request_id: f.request_id, behavior, always: behavior === 'allow' && always.checked });
     };
     const allow = el('button', 'allow', 'Allow'); allow.type = 'button'; allow.onclick = () => answer('allow');
     const deny = el('button', 'deny', 'Deny'); deny.type = 'button'; deny.onclick = () => answer('deny');
-    row.append(allow, deny, always, label); card.appendChild(row);
+    row.append(allow, deny, label); card.appendChild(row);
     r.box.insertBefore(card, r.status); scroll();
   } else if (f.t === 'permission_resolved') {
     const card = r.box.querySelector(`.permission[data-request="${CSS.escape(f.request_id)}"]`);

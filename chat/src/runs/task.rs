@@ -253,7 +253,7 @@ impl RunTask<'_> {
                 };
                 // Answers to the agent's questions need a way back to it, which a Nomad
                 // dispatch does not have: the run goes elsewhere, the outpost is not rested.
-                if this.keep_stdin && matches!(outpost.via, edge_workers::outposts::Via::Nomad(_)) {
+                if this.keep_stdin && !outpost.via.carries_input() {
                     let why = "a Nomad outpost cannot carry answers to the agent's tool permission questions (permission_mode = \"ask\"): use a local, SSH or HTTP outpost for such runs";
                     failures.push(format!("{}: {why}", outpost.name));
                     drop(lease);

@@ -56,6 +56,15 @@ pub enum Via {
     Nomad(NomadTarget),
 }
 
+impl Via {
+    /// Whether lines can reach a running agent's stdin this way (`keep_stdin`: answers to
+    /// Claude Code's permission questions). A Nomad dispatch's payload is all the input its
+    /// task gets.
+    pub fn carries_input(&self) -> bool {
+        !matches!(self, Via::Nomad(_))
+    }
+}
+
 impl PartialEq for Via {
     fn eq(&self, other: &Via) -> bool {
         match (self, other) {

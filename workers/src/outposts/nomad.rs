@@ -174,18 +174,11 @@ pub(super) async fn nomad_hello(n: &NomadTarget) -> Result<Hello, String> {
 
 pub(super) async fn nomad_connect(n: &NomadTarget, run: &ToWorker) -> Result<Link, String> {
     let ToWorker::Run {
-        attempt_id,
-        run_id,
-        keep_stdin,
-        ..
+        attempt_id, run_id, ..
     } = run
     else {
         return Err("only a run frame is dispatched".into());
     };
-    if *keep_stdin {
-        // A dispatched job has no way back in: its payload is all the input it gets.
-        return Err("a Nomad outpost cannot carry answers to the agent's tool permission questions (permission_mode = \"ask\"): use a local, SSH or HTTP outpost for such runs".into());
-    }
     let payload = crate::encode(run).map_err(|e| e.to_string())?;
     if payload.len() > NOMAD_PAYLOAD_MAX {
         return Err(format!(
