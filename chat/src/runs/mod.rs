@@ -22,7 +22,7 @@ mod plan;
 mod questions;
 mod task;
 
-pub use edge_workers::outposts::{Hello, Outpost};
+pub use edge_workers::outposts::{Hello, Outpost, Transport};
 use plan::Plan;
 use questions::{Answer, Question};
 use task::RunTask;
@@ -169,7 +169,7 @@ impl Orchestrator {
                 let mut st = OutpostState::new(o);
                 if let Some(old) = all.iter().find(|p| p.outpost.name == st.outpost.name) {
                     st.running = old.running;
-                    if old.outpost.via == st.outpost.via {
+                    if old.outpost.via.identity() == st.outpost.via.identity() {
                         st.resting_until = old.resting_until;
                         st.last_error = old.last_error.clone();
                     }
@@ -362,6 +362,7 @@ impl Orchestrator {
                 attempts: 0,
                 exit_code: None,
                 questions: HashMap::new(),
+                cancelled: false,
             };
             task.drive(plan, &spec, cancel_rx, answers_rx).await;
             me.release(&r);
@@ -428,3 +429,6 @@ impl Drop for Lease<'_> {
 pub async fn probe_outpost(o: &Outpost) -> Result<Hello, String> {
     edge_workers::outposts::probe(&o.via).await
 }
+
+#[cfg(test)]
+mod tests;

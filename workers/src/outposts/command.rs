@@ -87,28 +87,69 @@ pub(super) fn hello_of(f: FromWorker, t: Instant) -> Result<Hello, String> {
 
 pub(super) fn command_link(
     mut child: tokio::process::Child,
-    mut w: FrameWriter<tokio::process::ChildStdin, ToWorker>,
+    w: FrameWriter<tokio::process::ChildStdin, ToWorker>,
     r: FrameReader<tokio::process::ChildStdout, FromWorker>,
 ) -> Link {
-    let (to, mut rx) = mpsc::unbounded_channel::<ToWorker>();
     // Frames to the worker; when the orchestrator is done, its stdin closes.
-    tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            if w.send(&f).await.is_err() {
-                break;
-            }
-        }
-    });
-    let from = futures_util::stream::unfold(r, |mut r| async move {
-        let f = r.next().await?;
-        Some((f.map_err(|e| e.to_string()), r))
-    })
-    .boxed();
-    Link {
-        to,
-        from,
-        finish: Box::pin(async move {
+    frames_link(
+        r,
+        w,
+        Box::pin(async move {
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         }),
+    )
+}
+
+/// A command speaking the protocol on its stdin and stdout, one process per attempt: the
+/// binary's own `edge worker --stdio`, or `ssh ... user@host` whose forced command is it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandTarget {
+    pub argv: Vec<String>,
+}
+
+impl Transport for CommandTarget {
+    fn hello(&self) -> BoxFuture<'_, Result<Hello, String>> {
+        Box::pin(async { command_hello(&self.argv).await.map(|(_, h)| h) })
+    }
+
+    fn open<'a>(&'a self, run: &'a ToWorker) -> BoxFuture<'a, Result<Link, String>> {
+        Box::pin(async move {
+            let ((child, mut to, from), h) = command_hello(&self.argv).await?;
+            if h.busy {
+                return Err("the worker is busy".into());
+            }
+            to.send(run)
+                .await
+                .map_err(|e| format!("sending the run: {e}"))?;
+            Ok(command_link(child, to, from))
+        })
+    }
+
+    /// An SSH outpost's multiplexing master: `ssh -O exit` with the outpost's own options.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let argv = &self.argv;
+            if argv.first().map(String::as_str) != Some("ssh")
+                || !argv.iter().any(|a| a.starts_with("ControlMaster="))
+            {
+                return;
+            }
+            // The argv ends with the remote command; `-O exit` goes before the destination.
+            let mut a: Vec<String> = argv[1..argv.len().saturating_sub(1)].to_vec();
+            a.insert(0, "exit".into());
+            a.insert(0, "-O".into());
+            let run = tokio::process::Command::new("ssh")
+                .args(&a)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .status();
+            let _ = tokio::time::timeout(Duration::from_secs(2), run).await;
+        })
+    }
+
+    fn identity(&self) -> String {
+        format!("command {:?}", self.argv)
     }
 }

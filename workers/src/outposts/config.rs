@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{HttpTarget, NomadTarget, Outpost, Via};
+use super::{CommandTarget, HttpTarget, NomadTarget, Outpost, Via};
 
 /// The outposts of a config as the orchestrator runs them: `local` runs `local` (the binary's own worker command),
 /// `ssh` runs the system `ssh` with the key, a known_hosts file holding only the pinned host
@@ -17,8 +17,10 @@ pub fn from_config(
 ) -> Result<Vec<Outpost>, String> {
     let mut out = Vec::new();
     for o in list {
-        let via = match &o.kind {
-            edge_routing::OutpostKind::Local => Via::Command(local.to_vec()),
+        let via: Via = match &o.kind {
+            edge_routing::OutpostKind::Local => std::sync::Arc::new(CommandTarget {
+                argv: local.to_vec(),
+            }),
             edge_routing::OutpostKind::Http {
                 url,
                 token_file,
@@ -59,7 +61,7 @@ pub fn from_config(
                     b = b.identity(id);
                 }
                 let client = b.build().map_err(|e| format!("outposts {name:?}: {e}"))?;
-                Via::Http(HttpTarget {
+                std::sync::Arc::new(HttpTarget {
                     url: url.clone(),
                     token,
                     client,
@@ -83,7 +85,7 @@ pub fn from_config(
                     .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .map_err(|e| format!("outposts {name:?}: {e}"))?;
-                Via::Nomad(NomadTarget {
+                std::sync::Arc::new(NomadTarget {
                     address: address.clone(),
                     token,
                     job: job.clone(),
@@ -142,7 +144,7 @@ pub fn from_config(
                 a.push(format!("{user}@{host}"));
                 // What the forced command runs anyway; says what is wanted without one.
                 a.push("edge worker --stdio".into());
-                Via::Command(a)
+                std::sync::Arc::new(CommandTarget { argv: a })
             }
         };
         out.push(Outpost {

@@ -156,3 +156,17 @@ pub(super) async fn http_connect(h: &HttpTarget, run: &ToWorker) -> Result<Link,
         finish: Box::pin(async {}),
     })
 }
+
+impl Transport for HttpTarget {
+    fn hello(&self) -> BoxFuture<'_, Result<Hello, String>> {
+        Box::pin(http_hello(self))
+    }
+
+    fn open<'a>(&'a self, run: &'a ToWorker) -> BoxFuture<'a, Result<Link, String>> {
+        Box::pin(http_connect(self, run))
+    }
+
+    fn identity(&self) -> String {
+        format!("http {}", self.url)
+    }
+}

@@ -9,9 +9,12 @@
 //!   followed with blocking queries, the frames read from its stdout log, the exit code from its
 //!   `Terminated` event; cancel stops the allocation.
 //!
-//! Every link gives the same thing: a sink for frames to the worker, a stream of its frames,
-//! and a wind-down to await at the end. One module per transport ([`command`], [`http`],
-//! [`nomad`]); [`config`] makes them from a config's `[[outposts]]`. The worker side of the
+//! Each is a [`Transport`] (hello; open an attempt → a [`Link`]; whether it carries the agent's
+//! input; whether it keeps sessions; close), and every link gives the same thing: a sink for
+//! frames to the worker (the run, cancel, the agent's input), a stream of its frames, and a
+//! wind-down to await at the end. One module per transport ([`command`], [`http`],
+//! [`nomad`]); [`config`] makes them from a config's `[[outposts]]`; [`stream_link`] makes a
+//! link over any byte stream (a test's in-memory worker). The worker side of the
 //! same protocol is [`crate::worker`] and [`crate::http`] (`edge worker --listen`).
 
 use std::collections::BTreeMap;
@@ -30,9 +33,9 @@ pub mod config;
 mod http;
 mod nomad;
 
+pub use self::command::CommandTarget;
 use self::command::*;
 use self::http::*;
-use self::nomad::*;
 
 /// How long a worker has to answer `hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -47,34 +50,38 @@ const NOMAD_TRIES: u64 = 4;
 /// How long a Nomad dispatch may wait for its task to start before the outpost is skipped.
 pub const NOMAD_PLACEMENT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How an outpost is reached.
-#[derive(Debug, Clone)]
-pub enum Via {
-    /// A command speaking the protocol on stdin and stdout.
-    Command(Vec<String>),
-    Http(HttpTarget),
-    Nomad(NomadTarget),
-}
-
-impl Via {
+/// How an outpost is reached: one implementation per transport ([`CommandTarget`]: a local
+/// worker or SSH; [`HttpTarget`]; [`NomadTarget`]), or any other (a test's in-memory worker,
+/// see [`stream_link`]). Every one gives the same [`Link`] per attempt.
+pub trait Transport: std::fmt::Debug + Send + Sync {
+    /// Says hello to the worker (`edge workers --probe`): who it is, whether it is busy.
+    fn hello(&self) -> BoxFuture<'_, Result<Hello, String>>;
+    /// Hands the worker one attempt (a `run` frame). An error means the attempt never started
+    /// there (the outpost is skipped).
+    fn open<'a>(&'a self, run: &'a ToWorker) -> BoxFuture<'a, Result<Link, String>>;
     /// Whether lines can reach a running agent's stdin this way (`keep_stdin`: answers to
-    /// Claude Code's permission questions). A Nomad dispatch's payload is all the input its
-    /// task gets.
-    pub fn carries_input(&self) -> bool {
-        !matches!(self, Via::Nomad(_))
+    /// Claude Code's permission questions).
+    fn carries_input(&self) -> bool {
+        true
     }
+    /// Whether the host keeps the agent's home between attempts, so a session can be resumed
+    /// there.
+    fn keeps_sessions(&self) -> bool {
+        true
+    }
+    /// Ends what the transport keeps open between runs (an SSH multiplexing master).
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    /// What makes two outposts the same one (a config reload keeps an unchanged outpost).
+    fn identity(&self) -> String;
 }
 
-impl PartialEq for Via {
-    fn eq(&self, other: &Via) -> bool {
-        match (self, other) {
-            (Via::Command(a), Via::Command(b)) => a == b,
-            (Via::Http(a), Via::Http(b)) => a.url == b.url,
-            (Via::Nomad(a), Via::Nomad(b)) => a.address == b.address && a.job == b.job,
-            _ => false,
-        }
-    }
-}
+/// A boxed future, as [`Transport`]'s methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How an outpost is reached (shared by its runs).
+pub type Via = std::sync::Arc<dyn Transport>;
 
 /// An `edge worker --listen`.
 #[derive(Clone)]
@@ -129,7 +136,7 @@ pub struct Hello {
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<FromWorker, String>> + Send>>;
-type WindDown = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+pub type WindDown = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// One attempt's connection to its worker.
 pub struct Link {
@@ -150,57 +157,60 @@ impl std::fmt::Debug for Link {
 
 /// Says hello to the outpost's worker (`edge workers --probe`).
 pub async fn probe(via: &Via) -> Result<Hello, String> {
-    match via {
-        Via::Command(argv) => command_hello(argv).await.map(|(_, h)| h),
-        Via::Http(h) => http_hello(h).await,
-        Via::Nomad(n) => nomad_hello(n).await,
-    }
+    via.hello().await
 }
 
 /// Connects to the outpost's worker and hands it the run. An error means the attempt never
 /// started there (the outpost is skipped).
 pub async fn connect(via: &Via, run: &ToWorker) -> Result<Link, String> {
-    match via {
-        Via::Command(argv) => {
-            let ((child, mut to, from), h) = command_hello(argv).await?;
-            if h.busy {
-                return Err("the worker is busy".into());
-            }
-            to.send(run)
-                .await
-                .map_err(|e| format!("sending the run: {e}"))?;
-            Ok(command_link(child, to, from))
-        }
-        Via::Http(h) => http_connect(h, run).await,
-        Via::Nomad(n) => nomad_connect(n, run).await,
-    }
+    via.open(run).await
 }
 
-/// Ends what an outpost keeps open between runs: an SSH outpost's multiplexing master
-/// (`ssh -O exit` with the outpost's own options). Bounded to 2 s.
+/// Ends what an outpost keeps open between runs. Bounded to 2 s.
 pub async fn close(via: &Via) {
-    let Via::Command(argv) = via else { return };
-    if argv.first().map(String::as_str) != Some("ssh")
-        || !argv.iter().any(|a| a.starts_with("ControlMaster="))
-    {
-        return;
-    }
-    // The outpost's argv ends with the remote command; `-O exit` goes before the destination.
-    let mut a: Vec<String> = argv[1..argv.len().saturating_sub(1)].to_vec();
-    a.insert(0, "exit".into());
-    a.insert(0, "-O".into());
-    let run = tokio::process::Command::new("ssh")
-        .args(&a)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .status();
-    let _ = tokio::time::timeout(Duration::from_secs(2), run).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), via.close()).await;
+}
+
+/// A link over any byte stream speaking the protocol (length-prefixed frames: a worker's stdin and
+/// stdout, an in-memory duplex): frames to the worker go through a task that writes them in
+/// order, and dropping the link's sender closes the writer. `finish` is the link's wind-down.
+pub fn stream_link<R, W>(r: R, w: W, finish: WindDown) -> Link
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    frames_link(FrameReader::new(r), FrameWriter::new(w), finish)
+}
+
+/// [`stream_link`] with the reader and writer already made (what was read into the reader's
+/// buffer after the hello stays there).
+pub(super) fn frames_link<R, W>(
+    r: FrameReader<R, FromWorker>,
+    mut w: FrameWriter<W, ToWorker>,
+    finish: WindDown,
+) -> Link
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (to, mut rx) = mpsc::unbounded_channel::<ToWorker>();
+    tokio::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            if w.send(&f).await.is_err() {
+                break;
+            }
+        }
+    });
+    let from = futures_util::stream::unfold(r, |mut r| async move {
+        let f = r.next().await?;
+        Some((f.map_err(|e| e.to_string()), r))
+    })
+    .boxed();
+    Link { to, from, finish }
 }
 
 /// An outpost: where runs go, how they get there, and how many at once.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Outpost {
     pub name: String,
     pub via: Via,
@@ -212,8 +222,14 @@ impl Outpost {
     pub fn local(worker: Vec<String>) -> Outpost {
         Outpost {
             name: "local".into(),
-            via: Via::Command(worker),
+            via: std::sync::Arc::new(CommandTarget { argv: worker }),
             capacity: u64::MAX,
         }
+    }
+}
+
+impl PartialEq for Outpost {
+    fn eq(&self, o: &Outpost) -> bool {
+        self.name == o.name && self.capacity == o.capacity && self.via.identity() == o.via.identity()
     }
 }

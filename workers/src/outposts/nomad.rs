@@ -494,3 +494,27 @@ pub(super) async fn follow_inner(
     }
     Err(format!("the log of allocation {alloc_id} kept breaking"))
 }
+
+impl Transport for NomadTarget {
+    fn hello(&self) -> BoxFuture<'_, Result<Hello, String>> {
+        Box::pin(nomad_hello(self))
+    }
+
+    fn open<'a>(&'a self, run: &'a ToWorker) -> BoxFuture<'a, Result<Link, String>> {
+        Box::pin(nomad_connect(self, run))
+    }
+
+    /// A dispatch's payload is all the input its task gets.
+    fn carries_input(&self) -> bool {
+        false
+    }
+
+    /// Each dispatch runs in a fresh allocation: nothing of an earlier one is left to resume.
+    fn keeps_sessions(&self) -> bool {
+        false
+    }
+
+    fn identity(&self) -> String {
+        format!("nomad {} {}", self.address, self.job)
+    }
+}
