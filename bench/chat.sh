@@ -5,7 +5,8 @@
 #
 #   bench/chat.sh   # then 5,000 idle sockets through the gateway (3 fds each), 10,000 to the chat
 #   IDLE_SOCKETS=N IDLE_DIRECT=M bench/chat.sh  # idle sockets through the gateway, straight to the chat
+#   FANOUT_ONLY=1 bench/chat.sh   # 100 runs streaming at once, three times
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-IDLE_SOCKETS=${IDLE_SOCKETS:-5000} cargo test --release --locked --test chat_bench -- --ignored --nocapture 2>&1 | grep -E 'streams|idle|first token|panicked|error'
+IDLE_SOCKETS=${IDLE_SOCKETS:-5000} cargo test --release --locked --test chat_bench -- --ignored --nocapture 2>&1 | grep -E 'streams|idle|first token|panicked|error|sandbox'

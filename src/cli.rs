@@ -73,6 +73,11 @@ pub enum Command {
         /// docs/sandbox.md, "A worker's floor"). Runs below it are refused and say why.
         #[arg(long, value_name = "FILE")]
         floor: Option<PathBuf>,
+        /// Lower the CPU priority of the worker and its agents by this much (0 to 19), so that
+        /// edge's gateway and chat on the same host stay responsive while agents keep every
+        /// core busy
+        #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+        nice: i32,
     },
     /// The outposts: runs going, capacity and health from a running edge, or (--probe) a hello
     /// from each one's worker.
@@ -481,8 +486,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             name,
             oneshot,
             floor,
+            nice,
         } => {
             let floor = crate::worker::read_floor(floor.as_deref())?;
+            crate::worker::lower_priority(nice);
             let modes =
                 usize::from(stdio) + usize::from(listen.is_some()) + usize::from(oneshot.is_some());
             if modes != 1 {

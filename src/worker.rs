@@ -8,6 +8,19 @@ use anyhow::Context as _;
 
 use crate::cli::Failure;
 
+/// Lowers this process's CPU priority by `by` (nice, up to 19), before any thread or agent
+/// starts, so all of them inherit it. A failure is logged, not fatal: the agent still runs.
+pub fn lower_priority(by: i32) {
+    if by == 0 {
+        return;
+    }
+    let now = rustix::process::getpriority_process(None).unwrap_or(0);
+    let to = (now + by).min(19);
+    if let Err(e) = rustix::process::setpriority_process(None, to) {
+        eprintln!("edge worker: could not lower its priority to nice {to}: {e}");
+    }
+}
+
 pub fn stdio(name: Option<String>, floor: Option<edge_sandbox::Floor>) -> Result<(), Failure> {
     crate::up::init_tracing(false);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -16,16 +29,41 @@ pub fn stdio(name: Option<String>, floor: Option<edge_sandbox::Floor>) -> Result
         .context("starting the runtime")?;
     let name = name.unwrap_or_else(hostname);
     rt.block_on(async move {
-        edge_workers::serve(
-            tokio::io::stdin(),
-            tokio::io::stdout(),
-            &name,
-            floor.as_ref(),
-        )
-        .await
-        .context("worker protocol")
+        let (r, w) = stdio_streams();
+        edge_workers::serve(r, w, &name, floor.as_ref())
+            .await
+            .context("worker protocol")
     })?;
     Ok(())
+}
+
+type Reader = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+type Writer = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
+/// The worker's stdin and stdout, as the reactor's own pipes when they are pipes (a local
+/// worker's are): tokio's `stdin()` and `stdout()` hand every read and write to a blocking
+/// thread, two thread switches for each line of the agent's output, where a pipe registered
+/// with the reactor costs one syscall. Anything else (a socket, a terminal) keeps tokio's.
+fn stdio_streams() -> (Reader, Writer) {
+    use std::os::fd::AsFd as _;
+    use tokio::net::unix::pipe;
+    let r: Reader = match std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(pipe::Receiver::from_owned_fd)
+    {
+        Ok(p) => Box::pin(p),
+        Err(_) => Box::pin(tokio::io::stdin()),
+    };
+    let w: Writer = match std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(pipe::Sender::from_owned_fd)
+    {
+        Ok(p) => Box::pin(p),
+        Err(_) => Box::pin(tokio::io::stdout()),
+    };
+    (r, w)
 }
 
 /// `edge worker --listen ADDR`: `POST /work` and friends, with a bearer token, mTLS or both.

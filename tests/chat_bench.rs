@@ -192,6 +192,9 @@ async fn latency(e: &Edge, streams: usize, deltas: usize, gap_ms: u64) {
         .unwrap();
     }
     let mut lat = Vec::new();
+    // The first and last delta's stamps: how fast the agents wrote (the most that can reach
+    // the client).
+    let mut written = (u128::MAX, 0u128);
     let (mut ends, mut ups) = (0, 0);
     let (mut first, mut last) = (None, std::time::Instant::now());
     let deadline = tokio::time::Instant::now() + lead + Duration::from_secs(120);
@@ -217,11 +220,16 @@ async fn latency(e: &Edge, streams: usize, deltas: usize, gap_ms: u64) {
             // itself never waits for a slow socket).
             panic!("{f}");
         } else if let Some(text) = f["event"]["text"].as_str() {
-            if let Some(ns) = text
-                .strip_prefix("t=")
-                .and_then(|s| s.trim().parse::<u128>().ok())
+            // One frame may carry several deltas (edge joins those of a run that arrive
+            // together): each stamp is one delta.
+            let now = now_ns();
+            for ns in text
+                .split_whitespace()
+                .filter_map(|w| w.strip_prefix("t=")?.parse::<u128>().ok())
             {
-                lat.push((now_ns() - ns) as f64 / 1000.0);
+                lat.push((now - ns) as f64 / 1000.0);
+                written.0 = written.0.min(ns);
+                written.1 = written.1.max(ns);
                 last = std::time::Instant::now();
                 first.get_or_insert(last);
             }
@@ -231,10 +239,11 @@ async fn latency(e: &Edge, streams: usize, deltas: usize, gap_ms: u64) {
     let secs = (last - first.unwrap()).as_secs_f64();
     let cpu = e.cpu_secs() - cpu;
     println!(
-        "streams {streams:>3} x {deltas} deltas {gap_ms} ms apart: stdout→frame p50 {:.0} µs, p99 {:.0} µs; {:.0} deltas/s reached the client; edge (gateway + chat) CPU {:.0} µs per delta; edge RSS {} KiB",
+        "streams {streams:>3} x {deltas} deltas {gap_ms} ms apart: stdout→frame p50 {:.0} µs, p99 {:.0} µs; {:.0} deltas/s reached the client ({:.0}/s written); edge (gateway + chat) CPU {:.0} µs per delta; edge RSS {} KiB",
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99),
         lat.len() as f64 / secs,
+        lat.len() as f64 / ((written.1 - written.0) as f64 / 1e9),
         cpu * 1e6 / lat.len() as f64,
         e.rss_kib()
     );
@@ -255,6 +264,18 @@ async fn chat_bench() {
         return;
     }
     let e = edge().await;
+    if std::env::var_os("FANOUT_ONLY").is_some() {
+        // The 100-run figure alone, three times, sandboxed and not, interleaved (the machine's
+        // noise shows as the spread; the difference is what 100 sandboxes cost the machine).
+        let open = edge_with("open").await;
+        for _ in 0..3 {
+            print!("every sandbox layer: ");
+            latency(&e, 100, 100, 10).await;
+            print!("no sandbox:          ");
+            latency(&open, 100, 100, 10).await;
+        }
+        return;
+    }
     if std::env::var_os("SKIP_LATENCY").is_none() {
         latency(&e, 1, 300, 10).await;
         latency(&e, 100, 100, 10).await;

@@ -159,13 +159,16 @@ pub(crate) async fn send(
         )
             .into_response(),
         Err(r) => {
+            use crate::frames::Reject;
             let status = match r.code {
-                "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
-                "busy" => StatusCode::CONFLICT,
-                "not_found" => StatusCode::NOT_FOUND,
-                "invalid" => StatusCode::BAD_REQUEST,
-                "no_agent" | "agent_missing" => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
+                Reject::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                Reject::Busy => StatusCode::CONFLICT,
+                Reject::NotFound => StatusCode::NOT_FOUND,
+                Reject::Invalid => StatusCode::BAD_REQUEST,
+                Reject::NoAgent | Reject::AgentMissing | Reject::Sandbox => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let mut resp = (status, Json(&r)).into_response();
             if let Some(secs) = r.retry_after {

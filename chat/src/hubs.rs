@@ -22,10 +22,11 @@ impl Hubs {
             .clone()
     }
 
-    pub fn publish(&self, user: &str, frame: &serde_json::Value) {
+    /// Sends a frame (its JSON text) to every socket of `user`.
+    pub fn publish(&self, user: &str, frame: String) {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = m.get(user) {
-            let _ = s.send(Arc::from(frame.to_string()));
+            let _ = s.send(Arc::from(frame));
         }
     }
 }

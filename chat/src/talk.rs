@@ -8,20 +8,20 @@ use edge_routing::{AgentKind, Config};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::runs::{Agent, AgentSpec, RunBody, RunFrame};
+use crate::frames::{run_frame_text, Reject, ServerFrame};
+use crate::runs::{Agent, AgentSpec, RunBody};
 use crate::store::Used;
 
 /// Why a message did not start a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rejection {
-    /// `no_agent`, `agent_missing`, `not_found`, `busy`, `rate_limited`, `invalid`, `internal`.
-    pub code: &'static str,
+    pub code: Reject,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
 }
 
-fn reject(code: &'static str, detail: impl Into<String>) -> Rejection {
+fn reject(code: Reject, detail: impl Into<String>) -> Rejection {
     Rejection {
         code,
         detail: detail.into(),
@@ -39,15 +39,6 @@ fn on_path(cmd: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
         .unwrap_or(false)
-}
-
-/// The frame a run frame becomes on a socket: its own fields plus the conversation.
-pub fn frame_json(conversation: &str, f: &RunFrame) -> serde_json::Value {
-    let mut v = serde_json::to_value(f).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("conversation_id".into(), conversation.into());
-    }
-    v
 }
 
 /// The chat config in force for an account's project (`project/user`).
@@ -86,17 +77,17 @@ pub(crate) async fn send(
     let cfg = st.config.load_full();
     let (store, orch, hubs) = (&st.store, &st.orch, &st.hubs);
     let Some(chat) = chat_for_account(&cfg, user) else {
-        return Err(reject("no_agent", "the chat is not configured"));
+        return Err(reject(Reject::NoAgent, "the chat is not configured"));
     };
     let Some(agent) = chat.agent.as_ref() else {
         return Err(reject(
-            "no_agent",
+            Reject::NoAgent,
             "no agent is configured: set chat.agent.kind (\"claude\" or \"command\") and chat.agent.workspace in edge's config",
         ));
     };
     if text.trim().is_empty() || text.len() > MAX_MESSAGE {
         return Err(reject(
-            "invalid",
+            Reject::Invalid,
             format!("a message has 1 to {MAX_MESSAGE} bytes"),
         ));
     }
@@ -106,13 +97,13 @@ pub(crate) async fn send(
     };
     if !on_path(&program) {
         return Err(reject(
-            "agent_missing",
+            Reject::AgentMissing,
             format!("the agent {program:?} is not installed on this host (chat.agent.command)"),
         ));
     }
     let Some(profile) = cfg.sandbox_profiles.get(&agent.sandbox) else {
         return Err(reject(
-            "sandbox",
+            Reject::Sandbox,
             format!(
                 "no sandbox profile {:?}: define [sandbox.profiles.{}] or set chat.agent.sandbox",
                 agent.sandbox, agent.sandbox
@@ -123,16 +114,19 @@ pub(crate) async fn send(
     match orch.conversations().open(user, conversation) {
         Ok(Some(_)) => {}
         Ok(None) | Err(crate::Error::NotFound(_)) => {
-            return Err(reject("not_found", "no such conversation"))
+            return Err(reject(Reject::NotFound, "no such conversation"))
         }
-        Err(e) => return Err(reject("internal", e.to_string())),
+        Err(e) => return Err(reject(Reject::Internal, e.to_string())),
     }
     if orch.active(user, conversation).is_some() {
-        return Err(reject("busy", "this conversation already has a run going"));
+        return Err(reject(
+            Reject::Busy,
+            "this conversation already has a run going",
+        ));
     }
     if orch.runs_of(user).len() as u64 >= chat.limits.concurrent_runs {
         return Err(reject(
-            "busy",
+            Reject::Busy,
             format!(
                 "you have {} runs going, the most at once (chat.limits.concurrent_runs)",
                 chat.limits.concurrent_runs
@@ -151,17 +145,17 @@ pub(crate) async fn send(
         Ok(Ok(_)) => {}
         Ok(Err(secs)) => {
             return Err(Rejection {
-                code: "rate_limited",
+                code: Reject::RateLimited,
                 detail: "over your request or token limit for now".into(),
                 retry_after: Some(secs),
             })
         }
-        Err(e) => return Err(reject("internal", e.to_string())),
+        Err(e) => return Err(reject(Reject::Internal, e.to_string())),
     }
     let session = match &agent.kind {
         AgentKind::Claude { .. } => match orch.conversations().session(user, conversation) {
             Ok(s) => s,
-            Err(e) => return Err(reject("internal", e.to_string())),
+            Err(e) => return Err(reject(Reject::Internal, e.to_string())),
         },
         AgentKind::Command { .. } => None,
     };
@@ -187,54 +181,58 @@ pub(crate) async fn send(
             session.as_ref().map(|(s, resume)| (s.as_str(), *resume)),
         )
         .map_err(|e| match e {
-            crate::Error::Busy(m) => reject("busy", m),
-            crate::Error::NotFound(m) => reject("not_found", m),
-            other => reject("internal", other.to_string()),
+            crate::Error::Busy(m) => reject(Reject::Busy, m),
+            crate::Error::NotFound(m) => reject(Reject::NotFound, m),
+            other => reject(Reject::Internal, other.to_string()),
         })?;
     let _ = orch.conversations().touch(user, conversation);
     hubs.publish(
         user,
-        &serde_json::json!({
-            "t": "user_message", "conversation_id": conversation, "run_id": run.id,
-            "client_msg_id": client_msg_id, "text": text, "user": user,
-        }),
+        ServerFrame::UserMessage {
+            conversation_id: conversation,
+            run_id: &run.id,
+            client_msg_id,
+            text,
+            user,
+        }
+        .text(),
     );
     // Every frame of the run to every socket of the user; the tokens to the user's day.
     let (missed, mut rx) = run.subscribe(0);
-    let (hubs, store, user, conv) = (
+    let (hubs, store, user, conv, live) = (
         hubs.clone(),
         store.clone(),
         user.to_string(),
         conversation.to_string(),
+        run.clone(),
     );
     tokio::spawn(async move {
         let mut last = 0;
-        let mut forward = |f: &RunFrame| -> bool {
-            if f.seq <= last {
-                return false;
-            }
-            last = f.seq;
-            hubs.publish(&user, &frame_json(&conv, f));
-            matches!(f.body, RunBody::End { .. })
-        };
         let mut usage = None;
-        for f in missed.unwrap_or_default() {
-            if let RunBody::End { usage: u, .. } = &f.body {
-                usage = Some(*u);
-            }
-            forward(&f);
-        }
+        let mut frames = missed.unwrap_or_default();
         while usage.is_none() {
-            match rx.recv().await {
-                Ok(f) => {
-                    if let RunBody::End { usage: u, .. } = &f.body {
-                        usage = Some(*u);
-                    }
-                    forward(&f);
+            for f in &frames {
+                if f.seq <= last {
+                    continue;
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => break,
+                last = f.seq;
+                hubs.publish(&user, run_frame_text(&conv, f));
+                if let RunBody::End { usage: u, .. } = &f.body {
+                    usage = Some(*u);
+                }
             }
+            if usage.is_some() {
+                break;
+            }
+            frames = match rx.recv().await {
+                Ok(f) => vec![f],
+                // Fell behind the live channel: the rest from the run's ring, in order (the
+                // receiver then goes on from its oldest frame; duplicates are skipped by seq).
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    live.subscribe(last).0.unwrap_or_default()
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            };
         }
         if let Some(u) = usage.filter(|u| u.total() > 0) {
             if let Err(e) = store.add_tokens(&user, u.total()).await {

@@ -10,13 +10,16 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
+use crate::frames::{run_frame_text, ActiveRun, ActiveRunSeq, ErrorKind, ServerFrame};
 use crate::state::AppState;
-use crate::talk::{self, frame_json};
+use crate::talk;
 
 /// Largest frame a client may send.
 pub const MAX_CLIENT_FRAME: usize = 96 * 1024;
 /// The largest frame the socket reads at all (see `app::ws`); held only while it is refused.
 pub const READ_CAP: usize = 1024 * 1024;
+/// Frames a socket writes at once when several are waiting.
+const BATCH: usize = 256;
 const PING_EVERY: Duration = Duration::from_secs(20);
 /// A socket silent (no pong, no frame) this long is closed.
 const SILENT_FOR: Duration = Duration::from_secs(60);
@@ -75,7 +78,7 @@ pub(crate) async fn session(socket: WebSocket, st: Arc<AppState>, user: String) 
                         break;
                     }
                     Some(Ok(Message::Text(t))) => handle(&st, &user, t.as_str()).await,
-                    Some(Ok(Message::Binary(_))) => vec![error("invalid", "frames are JSON text")],
+                    Some(Ok(Message::Binary(_))) => vec![error(ErrorKind::Invalid, "frames are JSON text")],
                     Some(Err(e)) => {
                         // Past the reader's own cap (READ_CAP): the same answer, if the socket
                         // still takes one.
@@ -90,9 +93,22 @@ pub(crate) async fn session(socket: WebSocket, st: Arc<AppState>, user: String) 
                 }
             }
             f = hub.recv() => match f {
-                Ok(text) => vec![text.to_string()],
+                Ok(text) => {
+                    // Whatever else is waiting goes out with it: one write for many frames.
+                    let mut out = vec![text.to_string()];
+                    while out.len() < BATCH {
+                        match hub.try_recv() {
+                            Ok(t) => out.push(t.to_string()),
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                out.push(ServerFrame::Gap { missed: n }.text())
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    out
+                }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    vec![serde_json::json!({"t": "gap", "missed": n}).to_string()]
+                    vec![ServerFrame::Gap { missed: n }.text()]
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
@@ -107,10 +123,16 @@ pub(crate) async fn session(socket: WebSocket, st: Arc<AppState>, user: String) 
                 Vec::new()
             }
         };
+        if out.is_empty() {
+            continue;
+        }
         for text in out {
-            if tx.send(Message::Text(text.into())).await.is_err() {
+            if tx.feed(Message::Text(text.into())).await.is_err() {
                 return;
             }
+        }
+        if tx.flush().await.is_err() {
+            return;
         }
     }
 }
@@ -124,14 +146,14 @@ fn too_big() -> Message {
     }))
 }
 
-fn error(code: &str, msg: &str) -> String {
-    serde_json::json!({"t": "error", "code": code, "msg": msg}).to_string()
+fn error(code: ErrorKind, msg: &str) -> String {
+    ServerFrame::Error { code, msg }.text()
 }
 
 async fn handle(st: &AppState, user: &str, text: &str) -> Vec<String> {
     let f: ClientFrame = match serde_json::from_str(text) {
         Ok(f) => f,
-        Err(e) => return vec![error("invalid", &e.to_string())],
+        Err(e) => return vec![error(ErrorKind::Invalid, &e.to_string())],
     };
     let cfg = st.config.load_full();
     match f {
@@ -141,28 +163,32 @@ async fn handle(st: &AppState, user: &str, text: &str) -> Vec<String> {
                 day: 0,
                 tokens_day: 0,
             });
-            let active: Vec<_> = st
-                .orch
-                .runs_of(user)
+            let runs = st.orch.runs_of(user);
+            let active_runs = runs
                 .iter()
-                .map(|r| serde_json::json!({"conversation_id": r.conversation, "run_id": r.id}))
+                .map(|r| ActiveRun {
+                    conversation_id: &r.conversation,
+                    run_id: &r.id,
+                })
                 .collect();
             let agent = talk::chat_for_account(&cfg, user).is_some_and(|c| c.agent.is_some());
-            vec![serde_json::json!({
-                "t": "hello_ok", "user": crate::store::display_user(user), "proto": 1,
-                "limits": talk::limits_json(&cfg, user, used), "active_runs": active,
-                "agent": agent,
-            })
-            .to_string()]
+            vec![ServerFrame::HelloOk {
+                user: crate::store::display_user(user),
+                proto: 1,
+                limits: talk::limits_json(&cfg, user, used),
+                active_runs,
+                agent,
+            }
+            .text()]
         }
-        ClientFrame::Ping { ts } => vec![serde_json::json!({"t": "pong", "ts": ts}).to_string()],
+        ClientFrame::Ping { ts } => vec![ServerFrame::Pong { ts }.text()],
         ClientFrame::Cancel { run_id } => {
             match st.orch.runs_of(user).into_iter().find(|r| r.id == run_id) {
                 Some(r) => {
                     r.cancel();
                     Vec::new()
                 }
-                None => vec![error("not_found", "no such run going")],
+                None => vec![error(ErrorKind::NotFound, "no such run going")],
             }
         }
         ClientFrame::PermissionResponse {
@@ -176,7 +202,7 @@ async fn handle(st: &AppState, user: &str, text: &str) -> Vec<String> {
                 "deny" => false,
                 other => {
                     return vec![error(
-                        "invalid",
+                        ErrorKind::Invalid,
                         &format!("behavior {other:?}: use \"allow\" or \"deny\""),
                     )]
                 }
@@ -188,12 +214,12 @@ async fn handle(st: &AppState, user: &str, text: &str) -> Vec<String> {
                         Vec::new()
                     } else {
                         vec![error(
-                            "not_found",
+                            ErrorKind::NotFound,
                             "no such question open (answered already, timed out, or the run ended)",
                         )]
                     }
                 }
-                None => vec![error("not_found", "no such run going")],
+                None => vec![error(ErrorKind::NotFound, "no such run going")],
             }
         }
         ClientFrame::Send {
@@ -201,16 +227,19 @@ async fn handle(st: &AppState, user: &str, text: &str) -> Vec<String> {
             text,
             client_msg_id,
         } => match talk::send(st, user, &conversation_id, &text, client_msg_id.as_deref()).await {
-            Ok(run_id) => vec![serde_json::json!({
-                "t": "accepted", "client_msg_id": client_msg_id, "run_id": run_id,
-                "conversation_id": conversation_id,
-            })
-            .to_string()],
-            Err(r) => vec![serde_json::json!({
-                "t": "rejected", "client_msg_id": client_msg_id, "code": r.code,
-                "detail": r.detail, "retry_after": r.retry_after,
-            })
-            .to_string()],
+            Ok(run_id) => vec![ServerFrame::Accepted {
+                client_msg_id: client_msg_id.as_deref(),
+                run_id: &run_id,
+                conversation_id: &conversation_id,
+            }
+            .text()],
+            Err(r) => vec![ServerFrame::Rejected {
+                client_msg_id: client_msg_id.as_deref(),
+                code: r.code,
+                detail: &r.detail,
+                retry_after: r.retry_after,
+            }
+            .text()],
         },
         ClientFrame::Subscribe {
             conversation_id,
@@ -235,7 +264,7 @@ fn subscribe(
             if let (Some(missed), _) = run.subscribe(last) {
                 return missed
                     .iter()
-                    .map(|f| frame_json(conversation, f).to_string())
+                    .map(|f| run_frame_text(conversation, f))
                     .collect();
             }
         }
@@ -251,7 +280,7 @@ fn subscribe(
                         seq: r.seq?,
                         body,
                     };
-                    Some(frame_json(conversation, &f).to_string())
+                    Some(run_frame_text(conversation, &f))
                 })
                 .collect();
             let has_start = records
@@ -264,19 +293,21 @@ fn subscribe(
     }
     match st.orch.conversations().open(user, conversation) {
         Ok(Some((meta, records))) => {
-            let active_run = active.map(|r| {
-                let last = r.subscribe(0).0.and_then(|v| v.last().map(|f| f.seq));
-                serde_json::json!({"run_id": r.id, "last_seq": last})
+            let active_run = active.as_ref().map(|r| ActiveRunSeq {
+                run_id: &r.id,
+                last_seq: r.subscribe(0).0.and_then(|v| v.last().map(|f| f.seq)),
             });
-            vec![serde_json::json!({
-                "t": "snapshot", "conversation_id": conversation, "meta": meta,
-                "records": records, "active_run": active_run,
-            })
-            .to_string()]
+            vec![ServerFrame::Snapshot {
+                conversation_id: conversation,
+                meta: &meta,
+                records: &records,
+                active_run,
+            }
+            .text()]
         }
         Ok(None) | Err(crate::Error::NotFound(_)) => {
-            vec![error("not_found", "no such conversation")]
+            vec![error(ErrorKind::NotFound, "no such conversation")]
         }
-        Err(e) => vec![error("internal", &e.to_string())],
+        Err(e) => vec![error(ErrorKind::Internal, &e.to_string())],
     }
 }

@@ -29,6 +29,10 @@ use task::RunTask;
 
 /// Frames kept in memory per run for listeners that reconnect.
 pub const RING: usize = 4096;
+/// A run's broadcast to its listeners: small, since a listener that lags catches up from the
+/// ring (`subscribe` again); the ring holds what a reconnecting tab needs. Each slot is
+/// allocated when the run starts, so this is what a run costs before its first frame.
+pub const LIVE: usize = 256;
 /// How long cancel waits between the agent's interrupt, SIGTERM and SIGKILL (in total).
 pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
@@ -299,7 +303,7 @@ impl Orchestrator {
                 frame: None,
             }],
         )?;
-        let (tx, _) = broadcast::channel(RING);
+        let (tx, _) = broadcast::channel(LIVE);
         let (cancel, cancel_rx) = mpsc::channel(1);
         let (answers, answers_rx) = mpsc::unbounded_channel();
         let run = Arc::new(Run {

@@ -161,7 +161,7 @@ impl<'a> RunTask<'a> {
             }
         }
         self.emit(
-            events
+            coalesce(events)
                 .into_iter()
                 .map(|event| RunBody::Event { event })
                 .collect(),
@@ -234,7 +234,8 @@ impl<'a> RunTask<'a> {
                     // The worker's floor asks for more confinement than the run's profile
                     // gives: the outpost is healthy (not rested); the run goes elsewhere.
                     d.failures.push(format!("{}: {why}", lease.name));
-                    self.next_attempt(lease, link, format!("skipped: {why}")).await;
+                    self.next_attempt(lease, link, format!("skipped: {why}"))
+                        .await;
                 }
                 AttemptEnd::SessionGone => {
                     // Once: a new session told the earlier turns, on any outpost, this one too.
@@ -625,6 +626,25 @@ fn exit_outcome(
             ),
         },
     }
+}
+
+/// Deltas of the same block that arrived together become one: under load (many runs, an agent
+/// writing faster than edge wakes), one record, one sync share and one frame per batch instead
+/// of one per line. The text is the same, in the same order; only the frame count changes.
+pub(super) fn coalesce(events: Vec<Event>) -> Vec<Event> {
+    let mut out: Vec<Event> = Vec::with_capacity(events.len());
+    for e in events {
+        if let (Some(Event::Delta { block: b, text: t }), Event::Delta { block, text }) =
+            (out.last_mut(), &e)
+        {
+            if *b == *block {
+                t.push_str(text);
+                continue;
+            }
+        }
+        out.push(e);
+    }
+    out
 }
 
 /// Sleeps until `at` (forever when `None`).

@@ -61,9 +61,13 @@ async fn worker(far: tokio::io::DuplexStream, script: Script, got: Arc<Mutex<Vec
     let (r, w) = tokio::io::split(far);
     let mut r = FrameReader::<_, ToWorker>::new(r);
     let mut w = FrameWriter::<_, FromWorker>::new(w);
-    let Some(Ok(run)) = r.next().await else { return };
+    let Some(Ok(run)) = r.next().await else {
+        return;
+    };
     got.lock().unwrap().push(run.clone());
-    let ToWorker::Run { attempt_id: a, .. } = run else { return };
+    let ToWorker::Run { attempt_id: a, .. } = run else {
+        return;
+    };
     let out = |seq, line: &str| FromWorker::Out {
         attempt_id: a.clone(),
         seq,
@@ -222,7 +226,14 @@ async fn a_lost_attempt_moves_to_the_next_outpost_and_rests_the_first() {
             _ => None,
         })
         .collect();
-    assert_eq!(texts.iter().filter(|t| t.contains("hello from the fake")).count(), 2, "{texts:?}");
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.contains("hello from the fake"))
+            .count(),
+        2,
+        "{texts:?}"
+    );
     // Attempt ids are never reused.
     let ids: Vec<String> = b
         .got
@@ -236,7 +247,10 @@ async fn a_lost_attempt_moves_to_the_next_outpost_and_rests_the_first() {
     assert_eq!(ids, [format!("{}-1", run.id), format!("{}-2", run.id)]);
     let status = b.orch.outpost_status();
     let a = status.iter().find(|s| s.0 == "a").unwrap();
-    assert!(a.3.as_deref().is_some_and(|w| w.contains("went away")), "{status:?}");
+    assert!(
+        a.3.as_deref().is_some_and(|w| w.contains("went away")),
+        "{status:?}"
+    );
     let bb = status.iter().find(|s| s.0 == "b").unwrap();
     assert_eq!((bb.1, bb.3.as_deref()), (0, None), "{status:?}");
 }
@@ -251,7 +265,10 @@ async fn a_floor_that_refuses_sends_the_run_on_without_resting_the_outpost() {
         .iter()
         .any(|d| d == "skipped: this worker's floor requires seccomp"));
     let status = b.orch.outpost_status();
-    assert!(status.iter().all(|s| s.3.is_none()), "nothing rests: {status:?}");
+    assert!(
+        status.iter().all(|s| s.3.is_none()),
+        "nothing rests: {status:?}"
+    );
 }
 
 #[tokio::test]
@@ -261,9 +278,18 @@ async fn when_every_outpost_fails_the_end_says_why_for_each() {
     let (outcome, detail) = end(&frames(&run).await);
     assert_eq!(outcome, Outcome::Error);
     let detail = detail.unwrap();
-    assert!(detail.starts_with("no outpost could take the run: "), "{detail}");
-    assert!(detail.contains("a: the worker went away mid-run"), "{detail}");
-    assert!(detail.contains("strict: this worker's floor requires seccomp"), "{detail}");
+    assert!(
+        detail.starts_with("no outpost could take the run: "),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("a: the worker went away mid-run"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("strict: this worker's floor requires seccomp"),
+        "{detail}"
+    );
 }
 
 #[tokio::test]
@@ -291,7 +317,12 @@ async fn cancel_reaches_the_worker_and_ends_the_run_cancelled() {
         "{got:?}"
     );
     // Every frame is in the conversation, the end last.
-    let (_, records) = b.orch.conversations().open("alice", &b.conv).unwrap().unwrap();
+    let (_, records) = b
+        .orch
+        .conversations()
+        .open("alice", &b.conv)
+        .unwrap()
+        .unwrap();
     assert!(matches!(
         records.last().and_then(|r| r.frame.as_ref()),
         Some(RunBody::End {
@@ -299,4 +330,23 @@ async fn cancel_reaches_the_worker_and_ends_the_run_cancelled() {
             ..
         })
     ));
+}
+
+#[test]
+fn deltas_of_one_block_that_arrive_together_become_one() {
+    let d = |block, text: &str| Event::Delta {
+        block,
+        text: text.into(),
+    };
+    let stop = Event::BlockStop { block: 0 };
+    let got = task::coalesce(vec![
+        d(0, "a"),
+        d(0, "b"),
+        d(0, "c"),
+        d(1, "x"),
+        stop.clone(),
+        d(0, "d"),
+        d(0, "e"),
+    ]);
+    assert_eq!(got, vec![d(0, "abc"), d(1, "x"), stop, d(0, "de")]);
 }

@@ -230,6 +230,8 @@ impl Outpost {
 
 impl PartialEq for Outpost {
     fn eq(&self, o: &Outpost) -> bool {
-        self.name == o.name && self.capacity == o.capacity && self.via.identity() == o.via.identity()
+        self.name == o.name
+            && self.capacity == o.capacity
+            && self.via.identity() == o.via.identity()
     }
 }
