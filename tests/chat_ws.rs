@@ -993,3 +993,83 @@ async fn a_browser_answers_a_tool_question_and_the_other_tab_follows() {
         "keep this note\n"
     );
 }
+
+#[tokio::test]
+async fn the_layout_keeps_the_composer_in_view_follows_the_stream_and_has_a_drawer_on_phones() {
+    let e = env_on("localhost", CLAUDE, "").await;
+    let link = e
+        .chat
+        .login_url(
+            &format!("http://{}:{}/chat", e.host, e.http.port()),
+            "operator",
+        )
+        .await
+        .unwrap();
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/layout");
+    let r = browser("layout.mjs", &link, &shots).await;
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["errors"], json!([]), "no page or console error: {r:#}");
+    for (k, size) in [("desktop_long", 800), ("phone_long", 844)] {
+        let l = &r[k];
+        assert_eq!(
+            l["thread_taller"], true,
+            "{k}: the thread is taller than the window: {r:#}"
+        );
+        assert_eq!(
+            l["page_scrolls"], false,
+            "{k}: the page itself does not scroll: {r:#}"
+        );
+        assert_eq!(
+            l["page_wider"], false,
+            "{k}: nothing wider than the screen: {r:#}"
+        );
+        assert!(
+            l["composer_bottom"].as_i64().unwrap() <= size,
+            "{k}: the composer is inside the viewport: {r:#}"
+        );
+        assert_eq!(
+            l["at_end"], true,
+            "{k}: opened at the latest message: {r:#}"
+        );
+    }
+    assert_eq!(
+        r["following"]["at_end"], true,
+        "the thread follows the stream: {r:#}"
+    );
+    assert_eq!(r["following"]["jump"], false, "{r:#}");
+    assert_eq!(
+        r["scrolled_up"]["jump"], true,
+        "scrolled up: jump to latest: {r:#}"
+    );
+    assert_eq!(
+        r["scroll_top_stayed"], true,
+        "scrolled up, the thread stays put: {r:#}"
+    );
+    assert_eq!(r["after_jump"]["at_end"], true, "{r:#}");
+    assert_eq!(r["after_jump"]["jump"], false, "{r:#}");
+    assert_eq!(r["esc_cancelled"], true, "{r:#}");
+    assert_eq!(r["new_chat_shortcut"], true, "{r:#}");
+    assert_eq!(r["drawer_closed"], true, "{r:#}");
+    assert_eq!(r["drawer_open"], true, "{r:#}");
+    assert_eq!(r["drawer_closed_after_pick"], true, "{r:#}");
+    // A running run says what it does, where, and for how long; the end line says how it went,
+    // how long it took, where, and the tokens the agent reported, as people read numbers.
+    let live = r["live_status"].as_str().unwrap();
+    assert!(
+        live.starts_with("running on local · ") && live.ends_with(" s"),
+        "{live}"
+    );
+    let end = r["end_line"].as_str().unwrap();
+    assert!(
+        end.starts_with("ok · ") && end.contains(" s · on local"),
+        "{end}"
+    );
+    assert!(
+        end.ends_with("10 tokens in, 5 out, 107 cached · $0.0100"),
+        "{end}"
+    );
+    assert_ne!(
+        r["dark"], "rgb(255, 255, 255)",
+        "dark when the system is: {r:#}"
+    );
+}

@@ -24,6 +24,7 @@ pub(crate) fn router(st: St) -> Router {
         .route("/", get(index))
         .route("/app.js", get(asset))
         .route("/app.css", get(asset))
+        .route("/favicon.svg", get(asset))
         .route("/login", get(login))
         .route("/login/token", get(token_login))
         .route("/oauth/callback", get(callback))
@@ -62,13 +63,16 @@ async fn index(State(st): State<St>, h: HeaderMap) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width\"><title>edge chat</title>\
+         <link rel=\"icon\" href=\"favicon.svg\" type=\"image/svg+xml\">\
          <link rel=\"stylesheet\" href=\"app.css\"><script src=\"app.js\" defer></script></head><body>\
-         <aside><button id=\"new\">New chat</button><ul id=\"convs\"></ul></aside>\
-         <main><header><span id=\"signed-in\">Signed in as <b>{}</b></span>\
+         <aside id=\"side\"><button id=\"new\" title=\"New chat (Ctrl+Shift+O)\">New chat</button><ul id=\"convs\"></ul></aside>\
+         <main><header><button id=\"menu\" type=\"button\" aria-label=\"Conversations\" aria-controls=\"side\">☰</button>\
+         <span id=\"signed-in\">Signed in as <b>{}</b></span>\
          <form method=\"post\" action=\"logout\"><button>Sign out</button></form>\
          <span id=\"conn\"></span><span class=\"limits\" id=\"limits\"></span></header>\
          <div id=\"banner\"></div><div id=\"log\" aria-live=\"polite\"></div>\
-         <form id=\"send\"><textarea id=\"text\" placeholder=\"Message the agent (Enter sends, Shift+Enter: new line)\"></textarea>\
+         <button id=\"jump\" type=\"button\" hidden>↓ Jump to latest</button>\
+         <form id=\"send\"><textarea id=\"text\" aria-label=\"Message\" placeholder=\"Message the agent (Enter sends, Shift+Enter: new line)\"></textarea>\
          <button type=\"submit\">Send</button><button type=\"button\" id=\"cancel\" hidden>Cancel</button></form>\
          </main></body></html>",
         esc(&s.user)
@@ -98,6 +102,7 @@ async fn asset(uri: axum::http::Uri) -> Response {
             "text/javascript; charset=utf-8",
         ),
         "/app.css" => (include_str!("../ui/app.css"), "text/css; charset=utf-8"),
+        "/favicon.svg" => (include_str!("../ui/favicon.svg"), "image/svg+xml"),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     let mut r = body.into_response();

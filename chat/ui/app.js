@@ -3,7 +3,9 @@
 'use strict';
 const $ = (s) => document.querySelector(s);
 const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls; if (text != null) e.textContent = text; return e; };
-const state = { convs: [], current: null, runs: {}, ws: null, active: null, backoff: 500 };
+const state = { convs: [], current: null, runs: {}, ws: null, active: null, backoff: 500, follow: true };
+// Numbers as people read them: 19,981,760.
+const num = (n) => Number(n || 0).toLocaleString('en-US');
 
 async function api(path, opts = {}) {
   const r = await fetch(path, { headers: { 'content-type': 'application/json' }, credentials: 'same-origin', ...opts });
@@ -43,7 +45,7 @@ async function loadList() {
   for (const c of state.convs) {
     const li = el('li');
     const a = el('a', c.id === state.current ? 'current' : '', c.title); a.href = '#' + c.id;
-    a.onclick = (ev) => { ev.preventDefault(); open(c.id); };
+    a.onclick = (ev) => { ev.preventDefault(); open(c.id); document.body.classList.remove('drawer'); };
     const ren = el('button', null, '✎'); ren.title = 'Rename';
     ren.onclick = async () => { const t = prompt('New title', c.title); if (t) { await api(`api/conversations/${c.id}/rename`, { method: 'POST', body: JSON.stringify({ title: t }) }); loadList(); } };
     const exp = el('a', null, '⇩'); exp.href = `api/conversations/${c.id}/export`; exp.title = 'Export as Markdown';
@@ -58,8 +60,9 @@ async function newChat() {
   await loadList(); open(c.id);
 }
 
+function resetRuns() { for (const r of Object.values(state.runs)) clearInterval(r.timer); state.runs = {}; }
 function open(id) {
-  state.current = id; state.runs = {}; state.active = null;
+  state.current = id; resetRuns(); state.active = null; state.follow = true;
   $('#log').textContent = ''; location.hash = id;
   document.querySelectorAll('#convs a').forEach((a) => a.classList.toggle('current', a.hash === '#' + id));
   send({ t: 'subscribe', conversation_id: id });
@@ -68,7 +71,23 @@ function open(id) {
 
 // ---- Rendering runs
 function userBubble(text) { $('#log').appendChild(el('div', 'msg user', text)); scroll(); }
-function scroll() { const l = $('#log'); l.scrollTop = l.scrollHeight; }
+// The thread follows the stream while the user is at its end; scrolled up, it stays put and a
+// "jump to latest" button appears.
+function scroll(force) {
+  const l = $('#log');
+  if (force) state.follow = true;
+  if (state.follow) { l.scrollTop = l.scrollHeight; state.pinned = l.scrollTop; }
+  $('#jump').hidden = state.follow;
+}
+// Only the user scrolling up stops the following (the page's own scrolling, and content
+// growing under it, do not); reaching the end again resumes it.
+function onScroll() {
+  const l = $('#log');
+  if (atEnd()) state.follow = true;
+  else if (l.scrollTop < (state.pinned || 0) - 8) state.follow = false;
+  $('#jump').hidden = state.follow;
+}
+function atEnd() { const l = $('#log'); return l.scrollHeight - l.scrollTop - l.clientHeight < 48; }
 
 function runView(runId) {
   let r = state.runs[runId];
@@ -76,7 +95,7 @@ function runView(runId) {
     const box = el('div', 'msg assistant'); box.dataset.run = runId;
     const status = el('div', 'status', '…');
     box.appendChild(status); $('#log').appendChild(box);
-    r = state.runs[runId] = { seq: 0, box, status, blocks: {} };
+    r = state.runs[runId] = { seq: 0, box, status, blocks: {}, started: null, timer: null, where: '' };
   }
   return r;
 }
@@ -85,8 +104,14 @@ function apply(f) {
   const r = runView(f.run_id);
   if (f.seq <= r.seq) return; // seen (frames are deduplicated by run and seq)
   r.seq = f.seq;
+  applyFrame(f, r);
+  scroll();
+}
+
+function applyFrame(f, r) {
   if (f.t === 'state') {
-    r.status.textContent = f.state;
+    if (f.state === 'running' && f.outpost) r.where = f.outpost;
+    live(r, f.state + (f.detail && f.state === 'dispatching' ? ` (${f.detail})` : ''), f.ts);
     if (f.state !== 'cancelling') setCancel(f.run_id);
   } else if (f.t === 'event') {
     const e = f.event;
@@ -134,13 +159,33 @@ function apply(f) {
       card.appendChild(el('div', `resolved ${f.behavior}`, `${f.behavior === 'allow' ? 'Allowed' : 'Denied'} (${who})`));
     }
   } else if (f.t === 'end') {
+    stopLive(r);
     const u = f.usage || {};
-    const cost = f.cost_usd != null ? ` · $${f.cost_usd.toFixed(4)}` : '';
-    r.status.textContent = `${f.outcome}${f.detail ? ': ' + f.detail : ''} · tokens in ${u.input || 0}, out ${u.output || 0}, cache ${(u.cache_read || 0) + (u.cache_creation || 0)}${cost}`;
+    const parts = [f.outcome + (f.detail ? ': ' + f.detail : '')];
+    if (r.started) parts.push(secs(when(f.ts) - r.started));
+    if (r.where) parts.push(`on ${r.where}`);
+    // Tokens only when the agent reports them (a command agent reports none).
+    const cache = (u.cache_read || 0) + (u.cache_creation || 0);
+    if ((u.input || 0) + (u.output || 0) + cache > 0) parts.push(`${num(u.input)} tokens in, ${num(u.output)} out` + (cache ? `, ${num(cache)} cached` : ''));
+    if (f.cost_usd != null) parts.push(`$${f.cost_usd.toFixed(4)}`);
+    r.status.textContent = parts.join(' · ');
     if (f.outcome !== 'ok') r.status.classList.add('error');
     setCancel(null); refreshLimits();
   }
 }
+
+// A run going shows what it is doing and for how long, updated every second.
+function secs(ms) { const s = ms / 1000; return s < 60 ? `${s.toFixed(s < 10 ? 1 : 0)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`; }
+// `ts`: when the frame was stored (a replayed conversation), else now.
+const when = (ts) => (ts ? Date.parse(ts) : Date.now());
+function live(r, what, ts) {
+  if (!r.started) r.started = when(ts);
+  r.what = what;
+  const paint = () => { r.status.textContent = `${r.what}${r.where ? ' on ' + r.where : ''} · ${secs(Date.now() - r.started)}`; };
+  r.status.classList.add('live'); paint();
+  if (!r.timer) r.timer = setInterval(paint, 1000);
+}
+function stopLive(r) { clearInterval(r.timer); r.timer = null; r.status.classList.remove('live'); }
 
 function setCancel(runId) {
   state.active = runId;
@@ -150,7 +195,8 @@ function setCancel(runId) {
 
 function showLimits(l) {
   if (!l) return;
-  $('#limits').textContent = `left: ${l.hour.max - l.hour.used}/${l.hour.max} this hour · ${l.day.max - l.day.used}/${l.day.max} today · ${Math.max(0, l.tokens_day.max - l.tokens_day.used)} tokens today`;
+  const tokens = l.tokens_day.max ? ` · ${num(Math.max(0, l.tokens_day.max - l.tokens_day.used))} tokens left today` : '';
+  $('#limits').textContent = `left: ${num(l.hour.max - l.hour.used)}/${num(l.hour.max)} this hour · ${num(l.day.max - l.day.used)}/${num(l.day.max)} today${tokens}`;
 }
 async function refreshLimits() { try { showLimits(await api('api/limits')); } catch (_) {} }
 
@@ -179,11 +225,12 @@ function connect() {
         break;
       case 'snapshot':
         if (f.conversation_id !== state.current) break;
-        $('#log').textContent = ''; state.runs = {};
+        $('#log').textContent = ''; resetRuns();
         for (const rec of f.records) {
           if (rec.role === 'user' && !rec.frame) userBubble(rec.content);
-          else if (rec.frame && rec.run_id) apply({ ...rec.frame, run_id: rec.run_id, seq: rec.seq });
+          else if (rec.frame && rec.run_id) apply({ ...rec.frame, run_id: rec.run_id, seq: rec.seq, ts: rec.ts });
         }
+        scroll(true);
         setCancel(f.active_run ? f.active_run.run_id : null);
         break;
       case 'user_message': if (f.conversation_id === state.current) { userBubble(f.text); runView(f.run_id); } loadList(); break;
@@ -208,8 +255,21 @@ window.addEventListener('DOMContentLoaded', async () => {
     ev.preventDefault();
     const text = $('#text').value.trim(); if (!text || !state.current) return;
     send({ t: 'send', conversation_id: state.current, text, client_msg_id: crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) });
-    $('#text').value = '';
+    $('#text').value = ''; scroll(true);
   };
+  // The thread: following the stream unless scrolled up.
+  $('#log').addEventListener('scroll', onScroll, { passive: true });
+  $('#jump').onclick = () => scroll(true);
+  $('#menu').onclick = () => document.body.classList.toggle('drawer');
+  // Esc cancels the run going; Ctrl+Shift+O (⌘⇧O) starts a new chat; Esc also closes the drawer.
+  document.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Escape') {
+      if (document.body.classList.contains('drawer')) { document.body.classList.remove('drawer'); return; }
+      if (state.active) { ev.preventDefault(); send({ t: 'cancel', run_id: state.active }); }
+    } else if ((ev.ctrlKey || ev.metaKey) && ev.shiftKey && ev.key.toLowerCase() === 'o') {
+      ev.preventDefault(); newChat();
+    }
+  });
   // Enter sends; Shift+Enter starts a new line.
   $('#text').onkeydown = (ev) => { if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $('#send').requestSubmit(); } };
   await loadList();
