@@ -41,8 +41,9 @@ async fn edge_with(sandbox: &str) -> Edge {
              [[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"chat\"\n  upstream = \"chat\"\n  auth = \"forward\"\n\
              [chat]\nlisten = \"127.0.0.1:{chat}\"\n[chat.limits]\nconcurrent_runs = 1000\nrequests_per_hour = 100000\nrequests_per_day = 100000\n\
              [chat.agent]\nkind = \"claude\"\ncommand = \"{}/tests/fixtures/clock-claude.sh\"\nworkspace = \"/tmp\"\nsandbox = \"{sandbox}\"\n\
-             [sandbox.profiles.open]\nrequire = []\ndisable = [\"all\"]\n",
-            env!("CARGO_MANIFEST_DIR")
+             [sandbox.profiles.open]\nrequire = []\ndisable = [{open}]\n",
+            env!("CARGO_MANIFEST_DIR"),
+            open = open_layers()
         ),
     )
     .unwrap();
@@ -109,6 +110,17 @@ impl Edge {
             .unwrap();
         v["id"].as_str().unwrap().to_string()
     }
+}
+
+/// The layers profile `open` turns off: all, or (`FANOUT_DISABLE=egress,namespaces`) some, to
+/// see what each costs 100 runs at once.
+fn open_layers() -> String {
+    std::env::var("FANOUT_DISABLE")
+        .unwrap_or_else(|_| "all".into())
+        .split(',')
+        .map(|l| format!("\"{}\"", l.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn edge() -> Edge {
@@ -271,7 +283,7 @@ async fn chat_bench() {
         for _ in 0..3 {
             print!("every sandbox layer: ");
             latency(&e, 100, 100, 10).await;
-            print!("no sandbox:          ");
+            print!("layers off: {:<9}", open_layers());
             latency(&open, 100, 100, 10).await;
         }
         return;

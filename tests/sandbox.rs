@@ -344,3 +344,49 @@ fn agents_installed_under_homes_and_tmp_run_inside_the_sandbox() {
     assert!(ok, "{out}");
     assert!(out.contains("tmp: ran"), "{out}");
 }
+
+/// bubblewrap's new session is a new scheduler autogroup; the run keeps the priority it was
+/// started with there (`edge worker --nice`), so 100 agents do not each weigh as much as edge.
+#[test]
+fn a_lowered_priority_holds_inside_the_sandbox_s_own_session() {
+    need_root_and_bwrap();
+    let enabled = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+        .is_ok_and(|s| s.trim() == "1");
+    let ws = tempfile::tempdir_in("/var/tmp").unwrap();
+    Command::new("chown")
+        .args(["65534:65534", ws.path().to_str().unwrap()])
+        .status()
+        .unwrap();
+    let out = Command::new("nice")
+        .args(["-n", "7", EDGE, "sandbox", "run", "--workspace"])
+        .arg(ws.path())
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "cut -d' ' -f19 /proc/self/stat; cat /proc/self/autogroup 2>/dev/null || echo none",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("7"),
+        "the nice value is inherited: {stdout}"
+    );
+    let group = lines.next().unwrap_or("");
+    if enabled {
+        assert!(
+            group.ends_with(" nice 7"),
+            "the run's autogroup has it too: {stdout}"
+        );
+    } else {
+        eprintln!("this kernel has no autogroups: nothing more to check ({group})");
+    }
+}

@@ -179,6 +179,25 @@ fn stage1_inner(spec: &RunSpec) -> Result<std::convert::Infallible, Refusal> {
 }
 
 /// Stage 2, inside the namespaces (`inside = true`) or in place.
+/// bubblewrap's `--new-session` puts the agent in a scheduler autogroup of its own (where the
+/// kernel has them), and the scheduler shares the CPU between autogroups first: each agent's
+/// then weighs as much as all of edge, and the worker's lowered priority (`edge worker --nice`)
+/// counts only inside it. Giving the new autogroup the process's own nice value carries it
+/// over. Raising a nice value needs no privilege; where there are no autogroups this does
+/// nothing.
+fn keep_nice_in_autogroup() {
+    let nice = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = &s[s.rfind(')')? + 2..];
+            // Fields from the state on: the nice value is the 19th field, the 17th from here.
+            after.split(' ').nth(16)?.parse::<i32>().ok()
+        });
+    if let Some(n) = nice.filter(|n| *n > 0) {
+        let _ = std::fs::write("/proc/self/autogroup", n.to_string());
+    }
+}
+
 pub fn stage2(spec: &RunSpec) -> Refusal {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     match stage2_inner(spec, true, &env) {
@@ -192,6 +211,9 @@ fn stage2_inner(
     inside: bool,
     env: &BTreeMap<String, String>,
 ) -> Result<std::convert::Infallible, Refusal> {
+    if inside {
+        keep_nice_in_autogroup();
+    }
     // Egress: the relay from 127.0.0.1:3128 inside the network namespace to the proxy.
     if spec.egress_socket.is_some() {
         layer(spec, Layer::Egress, || {
