@@ -1073,3 +1073,78 @@ async fn the_layout_keeps_the_composer_in_view_follows_the_stream_and_has_a_draw
         "dark when the system is: {r:#}"
     );
 }
+
+#[tokio::test]
+async fn answers_render_as_markdown_and_agent_html_never_runs() {
+    let e = env_on("localhost", CLAUDE, "").await;
+    let link = e
+        .chat
+        .login_url(
+            &format!("http://{}:{}/chat", e.host, e.http.port()),
+            "operator",
+        )
+        .await
+        .unwrap();
+    let shots =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/markdown");
+    let r = browser("markdown.mjs", &link, &shots).await;
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["errors"], json!([]), "no page or console error: {r:#}");
+    // The page's policy is what it was: no inline script, nothing from elsewhere.
+    assert_eq!(
+        r["csp"],
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        "{r:#}"
+    );
+    let m = &r["markdown"];
+    assert_eq!(m["h2"], json!(["Heading two"]), "{m:#}");
+    assert_eq!(m["em"], json!(["emphasis"]), "{m:#}");
+    assert_eq!(m["strong"], json!(["strong"]), "{m:#}");
+    assert_eq!(m["inline_code"], json!(["inline code"]), "{m:#}");
+    assert_eq!(
+        m["link"],
+        json!({"href": "https://example.com/docs", "rel": "noopener noreferrer", "target": "_blank"}),
+        "{m:#}"
+    );
+    assert_eq!(m["ol_items"], json!(["first", "second"]), "{m:#}");
+    for item in ["one", "two", "done", "todo"] {
+        assert!(
+            m["ul_items"].as_array().unwrap().iter().any(|i| i == item),
+            "{item}: {m:#}"
+        );
+    }
+    assert_eq!(
+        m["checkboxes"],
+        json!([{"checked": true, "disabled": true}, {"checked": false, "disabled": true}]),
+        "{m:#}"
+    );
+    assert_eq!(m["blockquote"], json!(["a quote"]), "{m:#}");
+    assert_eq!(m["th"], json!(["a", "b"]), "{m:#}");
+    assert_eq!(m["td"], json!(["1", "2"]), "{m:#}");
+    assert_eq!(m["code_lang"], json!(["rust"]), "{m:#}");
+    assert_eq!(m["highlighted"], true, "{m:#}");
+    assert_eq!(
+        m["code"],
+        json!(["fn main() { println!(\"hi\"); }"]),
+        "{m:#}"
+    );
+    assert_eq!(r["copy_label"], "Copied", "{r:#}");
+    assert_eq!(r["clipboard"], "fn main() { println!(\"hi\"); }\n", "{r:#}");
+    let x = &r["xss"];
+    assert_eq!(x["fired"], Value::Null, "no payload ran: {x:#}");
+    for k in ["img", "script", "iframe", "js_links", "handlers"] {
+        assert_eq!(x[k], 0, "{k}: {x:#}");
+    }
+    assert_eq!(
+        x["code"],
+        json!(["<script>window.__xss='code'</script>"]),
+        "HTML in a code block is shown as text: {x:#}"
+    );
+    assert_eq!(
+        x["shown_as_text"], true,
+        "the agent's HTML is shown, as text: {x:#}"
+    );
+    assert_eq!(r["phone_wider"], false, "{r:#}");
+    // A figure for docs/benchmarks.md, not a pass mark: one redraw of a growing answer.
+    eprintln!("redraw of a streaming answer (ms): {}", r["redraw_ms"]);
+}

@@ -25,6 +25,7 @@ pub(crate) fn router(st: St) -> Router {
         .route("/app.js", get(asset))
         .route("/app.css", get(asset))
         .route("/favicon.svg", get(asset))
+        .route("/vendor/{file}", get(asset))
         .route("/login", get(login))
         .route("/login/token", get(token_login))
         .route("/oauth/callback", get(callback))
@@ -64,7 +65,9 @@ async fn index(State(st): State<St>, h: HeaderMap) -> Response {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width\"><title>edge chat</title>\
          <link rel=\"icon\" href=\"favicon.svg\" type=\"image/svg+xml\">\
-         <link rel=\"stylesheet\" href=\"app.css\"><script src=\"app.js\" defer></script></head><body>\
+         <link rel=\"stylesheet\" href=\"vendor/hljs.css\"><link rel=\"stylesheet\" href=\"app.css\">\
+         <script src=\"vendor/purify.js\" defer></script><script src=\"vendor/marked.js\" defer></script>\
+         <script src=\"vendor/highlight.js\" defer></script><script src=\"app.js\" defer></script></head><body>\
          <aside id=\"side\"><button id=\"new\" title=\"New chat (Ctrl+Shift+O)\">New chat</button><ul id=\"convs\"></ul></aside>\
          <main><header><button id=\"menu\" type=\"button\" aria-label=\"Conversations\" aria-controls=\"side\">☰</button>\
          <span id=\"signed-in\">Signed in as <b>{}</b></span>\
@@ -103,6 +106,23 @@ async fn asset(uri: axum::http::Uri) -> Response {
         ),
         "/app.css" => (include_str!("../ui/app.css"), "text/css; charset=utf-8"),
         "/favicon.svg" => (include_str!("../ui/favicon.svg"), "image/svg+xml"),
+        // Pinned builds of marked, DOMPurify and highlight.js (chat/ui/vendor/update.sh).
+        "/vendor/marked.js" => (
+            include_str!("../ui/vendor/marked.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "/vendor/purify.js" => (
+            include_str!("../ui/vendor/purify.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "/vendor/highlight.js" => (
+            include_str!("../ui/vendor/highlight.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "/vendor/hljs.css" => (
+            include_str!("../ui/vendor/hljs.css"),
+            "text/css; charset=utf-8",
+        ),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     let mut r = body.into_response();

@@ -13,29 +13,76 @@ async function api(path, opts = {}) {
   return r.status === 204 ? null : r.json();
 }
 
-// ---- Markdown: escaped text, fenced code blocks, inline code, bold. Built with DOM nodes only.
+// ---- Markdown: CommonMark + GFM (marked), sanitised (DOMPurify: agent text is untrusted),
+// code highlighted (highlight.js) with its language and a copy button. Re-rendered at most once
+// a frame while a block streams.
+const PURIFY = {
+  // No images (the page's CSP loads none from elsewhere), no styles, forms or embedded documents.
+  FORBID_TAGS: ['img', 'style', 'form', 'button', 'textarea', 'select', 'iframe', 'svg', 'math', 'video', 'audio', 'picture', 'source'],
+  FORBID_ATTR: ['style', 'srcset'],
+};
+// HTML the agent writes is shown as text, as claude.ai shows it: nothing of it is parsed as
+// markup (DOMPurify below is the second line, for links and what Markdown itself produces).
+const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+if (window.marked) marked.use({ gfm: true, renderer: { html: (t) => escapeHtml(t.text ?? t.raw ?? '') } });
 function renderMarkdown(target, text) {
-  target.textContent = '';
-  const parts = text.split(/```/);
-  parts.forEach((part, i) => {
-    if (i % 2 === 1) {
-      const nl = part.indexOf('\n');
-      const pre = el('pre'); const code = el('code', null, nl >= 0 ? part.slice(nl + 1) : part);
-      if (nl > 0) code.dataset.lang = part.slice(0, nl).trim();
-      pre.appendChild(code); target.appendChild(pre);
-    } else {
-      for (const para of part.split(/\n{2,}/)) {
-        if (!para.trim()) continue;
-        const p = el('p');
-        para.split(/(`[^`]+`|\*\*[^*]+\*\*)/).forEach((seg) => {
-          if (seg.startsWith('`') && seg.endsWith('`') && seg.length > 1) p.appendChild(el('code', null, seg.slice(1, -1)));
-          else if (seg.startsWith('**') && seg.endsWith('**') && seg.length > 3) p.appendChild(el('strong', null, seg.slice(2, -2)));
-          else seg.split('\n').forEach((line, j) => { if (j) p.appendChild(el('br')); p.appendChild(document.createTextNode(line)); });
-        });
-        target.appendChild(p);
-      }
-    }
-  });
+  const html = window.marked ? marked.parse(text, { async: false }) : null;
+  if (html == null || !window.DOMPurify) { target.textContent = text; return; }
+  target.innerHTML = DOMPurify.sanitize(html, PURIFY);
+  for (const a of target.querySelectorAll('a[href]')) { a.target = '_blank'; a.rel = 'noopener noreferrer'; }
+  // GFM task lists: checkboxes to read, not to tick.
+  for (const i of target.querySelectorAll('input')) { if (i.type === 'checkbox') i.disabled = true; else i.remove(); }
+  for (const code of target.querySelectorAll('pre > code')) decorateCode(code);
+}
+function decorateCode(code) {
+  const pre = code.parentElement;
+  const lang = ([...code.classList].find((c) => c.startsWith('language-')) || '').slice(9);
+  if (lang && window.hljs && hljs.getLanguage(lang)) hljs.highlightElement(code);
+  const bar = el('div', 'codebar');
+  bar.appendChild(el('span', 'lang', lang || 'text'));
+  const copy = el('button', 'copy', 'Copy'); copy.type = 'button';
+  copy.onclick = async () => {
+    try { await navigator.clipboard.writeText(code.textContent); copy.textContent = 'Copied'; } catch (_) { copy.textContent = 'Copy failed'; }
+    setTimeout(() => { copy.textContent = 'Copy'; }, 1500);
+  };
+  bar.appendChild(copy);
+  const box = el('div', 'codebox'); pre.replaceWith(box); box.append(bar, pre);
+}
+// Blocks whose text changed since they were last drawn; drawn together on the next frame.
+const dirty = new Set();
+function flush() { for (const d of dirty) drawBlock(d); if (dirty.size) { dirty.clear(); scroll(); } }
+// A streaming block is drawn in two parts: what is settled (up to its last blank line outside a
+// code fence) is rendered once and kept; only the rest is rendered again as it grows. When the
+// block ends it is rendered whole, once, so that what spans parts (a loose list) is exact.
+function drawBlock(b) {
+  if (b.final) { b.head = null; renderMarkdown(b.body, b.text); return; }
+  if (!b.head) {
+    b.body.textContent = ''; b.done = 0;
+    b.head = el('div', 'settled'); b.tail = el('div', 'growing'); b.body.append(b.head, b.tail);
+  }
+  const cut = settledCut(b.text, b.done);
+  if (cut > b.done) {
+    const part = el('div'); renderMarkdown(part, b.text.slice(b.done, cut));
+    b.head.append(...part.childNodes); b.done = cut;
+  }
+  renderMarkdown(b.tail, b.text.slice(b.done));
+}
+// Where the text after `from` can be cut without splitting a paragraph or a code block: after
+// its last blank line outside a fence (fences counted from `from`, which is never inside one).
+function settledCut(text, from) {
+  let cut = from, fenced = false, at = from;
+  for (const line of text.slice(from).split('\n')) {
+    const end = at + line.length + 1;
+    if (/^\s*(```|~~~)/.test(line)) fenced = !fenced;
+    else if (!fenced && line.trim() === '' && end <= text.length) cut = end;
+    at = end;
+  }
+  return cut;
+}
+function redraw(b) {
+  dirty.add(b);
+  // A frame, or 100 ms in a tab the browser does not paint (no frames there).
+  if (dirty.size === 1) { requestAnimationFrame(flush); setTimeout(flush, 100); }
 }
 
 // ---- Conversations
@@ -62,7 +109,7 @@ async function newChat() {
 
 function resetRuns() { for (const r of Object.values(state.runs)) clearInterval(r.timer); state.runs = {}; }
 function open(id) {
-  state.current = id; resetRuns(); state.active = null; state.follow = true;
+  state.current = id; resetRuns(); state.active = null; state.follow = true; state.pinned = 0;
   $('#log').textContent = ''; location.hash = id;
   document.querySelectorAll('#convs a').forEach((a) => a.classList.toggle('current', a.hash === '#' + id));
   send({ t: 'subscribe', conversation_id: id });
@@ -76,6 +123,9 @@ function userBubble(text) { $('#log').appendChild(el('div', 'msg user', text)); 
 function scroll(force) {
   const l = $('#log');
   if (force) state.follow = true;
+  // The user scrolled up since the page last put the thread at its end (its scroll event may
+  // not have arrived yet): stop following now, not after moving the thread back down.
+  else if (state.follow && l.scrollTop < (state.pinned || 0) - 8) state.follow = false;
   if (state.follow) { l.scrollTop = l.scrollHeight; state.pinned = l.scrollTop; }
   $('#jump').hidden = state.follow;
 }
@@ -124,7 +174,10 @@ function applyFrame(f, r) {
     } else if (e.t === 'delta') {
       const b = r.blocks[e.block]; if (!b) return;
       b.text += e.text;
-      if (b.kind === 'text') renderMarkdown(b.body, b.text); else b.body.textContent = b.text;
+      if (b.kind === 'text') redraw(b); else b.body.textContent = b.text;
+    } else if (e.t === 'block_stop') {
+      const b = r.blocks[e.block];
+      if (b && b.kind === 'text') { b.final = true; redraw(b); }
     } else if (e.t === 'tool_result') {
       const d = el('details', 'tool'); d.appendChild(el('summary', e.is_error ? 'error' : null, e.is_error ? 'tool result (error)' : 'tool result'));
       d.appendChild(el('pre', null, e.content + (e.truncated ? '\n…(truncated)' : ''))); r.box.insertBefore(d, r.status);
@@ -225,7 +278,7 @@ function connect() {
         break;
       case 'snapshot':
         if (f.conversation_id !== state.current) break;
-        $('#log').textContent = ''; resetRuns();
+        $('#log').textContent = ''; resetRuns(); state.pinned = 0;
         for (const rec of f.records) {
           if (rec.role === 'user' && !rec.frame) userBubble(rec.content);
           else if (rec.frame && rec.run_id) apply({ ...rec.frame, run_id: rec.run_id, seq: rec.seq, ts: rec.ts });
