@@ -1148,3 +1148,109 @@ async fn answers_render_as_markdown_and_agent_html_never_runs() {
     // A figure for docs/benchmarks.md, not a pass mark: one redraw of a growing answer.
     eprintln!("redraw of a streaming answer (ms): {}", r["redraw_ms"]);
 }
+
+#[tokio::test]
+async fn tool_calls_are_cards_drawn_by_tool_with_their_results_inside() {
+    let e = env_on("localhost", CLAUDE, "").await;
+    let link = e
+        .chat
+        .login_url(
+            &format!("http://{}:{}/chat", e.host, e.http.port()),
+            "operator",
+        )
+        .await
+        .unwrap();
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/tools");
+    let r = browser("tools.mjs", &link, &shots).await;
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["errors"], json!([]), "{r:#}");
+    let cards = r["cards"].as_array().unwrap();
+    let card = |tool: &str, n: usize| {
+        cards
+            .iter()
+            .filter(|c| c["tool"] == tool)
+            .nth(n)
+            .unwrap_or_else(|| panic!("no card {n} for {tool}: {r:#}"))
+    };
+    let names: Vec<&str> = cards.iter().map(|c| c["tool"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "Bash",
+            "Read",
+            "Edit",
+            "Grep",
+            "TodoWrite",
+            "Bash",
+            "WebFetch"
+        ],
+        "{r:#}"
+    );
+    let bash = card("Bash", 0);
+    assert_eq!(bash["title"], "$ ls -la src", "{bash:#}");
+    assert_eq!(bash["cmd"], json!(["$ ls -la src"]), "{bash:#}");
+    assert_eq!(bash["state"], "done", "{bash:#}");
+    assert!(
+        bash["result"].as_str().unwrap().contains("main.rs"),
+        "the result sits in its call's card: {bash:#}"
+    );
+    assert_eq!(card("Read", 0)["title"], "main.rs · lines 10–29", "{r:#}");
+    let edit = card("Edit", 0);
+    assert_eq!(edit["title"], "main.rs");
+    assert_eq!(edit["open"], true, "a diff shows without a click: {edit:#}");
+    assert_eq!(edit["del"], json!(["- println!(\"hi\");"]), "{edit:#}");
+    assert_eq!(
+        edit["ins"],
+        json!(["+ println!(\"hello\");", "+ println!(\"world\");"]),
+        "{edit:#}"
+    );
+    let grep = card("Grep", 0);
+    assert_eq!(grep["title"], "fn main in src", "{grep:#}");
+    assert!(
+        grep["result"].as_str().unwrap().contains("src/main.rs:10"),
+        "{grep:#}"
+    );
+    let todo = card("TodoWrite", 0);
+    assert_eq!(todo["title"], "1/3 done", "{todo:#}");
+    assert_eq!(
+        todo["todos"],
+        json!([
+            "completed: ☑List the sources",
+            "in_progress: ◐Edit main.rs",
+            "pending: ☐Run the tests"
+        ]),
+        "{todo:#}"
+    );
+    let failed = card("Bash", 1);
+    assert_eq!(
+        (&failed["state"], &failed["failed"], &failed["open"]),
+        (&json!("failed"), &json!(true), &json!(true)),
+        "an error is marked and shown: {failed:#}"
+    );
+    assert!(
+        failed["result"].as_str().unwrap().contains("Exit code 101"),
+        "{failed:#}"
+    );
+    let web = card("WebFetch", 0);
+    assert_eq!(
+        web["kv"],
+        json!(["url", "prompt"]),
+        "unknown tools as keys and values: {web:#}"
+    );
+    assert_eq!(web["title"], "https://example.com/docs", "{web:#}");
+    let thinking = &r["thinking"][0];
+    assert_eq!(thinking["open"], false, "thinking is collapsed: {r:#}");
+    assert!(
+        thinking["text"]
+            .as_str()
+            .unwrap()
+            .contains("list the files"),
+        "{r:#}"
+    );
+    assert_eq!(r["answer"], "All done.", "{r:#}");
+    assert_eq!(
+        r["after_reload_same"], true,
+        "a reload draws the same cards: {r:#}"
+    );
+    assert_eq!(r["phone_wider"], false, "{r:#}");
+}

@@ -85,6 +85,79 @@ function redraw(b) {
   if (dirty.size === 1) { requestAnimationFrame(flush); setTimeout(flush, 100); }
 }
 
+// ---- Tool cards: one per call, drawn by tool, its result inside it.
+const basename = (p) => String(p || '').split('/').pop();
+const lines = (s) => String(s || '').split('\n');
+// A diff of one replacement: the old lines out, the new lines in.
+function diffView(path, pairs) {
+  const box = el('div', 'diff');
+  if (path) box.appendChild(el('div', 'path', path));
+  for (const [from, to] of pairs) {
+    const pre = el('pre');
+    if (from) for (const l of lines(from)) pre.appendChild(el('div', 'del', '- ' + l));
+    if (to != null) for (const l of lines(to)) pre.appendChild(el('div', 'ins', '+ ' + l));
+    box.appendChild(pre);
+  }
+  return box;
+}
+// What each tool's call says, in a line (the card's title) and in full (its body).
+const TOOLS = {
+  Bash: (i) => [`$ ${i.command || ''}`, () => { const d = el('div'); if (i.description) d.appendChild(el('div', 'muted', i.description)); d.appendChild(el('pre', 'cmd', '$ ' + (i.command || ''))); return d; }],
+  Read: (i) => [`${basename(i.file_path)}${i.offset ? ` · lines ${i.offset}–${i.offset + (i.limit || 0) - 1}` : ''}`, () => el('div', 'path', i.file_path || '')],
+  Edit: (i) => [basename(i.file_path), () => diffView(i.file_path, [[i.old_string, i.new_string]]), true],
+  MultiEdit: (i) => [`${basename(i.file_path)} · ${(i.edits || []).length} edits`, () => diffView(i.file_path, (i.edits || []).map((x) => [x.old_string, x.new_string])), true],
+  Write: (i) => [basename(i.file_path), () => diffView(i.file_path, [['', i.content]]), true],
+  Grep: (i) => [`${i.pattern || ''}${i.path ? ' in ' + i.path : ''}`, () => el('pre', 'cmd', `grep ${JSON.stringify(i.pattern || '')} ${i.path || ''}${i.glob ? ' --glob ' + i.glob : ''}`)],
+  Glob: (i) => [`${i.pattern || ''}${i.path ? ' in ' + i.path : ''}`, () => el('pre', 'cmd', `glob ${i.pattern || ''} ${i.path || ''}`)],
+  TodoWrite: (i) => [`${(i.todos || []).filter((t) => t.status === 'completed').length}/${(i.todos || []).length} done`, () => {
+    const ul = el('ul', 'todos');
+    for (const t of i.todos || []) { const li = el('li', t.status, t.content); li.prepend(el('span', 'box', { completed: '☑', in_progress: '◐' }[t.status] || '☐')); ul.appendChild(li); }
+    return ul;
+  }, true],
+};
+// Any other tool: its input as keys and values.
+function keyValues(i) {
+  const dl = el('dl', 'kv');
+  for (const [k, v] of Object.entries(i || {})) { dl.appendChild(el('dt', null, k)); dl.appendChild(el('dd', null, typeof v === 'string' ? v : JSON.stringify(v, null, 2))); }
+  return dl;
+}
+function toolCard(tool) {
+  const name = tool ? tool.name : 'tool';
+  const node = el('details', 'tool'); node.dataset.tool = name;
+  const sum = el('summary'); const title = el('span', 'tsum', '…'); const state = el('span', 'tstate running', 'running');
+  sum.append(el('span', 'tname', name), title, state); node.appendChild(sum);
+  const input = el('div', 'tinput'); node.appendChild(input);
+  let output = null;
+  return {
+    node, input,
+    // The call's input as it streams (JSON text, incomplete): only its size shows.
+    typing(text) { title.textContent = `preparing… (${text.length} bytes)`; },
+    called(text) {
+      let i = null; try { i = JSON.parse(text || '{}'); } catch (_) { /* shown as text below */ }
+      input.textContent = '';
+      if (!i) { title.textContent = ''; input.appendChild(el('pre', null, text)); return; }
+      const [line, body, open] = (TOOLS[name] || ((x) => [Object.values(x).filter((v) => typeof v === 'string')[0] || '', () => keyValues(x)]))(i);
+      title.textContent = line; input.appendChild(body());
+      if (open) node.open = true;
+    },
+    result(e) {
+      state.className = `tstate ${e.is_error ? 'failed' : 'done'}`;
+      state.textContent = e.is_error ? 'failed' : 'done';
+      if (e.is_error) { node.classList.add('failed'); node.open = true; }
+      if (name === 'TodoWrite' && !e.is_error) return;
+      output = output || node.appendChild(el('div', 'tresult'));
+      const text = e.content + (e.truncated ? '\n…(truncated)' : '');
+      const pre = el('pre', e.is_error ? 'error' : null, text);
+      output.textContent = '';
+      if (lines(text).length > 12) {
+        // Long output: its first lines, and the rest on demand.
+        const more = el('details', 'more'); more.appendChild(el('summary', null, `${lines(text).length} lines`)); more.appendChild(pre);
+        output.appendChild(more);
+      } else output.appendChild(pre);
+    },
+  };
+}
+
 // ---- Conversations
 async function loadList() {
   state.convs = await api('api/conversations');
@@ -145,7 +218,7 @@ function runView(runId) {
     const box = el('div', 'msg assistant'); box.dataset.run = runId;
     const status = el('div', 'status', '…');
     box.appendChild(status); $('#log').appendChild(box);
-    r = state.runs[runId] = { seq: 0, box, status, blocks: {}, started: null, timer: null, where: '' };
+    r = state.runs[runId] = { seq: 0, box, status, blocks: {}, tools: {}, started: null, timer: null, where: '' };
   }
   return r;
 }
@@ -167,17 +240,22 @@ function applyFrame(f, r) {
     const e = f.event;
     if (e.t === 'block_start') {
       let node, body;
+      let card = null;
       if (e.kind === 'text') { node = body = el('div', 'md'); }
-      else { node = el('details', e.kind === 'tool_use' ? 'tool' : 'thinking'); node.appendChild(el('summary', null, e.kind === 'tool_use' ? `tool: ${e.tool ? e.tool.name : '?'}` : 'thinking')); body = el('pre'); node.appendChild(body); }
-      r.blocks[e.block] = { kind: e.kind, body, text: '', tool: e.tool };
+      else if (e.kind === 'tool_use') { card = toolCard(e.tool); node = card.node; body = card.input; if (e.tool) r.tools[e.tool.id] = card; }
+      else { node = el('details', 'thinking'); node.appendChild(el('summary', null, 'Thinking')); body = el('div', 'thought'); node.appendChild(body); }
+      r.blocks[e.block] = { kind: e.kind, body, text: '', tool: e.tool, card };
       r.box.insertBefore(node, r.status);
     } else if (e.t === 'delta') {
       const b = r.blocks[e.block]; if (!b) return;
       b.text += e.text;
-      if (b.kind === 'text') redraw(b); else b.body.textContent = b.text;
+      if (b.kind === 'text') redraw(b); else if (b.card) b.card.typing(b.text); else b.body.textContent = b.text;
     } else if (e.t === 'block_stop') {
       const b = r.blocks[e.block];
       if (b && b.kind === 'text') { b.final = true; redraw(b); }
+      if (b && b.card) b.card.called(b.text);
+    } else if (e.t === 'tool_result' && r.tools[e.tool_use_id]) {
+      r.tools[e.tool_use_id].result(e);
     } else if (e.t === 'tool_result') {
       const d = el('details', 'tool'); d.appendChild(el('summary', e.is_error ? 'error' : null, e.is_error ? 'tool result (error)' : 'tool result'));
       d.appendChild(el('pre', null, e.content + (e.truncated ? '\n…(truncated)' : ''))); r.box.insertBefore(d, r.status);
