@@ -1254,3 +1254,70 @@ async fn tool_calls_are_cards_drawn_by_tool_with_their_results_inside() {
     );
     assert_eq!(r["phone_wider"], false, "{r:#}");
 }
+
+#[tokio::test]
+async fn conversations_are_named_searched_renamed_deleted_and_exported_in_the_page() {
+    let e = env_on("localhost", CLAUDE, "").await;
+    let link = e
+        .chat
+        .login_url(
+            &format!("http://{}:{}/chat", e.host, e.http.port()),
+            "operator",
+        )
+        .await
+        .unwrap();
+    let shots =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/conversations");
+    let r = browser("conversations.mjs", &link, &shots).await;
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["errors"], json!([]), "no error, no browser dialog: {r:#}");
+    assert_eq!(r["empty"]["heading"], "Ask the agent", "{r:#}");
+    let facts = r["empty"]["facts"].as_array().unwrap();
+    assert!(facts.iter().any(|f| f == "workspace: /tmp"), "{r:#}");
+    assert!(
+        facts
+            .iter()
+            .any(|f| f.as_str().unwrap().starts_with("agent: Claude Code (")),
+        "{r:#}"
+    );
+    assert_eq!(r["empty"]["examples"], 3, "{r:#}");
+    assert!(!r["example_fills"].as_str().unwrap().is_empty(), "{r:#}");
+    assert_eq!(
+        r["titles"],
+        json!(["Write release notes for 2.0", "Fix the flaky login test"]),
+        "named after the first message, newest first: {r:#}"
+    );
+    assert_eq!(r["groups"], json!(["Today"]), "{r:#}");
+    assert_eq!(r["search"], json!(["Write release notes for 2.0"]), "{r:#}");
+    assert_eq!(r["search_none"], "No conversation matches.", "{r:#}");
+    assert_eq!(
+        r["after_rename"],
+        json!(["Release notes", "Fix the flaky login test"]),
+        "{r:#}"
+    );
+    assert!(
+        r["confirm"]
+            .as_str()
+            .unwrap()
+            .contains("Delete “Fix the flaky login test”?"),
+        "{r:#}"
+    );
+    assert_eq!(r["kept"], r["after_rename"], "Keep keeps it: {r:#}");
+    assert_eq!(r["after_delete"], json!(["Release notes"]), "{r:#}");
+    assert_eq!(
+        r["export_name"], "attachment; filename=\"release-notes.md\"",
+        "the export is named after the title: {r:#}"
+    );
+    let md = r["export"].as_str().unwrap();
+    assert!(md.starts_with("# Release notes\n"), "{md}");
+    assert!(md.contains("\n## operator · "), "a heading per turn: {md}");
+    assert!(
+        md.contains("\n### Agent\n\nYou said: Write release notes for 2.0"),
+        "{md}"
+    );
+    assert!(
+        md.contains("_This reply was cancelled"),
+        "cancelled runs are marked: {md}"
+    );
+    assert_eq!(r["phone_wider"], false, "{r:#}");
+}

@@ -40,7 +40,7 @@ pub(crate) struct Title {
 }
 
 fn clean_title(t: Option<String>) -> Option<String> {
-    let t = t.unwrap_or_else(|| "New chat".into());
+    let t = t.unwrap_or_else(|| crate::conversations::UNTITLED.into());
     let t = t.trim();
     (!t.is_empty() && t.len() <= 200 && !t.chars().any(char::is_control)).then(|| t.to_string())
 }
@@ -121,6 +121,14 @@ pub(crate) async fn export(
     SignedIn(s): SignedIn,
     Path(id): Path<String>,
 ) -> Response {
+    let title = st
+        .orch
+        .conversations()
+        .meta(&s.account(), &id)
+        .ok()
+        .flatten()
+        .map(|m| m.title)
+        .unwrap_or_default();
     match st.orch.conversations().export_markdown(&s.account(), &id) {
         Ok(Some(md)) => {
             let mut r = md.into_response();
@@ -129,14 +137,38 @@ pub(crate) async fn export(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/markdown; charset=utf-8"),
             );
-            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"chat-{id}.md\""))
-            {
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "attachment; filename=\"{}.md\"",
+                file_name(&title, &id)
+            )) {
                 hs.insert(header::CONTENT_DISPOSITION, v);
             }
             r
         }
         Ok(None) | Err(crate::Error::NotFound(_)) => not_found(),
         Err(e) => internal(e),
+    }
+}
+
+/// A download's name after the conversation's title: letters, digits and dashes (a header
+/// value takes nothing else safely), at most 60; the id when nothing is left.
+pub(crate) fn file_name(title: &str, id: &str) -> String {
+    let mut s = String::new();
+    for c in title.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.ends_with('-') && !s.is_empty() {
+            s.push('-');
+        }
+        if s.len() >= 60 {
+            break;
+        }
+    }
+    let s = s.trim_end_matches('-');
+    if s.is_empty() {
+        format!("chat-{id}")
+    } else {
+        s.to_string()
     }
 }
 

@@ -68,7 +68,7 @@ async fn index(State(st): State<St>, h: HeaderMap) -> Response {
          <link rel=\"stylesheet\" href=\"vendor/hljs.css\"><link rel=\"stylesheet\" href=\"app.css\">\
          <script src=\"vendor/purify.js\" defer></script><script src=\"vendor/marked.js\" defer></script>\
          <script src=\"vendor/highlight.js\" defer></script><script src=\"app.js\" defer></script></head><body>\
-         <aside id=\"side\"><button id=\"new\" title=\"New chat (Ctrl+Shift+O)\">New chat</button><ul id=\"convs\"></ul></aside>\
+         <aside id=\"side\"><button id=\"new\" title=\"New chat (Ctrl+Shift+O)\">New chat</button><input id=\"search\" type=\"search\" placeholder=\"Search\" aria-label=\"Search conversations\" autocomplete=\"off\"><ul id=\"convs\"></ul></aside>\
          <main><header><button id=\"menu\" type=\"button\" aria-label=\"Conversations\" aria-controls=\"side\">☰</button>\
          <span id=\"signed-in\">Signed in as <b>{}</b></span>\
          <form method=\"post\" action=\"logout\"><button>Sign out</button></form>\

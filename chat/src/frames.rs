@@ -77,6 +77,8 @@ pub enum ServerFrame<'a> {
         active_runs: Vec<ActiveRun<'a>>,
         /// The account's project has an agent configured.
         agent: bool,
+        /// What that agent is, for the empty conversation's page.
+        about: Option<AboutAgent>,
     },
     Pong {
         ts: Option<u64>,
@@ -118,6 +120,17 @@ pub enum ServerFrame<'a> {
         records: &'a [crate::conversations::Record],
         active_run: Option<ActiveRunSeq<'a>>,
     },
+}
+
+/// The agent, as a new conversation introduces it.
+#[derive(Debug, Serialize)]
+pub struct AboutAgent {
+    /// `claude` or `command`.
+    pub kind: &'static str,
+    /// The program (Claude Code's command, or the CLI's first word).
+    pub program: String,
+    pub workspace: String,
+    pub permission_mode: String,
 }
 
 /// A run going, as `hello_ok` lists them.

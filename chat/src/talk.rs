@@ -186,6 +186,15 @@ pub(crate) async fn send(
             other => reject(Reject::Internal, other.to_string()),
         })?;
     let _ = orch.conversations().touch(user, conversation);
+    // The first message names a conversation nobody has named.
+    if let Ok(Some(meta)) = orch.conversations().meta(user, conversation) {
+        if meta.title == crate::conversations::UNTITLED {
+            let title = crate::conversations::title_from(text);
+            if let Err(e) = orch.conversations().rename(user, conversation, &title) {
+                tracing::warn!(error = %e, "naming a conversation after its first message");
+            }
+        }
+    }
     hubs.publish(
         user,
         ServerFrame::UserMessage {

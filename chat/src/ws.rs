@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
-use crate::frames::{run_frame_text, ActiveRun, ActiveRunSeq, ErrorKind, ServerFrame};
+use crate::frames::{run_frame_text, AboutAgent, ActiveRun, ActiveRunSeq, ErrorKind, ServerFrame};
 use crate::state::AppState;
 use crate::talk;
 
@@ -171,13 +171,32 @@ async fn handle(st: &AppState, user: &str, text: &str) -> Vec<String> {
                     run_id: &r.id,
                 })
                 .collect();
-            let agent = talk::chat_for_account(&cfg, user).is_some_and(|c| c.agent.is_some());
+            let chat = talk::chat_for_account(&cfg, user);
+            let about = chat
+                .as_ref()
+                .and_then(|c| c.agent.as_ref())
+                .map(|a| AboutAgent {
+                    kind: match a.kind {
+                        edge_routing::AgentKind::Claude { .. } => "claude",
+                        edge_routing::AgentKind::Command { .. } => "command",
+                    },
+                    program: match &a.kind {
+                        edge_routing::AgentKind::Claude { command } => command.clone(),
+                        edge_routing::AgentKind::Command { argv } => {
+                            argv.first().cloned().unwrap_or_default()
+                        }
+                    },
+                    workspace: a.workspace.display().to_string(),
+                    permission_mode: a.permission_mode.clone(),
+                });
+            let agent = about.is_some();
             vec![ServerFrame::HelloOk {
                 user: crate::store::display_user(user),
                 proto: 1,
                 limits: talk::limits_json(&cfg, user, used),
                 active_runs,
                 agent,
+                about,
             }
             .text()]
         }

@@ -159,21 +159,97 @@ function toolCard(tool) {
 }
 
 // ---- Conversations
+// The sidebar: conversations by date (newest first), filtered by the search box; rename and
+// delete happen in the row itself.
 async function loadList() {
   state.convs = await api('api/conversations');
-  const ul = $('#convs'); ul.textContent = '';
-  for (const c of state.convs) {
-    const li = el('li');
-    const a = el('a', c.id === state.current ? 'current' : '', c.title); a.href = '#' + c.id;
-    a.onclick = (ev) => { ev.preventDefault(); open(c.id); document.body.classList.remove('drawer'); };
-    const ren = el('button', null, '✎'); ren.title = 'Rename';
-    ren.onclick = async () => { const t = prompt('New title', c.title); if (t) { await api(`api/conversations/${c.id}/rename`, { method: 'POST', body: JSON.stringify({ title: t }) }); loadList(); } };
-    const exp = el('a', null, '⇩'); exp.href = `api/conversations/${c.id}/export`; exp.title = 'Export as Markdown';
-    const del = el('button', null, '✕'); del.title = 'Delete';
-    del.onclick = async () => { if (confirm(`Delete "${c.title}"?`)) { await api(`api/conversations/${c.id}`, { method: 'DELETE' }).catch((e) => alert(e)); if (state.current === c.id) { state.current = null; $('#log').textContent = ''; } loadList(); } };
-    li.append(a, ren, exp, del); ul.appendChild(li);
-  }
+  drawList();
 }
+function dayGroup(iso) {
+  const d = new Date(iso); const now = new Date();
+  const days = Math.floor((new Date(now.toDateString()) - new Date(d.toDateString())) / 86400000);
+  return days <= 0 ? 'Today' : days === 1 ? 'Yesterday' : days < 7 ? 'Previous 7 days' : days < 30 ? 'Previous 30 days' : 'Older';
+}
+function drawList() {
+  const ul = $('#convs'); ul.textContent = '';
+  const q = ($('#search').value || '').trim().toLowerCase();
+  const shown = state.convs.filter((c) => !q || c.title.toLowerCase().includes(q))
+    .sort((a, b) => String(b.updated).localeCompare(String(a.updated)));
+  let group = null;
+  for (const c of shown) {
+    const g = dayGroup(c.updated || c.created);
+    if (g !== group) { group = g; ul.appendChild(el('li', 'group', g)); }
+    ul.appendChild(convRow(c));
+  }
+  if (!shown.length) ul.appendChild(el('li', 'none', q ? 'No conversation matches.' : 'No conversations yet.'));
+}
+function convRow(c) {
+  const li = el('li', 'conv'); li.dataset.id = c.id;
+  const a = el('a', c.id === state.current ? 'current' : '', c.title); a.href = '#' + c.id; a.title = c.title;
+  a.onclick = (ev) => { ev.preventDefault(); open(c.id); document.body.classList.remove('drawer'); };
+  const ren = el('button', 'icon', '✎'); ren.title = 'Rename'; ren.setAttribute('aria-label', `Rename ${c.title}`);
+  ren.onclick = () => renameRow(li, c);
+  const exp = el('a', 'icon', '⇩'); exp.href = `api/conversations/${c.id}/export`; exp.title = 'Export as Markdown'; exp.setAttribute('aria-label', `Export ${c.title}`);
+  const del = el('button', 'icon', '✕'); del.title = 'Delete'; del.setAttribute('aria-label', `Delete ${c.title}`);
+  del.onclick = () => deleteRow(li, c);
+  li.append(a, ren, exp, del);
+  return li;
+}
+// Rename in place: Enter saves, Esc (or leaving the box) keeps the old title.
+function renameRow(li, c) {
+  const input = el('input', 'rename'); input.value = c.title; input.setAttribute('aria-label', 'New title'); input.maxLength = 200;
+  li.textContent = ''; li.appendChild(input); input.focus(); input.select();
+  let done = false;
+  const finish = async (save) => {
+    if (done) return; done = true;
+    const t = input.value.trim();
+    if (save && t && t !== c.title) {
+      try { await api(`api/conversations/${c.id}/rename`, { method: 'POST', body: JSON.stringify({ title: t }) }); } catch (e) { banner(`Could not rename: ${e.message}`); }
+    }
+    loadList();
+  };
+  input.onkeydown = (ev) => { if (ev.key === 'Enter') { ev.preventDefault(); finish(true); } else if (ev.key === 'Escape') { ev.preventDefault(); ev.stopPropagation(); finish(false); } };
+  input.onblur = () => finish(true);
+}
+// Delete asks in the row itself.
+function deleteRow(li, c) {
+  li.textContent = ''; li.classList.add('confirm');
+  const yes = el('button', 'danger', 'Delete'); const no = el('button', null, 'Keep');
+  li.append(el('span', 'ask', `Delete “${c.title}”?`), yes, no);
+  no.onclick = () => drawList();
+  yes.onclick = async () => {
+    try { await api(`api/conversations/${c.id}`, { method: 'DELETE' }); } catch (e) { banner(`Could not delete: ${e.message}`); }
+    if (state.current === c.id) { state.current = null; $('#log').textContent = ''; }
+    await loadList();
+    if (!state.current) { if (state.convs.length) open(state.convs[0].id); else newChat(); }
+  };
+  yes.focus();
+}
+function banner(text) { const b = $('#banner'); b.textContent = text; b.style.display = text ? 'block' : 'none'; }
+
+// What a conversation with no message yet shows: the agent, where it works, what to ask.
+const EXAMPLES = ['Explain what this project does and how it is laid out', 'Find why the tests fail and fix it', 'Add a README section on how to run it locally'];
+function emptyState() {
+  const box = el('div', 'empty');
+  const a = state.about;
+  box.appendChild(el('h2', null, a ? 'Ask the agent' : 'No agent here yet'));
+  if (a) {
+    const dl = el('dl', 'kv');
+    const row = (k, v) => { dl.appendChild(el('dt', null, k)); dl.appendChild(el('dd', null, v)); };
+    row('agent', a.kind === 'claude' ? `Claude Code (${a.program})` : a.program);
+    row('workspace', a.workspace);
+    if (a.kind === 'claude') row('tool use', a.permission_mode === 'ask' ? 'asks you before each tool' : a.permission_mode);
+    if (state.model) row('model', state.model);
+    box.appendChild(dl);
+    const ex = el('div', 'examples');
+    for (const t of EXAMPLES) { const b = el('button', 'example', t); b.type = 'button'; b.onclick = () => { $('#text').value = t; $('#text').focus(); }; ex.appendChild(b); }
+    box.appendChild(ex);
+  } else {
+    box.appendChild(el('p', null, 'The chat has no agent configured: set [chat.agent] in edge.toml (see docs/config.md).'));
+  }
+  return box;
+}
+function showEmpty() { if (!$('#log .msg')) { $('#log').textContent = ''; $('#log').appendChild(emptyState()); } }
 
 async function newChat() {
   const c = await api('api/conversations', { method: 'POST', body: JSON.stringify({ title: 'New chat' }) });
@@ -190,7 +266,7 @@ function open(id) {
 }
 
 // ---- Rendering runs
-function userBubble(text) { $('#log').appendChild(el('div', 'msg user', text)); scroll(); }
+function userBubble(text) { const e = $('#log .empty'); if (e) e.remove(); $('#log').appendChild(el('div', 'msg user', text)); scroll(); }
 // The thread follows the stream while the user is at its end; scrolled up, it stays put and a
 // "jump to latest" button appears.
 function scroll(force) {
@@ -259,6 +335,8 @@ function applyFrame(f, r) {
     } else if (e.t === 'tool_result') {
       const d = el('details', 'tool'); d.appendChild(el('summary', e.is_error ? 'error' : null, e.is_error ? 'tool result (error)' : 'tool result'));
       d.appendChild(el('pre', null, e.content + (e.truncated ? '\n…(truncated)' : ''))); r.box.insertBefore(d, r.status);
+    } else if (e.t === 'session') {
+      if (e.model) state.model = e.model;
     } else if (e.t === 'notice') {
       r.box.insertBefore(el('div', 'status', `${e.kind}: ${e.detail}`), r.status);
     }
@@ -318,6 +396,20 @@ function live(r, what, ts) {
 }
 function stopLive(r) { clearInterval(r.timer); r.timer = null; r.status.classList.remove('live'); }
 
+// Why a message was not taken, and what to do about it.
+function rejected(f) {
+  const next = {
+    rate_limited: f.retry_after ? `Try again in ${Math.ceil(f.retry_after / 60)} min.` : 'Try again later.',
+    busy: 'Wait for the reply being written, or cancel it (Esc).',
+    no_agent: 'Ask the operator to configure an agent ([chat.agent] in edge.toml).',
+    agent_missing: 'Ask the operator to install the agent, or fix chat.agent.command.',
+    sandbox: 'Ask the operator to define the sandbox profile, or fix chat.agent.sandbox.',
+    invalid: 'Shorten the message (at most 64 KiB) and send it again.',
+    not_found: 'The conversation is gone: start a new one (Ctrl+Shift+O).',
+  }[f.code] || 'Try again; if it keeps failing, ask the operator to look at edge\'s log.';
+  return `Not sent: ${f.detail} ${next}`;
+}
+
 function setCancel(runId) {
   state.active = runId;
   $('#cancel').hidden = !runId;
@@ -352,6 +444,8 @@ function connect() {
     switch (f.t) {
       case 'hello_ok':
         showLimits(f.limits);
+        state.about = f.about || null;
+        if ($('#log .empty')) { $('#log').textContent = ''; showEmpty(); }
         if (!f.agent) { const b = $('#banner'); b.textContent = 'No agent is configured on this server: set chat.agent.kind ("claude" or "command") and chat.agent.workspace in edge\'s config.'; b.style.display = 'block'; }
         break;
       case 'snapshot':
@@ -363,10 +457,11 @@ function connect() {
         }
         scroll(true);
         setCancel(f.active_run ? f.active_run.run_id : null);
+        showEmpty();
         break;
       case 'user_message': if (f.conversation_id === state.current) { userBubble(f.text); runView(f.run_id); } loadList(); break;
       case 'accepted': break;
-      case 'rejected': $('#log').appendChild(el('div', 'msg error', f.detail + (f.retry_after ? ` (try again in ${Math.ceil(f.retry_after / 60)} min)` : ''))); scroll(); break;
+      case 'rejected': $('#log').appendChild(el('div', 'msg error', rejected(f))); scroll(); break;
       case 'state': case 'event': case 'end': case 'permission_request': case 'permission_resolved':
         if (f.conversation_id === state.current) apply(f); break;
       case 'gap': if (state.current) send({ t: 'subscribe', conversation_id: state.current }); break;
@@ -392,6 +487,7 @@ window.addEventListener('DOMContentLoaded', async () => {
   $('#log').addEventListener('scroll', onScroll, { passive: true });
   $('#jump').onclick = () => scroll(true);
   $('#menu').onclick = () => document.body.classList.toggle('drawer');
+  $('#search').oninput = drawList;
   // Esc cancels the run going; Ctrl+Shift+O (⌘⇧O) starts a new chat; Esc also closes the drawer.
   document.addEventListener('keydown', (ev) => {
     if (ev.key === 'Escape') {

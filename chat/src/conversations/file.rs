@@ -4,60 +4,139 @@
 use super::*;
 
 pub(super) fn markdown(meta: &Meta, records: &[Record]) -> String {
-    use crate::frames::RunBody;
+    use crate::frames::{Outcome, RunBody};
     use edge_sandbox::{BlockKind, Event};
     use std::collections::HashMap;
     let mut out = format!("# {}\n", meta.title);
-    let mut kinds: HashMap<(String, u32), BlockKind> = HashMap::new();
-    let mut current: Option<(String, u32)> = None;
+    // Each block's kind, tool (name, id) and text so far, by run and block.
+    type Block = (BlockKind, String, String, String);
+    let mut blocks: HashMap<(String, u32), Block> = HashMap::new();
+    // The calls whose result was an error, marked on their line.
+    let failed: std::collections::HashSet<&str> = records
+        .iter()
+        .filter_map(|r| match &r.frame {
+            Some(RunBody::Event {
+                event:
+                    Event::ToolResult {
+                        tool_use_id,
+                        is_error: true,
+                        ..
+                    },
+            }) => Some(tool_use_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    // Whether the run has its heading yet.
+    let mut headed: Option<String> = None;
     for r in records {
         let run = r.run_id.clone().unwrap_or_default();
-        let event = match &r.frame {
-            Some(RunBody::Event { event }) => Some(event),
-            _ => None,
+        let mut head = |out: &mut String| {
+            if headed.as_deref() != Some(run.as_str()) {
+                out.push_str("\n### Agent\n\n");
+                headed = Some(run.clone());
+            }
         };
-        match event {
+        match &r.frame {
             None if r.role == "user" => {
-                out.push_str(&format!("\n## {} ({})\n\n{}\n", r.user, r.ts, r.content));
+                out.push_str(&format!("\n## {} · {}\n\n{}\n", r.user, r.ts, r.content));
+                headed = None;
             }
-            None => {}
-            Some(Event::BlockStart { block, kind, tool }) => {
-                kinds.insert((run.clone(), *block), *kind);
-                current = Some((run.clone(), *block));
-                match kind {
-                    BlockKind::ToolUse => {
-                        let name = tool.as_ref().map(|t| t.name.as_str()).unwrap_or("tool");
-                        out.push_str(&format!("\n> **{name}** `"));
-                    }
-                    BlockKind::Text => {
-                        if !out.ends_with("\n\n") {
-                            out.push('\n');
-                        }
-                    }
-                    BlockKind::Thinking => {}
+            Some(RunBody::Event { event }) => match event {
+                Event::BlockStart { block, kind, tool } => {
+                    let (name, id) = tool
+                        .as_ref()
+                        .map(|t| (t.name.clone(), t.id.clone()))
+                        .unwrap_or_default();
+                    blocks.insert((run.clone(), *block), (*kind, name, id, String::new()));
                 }
-            }
-            Some(Event::Delta { block, text }) => match kinds.get(&(run.clone(), *block)) {
-                Some(BlockKind::Text) | Some(BlockKind::ToolUse) => out.push_str(text),
+                Event::Delta { block, text } => {
+                    if let Some(b) = blocks.get_mut(&(run.clone(), *block)) {
+                        b.3.push_str(text);
+                    }
+                }
+                Event::BlockStop { block } => {
+                    let Some((kind, name, id, text)) = blocks.remove(&(run.clone(), *block)) else {
+                        continue;
+                    };
+                    match kind {
+                        BlockKind::Text if !text.trim().is_empty() => {
+                            head(&mut out);
+                            out.push_str(text.trim_end());
+                            out.push_str("\n\n");
+                        }
+                        BlockKind::ToolUse => {
+                            head(&mut out);
+                            let line = tool_line(&name, &text);
+                            let mark = if failed.contains(id.as_str()) {
+                                " (failed)"
+                            } else {
+                                ""
+                            };
+                            out.push_str(&format!("- **{name}** {line}{mark}\n"));
+                        }
+                        _ => {}
+                    }
+                }
                 _ => {}
             },
-            Some(Event::BlockStop { block }) => {
-                if kinds.get(&(run.clone(), *block)) == Some(&BlockKind::ToolUse) {
-                    out.push_str("`\n");
+            Some(RunBody::End {
+                outcome, detail, ..
+            }) if *outcome != Outcome::Ok => {
+                head(&mut out);
+                let what = match outcome {
+                    Outcome::Cancelled => "cancelled",
+                    Outcome::Timeout => "stopped at its time limit",
+                    Outcome::Interrupted => "interrupted (edge stopped)",
+                    _ => "failed",
+                };
+                out.push_str(&format!("\n_This reply was {what}"));
+                if let Some(d) = detail.as_deref().filter(|d| !d.is_empty()) {
+                    out.push_str(&format!(": {}", d.lines().next().unwrap_or(d)));
                 }
-                current = None;
+                out.push_str("._\n");
             }
-            Some(Event::ToolResult { is_error, .. }) if *is_error => {
-                out.push_str("> (the tool reported an error)\n");
-            }
-            Some(_) => {}
+            _ => {}
         }
     }
-    let _ = current;
     if !out.ends_with('\n') {
         out.push('\n');
     }
     out
+}
+
+/// One line for a tool call, as the chat's card titles it: the command, the file, the pattern.
+pub(super) fn tool_line(name: &str, input: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(input) else {
+        return format!("`{}`", input.trim());
+    };
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let line = match name {
+        "Bash" => format!("$ {}", s("command")),
+        "Read" | "Edit" | "MultiEdit" | "Write" => s("file_path"),
+        "Grep" | "Glob" => {
+            let path = s("path");
+            if path.is_empty() {
+                s("pattern")
+            } else {
+                format!("{} in {path}", s("pattern"))
+            }
+        }
+        "TodoWrite" => {
+            let todos = v
+                .get("todos")
+                .and_then(|t| t.as_array())
+                .cloned()
+                .unwrap_or_default();
+            let done = todos.iter().filter(|t| t["status"] == "completed").count();
+            return format!("{done}/{} done", todos.len());
+        }
+        _ => v
+            .as_object()
+            .and_then(|o| o.values().find_map(|x| x.as_str()))
+            .unwrap_or("")
+            .to_string(),
+    };
+    format!("`{}`", line.replace('`', "'"))
 }
 
 /// Appends whole lines and waits until they are on disk; on failure the file is as before.

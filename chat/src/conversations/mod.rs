@@ -42,6 +42,36 @@ pub struct Record {
     pub frame: Option<crate::frames::RunBody>,
 }
 
+/// A new conversation's title until its first message names it.
+pub const UNTITLED: &str = "New chat";
+
+/// A title from a first message: its first line with text, spaces collapsed, at most 60
+/// characters (cut at a word, with an ellipsis).
+pub fn title_from(message: &str) -> String {
+    let line = message.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut t = String::new();
+    for w in words {
+        let w: String = w.chars().filter(|c| !c.is_control()).collect();
+        if t.chars().count() + w.chars().count() + 1 > 60 {
+            if t.is_empty() {
+                t = w.chars().take(59).collect();
+            }
+            t.push('…');
+            return t;
+        }
+        if !t.is_empty() {
+            t.push(' ');
+        }
+        t.push_str(&w);
+    }
+    if t.is_empty() {
+        UNTITLED.to_string()
+    } else {
+        t
+    }
+}
+
 /// What the list shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {

@@ -319,8 +319,24 @@ fn export_as_markdown() {
     .unwrap();
     let md = c.export_markdown("alice", &m.id).unwrap().unwrap();
     assert!(md.starts_with("# Fix the test\n"), "{md}");
-    assert!(md.contains("## alice ("), "{md}");
+    assert!(md.contains("\n## alice · "), "a heading per turn: {md}");
     assert!(md.contains("why does it fail?"), "{md}");
-    assert!(md.contains("Let me look."), "{md}");
-    assert!(md.contains("> **Bash** `{\"command\":\"ls\"}`"), "{md}");
+    assert!(md.contains("\n### Agent\n\nLet me look.\n"), "{md}");
+    assert!(
+        md.contains("- **Bash** `$ ls`\n"),
+        "tool calls summarised: {md}"
+    );
+}
+
+#[test]
+fn a_title_from_a_first_message() {
+    assert_eq!(
+        title_from("  \n  Fix   the flaky\ttest \nmore"),
+        "Fix the flaky test"
+    );
+    let long = "word ".repeat(30);
+    let t = title_from(&long);
+    assert!(t.ends_with('…') && t.chars().count() <= 61, "{t}");
+    assert_eq!(title_from(&"x".repeat(100)).chars().count(), 60);
+    assert_eq!(title_from("\n\n"), UNTITLED);
 }
