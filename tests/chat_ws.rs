@@ -1248,6 +1248,18 @@ async fn tool_calls_are_cards_drawn_by_tool_with_their_results_inside() {
         "{r:#}"
     );
     assert_eq!(r["answer"], "All done.", "{r:#}");
+    assert_eq!(r["changes_button"], "Changes (1)", "{r:#}");
+    assert_eq!(
+        r["changes"],
+        json!({
+            "shown": true,
+            "files": ["/work/src/main.rs"],
+            "del": ["- println!(\"hi\");"],
+            "ins": ["+ println!(\"hello\");", "+ println!(\"world\");"]
+        }),
+        "the workspace changes, with their diffs: {r:#}"
+    );
+    assert_eq!(r["changes_closed"], true, "Esc closes the panel: {r:#}");
     assert_eq!(
         r["after_reload_same"], true,
         "a reload draws the same cards: {r:#}"
@@ -1320,4 +1332,26 @@ async fn conversations_are_named_searched_renamed_deleted_and_exported_in_the_pa
         "cancelled runs are marked: {md}"
     );
     assert_eq!(r["phone_wider"], false, "{r:#}");
+}
+
+#[tokio::test]
+async fn the_page_has_no_serious_accessibility_violations() {
+    let e = env_on("localhost", CLAUDE, "").await;
+    let link = e
+        .chat
+        .login_url(
+            &format!("http://{}:{}/chat", e.host, e.http.port()),
+            "operator",
+        )
+        .await
+        .unwrap();
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/a11y");
+    let r = browser("a11y.mjs", &link, &shots).await;
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["checked"].as_array().unwrap().len(), 4, "{r:#}");
+    assert_eq!(
+        r["violations"],
+        json!([]),
+        "axe-core: serious or critical violations: {r:#}"
+    );
 }

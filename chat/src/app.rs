@@ -72,9 +72,11 @@ async fn index(State(st): State<St>, h: HeaderMap) -> Response {
          <main><header><button id=\"menu\" type=\"button\" aria-label=\"Conversations\" aria-controls=\"side\">☰</button>\
          <span id=\"signed-in\">Signed in as <b>{}</b></span>\
          <form method=\"post\" action=\"logout\"><button>Sign out</button></form>\
-         <span id=\"conn\"></span><span class=\"limits\" id=\"limits\"></span></header>\
+         <button id=\"changes-btn\" type=\"button\" aria-controls=\"changes\" hidden>Changes</button><span id=\"conn\"></span><span class=\"limits\" id=\"limits\"></span></header>\
          <div id=\"banner\"></div><div id=\"log\" aria-live=\"polite\"></div>\
          <button id=\"jump\" type=\"button\" hidden>↓ Jump to latest</button>\
+         <section id=\"changes\" aria-label=\"Workspace changes\" hidden><header><b>Files changed in this conversation</b>\
+         <button class=\"close\" type=\"button\" aria-label=\"Close\">✕</button></header><div class=\"files\"></div></section>\
          <form id=\"send\"><textarea id=\"text\" aria-label=\"Message\" placeholder=\"Message the agent (Enter sends, Shift+Enter: new line)\"></textarea>\
          <button type=\"submit\">Send</button><button type=\"button\" id=\"cancel\" hidden>Cancel</button></form>\
          </main></body></html>",

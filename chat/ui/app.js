@@ -3,7 +3,7 @@
 'use strict';
 const $ = (s) => document.querySelector(s);
 const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls; if (text != null) e.textContent = text; return e; };
-const state = { convs: [], current: null, runs: {}, ws: null, active: null, backoff: 500, follow: true };
+const state = { convs: [], current: null, runs: {}, ws: null, active: null, backoff: 500, follow: true, changes: [] };
 // Numbers as people read them: 19,981,760.
 const num = (n) => Number(n || 0).toLocaleString('en-US');
 
@@ -128,7 +128,7 @@ function toolCard(tool) {
   sum.append(el('span', 'tname', name), title, state); node.appendChild(sum);
   const input = el('div', 'tinput'); node.appendChild(input);
   let output = null;
-  return {
+  const card = {
     node, input,
     // The call's input as it streams (JSON text, incomplete): only its size shows.
     typing(text) { title.textContent = `preparing… (${text.length} bytes)`; },
@@ -139,11 +139,13 @@ function toolCard(tool) {
       const [line, body, open] = (TOOLS[name] || ((x) => [Object.values(x).filter((v) => typeof v === 'string')[0] || '', () => keyValues(x)]))(i);
       title.textContent = line; input.appendChild(body());
       if (open) node.open = true;
+      const change = fileChange(name, i);
+      if (change) { card.change = change; noteChange(change); }
     },
     result(e) {
       state.className = `tstate ${e.is_error ? 'failed' : 'done'}`;
       state.textContent = e.is_error ? 'failed' : 'done';
-      if (e.is_error) { node.classList.add('failed'); node.open = true; }
+      if (e.is_error) { node.classList.add('failed'); node.open = true; if (card.change) { card.change.failed = true; drawChanges(); } }
       if (name === 'TodoWrite' && !e.is_error) return;
       output = output || node.appendChild(el('div', 'tresult'));
       const text = e.content + (e.truncated ? '\n…(truncated)' : '');
@@ -156,6 +158,38 @@ function toolCard(tool) {
       } else output.appendChild(pre);
     },
   };
+  return card;
+}
+
+// ---- Workspace changes: the files this conversation's runs changed, with their diffs, from
+// the Edit, MultiEdit and Write calls (a failed call is listed, marked).
+function fileChange(name, i) {
+  if (!i || !i.file_path) return null;
+  if (name === 'Edit') return { path: i.file_path, tool: name, pairs: [[i.old_string, i.new_string]] };
+  if (name === 'MultiEdit') return { path: i.file_path, tool: name, pairs: (i.edits || []).map((x) => [x.old_string, x.new_string]) };
+  if (name === 'Write') return { path: i.file_path, tool: name, pairs: [['', i.content]] };
+  return null;
+}
+function noteChange(c) { state.changes.push(c); drawChanges(); }
+function drawChanges() {
+  const ok = state.changes.filter((c) => !c.failed);
+  const files = [...new Set(ok.map((c) => c.path))];
+  const btn = $('#changes-btn');
+  btn.hidden = !state.changes.length;
+  btn.textContent = `Changes (${files.length})`;
+  const list = $('#changes .files'); list.textContent = '';
+  const byFile = new Map();
+  for (const c of state.changes) { if (!byFile.has(c.path)) byFile.set(c.path, []); byFile.get(c.path).push(c); }
+  for (const [path, cs] of byFile) {
+    const d = el('details', 'file'); d.open = byFile.size <= 3;
+    const failed = cs.every((c) => c.failed);
+    const sum = el('summary', failed ? 'failed' : null);
+    sum.append(el('span', 'name', basename(path)), el('span', 'where', path), el('span', 'count', `${cs.length} ${cs.length === 1 ? 'change' : 'changes'}${failed ? ', failed' : ''}`));
+    d.appendChild(sum);
+    for (const c of cs) { const v = diffView(null, c.pairs); if (c.failed) v.classList.add('failed'); d.appendChild(v); }
+    list.appendChild(d);
+  }
+  if (!byFile.size) list.appendChild(el('p', 'muted', 'No file changed in this conversation yet.'));
 }
 
 // ---- Conversations
@@ -256,7 +290,7 @@ async function newChat() {
   await loadList(); open(c.id);
 }
 
-function resetRuns() { for (const r of Object.values(state.runs)) clearInterval(r.timer); state.runs = {}; }
+function resetRuns() { for (const r of Object.values(state.runs)) clearInterval(r.timer); state.runs = {}; state.changes = []; drawChanges(); }
 function open(id) {
   state.current = id; resetRuns(); state.active = null; state.follow = true; state.pinned = 0;
   $('#log').textContent = ''; location.hash = id;
@@ -488,10 +522,13 @@ window.addEventListener('DOMContentLoaded', async () => {
   $('#jump').onclick = () => scroll(true);
   $('#menu').onclick = () => document.body.classList.toggle('drawer');
   $('#search').oninput = drawList;
+  $('#changes-btn').onclick = () => { $('#changes').hidden = !$('#changes').hidden; };
+  $('#changes .close').onclick = () => { $('#changes').hidden = true; };
   // Esc cancels the run going; Ctrl+Shift+O (⌘⇧O) starts a new chat; Esc also closes the drawer.
   document.addEventListener('keydown', (ev) => {
     if (ev.key === 'Escape') {
       if (document.body.classList.contains('drawer')) { document.body.classList.remove('drawer'); return; }
+      if (!$('#changes').hidden) { $('#changes').hidden = true; return; }
       if (state.active) { ev.preventDefault(); send({ t: 'cancel', run_id: state.active }); }
     } else if ((ev.ctrlKey || ev.metaKey) && ev.shiftKey && ev.key.toLowerCase() === 'o') {
       ev.preventDefault(); newChat();

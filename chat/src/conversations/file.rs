@@ -5,12 +5,11 @@ use super::*;
 
 pub(super) fn markdown(meta: &Meta, records: &[Record]) -> String {
     use crate::frames::{Outcome, RunBody};
-    use edge_sandbox::{BlockKind, Event};
-    use std::collections::HashMap;
+    use edge_sandbox::Event;
     let mut out = format!("# {}\n", meta.title);
-    // Each block's kind, tool (name, id) and text so far, by run and block.
-    type Block = (BlockKind, String, String, String);
-    let mut blocks: HashMap<(String, u32), Block> = HashMap::new();
+    // Each block's kind, tool, text so far and run, by run and block, in the order they started: a block without its stop (a crash, a test) is written when its
+    // turn is over.
+    let mut blocks: Vec<((String, u32), Block)> = Vec::new();
     // The calls whose result was an error, marked on their line.
     let failed: std::collections::HashSet<&str> = records
         .iter()
@@ -30,12 +29,13 @@ pub(super) fn markdown(meta: &Meta, records: &[Record]) -> String {
     let mut headed: Option<String> = None;
     for r in records {
         let run = r.run_id.clone().unwrap_or_default();
-        let mut head = |out: &mut String| {
-            if headed.as_deref() != Some(run.as_str()) {
-                out.push_str("\n### Agent\n\n");
-                headed = Some(run.clone());
+        let turn_over = matches!(&r.frame, None if r.role == "user")
+            || matches!(&r.frame, Some(RunBody::End { .. }));
+        if turn_over {
+            for (_, b) in blocks.drain(..) {
+                write_block(&mut out, &mut headed, &b, &failed);
             }
-        };
+        }
         match &r.frame {
             None if r.role == "user" => {
                 out.push_str(&format!("\n## {} · {}\n\n{}\n", r.user, r.ts, r.content));
@@ -47,34 +47,22 @@ pub(super) fn markdown(meta: &Meta, records: &[Record]) -> String {
                         .as_ref()
                         .map(|t| (t.name.clone(), t.id.clone()))
                         .unwrap_or_default();
-                    blocks.insert((run.clone(), *block), (*kind, name, id, String::new()));
+                    blocks.push((
+                        (run.clone(), *block),
+                        (*kind, name, id, String::new(), run.clone()),
+                    ));
                 }
                 Event::Delta { block, text } => {
-                    if let Some(b) = blocks.get_mut(&(run.clone(), *block)) {
+                    let key = (run.clone(), *block);
+                    if let Some((_, b)) = blocks.iter_mut().find(|(k, _)| *k == key) {
                         b.3.push_str(text);
                     }
                 }
                 Event::BlockStop { block } => {
-                    let Some((kind, name, id, text)) = blocks.remove(&(run.clone(), *block)) else {
-                        continue;
-                    };
-                    match kind {
-                        BlockKind::Text if !text.trim().is_empty() => {
-                            head(&mut out);
-                            out.push_str(text.trim_end());
-                            out.push_str("\n\n");
-                        }
-                        BlockKind::ToolUse => {
-                            head(&mut out);
-                            let line = tool_line(&name, &text);
-                            let mark = if failed.contains(id.as_str()) {
-                                " (failed)"
-                            } else {
-                                ""
-                            };
-                            out.push_str(&format!("- **{name}** {line}{mark}\n"));
-                        }
-                        _ => {}
+                    let key = (run.clone(), *block);
+                    if let Some(i) = blocks.iter().position(|(k, _)| *k == key) {
+                        let (_, b) = blocks.remove(i);
+                        write_block(&mut out, &mut headed, &b, &failed);
                     }
                 }
                 _ => {}
@@ -82,7 +70,10 @@ pub(super) fn markdown(meta: &Meta, records: &[Record]) -> String {
             Some(RunBody::End {
                 outcome, detail, ..
             }) if *outcome != Outcome::Ok => {
-                head(&mut out);
+                if headed.as_deref() != Some(run.as_str()) {
+                    out.push_str("\n### Agent\n\n");
+                    headed = Some(run.clone());
+                }
                 let what = match outcome {
                     Outcome::Cancelled => "cancelled",
                     Outcome::Timeout => "stopped at its time limit",
@@ -98,10 +89,44 @@ pub(super) fn markdown(meta: &Meta, records: &[Record]) -> String {
             _ => {}
         }
     }
+    for (_, b) in blocks.drain(..) {
+        write_block(&mut out, &mut headed, &b, &failed);
+    }
     if !out.ends_with('\n') {
         out.push('\n');
     }
     out
+}
+
+/// A block of a run: kind, tool name, tool call id, text, run id.
+type Block = (edge_sandbox::BlockKind, String, String, String, String);
+
+/// Writes one finished block: text as it is, a tool call as one line (marked when it failed),
+/// thinking not at all; the run's heading first.
+fn write_block(
+    out: &mut String,
+    headed: &mut Option<String>,
+    (kind, name, id, text, run): &Block,
+    failed: &std::collections::HashSet<&str>,
+) {
+    use edge_sandbox::BlockKind;
+    let line = match kind {
+        BlockKind::Text if !text.trim().is_empty() => format!("{}\n\n", text.trim_end()),
+        BlockKind::ToolUse => {
+            let mark = if failed.contains(id.as_str()) {
+                " (failed)"
+            } else {
+                ""
+            };
+            format!("- **{name}** {}{mark}\n", tool_line(name, text))
+        }
+        _ => return,
+    };
+    if headed.as_deref() != Some(run.as_str()) {
+        out.push_str("\n### Agent\n\n");
+        *headed = Some(run.clone());
+    }
+    out.push_str(&line);
 }
 
 /// One line for a tool call, as the chat's card titles it: the command, the file, the pattern.

@@ -40,6 +40,18 @@ try {
   out.thinking = await page.evaluate(() => [...document.querySelectorAll('details.thinking')].map((d) => ({ open: d.open, text: d.textContent })));
   out.answer = await page.locator('.msg.assistant .md').last().innerText();
   if (shots) await page.screenshot({ path: `${shots}/tools-desktop.png` });
+  // The files the run changed, with their diffs, in a panel.
+  out.changes_button = await page.locator('#changes-btn').innerText();
+  await page.click('#changes-btn');
+  out.changes = await page.locator('#changes').evaluate((p) => ({
+    shown: !p.hidden,
+    files: [...p.querySelectorAll('details.file .where')].map((e) => e.textContent),
+    del: [...p.querySelectorAll('.del')].map((e) => e.textContent),
+    ins: [...p.querySelectorAll('.ins')].map((e) => e.textContent),
+  }));
+  if (shots) await page.screenshot({ path: `${shots}/changes-desktop.png` });
+  await page.keyboard.press('Escape');
+  out.changes_closed = await page.locator('#changes').evaluate((p) => p.hidden);
   // After a reload the conversation is drawn from its file: the same cards.
   await page.reload();
   await page.waitForSelector('.msg.assistant details.tool');
