@@ -29,7 +29,7 @@ pub(super) fn markdown(meta: &Meta, records: &[Record]) -> String {
     let mut headed: Option<String> = None;
     for r in records {
         let run = r.run_id.clone().unwrap_or_default();
-        let turn_over = matches!(&r.frame, None if r.role == "user")
+        let turn_over = (r.frame.is_none() && r.role == "user")
             || matches!(&r.frame, Some(RunBody::End { .. }));
         if turn_over {
             for (_, b) in blocks.drain(..) {
