@@ -1355,3 +1355,80 @@ async fn the_page_has_no_serious_accessibility_violations() {
         "axe-core: serious or critical violations: {r:#}"
     );
 }
+
+/// A figure for docs/benchmarks.md: how long a 2,000-message conversation (1,000 turns, each
+/// answer a few deltas) takes to open, reloaded three times. Only that it opens whole, at its
+/// end, is checked.
+#[tokio::test]
+async fn a_two_thousand_message_conversation_opens_whole() {
+    use edge_chat::{now_rfc3339, Outcome, Record, RunBody};
+    use edge_sandbox::{BlockKind, Event, Usage};
+    let e = env_on("localhost", CLAUDE, "").await;
+    let convs = e.chat.orchestrator().conversations();
+    let account = "demo/operator";
+    let m = convs.create(account, "A long one").unwrap();
+    let mut records = Vec::new();
+    for t in 0..1000 {
+        let run = format!("run{t}");
+        let rec = |role: &str, content: String, seq: Option<u64>, frame: Option<RunBody>| Record {
+            ts: now_rfc3339(),
+            user: "operator".into(),
+            role: role.into(),
+            content,
+            run_id: Some(run.clone()),
+            seq,
+            frame,
+        };
+        records.push(rec(
+            "user",
+            format!("question {t}: what does line {t} do?"),
+            None,
+            None,
+        ));
+        let ev = |event| Some(RunBody::Event { event });
+        let frames = [
+            ev(Event::BlockStart {
+                block: 0,
+                kind: BlockKind::Text,
+                tool: None,
+            }),
+            ev(Event::Delta {
+                block: 0,
+                text: format!("Line {t} sets up **the thing** "),
+            }),
+            ev(Event::Delta {
+                block: 0,
+                text: "and calls `run()` on it.\n\n- one\n- two\n".into(),
+            }),
+            ev(Event::BlockStop { block: 0 }),
+            Some(RunBody::End {
+                outcome: Outcome::Ok,
+                usage: Usage::default(),
+                cost_usd: None,
+                detail: None,
+            }),
+        ];
+        for (i, f) in frames.into_iter().enumerate() {
+            records.push(rec("assistant", String::new(), Some(i as u64 + 1), f));
+        }
+    }
+    convs.append(account, &m.id, &records).unwrap();
+    let link = e
+        .chat
+        .login_url(
+            &format!("http://{}:{}/chat", e.host, e.http.port()),
+            "operator",
+        )
+        .await
+        .unwrap();
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/long");
+    let r = browser("long.mjs", &link, &shots).await;
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["errors"], json!([]), "{r:#}");
+    assert_eq!(r["messages"], 2000, "{r:#}");
+    assert_eq!(r["at_end"], true, "opened at its end: {r:#}");
+    eprintln!(
+        "open a 2,000-message conversation (ms, 3 reloads): {}",
+        r["open_ms"]
+    );
+}

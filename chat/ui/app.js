@@ -304,6 +304,7 @@ function userBubble(text) { const e = $('#log .empty'); if (e) e.remove(); $('#l
 // The thread follows the stream while the user is at its end; scrolled up, it stays put and a
 // "jump to latest" button appears.
 function scroll(force) {
+  if (state.replaying) return; // one scroll after a whole conversation is drawn
   const l = $('#log');
   if (force) state.follow = true;
   // The user scrolled up since the page last put the thread at its end (its scroll event may
@@ -413,7 +414,8 @@ function applyFrame(f, r) {
     if (f.cost_usd != null) parts.push(`$${f.cost_usd.toFixed(4)}`);
     r.status.textContent = parts.join(' · ');
     if (f.outcome !== 'ok') r.status.classList.add('error');
-    setCancel(null); refreshLimits();
+    setCancel(null);
+    if (!f.ts) refreshLimits(); // a live end (a replayed one changes nothing)
   }
 }
 
@@ -485,10 +487,14 @@ function connect() {
       case 'snapshot':
         if (f.conversation_id !== state.current) break;
         $('#log').textContent = ''; resetRuns(); state.pinned = 0;
-        for (const rec of f.records) {
-          if (rec.role === 'user' && !rec.frame) userBubble(rec.content);
-          else if (rec.frame && rec.run_id) apply({ ...rec.frame, run_id: rec.run_id, seq: rec.seq, ts: rec.ts });
-        }
+        state.replaying = true;
+        try {
+          for (const rec of f.records) {
+            if (rec.role === 'user' && !rec.frame) userBubble(rec.content);
+            else if (rec.frame && rec.run_id) apply({ ...rec.frame, run_id: rec.run_id, seq: rec.seq, ts: rec.ts });
+          }
+        } finally { state.replaying = false; }
+        flush();
         scroll(true);
         setCancel(f.active_run ? f.active_run.run_id : null);
         showEmpty();
