@@ -676,6 +676,38 @@ async fn egress_denials_show_in_the_run() {
     );
 }
 
+/// An agent that goes past its profile's memory limit: the kernel kills it in the run's cgroup,
+/// the worker says so (a `memory_limit` notice, typed), and the run's end names the limit.
+#[tokio::test]
+async fn a_run_past_its_memory_limit_ends_saying_so() {
+    // 400 MiB in a profile that allows 64.
+    let agent = "[chat.agent]\nkind = \"command\"\ncommand = [\"/usr/bin/python3\", \"-c\", \"b = bytearray(400 * 1024 * 1024); print(len(b))\", \"{message}\"]\nworkspace = \"/tmp\"\nsandbox = \"small\"\n\
+         [sandbox.profiles.small]\nmemory = \"64MiB\"\n";
+    let e = env(agent, "").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": "go"}))
+        .await;
+    let frames = a.until_end().await;
+    let notice = frames
+        .iter()
+        .find(|f| f["event"]["t"] == "notice" && f["event"]["kind"] == "memory_limit")
+        .unwrap_or_else(|| panic!("no memory_limit notice: {frames:#?}"));
+    assert!(
+        notice["event"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("memory limit"),
+        "{notice}"
+    );
+    let end = frames.last().unwrap();
+    assert_eq!(end["outcome"], "error", "{end}");
+    assert!(
+        end["detail"].as_str().unwrap().contains("memory limit"),
+        "the end says why: {end}"
+    );
+}
+
 /// What the test's process logs, for [`runs_are_logged_and_counted`].
 #[derive(Clone, Default)]
 struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
