@@ -193,6 +193,29 @@ async fn browser(script: &str, link: &str, shots: &std::path::Path) -> Value {
     })
 }
 
+/// A page test: an edge with the test agent on `*.localhost` (a secure context for the browser
+/// even over plain HTTP, resolved to loopback by chromium itself), signed in with a one-time
+/// link, `script` run in chromium; screenshots under `target/screenshots/<shots>`.
+async fn ui(script: &str, shots: &str) -> Value {
+    let e = env_on("localhost", CLAUDE, "").await;
+    ui_at(&e, script, shots).await
+}
+
+async fn ui_at(e: &Env, script: &str, shots: &str) -> Value {
+    let link = e
+        .chat
+        .login_url(
+            &format!("http://{}:{}/chat", e.host, e.http.port()),
+            "operator",
+        )
+        .await
+        .unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/screenshots")
+        .join(shots);
+    browser(script, &link, &dir).await
+}
+
 fn seqs(frames: &[Value]) -> Vec<u64> {
     frames.iter().filter_map(|f| f["seq"].as_u64()).collect()
 }
@@ -865,10 +888,20 @@ async fn a_tool_question_reaches_every_tab_and_the_first_answer_wins() {
     // Too late: refused, changing nothing.
     a.send(json!({"t": "permission_response", "run_id": run_id, "request_id": "req-1", "behavior": "deny"}))
         .await;
-    let err = a.until("error").await;
+    // The refusal and the run's last frames come in either order: read until both are in.
+    let (mut frames, mut err) = (Vec::new(), None);
+    while err.is_none() || frames.last().is_none_or(|f: &Value| f["t"] != "end") {
+        let f = a.next().await;
+        if f["t"] == "error" {
+            err = Some(f);
+        } else {
+            frames.push(f);
+        }
+    }
+    let err = err.unwrap();
     assert_eq!(err["code"], "not_found", "{err}");
-    let frames = a.until_end().await;
-    assert_eq!(frames.last().unwrap()["outcome"], "ok", "{frames:?}");
+    let end = frames.iter().find(|f| f["t"] == "end").unwrap();
+    assert_eq!(end["outcome"], "ok", "{frames:?}");
     assert!(text_of(&frames).contains("wrote a.txt"), "{frames:?}");
     assert_eq!(
         std::fs::read_to_string(ws.path().join("a.txt")).unwrap(),
@@ -1028,17 +1061,7 @@ async fn a_browser_answers_a_tool_question_and_the_other_tab_follows() {
 
 #[tokio::test]
 async fn the_layout_keeps_the_composer_in_view_follows_the_stream_and_has_a_drawer_on_phones() {
-    let e = env_on("localhost", CLAUDE, "").await;
-    let link = e
-        .chat
-        .login_url(
-            &format!("http://{}:{}/chat", e.host, e.http.port()),
-            "operator",
-        )
-        .await
-        .unwrap();
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/layout");
-    let r = browser("layout.mjs", &link, &shots).await;
+    let r = ui("layout.mjs", "layout").await;
     assert_eq!(r["ok"], true, "{r:#}");
     assert_eq!(r["errors"], json!([]), "no page or console error: {r:#}");
     for (k, size) in [("desktop_long", 800), ("phone_long", 844)] {
@@ -1108,18 +1131,7 @@ async fn the_layout_keeps_the_composer_in_view_follows_the_stream_and_has_a_draw
 
 #[tokio::test]
 async fn answers_render_as_markdown_and_agent_html_never_runs() {
-    let e = env_on("localhost", CLAUDE, "").await;
-    let link = e
-        .chat
-        .login_url(
-            &format!("http://{}:{}/chat", e.host, e.http.port()),
-            "operator",
-        )
-        .await
-        .unwrap();
-    let shots =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/markdown");
-    let r = browser("markdown.mjs", &link, &shots).await;
+    let r = ui("markdown.mjs", "markdown").await;
     assert_eq!(r["ok"], true, "{r:#}");
     assert_eq!(r["errors"], json!([]), "no page or console error: {r:#}");
     // The page's policy is what it was: no inline script, nothing from elsewhere.
@@ -1183,17 +1195,7 @@ async fn answers_render_as_markdown_and_agent_html_never_runs() {
 
 #[tokio::test]
 async fn tool_calls_are_cards_drawn_by_tool_with_their_results_inside() {
-    let e = env_on("localhost", CLAUDE, "").await;
-    let link = e
-        .chat
-        .login_url(
-            &format!("http://{}:{}/chat", e.host, e.http.port()),
-            "operator",
-        )
-        .await
-        .unwrap();
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/tools");
-    let r = browser("tools.mjs", &link, &shots).await;
+    let r = ui("tools.mjs", "tools").await;
     assert_eq!(r["ok"], true, "{r:#}");
     assert_eq!(r["errors"], json!([]), "{r:#}");
     let cards = r["cards"].as_array().unwrap();
@@ -1301,18 +1303,7 @@ async fn tool_calls_are_cards_drawn_by_tool_with_their_results_inside() {
 
 #[tokio::test]
 async fn conversations_are_named_searched_renamed_deleted_and_exported_in_the_page() {
-    let e = env_on("localhost", CLAUDE, "").await;
-    let link = e
-        .chat
-        .login_url(
-            &format!("http://{}:{}/chat", e.host, e.http.port()),
-            "operator",
-        )
-        .await
-        .unwrap();
-    let shots =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/conversations");
-    let r = browser("conversations.mjs", &link, &shots).await;
+    let r = ui("conversations.mjs", "conversations").await;
     assert_eq!(r["ok"], true, "{r:#}");
     assert_eq!(r["errors"], json!([]), "no error, no browser dialog: {r:#}");
     assert_eq!(r["empty"]["heading"], "Ask the agent", "{r:#}");
@@ -1368,17 +1359,7 @@ async fn conversations_are_named_searched_renamed_deleted_and_exported_in_the_pa
 
 #[tokio::test]
 async fn the_page_has_no_serious_accessibility_violations() {
-    let e = env_on("localhost", CLAUDE, "").await;
-    let link = e
-        .chat
-        .login_url(
-            &format!("http://{}:{}/chat", e.host, e.http.port()),
-            "operator",
-        )
-        .await
-        .unwrap();
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/a11y");
-    let r = browser("a11y.mjs", &link, &shots).await;
+    let r = ui("a11y.mjs", "a11y").await;
     assert_eq!(r["ok"], true, "{r:#}");
     assert_eq!(r["checked"].as_array().unwrap().len(), 4, "{r:#}");
     assert_eq!(
@@ -1445,16 +1426,7 @@ async fn a_two_thousand_message_conversation_opens_whole() {
         }
     }
     convs.append(account, &m.id, &records).unwrap();
-    let link = e
-        .chat
-        .login_url(
-            &format!("http://{}:{}/chat", e.host, e.http.port()),
-            "operator",
-        )
-        .await
-        .unwrap();
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots/long");
-    let r = browser("long.mjs", &link, &shots).await;
+    let r = ui_at(&e, "long.mjs", "long").await;
     assert_eq!(r["ok"], true, "{r:#}");
     assert_eq!(r["errors"], json!([]), "{r:#}");
     assert_eq!(r["messages"], 2000, "{r:#}");

@@ -3,15 +3,9 @@
 // with the serious and critical violations found ({"ok":true,"violations":[...]}).
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { chromium } from 'playwright-core';
+import { run, link } from './run.mjs';
 
 const axe = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
-const [link] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox'],
-});
 const out = { ok: false, violations: [], checked: [] };
 // axe runs in the page through the DevTools protocol (the page's CSP allows no injected script).
 const check = async (p, where) => {
@@ -24,7 +18,7 @@ const check = async (p, where) => {
   }
   out.checked.push(where);
 };
-try {
+await run(out, async (browser) => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   page.setDefaultTimeout(20000);
@@ -46,10 +40,4 @@ try {
   await p2.click('#menu');
   await p2.waitForTimeout(300);
   await check(p2, 'drawer open, phone, dark');
-  out.ok = true;
-} catch (e) {
-  out.error = String(e);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(out));
+});

@@ -1,23 +1,15 @@
 // Conversations in Debian's chromium (headless): the empty conversation's page, titles from the
 // first message, search, rename and delete in the sidebar (no browser dialogs), and the export.
 // Prints one JSON line ({"ok":true,...} or {"ok":false,...}); screenshots into $SHOTS.
-import { chromium } from 'playwright-core';
+import { run, link, shots, watch } from './run.mjs';
 
-const [link] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox'],
-});
 const out = { ok: false, errors: [] };
-const shots = process.env.SHOTS;
 const shot = async (p, name) => { if (shots) await p.screenshot({ path: `${shots}/${name}.png` }); };
-try {
+await run(out, async (browser) => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   page.setDefaultTimeout(20000);
-  page.on('pageerror', (e) => out.errors.push(String(e)));
-  page.on('console', (m) => { if (m.type() === 'error') out.errors.push(m.text()); });
+  watch(page, out);
   page.on('dialog', (d) => { out.errors.push(`a browser dialog: ${d.message()}`); d.dismiss(); });
   const titles = () => page.locator('#convs li.conv > a:first-child').allInnerTexts();
   await page.goto(link);
@@ -101,10 +93,4 @@ try {
   await p2.waitForSelector('.empty .example');
   out.phone_wider = await p2.evaluate(() => document.scrollingElement.scrollWidth > innerWidth + 1);
   await shot(p2, 'empty-phone');
-  out.ok = true;
-} catch (e) {
-  out.error = String(e);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(out));
+});

@@ -7,16 +7,9 @@
 // answer while at its end; scrolled up it stays put and "Jump to latest" appears, and brings it
 // back; Esc cancels the run; Ctrl+Shift+O starts a new chat; on a phone the conversations are a
 // drawer. Screenshots into $SHOTS. Prints one JSON line: {"ok":true,...} or {"ok":false,...}.
-import { chromium } from 'playwright-core';
+import { run, link, shots, watch } from './run.mjs';
 
-const [link] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox'],
-});
 const out = { ok: false, errors: [] };
-const shots = process.env.SHOTS;
 const shot = async (p, name) => { if (shots) { await p.screenshot({ path: `${shots}/${name}.png` }); (out.shots ||= []).push(name); } };
 // Where the composer is, whether the page scrolls, where the thread is scrolled to.
 const layout = (p) => p.evaluate(() => {
@@ -33,12 +26,11 @@ const layout = (p) => p.evaluate(() => {
 });
 const ok = async (p) => p.waitForFunction((n) => document.querySelectorAll('.msg.assistant .status:not(.live)').length >= n,
   await p.locator('.msg.user').count());
-try {
+await run(out, async (browser) => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   page.setDefaultTimeout(20000);
-  page.on('pageerror', (e) => out.errors.push(String(e)));
-  page.on('console', (m) => { if (m.type() === 'error') out.errors.push(m.text()); });
+  watch(page, out);
   await page.goto(link);
   await page.waitForSelector('#convs li');
   // A conversation taller than the window: long messages, each answered.
@@ -104,10 +96,4 @@ try {
   await shot(p2, 'phone-long-dark');
   await page.emulateMedia({ colorScheme: 'dark' });
   await shot(page, 'desktop-dark');
-  out.ok = true;
-} catch (e) {
-  out.error = String(e);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(out));
+});

@@ -1,17 +1,11 @@
 // Opening a long conversation in Debian's chromium (headless): the time from navigating to the
 // chat until every message is drawn, and the main thread's busy time in that window.
 // Prints one JSON line.
-import { chromium } from 'playwright-core';
+import { run, link } from './run.mjs';
 
-const [link, count] = process.argv.slice(2);
 const n = Number(process.env.MESSAGES || 2000);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox'],
-});
 const out = { ok: false, errors: [] };
-try {
+await run(out, async (browser) => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   page.setDefaultTimeout(60000);
@@ -28,10 +22,4 @@ try {
   out.open_ms = times;
   out.messages = await page.locator('#log .msg').count();
   out.at_end = await page.locator('#log').evaluate((l) => l.scrollHeight - l.scrollTop - l.clientHeight < 48);
-  out.ok = true;
-} catch (e) {
-  out.error = String(e);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(out));
+});

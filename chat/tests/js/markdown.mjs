@@ -6,16 +6,9 @@
 // answer: one with every Markdown element the chat renders, one with the usual XSS payloads.
 // Prints one JSON line with what the page shows ({"ok":true,...} or {"ok":false,...});
 // screenshots into $SHOTS.
-import { chromium } from 'playwright-core';
+import { run, link, shots, watch } from './run.mjs';
 
-const [link] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox'],
-});
 const out = { ok: false, errors: [] };
-const shots = process.env.SHOTS;
 const fence = '```';
 const FIXTURE = `fixture
 
@@ -53,13 +46,12 @@ const XSS = `xss
 ${fence}html
 <script>window.__xss='code'</script>
 ${fence}`;
-try {
+await run(out, async (browser) => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   await context.grantPermissions(['clipboard-read', 'clipboard-write']);
   const page = await context.newPage();
   page.setDefaultTimeout(20000);
-  page.on('pageerror', (e) => out.errors.push(String(e)));
-  page.on('console', (m) => { if (m.type() === 'error') out.errors.push(m.text()); });
+  watch(page, out);
   await page.goto(link);
   await page.waitForSelector('#convs li');
   out.csp = (await page.reload()).headers()['content-security-policy'];
@@ -144,10 +136,4 @@ try {
   await p2.locator('.msg.assistant').first().scrollIntoViewIfNeeded();
   out.phone_wider = await p2.evaluate(() => document.scrollingElement.scrollWidth > innerWidth + 1);
   if (shots) { await p2.locator('.msg.assistant').first().screenshot({ path: `${shots}/markdown-phone-dark.png` }); }
-  out.ok = true;
-} catch (e) {
-  out.error = String(e);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(out));
+});

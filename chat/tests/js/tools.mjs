@@ -1,16 +1,9 @@
 // Tool cards in Debian's chromium (headless): the test agent plays a recorded turn ("show tools":
 // thinking, Bash, Read, Edit, Grep, TodoWrite, a failing Bash and an unknown tool, each with its
 // result). Prints one JSON line with what each card shows; screenshots into $SHOTS.
-import { chromium } from 'playwright-core';
+import { run, link, shots, watch } from './run.mjs';
 
-const [link] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox'],
-});
 const out = { ok: false, errors: [] };
-const shots = process.env.SHOTS;
 const cards = (p) => p.evaluate(() => [...document.querySelectorAll('.msg.assistant details.tool')].map((d) => ({
   tool: d.dataset.tool,
   title: d.querySelector('.tsum').textContent,
@@ -24,12 +17,11 @@ const cards = (p) => p.evaluate(() => [...document.querySelectorAll('.msg.assist
   kv: [...d.querySelectorAll('dl.kv dt')].map((e) => e.textContent),
   result: (d.querySelector('.tresult') || { textContent: null }).textContent,
 })));
-try {
+await run(out, async (browser) => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   page.setDefaultTimeout(20000);
-  page.on('pageerror', (e) => out.errors.push(String(e)));
-  page.on('console', (m) => { if (m.type() === 'error') out.errors.push(m.text()); });
+  watch(page, out);
   await page.goto(link);
   await page.waitForSelector('#convs li');
   await page.fill('#text', 'show tools');
@@ -67,10 +59,4 @@ try {
   await p2.waitForTimeout(200);
   out.phone_wider = await p2.evaluate(() => document.scrollingElement.scrollWidth > innerWidth + 1);
   if (shots) await p2.locator('.msg.assistant').last().screenshot({ path: `${shots}/tools-phone-dark-open.png` });
-  out.ok = true;
-} catch (e) {
-  out.error = String(e);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(out));
+});

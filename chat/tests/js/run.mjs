@@ -1,0 +1,30 @@
+// What the chat's page tests share: chromium (Debian's, headless) started and closed around a
+// test body, and one JSON line on stdout with what the body found ({"ok":true,...} or
+// {"ok":false,"error":...}). The login link is the first argument; screenshots go to $SHOTS.
+import { chromium } from 'playwright-core';
+
+export const link = process.argv[2];
+export const shots = process.env.SHOTS;
+
+export async function run(out, body) {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox'],
+  });
+  try {
+    await body(browser);
+    out.ok = true;
+  } catch (e) {
+    out.error = String(e);
+  } finally {
+    await browser.close();
+  }
+  console.log(JSON.stringify(out));
+}
+
+// A page's uncaught exceptions and console errors, into `out.errors`.
+export function watch(page, out) {
+  page.on('pageerror', (e) => out.errors.push(String(e)));
+  page.on('console', (m) => { if (m.type() === 'error') out.errors.push(m.text()); });
+}
