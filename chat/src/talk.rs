@@ -111,13 +111,14 @@ pub(crate) async fn send(
         ));
     };
     let confine = agent_confine(profile, &cfg.state_dir);
-    match orch.conversations().open(user, conversation) {
-        Ok(Some(_)) => {}
+    // Its meta only: the records are not needed to start a run.
+    let meta = match orch.conversations().meta(user, conversation) {
+        Ok(Some(m)) => m,
         Ok(None) | Err(crate::Error::NotFound(_)) => {
             return Err(reject(Reject::NotFound, "no such conversation"))
         }
         Err(e) => return Err(reject(Reject::Internal, e.to_string())),
-    }
+    };
     if orch.active(user, conversation).is_some() {
         return Err(reject(
             Reject::Busy,
@@ -187,12 +188,10 @@ pub(crate) async fn send(
         })?;
     let _ = orch.conversations().touch(user, conversation);
     // The first message names a conversation nobody has named.
-    if let Ok(Some(meta)) = orch.conversations().meta(user, conversation) {
-        if meta.title == crate::conversations::UNTITLED {
-            let title = crate::conversations::title_from(text);
-            if let Err(e) = orch.conversations().rename(user, conversation, &title) {
-                tracing::warn!(error = %e, "naming a conversation after its first message");
-            }
+    if meta.title == crate::conversations::UNTITLED {
+        let title = crate::conversations::title_from(text);
+        if let Err(e) = orch.conversations().rename(user, conversation, &title) {
+            tracing::warn!(error = %e, "naming a conversation after its first message");
         }
     }
     hubs.publish(

@@ -286,7 +286,7 @@ impl Orchestrator {
                 "this conversation already has a run going".into(),
             ));
         }
-        if self.conversations.open(user, conversation)?.is_none() {
+        if self.conversations.meta(user, conversation)?.is_none() {
             return Err(Error::NotFound(format!("no conversation {conversation:?}")));
         }
         let id = crate::ids::random(12)?;

@@ -8,16 +8,10 @@
 // and checks that no number is shown twice or missing, and presses Cancel. Prints one JSON
 // line: {"ok":true,...} or {"ok":false,"error":...}.
 import { readFileSync } from 'node:fs';
-import { chromium } from 'playwright-core';
+import { run, link, shots } from './run.mjs';
 
-const [link] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox'],
-});
 const out = { ok: false };
-try {
+await run(out, async (browser) => {
   const context = await browser.newContext();
   const page = await context.newPage();
   page.setDefaultTimeout(20000);
@@ -38,7 +32,6 @@ try {
   // A numbered stream (" 1", " 2", ...): the answer grows on screen, the second tab follows it
   // live, a reload in the middle picks it up again with no number twice and none missing, and
   // Cancel (from the reloaded tab) ends it in both.
-  const shots = process.env.SHOTS;
   // The page, or (`what`) one element of it, scrolled into view first: a page shot of a long
   // conversation may not show the growing answer at all.
   const shot = async (p, name, what) => {
@@ -90,10 +83,4 @@ try {
   if (final[0] !== final[1]) throw new Error(`the tabs ended with different answers: ${final}`);
   out.final = final[0];
   await shot(page, '5-cancelled');
-  out.ok = true;
-} catch (e) {
-  out.error = String(e);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(out));
+});

@@ -8,22 +8,15 @@
 // sizes). Allows it in the second tab: the first must show it resolved, by whom, with its
 // buttons gone, and the run ends ok. Then a second run, denied from the phone-sized tab.
 // Screenshots go to $SHOTS when set. Prints one JSON line: {"ok":true,...} or {"ok":false,...}.
-import { chromium } from 'playwright-core';
+import { run, link, shots } from './run.mjs';
 
-const [link] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox'],
-});
-const shots = process.env.SHOTS;
 const out = { ok: false, shots: [] };
 const shot = async (p, name) => {
   if (!shots) return;
   await p.screenshot({ path: `${shots}/${name}.png` });
   out.shots.push(name);
 };
-try {
+await run(out, async (browser) => {
   const desk = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const a = await desk.newPage();
   a.setDefaultTimeout(20000);
@@ -61,10 +54,4 @@ try {
   await a.waitForSelector('.permission .resolved.deny');
   await a.waitForSelector('text=denied: operator denied this in the chat');
   await shot(b, '4-denied-phone');
-  out.ok = true;
-} catch (e) {
-  out.error = String(e);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(out));
+});

@@ -32,12 +32,7 @@ pub fn from_config(
                     .as_ref()
                     .map(|f| read_token(state_dir, f, &format!("outposts {name:?} token_file")))
                     .transpose()?;
-                let mut b = reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .tcp_keepalive(Duration::from_secs(30))
-                    .tcp_nodelay(true)
-                    .http1_only()
-                    .redirect(reqwest::redirect::Policy::none());
+                let mut b = api_client().tcp_nodelay(true).http1_only();
                 if let Some(ca) = ca {
                     let pem = std::fs::read(state_dir.join(ca))
                         .map_err(|e| format!("outposts {name:?} ca {}: {e}", ca.display()))?;
@@ -79,10 +74,7 @@ pub fn from_config(
                     .as_ref()
                     .map(|f| read_token(state_dir, f, &format!("outposts {name:?} token_file")))
                     .transpose()?;
-                let client = reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .tcp_keepalive(Duration::from_secs(30))
-                    .redirect(reqwest::redirect::Policy::none())
+                let client = api_client()
                     .build()
                     .map_err(|e| format!("outposts {name:?}: {e}"))?;
                 std::sync::Arc::new(NomadTarget {
@@ -154,6 +146,16 @@ pub fn from_config(
         });
     }
     Ok(out)
+}
+
+/// What every outpost's HTTP client has: bounded connects, keepalive, no redirects followed
+/// (a worker or Nomad that redirects is misconfigured, and a redirect could carry the token
+/// elsewhere).
+fn api_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_keepalive(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
 }
 
 /// A token from a file (relative paths: under the state directory), trimmed; an empty one is

@@ -160,12 +160,6 @@ pub async fn probe(via: &Via) -> Result<Hello, String> {
     via.hello().await
 }
 
-/// Connects to the outpost's worker and hands it the run. An error means the attempt never
-/// started there (the outpost is skipped).
-pub async fn connect(via: &Via, run: &ToWorker) -> Result<Link, String> {
-    via.open(run).await
-}
-
 /// Ends what an outpost keeps open between runs. Bounded to 2 s.
 pub async fn close(via: &Via) {
     let _ = tokio::time::timeout(Duration::from_secs(2), via.close()).await;
