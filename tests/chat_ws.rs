@@ -1103,6 +1103,10 @@ async fn the_layout_keeps_the_composer_in_view_follows_the_stream_and_has_a_draw
     assert_eq!(r["after_jump"]["at_end"], true, "{r:#}");
     assert_eq!(r["after_jump"]["jump"], false, "{r:#}");
     assert_eq!(r["esc_cancelled"], true, "{r:#}");
+    assert_eq!(
+        r["sent_while_reconnecting"], true,
+        "a message typed while the socket reconnects is sent, not lost: {r:#}"
+    );
     assert_eq!(r["new_chat_shortcut"], true, "{r:#}");
     assert_eq!(r["drawer_closed"], true, "{r:#}");
     assert_eq!(r["drawer_open"], true, "{r:#}");

@@ -3,7 +3,7 @@
 'use strict';
 const $ = (s) => document.querySelector(s);
 const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls; if (text != null) e.textContent = text; return e; };
-const state = { convs: [], current: null, runs: {}, ws: null, active: null, backoff: 500, follow: true, changes: [] };
+const state = { convs: [], current: null, runs: {}, ws: null, active: null, backoff: 500, follow: true, changes: [], pending: [] };
 // Numbers as people read them: 19,981,760.
 const num = (n) => Number(n || 0).toLocaleString('en-US');
 
@@ -460,7 +460,16 @@ function showLimits(l) {
 async function refreshLimits() { try { showLimits(await api('api/limits')); } catch (_) {} }
 
 // ---- The socket
-function send(frame) { if (state.ws && state.ws.readyState === 1) state.ws.send(JSON.stringify(frame)); }
+// A frame goes out now, or, for what the user did (a message, a cancel, an answer) while the
+// socket is (re)connecting, as soon as it is open: nothing typed is lost. `hello` and
+// `subscribe` are sent again by the socket itself when it opens.
+function send(frame) {
+  if (state.ws && state.ws.readyState === 1) state.ws.send(JSON.stringify(frame));
+  else if (frame.t !== 'hello' && frame.t !== 'subscribe' && frame.t !== 'ping') {
+    state.pending.push(frame);
+    $('#conn').textContent = 'connecting… (sent once connected)';
+  }
+}
 
 function connect() {
   const url = new URL('ws', location.href); url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -474,6 +483,7 @@ function connect() {
       if (runs.length) { const [id, r] = runs[runs.length - 1]; send({ t: 'subscribe', conversation_id: state.current, run_id: id, last_seq: r.seq }); }
       else send({ t: 'subscribe', conversation_id: state.current });
     }
+    for (const f of state.pending.splice(0)) send(f);
   };
   ws.onmessage = (m) => {
     const f = JSON.parse(m.data);

@@ -33,6 +33,13 @@ await run(out, async (browser) => {
   watch(page, out);
   await page.goto(link);
   await page.waitForSelector('#convs li');
+  // A message sent while the socket is down goes out once it is back, not lost.
+  await page.evaluate(() => state.ws.close());
+  await page.fill('#text', 'sent while reconnecting');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('text=You said: sent while reconnecting');
+  out.sent_while_reconnecting = true;
+  await ok(page);
   // A conversation taller than the window: long messages, each answered.
   const long = Array.from({ length: 12 }, (_, i) => `line ${i + 1} of a long message`).join('\n');
   for (let i = 0; i < 10; i++) {
