@@ -4,7 +4,8 @@
 //! letting a request through.
 //!
 //! ```text
-//! /login            start a sign-in (302 to the provider), or explain the token login
+//! /login            the signed-out page (a "Sign in with …" button), or explain the token login;
+//!                   with `go=1` (the button) start a sign-in: 302 to the provider
 //! /oauth/callback   finish it: check state, exchange the code, look the user up, set the cookie
 //! /login/token      one-time token → session
 //! /logout           end the session

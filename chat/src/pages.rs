@@ -23,8 +23,11 @@ pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width\"><title>{t} · edge chat</title>\
-         <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em}}\
-         button{{font:inherit}}</style></head><body><h1>{t}</h1>{body}</body></html>",
+         <meta name=\"color-scheme\" content=\"light dark\">\
+         <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:36em;margin:3em auto;padding:0 1em}}\
+         button,.button{{display:inline-block;text-decoration:none;font:inherit;padding:.55em 1.3em;border-radius:6px;border:1px solid #1f6feb;background:#1f6feb;\
+         color:#fff;cursor:pointer}}button:hover,.button:hover{{background:#1a5fcc}}button:focus-visible,.button:focus-visible{{outline:3px solid #7aa7ff;outline-offset:2px}}\
+         code{{overflow-wrap:anywhere}}</style></head><body><h1>{t}</h1>{body}</body></html>",
         t = esc(title)
     );
     let mut r = (status, html).into_response();

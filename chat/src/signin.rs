@@ -18,6 +18,34 @@ use crate::Error;
 #[derive(Deserialize)]
 pub(crate) struct LoginQuery {
     rd: Option<String>,
+    /// Set by the sign-in page's button: go to the provider now.
+    go: Option<String>,
+}
+
+/// Who signs people in, as the button names it: Forgejo, or the OIDC provider's host.
+fn provider_label(chat: &edge_routing::ChatConfig) -> String {
+    match chat.login {
+        LoginKind::Forgejo => "Forgejo".into(),
+        _ => chat
+            .provider_url
+            .as_deref()
+            .and_then(|u| url::Url::parse(u).ok())
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_else(|| "the sign-in provider".into()),
+    }
+}
+
+/// A button (a link: a form's `form-action` would also bind the provider's redirect) that
+/// starts a sign-in returning to `rd`. A GET, as before: starting a flow changes nothing until the
+/// provider's callback, which `state` and PKCE guard.
+pub(crate) fn sign_in_button(base: &str, rd: &str, label: &str) -> String {
+    let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+    format!(
+        "<p><a class=\"button\" role=\"button\" href=\"{}/login?rd={}&amp;go=1\">{}</a></p>",
+        esc(base),
+        esc(&rd),
+        esc(label)
+    )
 }
 
 pub(crate) async fn login(
@@ -50,6 +78,28 @@ pub(crate) async fn login(
             "Sign in",
             "<p>This chat signs people in with a one-time link. <code>edge up</code> prints one \
              when it starts; <code>edge chat login-url</code> prints a new one.</p>",
+        );
+    }
+    if q.go.is_none() {
+        // The signed-out page: what this is, where the sign-in returns to, and one button.
+        let root = format!("{}/", p.base_path());
+        let back = if rd == root {
+            String::new()
+        } else {
+            format!("<p>You will return to <code>{}</code>.</p>", esc(&rd))
+        };
+        let what = if p.project_name.is_empty() {
+            "this site".to_string()
+        } else {
+            format!("the <b>{}</b> project", esc(&p.project_name))
+        };
+        return page(
+            StatusCode::OK,
+            "Sign in",
+            &format!(
+                "<p>The chat, CI, staging and other pages of {what} are for signed-in people.</p>{back}{}",
+                sign_in_button(&p.base, &rd, &format!("Sign in with {}", provider_label(chat)))
+            ),
         );
     }
     let result = async {
@@ -92,10 +142,7 @@ pub(crate) async fn callback(
 ) -> Response {
     let cfg = st.config.load_full();
     let p = public(&cfg, &h);
-    let again = format!(
-        "<p><a href=\"{}/login\">Sign in again</a></p>",
-        esc(&p.base)
-    );
+    let again = sign_in_button(&p.base, &format!("{}/", p.base_path()), "Sign in again");
     if let Some(err) = q.error {
         return page(
             StatusCode::BAD_REQUEST,
@@ -232,8 +279,8 @@ pub(crate) async fn logout(State(st): State<St>, h: HeaderMap) -> Response {
         StatusCode::OK,
         "Signed out",
         &format!(
-            "<p>You are signed out.</p><p><a href=\"{}/login\">Sign in again</a></p>",
-            esc(&p.base)
+            "<p>You are signed out.</p>{}",
+            sign_in_button(&p.base, &format!("{}/", p.base_path()), "Sign in again")
         ),
     );
     r.headers_mut()

@@ -21,10 +21,14 @@ async fn chromium_signs_in_through_the_provider_and_lands_on_the_chat() {
     })
     .await;
     let url = e.url("demo.example.test", "/chat/");
+    let shots =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots/signin");
+    std::fs::create_dir_all(&shots).unwrap();
     let out = tokio::process::Command::new("node")
         .arg(js_dir().join("browser.mjs"))
         .args([url.as_str(), "alice", "Signed in as alice"])
         .env("CHROMIUM", &chromium)
+        .env("SHOTS", &shots)
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(std::time::Duration::from_secs(90), out)
@@ -52,8 +56,15 @@ async fn chromium_signs_in_through_the_provider_and_lands_on_the_chat() {
         steps[0]
             .as_str()
             .unwrap()
+            .contains("/chat/login?rd=%2Fchat%2F"),
+        "signed out, the chat shows its sign-in page first: {result:#}"
+    );
+    assert!(
+        steps[1]
+            .as_str()
+            .unwrap()
             .starts_with(&e.provider.as_ref().unwrap().issuer),
-        "the browser went to the provider first: {result:#}"
+        "its button goes to the provider: {result:#}"
     );
     let cookie = result["cookies"]
         .as_array()

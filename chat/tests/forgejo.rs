@@ -214,7 +214,7 @@ async fn forgejo_sign_in_by_org_and_team_with_the_exchange_on_the_internal_url()
         f.lock().unwrap().browser_user = user.into();
         let c = e.client();
         let a = c
-            .get(&e.url("demo.example.test", "/chat/login"), &nav)
+            .get(&e.url("demo.example.test", "/chat/login?go=1"), &nav)
             .await;
         assert_eq!(a.status, 302, "{}", a.text);
         let authorize = a.location.unwrap();

@@ -38,6 +38,15 @@ async fn to_callback(c: &Client, start: &str, login: &str) -> (String, String) {
         .unwrap()
         .to_string();
     assert!(login_url.contains("/login?rd="), "{login_url}");
+    // The signed-out page: one button that starts the sign-in.
+    let a = c.get(&login_url, &NAV).await;
+    assert_eq!(a.status, 200, "{login_url}: {}", a.text);
+    assert!(
+        a.text.contains("&amp;go=1\"") && a.text.contains("Sign in with 127.0.0.1"),
+        "{}",
+        a.text
+    );
+    let login_url = format!("{login_url}&go=1");
     let a = c.get(&login_url, &NAV).await;
     assert_eq!(a.status, 302, "{login_url}: {}", a.text);
     let authorize = a.location.unwrap();
@@ -198,7 +207,7 @@ async fn forged_and_replayed_states_and_codes_fail() {
     // The used code under a fresh, genuine state: the provider refuses it.
     let code = query(&cb, "code").unwrap();
     let a = c
-        .get(&e.url("demo.example.test", "/chat/login"), &NAV)
+        .get(&e.url("demo.example.test", "/chat/login?go=1"), &NAV)
         .await;
     let fresh = query(a.location.as_deref().unwrap(), "state").unwrap();
     let a = c
@@ -216,7 +225,7 @@ async fn a_code_from_another_flow_fails_the_pkce_check() {
     let cb_base = e.url("demo.example.test", "/chat/oauth/callback");
     // The victim starts a sign-in (state A, verifier A kept by edge).
     let a = victim
-        .get(&e.url("demo.example.test", "/chat/login"), &NAV)
+        .get(&e.url("demo.example.test", "/chat/login?go=1"), &NAV)
         .await;
     let state_a = query(a.location.as_deref().unwrap(), "state").unwrap();
     // The attacker completes their own flow (state B) and injects their code into the
@@ -267,7 +276,23 @@ async fn return_addresses_off_the_site_are_refused() {
             &NAV,
         )
         .await;
-    assert_eq!(a.status, 302, "a path on the site is fine");
+    assert_eq!(a.status, 200, "a path on the site is fine: {}", a.text);
+    assert!(
+        a.text.contains("You will return to <code>/forge/x</code>")
+            && a.text.contains("login?rd=%2Fforge%2Fx&amp;go=1"),
+        "the page says where the sign-in returns to: {}",
+        a.text
+    );
+    let a = c
+        .get(
+            &format!(
+                "{}?rd=/forge/x&go=1",
+                e.url("demo.example.test", "/chat/login")
+            ),
+            &NAV,
+        )
+        .await;
+    assert_eq!(a.status, 302, "the button goes to the provider");
 }
 
 #[tokio::test]

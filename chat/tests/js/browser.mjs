@@ -2,7 +2,7 @@
 //
 //   node browser.mjs URL LOGIN EXPECT
 //
-// Opens URL (the chat, through the gateway), types LOGIN into the provider's sign-in form,
+// Opens URL (the chat, through the gateway), presses the signed-out page's button, types LOGIN into the provider's sign-in form,
 // confirms, and waits until the page shows EXPECT. Every *.example.test name resolves to
 // 127.0.0.1; the gateway's certificate comes from the test's own CA, so certificate errors
 // are ignored. Prints one JSON line: {"ok":true,"url":...,"text":...} or {"ok":false,...}.
@@ -17,10 +17,20 @@ const browser = await chromium.launch({
 });
 const out = { ok: false, steps: [] };
 try {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   page.setDefaultTimeout(20000);
   await page.goto(url);
+  out.steps.push(page.url());
+  // The signed-out page: its one button starts the sign-in.
+  if (process.env.SHOTS) {
+    await page.screenshot({ path: `${process.env.SHOTS}/signed-out-desktop.png` });
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.screenshot({ path: `${process.env.SHOTS}/signed-out-phone.png` });
+    await page.setViewportSize({ width: 1280, height: 800 });
+  }
+  await page.click('a.button:has-text("Sign in with")');
+  await page.waitForLoadState();
   out.steps.push(page.url());
   await page.fill('input[name=login]', login);
   await page.fill('input[name=password]', 'any password');
