@@ -616,9 +616,13 @@ async fn serve(
         .context("SIGTERM handler")?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("SIGHUP handler")?;
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("SIGUSR1 handler")?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
+            // logrotate's `postrotate`: the access log file is opened anew.
+            _ = usr1.recv() => gateway.reopen_logs(),
             _ = tokio::signal::ctrl_c() => break,
             _ = hup.recv() => match &reload {
                 Some(f) => {
@@ -654,6 +658,8 @@ async fn serve(
     if let Some(c) = &chat {
         c.close_outposts().await;
     }
+    let gw = gateway.clone();
+    let _ = tokio::task::spawn_blocking(move || gw.flush_logs(Duration::from_secs(2))).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! forwarding and identity claims dropped), routing (`edge_routing`), then a static file, an
 //! upstream (HTTP/1.1 pooled, or h2c for gRPC) or the gateway's own page.
 
+mod access_log;
 mod admin;
 mod body;
 mod forward_auth;
@@ -25,6 +26,7 @@ mod tls;
 mod tunnel;
 mod upstream;
 
+pub use access_log::{AccessLog, Sink as AccessLogSink};
 pub use admin::{ReloadFn, StatusFn};
 pub use forward_auth::{SECRET_HEADER, VERIFY_PATH};
 pub use hygiene::{is_client_claim, strip_client_claims, strip_hop_by_hop};

@@ -69,6 +69,14 @@ impl RouteMetrics {
         format!("{}/{}", self.project, self.mount)
     }
 
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    pub fn mount(&self) -> &str {
+        &self.mount
+    }
+
     pub fn upstream_error(&self, kind: UpstreamError) {
         self.upstream_errors[kind as usize].fetch_add(1, Relaxed);
     }
@@ -83,6 +91,8 @@ pub struct Metrics {
     pub connections_rejected: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Access log lines dropped because its writer fell behind or could not write.
+    pub access_log_dropped: Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -183,6 +193,11 @@ impl Metrics {
                 "edge_reload_failures_total",
                 "Config reloads refused (the old config stays).",
                 self.reload_failures.load(Relaxed),
+            ),
+            (
+                "edge_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind or could not write.",
+                self.access_log_dropped.load(Relaxed),
             ),
         ];
         for (name, help, v) in counters {

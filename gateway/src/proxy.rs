@@ -99,19 +99,18 @@ pub(crate) async fn handle(
             .insert(header::STRICT_TRANSPORT_SECURITY, HSTS);
     }
     metrics.observe(resp.status().as_u16(), start.elapsed());
-    if rt.config().log.access {
+    if let Some(log) = &rt.access {
         // The path only: query strings carry tokens and OAuth codes.
-        let path = target.split('?').next().unwrap_or("");
-        tracing::info!(
-            target: "edge::access",
-            client = %conn.ip,
-            method = %method,
-            host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
-            path,
-            status = resp.status().as_u16(),
-            micros = start.elapsed().as_micros() as u64,
-            route = %metrics.label(),
-        );
+        log.log(&crate::access_log::Line {
+            client: conn.ip,
+            method: method.as_str(),
+            host: host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+            path: target.split('?').next().unwrap_or(""),
+            status: resp.status().as_u16(),
+            micros: start.elapsed().as_micros() as u64,
+            project: metrics.project(),
+            mount: metrics.mount(),
+        });
     }
     Ok(resp)
 }

@@ -49,6 +49,8 @@ pub struct Runtime {
     pub(crate) unrouted: Arc<RouteMetrics>,
     /// Per project: the HTML list of its mounts, for 404 pages.
     pub(crate) mount_lists: Vec<String>,
+    /// `[log] access`: the running access log (kept across reloads that do not change it).
+    pub(crate) access: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 impl Runtime {
@@ -175,6 +177,7 @@ impl Runtime {
             project_metrics,
             unrouted: metrics.route("", ""),
             mount_lists,
+            access: None,
         })
     }
 

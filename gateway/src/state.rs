@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::{AccessLog, Sink};
 use crate::admin::{self, ReloadFn};
 use crate::body::ReqBody;
 use crate::metrics::Metrics;
@@ -39,6 +40,31 @@ pub enum Error {
     Tls(String),
     #[error("{0}")]
     Secret(String),
+    #[error("{0}")]
+    Log(String),
+}
+
+/// The access log `log` asks for: `current` when its target and format are the same (a reload
+/// keeps the running writer), a new one otherwise, none when `access = false`.
+fn access_log(
+    log: &edge_routing::LogConfig,
+    base_dir: &Path,
+    current: Option<&Arc<AccessLog>>,
+    metrics: &Metrics,
+) -> Result<Option<Arc<AccessLog>>, Error> {
+    if !log.access {
+        return Ok(None);
+    }
+    let sink = match &log.access_file {
+        None => Sink::Stderr,
+        Some(p) => Sink::File(base_dir.join(p)),
+    };
+    if let Some(c) = current.filter(|c| *c.sink() == sink && c.json() == log.json) {
+        return Ok(Some(c.clone()));
+    }
+    AccessLog::start(sink, log.json, metrics.access_log_dropped.clone())
+        .map(|l| Some(Arc::new(l)))
+        .map_err(Error::Log)
 }
 
 pub(crate) struct Shared {
@@ -109,7 +135,9 @@ impl Gateway {
         let https_port = config.listen.https.map(|a| a.port());
         let idle = config.limits.upstream_idle_timeout;
         let default_host = config.project_host(config.default_project);
-        let runtime = Runtime::build(config, base_dir, &metrics).map_err(Error::Config)?;
+        let access = access_log(&config.log, base_dir, None, &metrics)?;
+        let mut runtime = Runtime::build(config, base_dir, &metrics).map_err(Error::Config)?;
+        runtime.access = access;
         let certs_resolver = Arc::new(CertResolver::default());
         certs_resolver
             .set(certs, &default_host)
@@ -176,8 +204,20 @@ impl Gateway {
         certs: &[ProjectCert],
     ) -> Result<(), Error> {
         let default_host = config.project_host(config.default_project);
-        let result = Runtime::build(config, base_dir, &self.shared.metrics)
-            .map_err(Error::Config)
+        let current = self.shared.runtime.load().access.clone();
+        let access = access_log(
+            &config.log,
+            base_dir,
+            current.as_ref(),
+            &self.shared.metrics,
+        );
+        let result = access
+            .and_then(|access| {
+                let mut rt = Runtime::build(config, base_dir, &self.shared.metrics)
+                    .map_err(Error::Config)?;
+                rt.access = access;
+                Ok(rt)
+            })
             .and_then(|rt| {
                 // Certificates first: if they fail, the route table is not swapped either.
                 self.shared
@@ -196,6 +236,20 @@ impl Gateway {
                 self.shared.metrics.reload_failures.fetch_add(1, Relaxed);
                 Err(e)
             }
+        }
+    }
+
+    /// SIGUSR1: the access log file is opened anew (after logrotate moved it).
+    pub fn reopen_logs(&self) {
+        if let Some(l) = &self.shared.runtime.load().access {
+            l.reopen();
+        }
+    }
+
+    /// Writes the access log's pending lines (at shutdown), waiting at most `timeout`.
+    pub fn flush_logs(&self, timeout: Duration) {
+        if let Some(l) = &self.shared.runtime.load().access {
+            l.flush(timeout);
         }
     }
 

@@ -127,42 +127,117 @@ async fn a_bad_reload_is_refused_and_the_old_routes_stay() {
         .contains("edge_reload_failures_total 1"));
 }
 
-#[tokio::test(flavor = "current_thread")]
+fn with_log(config: &str, log: &str) -> String {
+    config.replacen("[[projects]]", &format!("[log]\n{log}\n[[projects]]"), 1)
+}
+
+#[tokio::test]
 async fn access_log_lines_are_structured_and_leave_out_query_strings() {
-    let logs = Captured::default();
-    let w = logs.clone();
-    let sub = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || w.clone())
-        .finish();
-    let _g = tracing::subscriber::set_default(sub);
     let echo = echo_upstream().await;
     let ws = ws_upstream().await;
-    let t = start(&config(echo, ws, true)).await;
+    let t = start(&with_log(
+        &config(echo, ws, true),
+        "format = \"json\"\naccess_file = \"access.log\"",
+    ))
+    .await;
     let req = http::Request::get("/forge/login?code=SECRETCODE")
         .header("host", "demo.example.test")
         .header("cookie", "session=SECRETCOOKIE")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let _ = send(t.http, req).await;
-    let text = logs.text();
+    t.gw.flush_logs(Duration::from_secs(10));
+    // Relative to the config's directory.
+    let text = std::fs::read_to_string(t.dir.path().join("access.log")).unwrap();
     let line = text
         .lines()
         .find(|l| l.contains("edge::access"))
         .unwrap_or_else(|| panic!("no access line in {text}"));
-    for want in [
-        "\"method\":\"GET\"",
-        "\"path\":\"/forge/login\"",
-        "\"status\":200",
-        "\"host\":\"demo.example.test\"",
-        "\"route\":\"demo/forge\"",
-        "\"client\":\"127.0.0.1\"",
-    ] {
-        assert!(line.contains(want), "missing {want} in {line}");
-    }
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/forge/login");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["host"], "demo.example.test");
+    assert_eq!(v["route"], "demo/forge");
+    assert_eq!(v["client"], "127.0.0.1");
+    assert!(v["micros"].as_u64().is_some(), "{line}");
+    assert!(v["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
     assert!(
         !text.contains("SECRETCODE") && !text.contains("SECRETCOOKIE"),
         "secrets in the log: {text}"
+    );
+}
+
+#[tokio::test]
+async fn the_access_log_file_is_reopened_on_request_and_follows_reloads() {
+    let echo = echo_upstream().await;
+    let ws = ws_upstream().await;
+    let cfg = with_log(&config(echo, ws, true), "access_file = \"a.log\"");
+    let t = start(&cfg).await;
+    let a = t.dir.path().join("a.log");
+    let _ = send(t.http, get("demo.example.test", "/forge/one")).await;
+    // logrotate: rename, then SIGUSR1 (which `edge up` turns into this call).
+    std::fs::rename(&a, t.dir.path().join("a.log.1")).unwrap();
+    t.gw.reopen_logs();
+    // Lines pending at the signal go to the old file; once it is handled, to the new one.
+    t.gw.flush_logs(Duration::from_secs(10));
+    let _ = send(t.http, get("demo.example.test", "/forge/two")).await;
+    t.gw.flush_logs(Duration::from_secs(10));
+    let old = std::fs::read_to_string(t.dir.path().join("a.log.1")).unwrap();
+    let new = std::fs::read_to_string(&a).unwrap();
+    assert!(
+        old.contains("path=/forge/one") && !old.contains("/forge/two"),
+        "{old}"
+    );
+    assert!(
+        new.contains("path=/forge/two") && !new.contains("/forge/one"),
+        "{new}"
+    );
+    // A reload that moves the log: the next line goes to the new file.
+    let moved = with_log(&config(echo, ws, true), "access_file = \"b.log\"")
+        .replace("@HTTPS@", "127.0.0.1:1")
+        .replace("@HTTP@", "127.0.0.1:2")
+        .replace("@ADMIN@", "127.0.0.1:3");
+    t.gw.reload(
+        edge_routing::Config::from_toml(&moved).unwrap(),
+        t.dir.path(),
+        &certs_for(&t.gw.config(), t.dir.path()).0,
+    )
+    .unwrap();
+    let _ = send(t.http, get("demo.example.test", "/forge/three")).await;
+    t.gw.flush_logs(Duration::from_secs(10));
+    let b = std::fs::read_to_string(t.dir.path().join("b.log")).unwrap();
+    assert!(b.contains("path=/forge/three"), "{b}");
+    assert!(!std::fs::read_to_string(&a)
+        .unwrap()
+        .contains("/forge/three"));
+    // A file that cannot be opened refuses the reload, naming the key; the old log stays.
+    let bad = with_log(
+        &config(echo, ws, true),
+        "access_file = \"no/such/dir/c.log\"",
+    )
+    .replace("@HTTPS@", "127.0.0.1:1")
+    .replace("@HTTP@", "127.0.0.1:2")
+    .replace("@ADMIN@", "127.0.0.1:3");
+    let err =
+        t.gw.reload(
+            edge_routing::Config::from_toml(&bad).unwrap(),
+            t.dir.path(),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("log.access_file") && err.contains("c.log"),
+        "{err}"
+    );
+    let r = send(t.admin, get("localhost", "/metrics")).await;
+    assert!(
+        r.text()
+            .lines()
+            .any(|l| l == "edge_access_log_dropped_total 0"),
+        "{}",
+        r.text()
     );
 }
 

@@ -307,6 +307,9 @@ pub struct LogConfig {
     /// One structured line per request (target `edge::access`).
     pub access: bool,
     pub json: bool,
+    /// `access_file`: the access log goes to this file (reopened on SIGUSR1) instead of stderr.
+    /// Relative paths are against the config file's directory.
+    pub access_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -860,10 +863,21 @@ fn read_log(t: Option<Table<'_>>, errs: &mut Errors) -> LogConfig {
     let mut l = LogConfig {
         access: true,
         json: false,
+        access_file: None,
     };
     let Some(mut t) = t else { return l };
     if let Some(b) = t.bool(errs, "access") {
         l.access = b;
+    }
+    if let Some(f) = t.str(errs, "access_file") {
+        if f.is_empty() {
+            errs.push(
+                t.key("access_file"),
+                "an empty path: leave the key out to log to stderr",
+            );
+        } else {
+            l.access_file = Some(PathBuf::from(f));
+        }
     }
     match t.str(errs, "format") {
         None | Some("text") => {}
