@@ -34,7 +34,8 @@ pub enum Sink {
 
 /// What one request's line says.
 pub(crate) struct Line<'a> {
-    pub client: std::net::IpAddr,
+    /// The client's address, as text (rendered once per connection).
+    pub client: &'a str,
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
@@ -388,9 +389,9 @@ fn format_line(buf: &mut Vec<u8>, stamp: &mut Stamp, l: &Line<'_>, json: bool) {
     if json {
         buf.extend_from_slice(b"{\"timestamp\":\"");
         stamp.write(buf);
-        buf.extend_from_slice(b"\",\"target\":\"edge::access\",\"client\":\"");
-        let _ = write!(buf, "{}", l.client);
-        buf.extend_from_slice(b"\",\"method\":");
+        buf.extend_from_slice(b"\",\"target\":\"edge::access\",\"client\":");
+        json_str(buf, l.client);
+        buf.extend_from_slice(b",\"method\":");
         json_str(buf, l.method);
         buf.extend_from_slice(b",\"host\":");
         json_str(buf, l.host);
@@ -408,7 +409,7 @@ fn format_line(buf: &mut Vec<u8>, stamp: &mut Stamp, l: &Line<'_>, json: bool) {
     } else {
         stamp.write(buf);
         buf.extend_from_slice(b" edge::access client=");
-        let _ = write!(buf, "{}", l.client);
+        text_val(buf, l.client);
         buf.extend_from_slice(b" method=");
         text_val(buf, l.method);
         buf.extend_from_slice(b" host=");
@@ -446,13 +447,21 @@ fn json_body(buf: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Bytes a logfmt value may hold unquoted: printable ASCII but `"`, `\\` and `=`.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x21;
+    while b < 0x7f {
+        t[b] = !matches!(b as u8, b'"' | b'\\' | b'=');
+        b += 1;
+    }
+    t
+};
+
 /// A logfmt value: bare when it is plain, else quoted with `"`, `\` and control bytes escaped
 /// (so a crafted path cannot start a line of its own or forge a field).
 fn text_val(buf: &mut Vec<u8>, s: &str) {
-    let plain = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'=');
-    if plain {
+    if !s.is_empty() && s.bytes().all(|b| PLAIN[b as usize]) {
         buf.extend_from_slice(s.as_bytes());
         return;
     }
@@ -476,7 +485,7 @@ mod tests {
 
     fn line(path: &str) -> Line<'_> {
         Line {
-            client: "127.0.0.1".parse().unwrap(),
+            client: "127.0.0.1",
             method: "GET",
             host: "demo.example.test",
             path,

@@ -76,34 +76,55 @@ pub fn remove_cgi_spellings(headers: &mut HeaderMap, names: &[HeaderName]) {
 }
 
 /// Lists the header names in all `Connection` values.
-fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+/// The headers `Connection` names besides `keep-alive` (already hop-by-hop) and `close` (set
+/// aside in the flag): nearly always none, so nothing is allocated for them.
+fn connection_tokens(headers: &HeaderMap) -> (Vec<HeaderName>, bool) {
     let mut out = Vec::new();
+    let mut close = false;
     for v in headers.get_all(header::CONNECTION) {
         let Ok(s) = v.to_str() else { continue };
         for token in s.split(',') {
-            let t = token.trim();
-            if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
+            let t = token.trim().as_bytes();
+            if t.eq_ignore_ascii_case(b"keep-alive") {
+                continue;
+            }
+            if t.eq_ignore_ascii_case(b"close") {
+                close = true;
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(t) {
                 out.push(name);
             }
         }
     }
-    out
+    (out, close)
 }
 
 /// Removes hop-by-hop headers, including every header the sender named in `Connection`.
 /// `keep_te_trailers` keeps `TE: trailers`, which gRPC over HTTP/2 requires.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    // One pass over the names; only what is present is removed (most requests carry none).
-    let mut found: Vec<HeaderName> = Vec::new();
+    // One pass over the names; only what is present is removed (most requests carry none, most
+    // responses `Connection: keep-alive`). At most the seven fixed names: no allocation.
+    let mut found: [Option<HeaderName>; 7] = Default::default();
+    let mut n = 0;
+    let mut connection = false;
     for name in headers.keys() {
-        if is_hop_by_hop(name) {
-            found.push(name.clone());
+        if is_hop_by_hop(name) && n < found.len() {
+            connection |= name == header::CONNECTION;
+            found[n] = Some(name.clone());
+            n += 1;
         }
     }
-    if found.contains(&header::CONNECTION) {
-        found.extend(connection_tokens(headers));
+    if connection {
+        let (named, close) = connection_tokens(headers);
+        for name in named {
+            headers.remove(name);
+        }
+        if close {
+            headers.remove("close");
+        }
     }
-    for name in &found {
+    for name in found.iter().flatten() {
         headers.remove(name);
     }
     if let Some(te) = headers.get(header::TE) {
@@ -186,6 +207,7 @@ pub fn forwarded_for(ip: std::net::IpAddr) -> String {
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && connection_tokens(headers)
+            .0
             .iter()
             .any(|t| t.as_str() == "upgrade")
 }
@@ -246,6 +268,32 @@ mod tests {
                 "{ok}"
             );
         }
+    }
+
+    #[test]
+    fn every_header_connection_names_goes_even_with_close_and_in_two_lines() {
+        let mut h = map(&[
+            ("connection", "Close, X-One"),
+            ("connection", "x-two"),
+            ("close", "odd but named"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("x-three", "3"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        for gone in [
+            "connection",
+            "close",
+            "x-one",
+            "x-two",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} should be gone: {h:?}");
+        }
+        assert_eq!(h["x-three"], "3");
     }
 
     #[test]

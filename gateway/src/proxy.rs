@@ -102,7 +102,7 @@ pub(crate) async fn handle(
     if let Some(log) = &rt.access {
         // The path only: query strings carry tokens and OAuth codes.
         log.log(&crate::access_log::Line {
-            client: conn.ip,
+            client: conn.ip_value.to_str().unwrap_or("?"),
             method: method.as_str(),
             host: host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
             path: target.split('?').next().unwrap_or(""),
