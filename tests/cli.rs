@@ -576,6 +576,62 @@ fn sighup_and_edge_reload_reread_the_config_and_a_bad_one_is_refused() {
 }
 
 #[test]
+fn sigusr1_reopens_the_access_log_for_logrotate_and_sigterm_writes_what_is_pending() {
+    let up = upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let ports = (free_port(), free_port(), free_port());
+    let cfg = dir.path().join("edge.toml");
+    write_config(&cfg, up, ports, false);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[log]\naccess_file = \"access.log\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let mut edge_proc = Running(
+        edge()
+            .args(["up", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("edge.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(ports.1);
+    let log = dir.path().join("access.log");
+    let rotated = dir.path().join("access.log.1");
+    assert_eq!(get(ports.1, "/forge/one?token=SECRET").0, "200");
+    // logrotate: move the file, then signal; edge creates the file anew.
+    std::fs::rename(&log, &rotated).unwrap();
+    signal(&edge_proc.0, "-USR1");
+    let start = Instant::now();
+    while !log.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "SIGUSR1 did not reopen the access log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(ports.1, "/forge/two").0, "200");
+    // Stopped right away: the pending line is written before edge exits.
+    signal(&edge_proc.0, "-TERM");
+    assert_eq!(edge_proc.0.wait().unwrap().code(), Some(0));
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        old.contains("path=/forge/one ") && !old.contains("/forge/two"),
+        "{old}"
+    );
+    assert!(!old.contains("SECRET"), "no query strings: {old}");
+    assert!(
+        new.contains("path=/forge/two ") && !new.contains("/forge/one"),
+        "{new}"
+    );
+    let stderr = std::fs::read_to_string(dir.path().join("edge.log")).unwrap();
+    assert!(
+        !stderr.contains("edge::access"),
+        "with a file, access lines stay out of stderr: {stderr}"
+    );
+}
+
+#[test]
 fn edge_trust_installs_and_removes_the_local_ca_in_a_throwaway_store_and_nss_db() {
     let t = tempfile::tempdir().unwrap();
     let (state, ca_dir, nss) = (

@@ -384,42 +384,48 @@ impl Stamp {
     }
 }
 
+/// A field's value.
+enum Val<'a> {
+    Str(&'a str),
+    Num(u64),
+}
+
 fn format_line(buf: &mut Vec<u8>, stamp: &mut Stamp, l: &Line<'_>, json: bool) {
+    let fields = [
+        ("client", Val::Str(l.client)),
+        ("method", Val::Str(l.method)),
+        ("host", Val::Str(l.host)),
+        ("path", Val::Str(l.path)),
+        ("status", Val::Num(l.status.into())),
+        ("micros", Val::Num(l.micros)),
+    ];
     let mut n = itoa::Buffer::new();
     if json {
         buf.extend_from_slice(b"{\"timestamp\":\"");
         stamp.write(buf);
-        buf.extend_from_slice(b"\",\"target\":\"edge::access\",\"client\":");
-        json_str(buf, l.client);
-        buf.extend_from_slice(b",\"method\":");
-        json_str(buf, l.method);
-        buf.extend_from_slice(b",\"host\":");
-        json_str(buf, l.host);
-        buf.extend_from_slice(b",\"path\":");
-        json_str(buf, l.path);
-        buf.extend_from_slice(b",\"status\":");
-        buf.extend_from_slice(n.format(l.status).as_bytes());
-        buf.extend_from_slice(b",\"micros\":");
-        buf.extend_from_slice(n.format(l.micros).as_bytes());
+        buf.extend_from_slice(b"\",\"target\":\"edge::access\"");
+    } else {
+        stamp.write(buf);
+        buf.extend_from_slice(b" edge::access");
+    }
+    for (key, v) in &fields {
+        buf.extend_from_slice(if json { b",\"" } else { b" " });
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(if json { b"\":" } else { b"=" });
+        match v {
+            Val::Num(x) => buf.extend_from_slice(n.format(*x).as_bytes()),
+            Val::Str(s) if json => json_str(buf, s),
+            Val::Str(s) => text_val(buf, s),
+        }
+    }
+    // `route=project/mount`: both parts are config names, escaped all the same.
+    if json {
         buf.extend_from_slice(b",\"route\":\"");
         json_body(buf, l.project);
         buf.push(b'/');
         json_body(buf, l.mount);
         buf.extend_from_slice(b"\"}\n");
     } else {
-        stamp.write(buf);
-        buf.extend_from_slice(b" edge::access client=");
-        text_val(buf, l.client);
-        buf.extend_from_slice(b" method=");
-        text_val(buf, l.method);
-        buf.extend_from_slice(b" host=");
-        text_val(buf, l.host);
-        buf.extend_from_slice(b" path=");
-        text_val(buf, l.path);
-        buf.extend_from_slice(b" status=");
-        buf.extend_from_slice(n.format(l.status).as_bytes());
-        buf.extend_from_slice(b" micros=");
-        buf.extend_from_slice(n.format(l.micros).as_bytes());
         buf.extend_from_slice(b" route=");
         text_val(buf, l.project);
         buf.push(b'/');
