@@ -32,6 +32,26 @@ pub fn on_disk(config: &Config, base: &Path) -> Vec<ConfigError> {
             }
         }
     }
+    if let (true, Some(f)) = (config.log.access, &config.log.access_file) {
+        // Where `edge up` will append: an existing file it can write, or a directory it can
+        // create the file in. Nothing is created here.
+        let path = base.join(f);
+        let problem = match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => Some(format!("{} is a directory", path.display())),
+            Ok(m) if m.permissions().readonly() => Some(format!("{} is read-only", path.display())),
+            Ok(_) => None,
+            Err(_) => match path.parent().map(std::fs::metadata) {
+                Some(Ok(d)) if d.is_dir() => None,
+                _ => Some(format!(
+                    "{}: its directory does not exist (a relative path is taken from the config file's directory)",
+                    path.display()
+                )),
+            },
+        };
+        if let Some(m) = problem {
+            push("log.access_file".into(), m);
+        }
+    }
     let Some(agent) = config.chat.as_ref().and_then(|c| c.agent.as_ref()) else {
         return out;
     };

@@ -133,14 +133,14 @@ fn config_check_looks_at_what_the_file_names_on_this_host() {
     std::fs::write(&hidden, "#!/bin/sh\n").unwrap();
     std::fs::set_permissions(&hidden, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::create_dir_all(d.join("site")).unwrap();
-    let write = |name: &str, root: &str, command: &str, workspace: &str| {
+    let write = |name: &str, root: &str, command: &str, workspace: &str, log: &str| {
         let f = d.join(name);
         std::fs::write(
             &f,
             format!(
                 "[[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"staging\"\n  root = \"{root}\"\n\
                  [chat]\n[chat.agent]\nkind = \"claude\"\ncommand = \"{command}\"\nworkspace = \"{workspace}\"\n\
-                 [sandbox.profiles.default]\nhidden = [\"{hide}\"]\n",
+                 [sandbox.profiles.default]\nhidden = [\"{hide}\"]\n[log]\naccess_file = \"{log}\"\n",
                 hide = d.join("bin").display()
             ),
         )
@@ -152,11 +152,17 @@ fn config_check_looks_at_what_the_file_names_on_this_host() {
         "./nowhere",
         &hidden.display().to_string(),
         "./no-workspace",
+        "./no-dir/access.log",
     );
     let out = edge().args(["config", "check"]).arg(&bad).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("3 problems on this host"), "{err}");
+    assert!(err.contains("4 problems on this host"), "{err}");
+    assert!(
+        err.contains("log.access_file: ")
+            && err.contains("no-dir/access.log: its directory does not exist"),
+        "{err}"
+    );
     assert!(
         err.contains("projects[0].routes[0].root: ") && err.contains("nowhere"),
         "{err}"
@@ -173,7 +179,13 @@ fn config_check_looks_at_what_the_file_names_on_this_host() {
             )),
         "{err}"
     );
-    let missing = write("missing.toml", "./site", "no-such-agent-program", ".");
+    let missing = write(
+        "missing.toml",
+        "./site",
+        "no-such-agent-program",
+        ".",
+        "a.log",
+    );
     let out = edge()
         .args(["config", "check"])
         .arg(&missing)
@@ -196,7 +208,7 @@ fn config_check_looks_at_what_the_file_names_on_this_host() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Everything present: ok.
-    let good = write("good.toml", "./site", "/bin/sh", ".");
+    let good = write("good.toml", "./site", "/bin/sh", ".", "./access.log");
     let out = edge()
         .args(["config", "check"])
         .arg(&good)
