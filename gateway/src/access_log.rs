@@ -441,19 +441,27 @@ fn json_str(buf: &mut Vec<u8>, s: &str) {
 }
 
 fn json_body(buf: &mut Vec<u8>, s: &str) {
+    escape(buf, s, true);
+}
+
+/// `"` and `\` backslashed; control bytes as `\u00XX` (JSON) or `\xXX` (text).
+fn escape(buf: &mut Vec<u8>, s: &str, json: bool) {
     for &b in s.as_bytes() {
         match b {
             b'"' => buf.extend_from_slice(b"\\\""),
             b'\\' => buf.extend_from_slice(b"\\\\"),
-            0..=0x1f | 0x7f => {
+            0..=0x1f | 0x7f if json => {
                 let _ = write!(buf, "\\u{b:04x}");
+            }
+            0..=0x1f | 0x7f => {
+                let _ = write!(buf, "\\x{b:02x}");
             }
             _ => buf.push(b),
         }
     }
 }
 
-/// Bytes a logfmt value may hold unquoted: printable ASCII but `"`, `\\` and `=`.
+/// Bytes a logfmt value may hold unquoted: printable ASCII but `"`, `\` and `=`.
 const PLAIN: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0x21;
@@ -472,16 +480,7 @@ fn text_val(buf: &mut Vec<u8>, s: &str) {
         return;
     }
     buf.push(b'"');
-    for &b in s.as_bytes() {
-        match b {
-            b'"' => buf.extend_from_slice(b"\\\""),
-            b'\\' => buf.extend_from_slice(b"\\\\"),
-            0..=0x1f | 0x7f => {
-                let _ = write!(buf, "\\x{b:02x}");
-            }
-            _ => buf.push(b),
-        }
-    }
+    escape(buf, s, false);
     buf.push(b'"');
 }
 
