@@ -28,6 +28,24 @@ async fn env(agent: &str, limits: &str) -> Env {
     env_on("example.test", agent, limits).await
 }
 
+/// One message to a fresh chat with `agent`, in a new conversation: the run's frames to its end.
+async fn run_once(agent: &str, text: &str) -> Vec<Value> {
+    let e = env(agent, "").await;
+    let conv = e.conversation().await;
+    let mut a = e.tab().await;
+    a.send(json!({"t": "send", "conversation_id": conv, "text": text}))
+        .await;
+    a.until_end().await
+}
+
+/// The run's notice of `kind`.
+fn notice<'a>(frames: &'a [Value], kind: &str) -> &'a Value {
+    frames
+        .iter()
+        .find(|f| f["event"]["t"] == "notice" && f["event"]["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} notice: {frames:#?}"))
+}
+
 async fn env_on(domain: &str, agent: &str, limits: &str) -> Env {
     let host = format!("demo.{domain}");
     let dir = tempfile::tempdir().unwrap();
@@ -632,12 +650,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn chat_runs_are_confined_and_a_run_that_cannot_be_is_refused() {
     let agent = "[chat.agent]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"id -u; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; ls /root 2>&1; echo \\\"$0\\\"\", \"{message}\"]\nworkspace = \"/tmp\"\n";
-    let e = env(agent, "").await;
-    let conv = e.conversation().await;
-    let mut a = e.tab().await;
-    a.send(json!({"t": "send", "conversation_id": conv, "text": "hello"}))
-        .await;
-    let frames = a.until_end().await;
+    let frames = run_once(agent, "hello").await;
     let text: String = frames
         .iter()
         .filter_map(|f| f["event"]["text"].as_str())
@@ -651,12 +664,7 @@ async fn chat_runs_are_confined_and_a_run_that_cannot_be_is_refused() {
 
     // /root is no place for nobody's workspace.
     let agent = "[chat.agent]\nkind = \"command\"\ncommand = [\"echo\", \"{message}\"]\nworkspace = \"/root\"\n";
-    let e = env(agent, "").await;
-    let conv = e.conversation().await;
-    let mut a = e.tab().await;
-    a.send(json!({"t": "send", "conversation_id": conv, "text": "hello"}))
-        .await;
-    let frames = a.until_end().await;
+    let frames = run_once(agent, "hello").await;
     let end = frames.last().unwrap();
     assert_eq!(end["outcome"], "error", "{end}");
     let detail = end["detail"].as_str().unwrap();
@@ -680,16 +688,8 @@ async fn egress_denials_show_in_the_run() {
         "[chat.agent]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"{edge} sandbox probe egress 9 # $0\", \"{{message}}\"]\nworkspace = \"/tmp\"\nsandbox = \"probe\"\n\
          [sandbox.profiles.probe]\nread_only = [\"{bin_dir}\"]\n"
     );
-    let e = env(&agent, "").await;
-    let conv = e.conversation().await;
-    let mut a = e.tab().await;
-    a.send(json!({"t": "send", "conversation_id": conv, "text": "go"}))
-        .await;
-    let frames = a.until_end().await;
-    let notice = frames
-        .iter()
-        .find(|f| f["event"]["t"] == "notice" && f["event"]["kind"] == "egress_denied")
-        .unwrap_or_else(|| panic!("no egress notice: {frames:#?}"));
+    let frames = run_once(&agent, "go").await;
+    let notice = notice(&frames, "egress_denied");
     assert!(
         notice["event"]["detail"]
             .as_str()
@@ -706,16 +706,8 @@ async fn a_run_past_its_memory_limit_ends_saying_so() {
     // 400 MiB in a profile that allows 64.
     let agent = "[chat.agent]\nkind = \"command\"\ncommand = [\"/usr/bin/python3\", \"-c\", \"b = bytearray(400 * 1024 * 1024); print(len(b))\", \"{message}\"]\nworkspace = \"/tmp\"\nsandbox = \"small\"\n\
          [sandbox.profiles.small]\nmemory = \"64MiB\"\n";
-    let e = env(agent, "").await;
-    let conv = e.conversation().await;
-    let mut a = e.tab().await;
-    a.send(json!({"t": "send", "conversation_id": conv, "text": "go"}))
-        .await;
-    let frames = a.until_end().await;
-    let notice = frames
-        .iter()
-        .find(|f| f["event"]["t"] == "notice" && f["event"]["kind"] == "memory_limit")
-        .unwrap_or_else(|| panic!("no memory_limit notice: {frames:#?}"));
+    let frames = run_once(agent, "go").await;
+    let notice = notice(&frames, "memory_limit");
     assert!(
         notice["event"]["detail"]
             .as_str()

@@ -45,6 +45,11 @@ impl Public {
     pub(crate) fn base_path(&self) -> &str {
         &self.base[self.base_origin().len()..]
     }
+
+    /// The chat's own page as a path (`/chat/`, or `/`): where sign-ins return by default.
+    pub(crate) fn root_path(&self) -> String {
+        format!("{}/", self.base_path())
+    }
 }
 
 pub(crate) fn hv<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -87,7 +92,7 @@ pub(crate) fn public(cfg: &Config, h: &HeaderMap) -> Public {
 /// same project (subdomain mode). Anything else is an open redirect.
 pub(crate) fn safe_rd(cfg: &Config, p: &Public, rd: &str) -> Result<String, String> {
     if rd.is_empty() {
-        return Ok(format!("{}/", p.base_path()));
+        return Ok(p.root_path());
     }
     if rd.chars().any(|c| c.is_control() || c == '\\') {
         return Err("it contains control characters or a backslash".into());

@@ -82,8 +82,7 @@ pub(crate) async fn login(
     }
     if q.go.is_none() {
         // The signed-out page: what this is, where the sign-in returns to, and one button.
-        let root = format!("{}/", p.base_path());
-        let back = if rd == root {
+        let back = if rd == p.root_path() {
             String::new()
         } else {
             format!("<p>You will return to <code>{}</code>.</p>", esc(&rd))
@@ -142,7 +141,7 @@ pub(crate) async fn callback(
 ) -> Response {
     let cfg = st.config.load_full();
     let p = public(&cfg, &h);
-    let again = sign_in_button(&p.base, &format!("{}/", p.base_path()), "Sign in again");
+    let again = sign_in_button(&p.base, &p.root_path(), "Sign in again");
     if let Some(err) = q.error {
         return page(
             StatusCode::BAD_REQUEST,
@@ -246,7 +245,7 @@ pub(crate) async fn token_login(
     };
     match start_session(&st, &p, &user, true).await {
         Ok(cookie) => {
-            let mut r = redirect(&format!("{}/", p.base_path()));
+            let mut r = redirect(&p.root_path());
             r.headers_mut().append(header::SET_COOKIE, cookie);
             r
         }
@@ -280,7 +279,7 @@ pub(crate) async fn logout(State(st): State<St>, h: HeaderMap) -> Response {
         "Signed out",
         &format!(
             "<p>You are signed out.</p>{}",
-            sign_in_button(&p.base, &format!("{}/", p.base_path()), "Sign in again")
+            sign_in_button(&p.base, &p.root_path(), "Sign in again")
         ),
     );
     r.headers_mut()

@@ -26,7 +26,6 @@ mod tls;
 mod tunnel;
 mod upstream;
 
-pub use access_log::{AccessLog, Sink as AccessLogSink};
 pub use admin::{ReloadFn, StatusFn};
 pub use forward_auth::{SECRET_HEADER, VERIFY_PATH};
 pub use hygiene::{is_client_claim, strip_client_claims, strip_hop_by_hop};

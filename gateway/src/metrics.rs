@@ -64,11 +64,6 @@ impl RouteMetrics {
         self.sum_us.fetch_add(us, Relaxed);
     }
 
-    /// `project/mount`, for logs.
-    pub fn label(&self) -> String {
-        format!("{}/{}", self.project, self.mount)
-    }
-
     pub fn project(&self) -> &str {
         &self.project
     }

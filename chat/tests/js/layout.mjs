@@ -7,7 +7,7 @@
 // answer while at its end; scrolled up it stays put and "Jump to latest" appears, and brings it
 // back; Esc cancels the run; Ctrl+Shift+O starts a new chat; on a phone the conversations are a
 // drawer. Screenshots into $SHOTS. Prints one JSON line: {"ok":true,...} or {"ok":false,...}.
-import { run, link, shots, watch } from './run.mjs';
+import { run, shots, desktop } from './run.mjs';
 
 const out = { ok: false, errors: [] };
 const shot = async (p, name) => { if (shots) { await p.screenshot({ path: `${shots}/${name}.png` }); (out.shots ||= []).push(name); } };
@@ -27,12 +27,7 @@ const layout = (p) => p.evaluate(() => {
 const ok = async (p) => p.waitForFunction((n) => document.querySelectorAll('.msg.assistant .status:not(.live)').length >= n,
   await p.locator('.msg.user').count());
 await run(out, async (browser) => {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(20000);
-  watch(page, out);
-  await page.goto(link);
-  await page.waitForSelector('#convs li');
+  const { context, page } = await desktop(browser, out);
   // A message sent while the socket is down goes out once it is back, not lost.
   await page.evaluate(() => state.ws.close());
   await page.fill('#text', 'sent while reconnecting');

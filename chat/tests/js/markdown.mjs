@@ -6,7 +6,7 @@
 // answer: one with every Markdown element the chat renders, one with the usual XSS payloads.
 // Prints one JSON line with what the page shows ({"ok":true,...} or {"ok":false,...});
 // screenshots into $SHOTS.
-import { run, link, shots, watch } from './run.mjs';
+import { run, shots, desktop } from './run.mjs';
 
 const out = { ok: false, errors: [] };
 const fence = '```';
@@ -47,13 +47,7 @@ ${fence}html
 <script>window.__xss='code'</script>
 ${fence}`;
 await run(out, async (browser) => {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  await context.grantPermissions(['clipboard-read', 'clipboard-write']);
-  const page = await context.newPage();
-  page.setDefaultTimeout(20000);
-  watch(page, out);
-  await page.goto(link);
-  await page.waitForSelector('#convs li');
+  const { context, page } = await desktop(browser, out, ['clipboard-read', 'clipboard-write']);
   out.csp = (await page.reload()).headers()['content-security-policy'];
   await page.waitForSelector('#convs li');
   const ask = async (text, n) => {

@@ -28,3 +28,16 @@ export function watch(page, out) {
   page.on('pageerror', (e) => out.errors.push(String(e)));
   page.on('console', (m) => { if (m.type() === 'error') out.errors.push(m.text()); });
 }
+
+// The chat at 1280x800, signed in through the link and watched (see `watch`), once its
+// conversations are listed. `permissions`: browser permissions to grant first.
+export async function desktop(browser, out, permissions = []) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  if (permissions.length) await context.grantPermissions(permissions);
+  const page = await context.newPage();
+  page.setDefaultTimeout(20000);
+  watch(page, out);
+  await page.goto(link);
+  await page.waitForSelector('#convs li');
+  return { context, page };
+}

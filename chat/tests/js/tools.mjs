@@ -1,7 +1,7 @@
 // Tool cards in Debian's chromium (headless): the test agent plays a recorded turn ("show tools":
 // thinking, Bash, Read, Edit, Grep, TodoWrite, a failing Bash and an unknown tool, each with its
 // result). Prints one JSON line with what each card shows; screenshots into $SHOTS.
-import { run, link, shots, watch } from './run.mjs';
+import { run, shots, desktop } from './run.mjs';
 
 const out = { ok: false, errors: [] };
 const cards = (p) => p.evaluate(() => [...document.querySelectorAll('.msg.assistant details.tool')].map((d) => ({
@@ -18,12 +18,7 @@ const cards = (p) => p.evaluate(() => [...document.querySelectorAll('.msg.assist
   result: (d.querySelector('.tresult') || { textContent: null }).textContent,
 })));
 await run(out, async (browser) => {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(20000);
-  watch(page, out);
-  await page.goto(link);
-  await page.waitForSelector('#convs li');
+  const { context, page } = await desktop(browser, out);
   await page.fill('#text', 'show tools');
   await page.keyboard.press('Enter');
   await page.waitForSelector('.msg.assistant .status:not(.live):has-text("ok")');
