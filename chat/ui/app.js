@@ -3,7 +3,9 @@
 'use strict';
 const $ = (s) => document.querySelector(s);
 const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls; if (text != null) e.textContent = text; return e; };
-const state = { convs: [], current: null, runs: {}, ws: null, active: null, backoff: 500, follow: true, changes: [], pending: [] };
+// `opened`: resolved once a conversation is open (see `open`).
+let opened;
+const state = { opened: new Promise((r) => { opened = r; }), convs: [], current: null, runs: {}, ws: null, active: null, backoff: 500, follow: true, changes: [], pending: [] };
 // Numbers as people read them: 19,981,760.
 const num = (n) => Number(n || 0).toLocaleString('en-US');
 
@@ -297,6 +299,7 @@ function open(id) {
   document.querySelectorAll('#convs a').forEach((a) => a.classList.toggle('current', a.hash === '#' + id));
   send({ t: 'subscribe', conversation_id: id });
   setCancel(null);
+  opened();
 }
 
 // ---- Rendering runs
@@ -527,9 +530,11 @@ function connect() {
 window.addEventListener('DOMContentLoaded', async () => {
   $('#new').onclick = newChat;
   $('#cancel').onclick = () => state.active && send({ t: 'cancel', run_id: state.active });
-  $('#send').onsubmit = (ev) => {
+  $('#send').onsubmit = async (ev) => {
     ev.preventDefault();
-    const text = $('#text').value.trim(); if (!text || !state.current) return;
+    // Sent before the page has opened its first conversation (a slow start): it goes once it has.
+    if (!state.current) await state.opened;
+    const text = $('#text').value.trim(); if (!text) return;
     send({ t: 'send', conversation_id: state.current, text, client_msg_id: crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) });
     $('#text').value = ''; scroll(true);
   };

@@ -17,6 +17,21 @@ export async function run(out, body) {
     out.ok = true;
   } catch (e) {
     out.error = String(e);
+    // What each open chat page showed when it failed, to tell a lost message from a slow run.
+    out.pages = [];
+    for (const c of browser.contexts()) {
+      for (const p of c.pages()) {
+        out.pages.push(await p.evaluate(() => ({
+          url: location.href,
+          conn: document.querySelector('#conn')?.textContent,
+          current: typeof state === 'undefined' ? null : state.current,
+          socket: typeof state === 'undefined' ? null : state.ws?.readyState,
+          pending: typeof state === 'undefined' ? null : state.pending.length,
+          text: document.querySelector('#text')?.value,
+          log: document.querySelector('#log')?.innerText.slice(-400),
+        })).catch((err) => String(err)));
+      }
+    }
   } finally {
     await browser.close();
   }
