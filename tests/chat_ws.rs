@@ -1099,6 +1099,10 @@ async fn the_layout_keeps_the_composer_in_view_follows_the_stream_and_has_a_draw
         r["sent_while_reconnecting"], true,
         "a message typed while the socket reconnects is sent, not lost: {r:#}"
     );
+    assert_eq!(
+        r["sent_before_ready"], true,
+        "a message sent before the page opened its conversation is sent once it has: {r:#}"
+    );
     assert_eq!(r["new_chat_shortcut"], true, "{r:#}");
     assert_eq!(r["drawer_closed"], true, "{r:#}");
     assert_eq!(r["drawer_open"], true, "{r:#}");

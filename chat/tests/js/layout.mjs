@@ -7,7 +7,7 @@
 // answer while at its end; scrolled up it stays put and "Jump to latest" appears, and brings it
 // back; Esc cancels the run; Ctrl+Shift+O starts a new chat; on a phone the conversations are a
 // drawer. Screenshots into $SHOTS. Prints one JSON line: {"ok":true,...} or {"ok":false,...}.
-import { run, shots, desktop } from './run.mjs';
+import { run, shots, desktop, watch } from './run.mjs';
 
 const out = { ok: false, errors: [] };
 const shot = async (p, name) => { if (shots) { await p.screenshot({ path: `${shots}/${name}.png` }); (out.shots ||= []).push(name); } };
@@ -35,6 +35,21 @@ await run(out, async (browser) => {
   await page.waitForSelector('text=You said: sent while reconnecting');
   out.sent_while_reconnecting = true;
   await ok(page);
+  // A message sent before a slow page has opened its conversation waits for it, not ignored.
+  const early = await context.newPage();
+  early.setDefaultTimeout(20000);
+  watch(early, out);
+  await early.route('**/api/conversations', async (route) => {
+    if (route.request().method() === 'GET') await new Promise((r) => setTimeout(r, 1500));
+    await route.continue();
+  });
+  await early.goto(page.url().replace(/#.*/, ''));
+  await early.fill('#text', 'sent before the page was ready');
+  await early.keyboard.press('Enter');
+  await early.waitForSelector('text=You said: sent before the page was ready');
+  out.sent_before_ready = true;
+  await ok(early);
+  await early.close();
   // A conversation taller than the window: long messages, each answered.
   const long = Array.from({ length: 12 }, (_, i) => `line ${i + 1} of a long message`).join('\n');
   for (let i = 0; i < 10; i++) {
