@@ -9,4 +9,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-IDLE_SOCKETS=${IDLE_SOCKETS:-5000} cargo test --release --locked --test chat_bench -- --ignored --nocapture 2>&1 | grep -E 'streams|idle|first token|panicked|error|sandbox'
+IDLE_SOCKETS=${IDLE_SOCKETS:-5000} cargo test --release --locked --test chat_bench -- --ignored --nocapture 2>&1 | grep -E 'streams|idle|first token|panicked|error|sandbox|p99 ms by'

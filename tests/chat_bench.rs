@@ -204,6 +204,8 @@ async fn latency(e: &Edge, streams: usize, deltas: usize, gap_ms: u64) {
         .unwrap();
     }
     let mut lat = Vec::new();
+    // (written at, latency) of each delta: when the slow ones were written.
+    let mut when = Vec::new();
     // The first and last delta's stamps: how fast the agents wrote (the most that can reach
     // the client).
     let mut written = (u128::MAX, 0u128);
@@ -240,6 +242,7 @@ async fn latency(e: &Edge, streams: usize, deltas: usize, gap_ms: u64) {
                 .filter_map(|w| w.strip_prefix("t=")?.parse::<u128>().ok())
             {
                 lat.push((now - ns) as f64 / 1000.0);
+                when.push((ns, (now - ns) as f64 / 1000.0));
                 written.0 = written.0.min(ns);
                 written.1 = written.1.max(ns);
                 last = std::time::Instant::now();
@@ -259,6 +262,18 @@ async fn latency(e: &Edge, streams: usize, deltas: usize, gap_ms: u64) {
         cpu * 1e6 / lat.len() as f64,
         e.rss_kib()
     );
+    if streams > 1 && std::env::var_os("FANOUT_WHEN").is_some() {
+        // p99 of the deltas written in each 100 ms of the streaming.
+        let mut bins: std::collections::BTreeMap<u128, Vec<f64>> = Default::default();
+        for (ns, l) in when {
+            bins.entry((ns.saturating_sub(at)) / 100_000_000).or_default().push(l);
+        }
+        let line: Vec<String> = bins
+            .iter_mut()
+            .map(|(b, v)| format!("{}:{:.0}", b, pct(v, 0.99) / 1000.0))
+            .collect();
+        println!("  p99 ms by 100 ms of writing: {}", line.join(" "));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -390,3 +390,64 @@ fn a_lowered_priority_holds_inside_the_sandbox_s_own_session() {
         eprintln!("this kernel has no autogroups: nothing more to check ({group})");
     }
 }
+
+/// All runs together weigh as one process at nice 10 where the cpu controller is there: a run
+/// is in a cgroup under `edge-runs/` in the cpu hierarchy, and `edge-runs/` has that weight.
+/// (Nice alone weighs each process: 100 agents then outweigh edge ten to one.)
+#[test]
+fn runs_share_one_cpu_weight_below_edge_s() {
+    need_root_and_bwrap();
+    let (procs_of, weight) = if std::path::Path::new("/sys/fs/cgroup/cpu/cpu.shares").exists() {
+        ("/sys/fs/cgroup/cpu/edge-runs", ("cpu.shares", "110"))
+    } else if std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"))
+    {
+        ("/sys/fs/cgroup/edge-runs", ("cpu.weight", "10"))
+    } else {
+        eprintln!("no cpu controller on this host: nothing to check");
+        return;
+    };
+    let ws = tempfile::tempdir_in("/var/tmp").unwrap();
+    Command::new("chown")
+        .args(["65534:65534", ws.path().to_str().unwrap()])
+        .status()
+        .unwrap();
+    // An unusual duration, to find the process by.
+    let secs = format!("2.{}", std::process::id());
+    let marker = format!("sleep\0{secs}\0");
+    let mut child = Command::new(EDGE)
+        .args(["sandbox", "run", "--workspace"])
+        .arg(ws.path())
+        .args(["--", "sleep", &secs])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Find the agent's process, and the cpu cgroup it is in.
+    let mut found = None;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        for p in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            if cmd == marker.as_bytes() {
+                found = std::fs::read_to_string(p.path().join("cgroup")).ok();
+            }
+        }
+        if found.is_some() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let cgroups = found.expect("the run's process was seen");
+    let v1 = procs_of.starts_with("/sys/fs/cgroup/cpu");
+    let line = cgroups
+        .lines()
+        .find(|l| if v1 { l.split(':').nth(1) == Some("cpu") } else { l.starts_with("0::") })
+        .unwrap_or_default();
+    assert!(
+        line.contains(":/edge-runs/"),
+        "the run is in a cgroup under edge-runs/ in the cpu hierarchy: {cgroups}"
+    );
+    let w = std::fs::read_to_string(std::path::Path::new(procs_of).join(weight.0)).unwrap();
+    assert_eq!(w.trim(), weight.1, "edge-runs/{}", weight.0);
+}

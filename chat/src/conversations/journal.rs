@@ -1,6 +1,8 @@
 //! The journal thread: appends of every conversation, with group commit.
 
 use super::*;
+use super::wal::Wal;
+use std::time::Duration;
 
 /// The one thread that appends run events for every conversation, with group commit: appends
 /// that arrive while it is syncing are written together, and each file they touch is synced
@@ -22,16 +24,49 @@ pub(super) struct Append {
 }
 
 impl Journal {
-    pub(super) fn start() -> Journal {
+    /// Starts the thread, with its write-ahead log in `root` (replayed first if a crash left
+    /// entries in it). Without the log (another process holds it, or it cannot be opened),
+    /// each batch syncs every file it touched.
+    pub(super) fn start(root: &Path) -> Journal {
+        let mut wal = match Wal::open(root) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "conversation journal: no write-ahead log; each append syncs its own file");
+                None
+            }
+        };
         let (tx, rx) = std::sync::mpsc::channel::<Append>();
         let spawned = std::thread::Builder::new()
             .name("edge-journal".into())
             .spawn(move || {
-                // Ends when every `Conversations` is gone.
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
-                    commit(batch);
+                use std::sync::mpsc::RecvTimeoutError;
+                // Ends when every `Conversations` is gone (the log's last checkpoint is in its
+                // drop).
+                loop {
+                    let idle = wal.as_ref().is_none_or(|w| w.is_empty());
+                    let first = if idle {
+                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                    } else {
+                        rx.recv_timeout(Duration::from_secs(1))
+                    };
+                    // A second without appends: the files are synced and the log emptied.
+                    let quiet = matches!(first, Err(RecvTimeoutError::Timeout));
+                    match first {
+                        Ok(first) => {
+                            let mut batch = vec![first];
+                            batch.extend(rx.try_iter());
+                            commit(batch, wal.as_mut());
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                    if let Some(w) = wal.as_mut() {
+                        if w.wants_checkpoint() || quiet {
+                            if let Err(e) = w.checkpoint() {
+                                tracing::error!(error = %e, "conversation journal: a checkpoint failed; the log keeps its entries");
+                            }
+                        }
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -43,8 +78,9 @@ impl Journal {
     }
 }
 
-/// Writes a batch, file by file in arrival order, then syncs each file once.
-pub(super) fn commit(batch: Vec<Append>) {
+/// Writes a batch, file by file in arrival order; then makes it durable: with the log, one
+/// entry per file and one sync of the log; without, one sync per file.
+pub(super) fn commit(batch: Vec<Append>, wal: Option<&mut Wal>) {
     let mut files: Vec<(PathBuf, Vec<u8>, Vec<Waiter>)> = Vec::new();
     for a in batch {
         match files.iter_mut().find(|(p, _, _)| *p == a.log) {
@@ -55,21 +91,45 @@ pub(super) fn commit(batch: Vec<Append>) {
             None => files.push((a.log, a.buf, vec![a.done])),
         }
     }
-    // Written file by file, then synced file by file: the syncs of one batch share the file
-    // system's journal commit. A file whose write or sync fails is cut back to where it was, so
-    // it always ends at its last complete record.
+    // A file whose write or sync fails is cut back to where it was, so it always ends at its
+    // last complete record.
     let mut written = Vec::with_capacity(files.len());
     for (log, buf, waiters) in files {
-        let r = write_whole(&log, &buf);
-        written.push((log, r, waiters));
+        match write_whole(&log, &buf) {
+            Ok((f, before)) => written.push((log, f, before, buf, waiters)),
+            Err(e) => {
+                for w in waiters {
+                    let _ = w.send(Err(e.clone()));
+                }
+            }
+        }
     }
-    for (log, r, waiters) in written {
-        let r = r.and_then(|(f, before)| {
-            f.sync_data().map_err(|e| {
+    let Some(wal) = wal else {
+        for (log, f, before, _, waiters) in written {
+            let r = f.sync_data().map_err(|e| {
                 roll_back(&log, &f, before);
                 io(&log)(e)
-            })
-        });
+            });
+            for w in waiters {
+                let _ = w.send(r.clone());
+            }
+        }
+        return;
+    };
+    let entries: Vec<(&Path, u64, &[u8])> = written
+        .iter()
+        .map(|(log, _, before, buf, _)| (log.as_path(), *before, buf.as_slice()))
+        .collect();
+    let r = wal.log(&entries);
+    drop(entries);
+    for (log, f, before, _, waiters) in written {
+        let r = match &r {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                roll_back(&log, &f, before);
+                Err(Error::Store(format!("the conversation journal's log: {e}")))
+            }
+        };
         for w in waiters {
             let _ = w.send(r.clone());
         }

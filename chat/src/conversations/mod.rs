@@ -15,6 +15,7 @@ use crate::Error;
 
 mod file;
 mod journal;
+mod wal;
 #[cfg(test)]
 mod tests;
 
@@ -133,8 +134,8 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 impl Conversations {
     pub fn new(dir: PathBuf) -> Conversations {
         Conversations {
+            journal: Journal::start(&dir),
             dir,
-            journal: Journal::start(),
         }
     }
 

@@ -340,3 +340,37 @@ fn a_title_from_a_first_message() {
     assert_eq!(title_from(&"x".repeat(100)).chars().count(), 60);
     assert_eq!(title_from("\n\n"), UNTITLED);
 }
+
+#[tokio::test]
+async fn journal_appends_go_through_the_log_which_empties_when_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Conversations::new(dir.path().to_path_buf());
+    let m = c.create("alice", "t").unwrap();
+    let wal = dir.path().join("journal.wal");
+    for i in 0..20 {
+        c.append_shared("alice", &m.id, &[rec("assistant", &i.to_string(), None)])
+            .await
+            .unwrap();
+    }
+    // Acknowledged: in the log (synced) until the files are synced at a checkpoint.
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    // A second edge on the same directory cannot share the log: it syncs each file itself.
+    let other = Conversations::new(dir.path().to_path_buf());
+    other
+        .append_shared("alice", &m.id, &[rec("assistant", "other", None)])
+        .await
+        .unwrap();
+    let mut emptied = false;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if std::fs::metadata(&wal).unwrap().len() == 0 {
+            emptied = true;
+            break;
+        }
+    }
+    assert!(emptied, "a quiet second did not empty the log");
+    let (_, records) = c.open("alice", &m.id).unwrap().unwrap();
+    let got: Vec<&str> = records.iter().map(|r| r.content.as_str()).collect();
+    let want: Vec<String> = (0..20).map(|i| i.to_string()).chain(["other".into()]).collect();
+    assert_eq!(got, want);
+}
