@@ -40,10 +40,11 @@ async fn edge_with(sandbox: &str) -> Edge {
              [limits]\nmax_connections_per_client = 100000\nmax_connections = 100000\n[log]\naccess = false\n\
              [[projects]]\nname = \"demo\"\n  [[projects.routes]]\n  mount = \"chat\"\n  upstream = \"chat\"\n  auth = \"forward\"\n\
              [chat]\nlisten = \"127.0.0.1:{chat}\"\n[chat.limits]\nconcurrent_runs = 1000\nrequests_per_hour = 100000\nrequests_per_day = 100000\n\
-             [chat.agent]\nkind = \"claude\"\ncommand = \"{}/tests/fixtures/clock-claude.sh\"\nworkspace = \"/tmp\"\nsandbox = \"{sandbox}\"\n\
+             [chat.agent]\nkind = \"claude\"\ncommand = \"{}/tests/fixtures/{agent}\"\nworkspace = \"/tmp\"\nsandbox = \"{sandbox}\"\n\
              [sandbox.profiles.open]\nrequire = []\ndisable = [{open}]\n",
             env!("CARGO_MANIFEST_DIR"),
-            open = open_layers()
+            open = open_layers(),
+            agent = clock_agent()
         ),
     )
     .unwrap();
@@ -121,6 +122,17 @@ fn open_layers() -> String {
         .map(|l| format!("\"{}\"", l.trim()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The stand-in agent: Python (`clock-claude.sh`, the default), or with `CLOCK_AGENT=perl` the
+/// same protocol in Perl, which costs the machine about half the CPU per delta (on two cores,
+/// 100 Python agents plus edge and its workers leave the agents short of CPU to write at the
+/// pace asked).
+fn clock_agent() -> &'static str {
+    match std::env::var("CLOCK_AGENT").as_deref() {
+        Ok("perl") => "clock-claude-perl.sh",
+        _ => "clock-claude.sh",
+    }
 }
 
 async fn edge() -> Edge {

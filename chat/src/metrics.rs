@@ -43,6 +43,11 @@ impl RunMetrics {
         self.active.fetch_add(1, Relaxed);
     }
 
+    /// Runs going now.
+    pub fn active(&self) -> i64 {
+        self.active.load(Relaxed)
+    }
+
     /// A run that this process started has ended.
     pub fn ended(&self, outcome: Outcome, input: u64, output: u64) {
         self.ended[outcome_index(outcome)].fetch_add(1, Relaxed);

@@ -36,6 +36,14 @@ pub const LIVE: usize = 256;
 /// How long cancel waits between the agent's interrupt, SIGTERM and SIGKILL (in total).
 pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a batch of text deltas waits for more of the agent's output before it is stored
+/// and sent, once [`TICK_FROM_RUNS`] runs are going: a screen frame. One record, one share of a
+/// sync and one frame then carry what the agent wrote in that time instead of one per line (a
+/// browser shows no more than a frame's worth anyway). Anything but a delta (a tool call, the
+/// end) goes at once, with what waits. Fewer runs: each delta goes at once.
+pub const DELTA_TICK: Duration = Duration::from_millis(16);
+pub const TICK_FROM_RUNS: i64 = 8;
+
 /// How an agent is run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Agent {

@@ -461,6 +461,34 @@ impl<'a> RunTask<'a> {
                             None => break,
                         }
                     }
+                    // Under load, deltas alone wait a tick for more (not the first: the first
+                    // token shows at once).
+                    let only_deltas = |ev: &[Event]| ev.iter().all(|e| matches!(e, Event::Delta { .. }));
+                    if stash.is_none()
+                        && self.first_output
+                        && !events.is_empty()
+                        && only_deltas(&events)
+                        && self.orch.metrics.active() >= TICK_FROM_RUNS
+                    {
+                        let until = tokio::time::Instant::now() + DELTA_TICK;
+                        while events.len() < 1024 {
+                            match tokio::time::timeout_at(until, link.from.next()).await {
+                                Ok(Some(Ok(FromWorker::Out { fd: Fd::Stdout, line, .. }))) => {
+                                    let more = parser.line(&line);
+                                    let done = !only_deltas(&more);
+                                    events.extend(more);
+                                    if done {
+                                        break;
+                                    }
+                                }
+                                Ok(other) => {
+                                    stash = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     let ended_turn = events.iter().any(|e| matches!(e, Event::Result { .. }));
                     self.emit_agent(events, result, &link.to, attempt, spec)
                         .await;

@@ -17,6 +17,8 @@ enum Script {
     Policy,
     /// Starts and waits to be cancelled; then exits as cancelled.
     AwaitCancel,
+    /// Starts, writes ten more lines 4 ms apart, exits 0.
+    Paced,
 }
 
 #[derive(Debug)]
@@ -101,6 +103,13 @@ async fn worker(far: tokio::io::DuplexStream, script: Script, got: Arc<Mutex<Vec
     match script {
         Script::Ok => {
             let _ = w.send(&out(2, "done")).await;
+            let _ = w.send(&exit(Some(0), ExitReason::Exited)).await;
+        }
+        Script::Paced => {
+            for i in 0..10 {
+                tokio::time::sleep(Duration::from_millis(4)).await;
+                let _ = w.send(&out(2 + i, &format!("line {i}"))).await;
+            }
             let _ = w.send(&exit(Some(0), ExitReason::Exited)).await;
         }
         Script::Drop => {} // the duplex drops with this task
@@ -202,6 +211,41 @@ fn details(bodies: &[RunBody]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// The text of every delta frame, one string per frame.
+fn delta_frames(bodies: &[RunBody]) -> Vec<String> {
+    bodies
+        .iter()
+        .filter_map(|b| match b {
+            RunBody::Event {
+                event: Event::Delta { text, .. },
+            } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// With a few runs, each line is its own frame at once; with [`TICK_FROM_RUNS`] going, the
+/// deltas of a tick share a frame (the same text, in order, fewer frames).
+#[tokio::test]
+async fn under_load_deltas_of_a_tick_share_a_frame() {
+    let b = bed(&[("a", Script::Paced)]);
+    let run = b.orch.start("alice", &b.conv, "hi", &spec(), None).unwrap();
+    let alone = delta_frames(&frames(&run).await);
+    assert_eq!(alone.len(), 11, "{alone:?}");
+
+    let b = bed(&[("a", Script::Paced)]);
+    for _ in 0..TICK_FROM_RUNS {
+        b.orch.metrics.started();
+    }
+    let run = b.orch.start("alice", &b.conv, "hi", &spec(), None).unwrap();
+    let loaded = delta_frames(&frames(&run).await);
+    assert_eq!(loaded.concat(), alone.concat(), "the same text");
+    assert!(
+        loaded.len() <= 6,
+        "10 lines 4 ms apart in 16 ms ticks share frames: {loaded:?}"
+    );
 }
 
 #[tokio::test]
