@@ -6,6 +6,8 @@
 #   bench/chat.sh   # then 5,000 idle sockets through the gateway (3 fds each), 10,000 to the chat
 #   IDLE_SOCKETS=N IDLE_DIRECT=M bench/chat.sh  # idle sockets through the gateway, straight to the chat
 #   FANOUT_ONLY=1 bench/chat.sh   # 100 runs streaming at once, three times
+#   FANOUT_WHEN=1 ...              # also the p99 of the deltas written in each 100 ms
+#   CLOCK_AGENT=perl ...           # the stand-in agent in Perl instead of Python (less CPU per line)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
