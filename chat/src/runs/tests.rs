@@ -261,15 +261,7 @@ async fn a_lost_attempt_moves_to_the_next_outpost_and_rests_the_first() {
         "{d:?}"
     );
     // What the lost attempt streamed stays; the second attempt's output follows.
-    let texts: Vec<String> = bodies
-        .iter()
-        .filter_map(|b| match b {
-            RunBody::Event {
-                event: Event::Delta { text, .. },
-            } => Some(text.clone()),
-            _ => None,
-        })
-        .collect();
+    let texts = delta_frames(&bodies);
     assert_eq!(
         texts
             .iter()
