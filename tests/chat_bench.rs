@@ -278,7 +278,9 @@ async fn latency(e: &Edge, streams: usize, deltas: usize, gap_ms: u64) {
         // p99 of the deltas written in each 100 ms of the streaming.
         let mut bins: std::collections::BTreeMap<u128, Vec<f64>> = Default::default();
         for (ns, l) in when {
-            bins.entry((ns.saturating_sub(at)) / 100_000_000).or_default().push(l);
+            bins.entry((ns.saturating_sub(at)) / 100_000_000)
+                .or_default()
+                .push(l);
         }
         let line: Vec<String> = bins
             .iter_mut()

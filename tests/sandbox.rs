@@ -442,7 +442,13 @@ fn runs_share_one_cpu_weight_below_edge_s() {
     let v1 = procs_of.starts_with("/sys/fs/cgroup/cpu");
     let line = cgroups
         .lines()
-        .find(|l| if v1 { l.split(':').nth(1) == Some("cpu") } else { l.starts_with("0::") })
+        .find(|l| {
+            if v1 {
+                l.split(':').nth(1) == Some("cpu")
+            } else {
+                l.starts_with("0::")
+            }
+        })
         .unwrap_or_default();
     assert!(
         line.contains(":/edge-runs/"),

@@ -198,7 +198,9 @@ impl RunCgroup {
                     let d = p.join(name);
                     match std::fs::create_dir(&d) {
                         Ok(()) => made.dirs.push(d),
-                        Err(e) => tracing::debug!(cgroup = %d.display(), error = %e, "no CPU weight for this run"),
+                        Err(e) => {
+                            tracing::debug!(cgroup = %d.display(), error = %e, "no CPU weight for this run")
+                        }
                     }
                 }
             }

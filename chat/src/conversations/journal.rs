@@ -1,7 +1,7 @@
 //! The journal thread: appends of every conversation, with group commit.
 
-use super::*;
 use super::wal::Wal;
+use super::*;
 use std::time::Duration;
 
 /// The one thread that appends run events for every conversation, with group commit: appends

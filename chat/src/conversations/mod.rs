@@ -15,9 +15,9 @@ use crate::Error;
 
 mod file;
 mod journal;
-mod wal;
 #[cfg(test)]
 mod tests;
+mod wal;
 
 use file::*;
 use journal::*;

@@ -371,6 +371,9 @@ async fn journal_appends_go_through_the_log_which_empties_when_quiet() {
     assert!(emptied, "a quiet second did not empty the log");
     let (_, records) = c.open("alice", &m.id).unwrap().unwrap();
     let got: Vec<&str> = records.iter().map(|r| r.content.as_str()).collect();
-    let want: Vec<String> = (0..20).map(|i| i.to_string()).chain(["other".into()]).collect();
+    let want: Vec<String> = (0..20)
+        .map(|i| i.to_string())
+        .chain(["other".into()])
+        .collect();
     assert_eq!(got, want);
 }

@@ -255,7 +255,9 @@ mod tests {
         }
         // The appends never reached the file; the log has them, then a torn entry.
         let mut torn = logged.clone();
-        torn.extend_from_slice(b"{\"f\":\"u/c.ndjson\",\"at\":24,\"len\":8,\"sum\":\"00\"}\n{\"d\"");
+        torn.extend_from_slice(
+            b"{\"f\":\"u/c.ndjson\",\"at\":24,\"len\":8,\"sum\":\"00\"}\n{\"d\"",
+        );
         std::fs::write(root.join("journal.wal"), &torn).unwrap();
         let w = Wal::open(root).unwrap();
         assert_eq!(
@@ -297,7 +299,8 @@ mod tests {
         std::fs::write(&conv, b"").unwrap();
         {
             let mut w = Wal::open(&root).unwrap();
-            w.log(&[(&conv, 0, b"1\n"), (&outside, 2, b"evil\n")]).unwrap();
+            w.log(&[(&conv, 0, b"1\n"), (&outside, 2, b"evil\n")])
+                .unwrap();
             crash(w);
         }
         std::fs::remove_file(&conv).unwrap();

@@ -463,7 +463,8 @@ impl<'a> RunTask<'a> {
                     }
                     // Under load, deltas alone wait a tick for more (not the first: the first
                     // token shows at once).
-                    let only_deltas = |ev: &[Event]| ev.iter().all(|e| matches!(e, Event::Delta { .. }));
+                    let only_deltas =
+                        |ev: &[Event]| ev.iter().all(|e| matches!(e, Event::Delta { .. }));
                     if stash.is_none()
                         && self.first_output
                         && !events.is_empty()
@@ -473,7 +474,11 @@ impl<'a> RunTask<'a> {
                         let until = tokio::time::Instant::now() + DELTA_TICK;
                         while events.len() < 1024 {
                             match tokio::time::timeout_at(until, link.from.next()).await {
-                                Ok(Some(Ok(FromWorker::Out { fd: Fd::Stdout, line, .. }))) => {
+                                Ok(Some(Ok(FromWorker::Out {
+                                    fd: Fd::Stdout,
+                                    line,
+                                    ..
+                                }))) => {
                                     let more = parser.line(&line);
                                     let done = !only_deltas(&more);
                                     events.extend(more);
