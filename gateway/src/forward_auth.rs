@@ -355,24 +355,37 @@ pub(crate) fn strip_cookies(headers: &mut HeaderMap, names: &[&str]) {
     let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
     headers.remove(header::COOKIE);
     for v in values {
-        let Ok(s) = v.to_str() else {
-            // Not text: cannot be parsed into pairs, so it cannot be trusted to be clean.
-            continue;
-        };
-        let kept: Vec<&str> = s
-            .split(';')
-            .map(str::trim)
-            .filter(|pair| {
-                let name = pair.split('=').next().unwrap_or("").trim();
-                !pair.is_empty() && !names.contains(&name)
-            })
-            .collect();
-        if !kept.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        if let Some(kept) = clean_cookie(v.as_bytes(), names) {
+            if let Ok(v) = HeaderValue::from_bytes(&kept) {
                 headers.append(header::COOKIE, v);
             }
         }
     }
+}
+
+/// One `Cookie` value without the named cookies: `None` when nothing is left, or when a value
+/// that mentions one is not text (it cannot be parsed into pairs, so it cannot be trusted to be
+/// clean).
+pub(crate) fn clean_cookie<'v>(
+    value: &'v [u8],
+    names: &[&str],
+) -> Option<std::borrow::Cow<'v, [u8]>> {
+    let mentions = names
+        .iter()
+        .any(|n| value.windows(n.len()).any(|w| w == n.as_bytes()));
+    if !mentions {
+        return Some(std::borrow::Cow::Borrowed(value));
+    }
+    let s = std::str::from_utf8(value).ok()?;
+    let kept: Vec<&str> = s
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or("").trim();
+            !pair.is_empty() && !names.contains(&name)
+        })
+        .collect();
+    (!kept.is_empty()).then(|| std::borrow::Cow::Owned(kept.join("; ").into_bytes()))
 }
 
 #[cfg(test)]

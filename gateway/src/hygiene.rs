@@ -26,27 +26,34 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// `HTTP_X_FORWARDED_USER` variable, so `X_Forwarded_User` is as much a claim as
 /// `X-Forwarded-User` (CVE-2025-64484).
 pub fn is_client_claim(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    if n.contains('_') {
-        return is_claim_name(&n.replace('_', "-"));
-    }
-    is_claim_name(n)
+    is_claim_bytes(name.as_str().as_bytes())
 }
 
-fn is_claim_name(n: &str) -> bool {
-    n.starts_with("x-forwarded-")
-        || n == "forwarded"
-        || n == "x-real-ip"
-        || n == "x-client-ip"
-        || n == "true-client-ip"
-        || n.starts_with("x-auth-request-")
-        || n.starts_with("remote-")
-        || n == "x-remote-user"
-        || n.starts_with("x-webauth-")
-        || n == "x-original-url"
-        || n == "x-rewrite-url"
-        || n == "x-original-uri"
-        || n.starts_with("x-edge-")
+/// [`is_client_claim`] for a header name as it came off the wire (any case; `_` read as `-`).
+pub fn is_claim_bytes(n: &[u8]) -> bool {
+    let fold = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    let starts =
+        |p: &str| n.len() >= p.len() && n.iter().zip(p.bytes()).all(|(a, b)| fold(*a) == b);
+    let is = |p: &str| n.len() == p.len() && starts(p);
+    starts("x-forwarded-")
+        || is("forwarded")
+        || is("x-real-ip")
+        || is("x-client-ip")
+        || is("true-client-ip")
+        || starts("x-auth-request-")
+        || starts("remote-")
+        || is("x-remote-user")
+        || starts("x-webauth-")
+        || is("x-original-url")
+        || is("x-rewrite-url")
+        || is("x-original-uri")
+        || starts("x-edge-")
 }
 
 /// Whether two header names are the same variable to a CGI-style upstream (`_` read as `-`).

@@ -13,6 +13,7 @@
 mod access_log;
 mod admin;
 mod body;
+mod fast;
 mod forward_auth;
 mod hygiene;
 mod metrics;

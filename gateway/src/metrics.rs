@@ -84,6 +84,8 @@ pub struct Metrics {
     pub open_connections: AtomicI64,
     pub open_websockets: AtomicI64,
     pub connections_rejected: AtomicU64,
+    /// Requests the HTTP/1.1 fast path forwarded (the rest went through hyper).
+    pub fast_path_requests: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     /// Access log lines dropped because its writer fell behind or could not write.
@@ -178,6 +180,11 @@ impl Metrics {
                 "edge_connections_rejected_total",
                 "Connections refused by the connection caps.",
                 self.connections_rejected.load(Relaxed),
+            ),
+            (
+                "edge_fast_path_requests_total",
+                "Requests forwarded by the HTTP/1.1 fast path (the others by hyper).",
+                self.fast_path_requests.load(Relaxed),
             ),
             (
                 "edge_reloads_total",

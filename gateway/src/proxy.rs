@@ -669,20 +669,7 @@ async fn forward(
         };
         match upstream_with_timeout(send, rcfg.timeout, progress.as_deref()).await {
             Some(r) => r,
-            None => {
-                rrt.metrics.upstream_error(UpstreamError::Timeout);
-                tracing::warn!(
-                    project = %cfg.projects[project].name, mount = %rcfg.mount,
-                    upstream = %authority, timeout = ?rcfg.timeout,
-                    "upstream did not answer in time"
-                );
-                let what = format!(
-                    "did not answer within {:?} (<code>{}.timeout</code>)",
-                    rcfg.timeout,
-                    esc(&rcfg.key)
-                );
-                return upstream_failure(rt, project, route, StatusCode::GATEWAY_TIMEOUT, &what);
-            }
+            None => return upstream_failed(rt, project, route, authority, Failed::Timeout),
         }
     };
     let mut resp = match result {
@@ -705,38 +692,13 @@ async fn forward(
                     return r;
                 }
             }
-            let kind = if e.is_connect() {
-                UpstreamError::Connect
-            } else {
-                UpstreamError::Other
-            };
-            rrt.metrics.upstream_error(kind);
-            tracing::warn!(
-                project = %cfg.projects[project].name, mount = %rcfg.mount,
-                upstream = %authority, error = %error_chain(&e),
-                "upstream request failed"
-            );
-            let what = if e.is_connect() {
-                format!(
-                    "at <code>{authority}</code> refused the connection or could not be reached"
-                )
-            } else {
-                format!("at <code>{authority}</code> failed to answer")
-            };
-            return upstream_failure(rt, project, route, StatusCode::BAD_GATEWAY, &what);
+            return upstream_failed(rt, project, route, authority, Failed::Upstream(e));
         }
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
-            rrt.metrics.upstream_error(UpstreamError::Other);
-            return upstream_failure(
-                rt,
-                project,
-                route,
-                StatusCode::BAD_GATEWAY,
-                "switched protocols unasked",
-            );
+            return upstream_failed(rt, project, route, authority, Failed::SwitchedUnasked);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let metrics = shared.metrics.clone();
@@ -758,6 +720,79 @@ async fn forward(
     }
     hygiene::strip_hop_by_hop(resp.headers_mut(), false);
     resp.map(ResBody::Incoming)
+}
+
+/// Why an upstream gave no usable response head.
+pub(crate) enum Failed {
+    /// Nothing within the route's `timeout`.
+    Timeout,
+    Upstream(UpstreamFail),
+    /// A response the gateway could not read (the fast path's parser said why).
+    Other(String),
+    /// `101 Switching Protocols` to a request that asked for no upgrade.
+    SwitchedUnasked,
+}
+
+/// The answer when a route's upstream failed: counted by kind, logged with its cause (which the
+/// client never sees), and a page naming the project and mount.
+pub(crate) fn upstream_failed(
+    rt: &Runtime,
+    project: usize,
+    route: usize,
+    authority: &http::uri::Authority,
+    f: Failed,
+) -> Response<ResBody> {
+    let cfg = rt.config();
+    let rcfg = &cfg.projects[project].routes[route];
+    let metrics = &rt.routes[project][route].metrics;
+    let pname = &cfg.projects[project].name;
+    let (kind, status, what) = match f {
+        Failed::Timeout => {
+            tracing::warn!(
+                project = %pname, mount = %rcfg.mount,
+                upstream = %authority, timeout = ?rcfg.timeout,
+                "upstream did not answer in time"
+            );
+            let what = format!(
+                "did not answer within {:?} (<code>{}.timeout</code>)",
+                rcfg.timeout,
+                esc(&rcfg.key)
+            );
+            (UpstreamError::Timeout, StatusCode::GATEWAY_TIMEOUT, what)
+        }
+        Failed::SwitchedUnasked => (
+            UpstreamError::Other,
+            StatusCode::BAD_GATEWAY,
+            "switched protocols unasked".to_string(),
+        ),
+        Failed::Upstream(e) => {
+            tracing::warn!(
+                project = %pname, mount = %rcfg.mount,
+                upstream = %authority, error = %error_chain(&e),
+                "upstream request failed"
+            );
+            if e.is_connect() {
+                let what = format!(
+                    "at <code>{authority}</code> refused the connection or could not be reached"
+                );
+                (UpstreamError::Connect, StatusCode::BAD_GATEWAY, what)
+            } else {
+                let what = format!("at <code>{authority}</code> failed to answer");
+                (UpstreamError::Other, StatusCode::BAD_GATEWAY, what)
+            }
+        }
+        Failed::Other(why) => {
+            tracing::warn!(
+                project = %pname, mount = %rcfg.mount,
+                upstream = %authority, error = %why,
+                "upstream request failed"
+            );
+            let what = format!("at <code>{authority}</code> failed to answer");
+            (UpstreamError::Other, StatusCode::BAD_GATEWAY, what)
+        }
+    };
+    metrics.upstream_error(kind);
+    upstream_failure(rt, project, route, status, &what)
 }
 
 /// Waits for the upstream's response head, giving up after `timeout` of silence counted from

@@ -265,7 +265,7 @@ pub(crate) async fn serve(
             let shared = shared2;
             let _guard = guard;
             let info = |sni: Option<&str>| {
-                let conn = Arc::new(ConnInfo {
+                Arc::new(ConnInfo {
                     ip,
                     ip_value: http::HeaderValue::from_str(&ip.to_string())
                         .unwrap_or(http::HeaderValue::from_static("unknown")),
@@ -273,7 +273,9 @@ pub(crate) async fn serve(
                     tls: tls.is_some(),
                     sni: sni.map(|s| s.to_ascii_lowercase().into_boxed_str()),
                     upstream: Default::default(),
-                });
+                })
+            };
+            let svc = |conn: Arc<ConnInfo>| {
                 let shared = shared.clone();
                 service_fn(move |req| handle(shared.clone(), conn.clone(), req))
             };
@@ -286,7 +288,13 @@ pub(crate) async fn serve(
                         // now, not after a second timeout in hyper.
                         Preface::Silent => return,
                     };
-                    serve_io(&builders, stream, h2, info(None), stop).await;
+                    let conn = info(None);
+                    if h2 {
+                        serve_io(&builders, stream, true, svc(conn), stop).await;
+                    } else if let Some(io) = crate::fast::serve(&shared, &conn, stream, &stop).await
+                    {
+                        serve_io(&builders, io, false, svc(conn), stop).await;
+                    }
                 }
                 Some(acceptor) => {
                     let tls_stream = match tokio::time::timeout(
@@ -306,8 +314,14 @@ pub(crate) async fn serve(
                         }
                     };
                     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let svc = info(tls_stream.get_ref().1.server_name());
-                    serve_io(&builders, tls_stream, h2, svc, stop).await;
+                    let conn = info(tls_stream.get_ref().1.server_name());
+                    if h2 {
+                        serve_io(&builders, tls_stream, true, svc(conn), stop).await;
+                    } else if let Some(io) =
+                        crate::fast::serve(&shared, &conn, tls_stream, &stop).await
+                    {
+                        serve_io(&builders, io, false, svc(conn), stop).await;
+                    }
                 }
             }
         });

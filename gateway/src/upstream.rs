@@ -76,6 +76,23 @@ impl Slot {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
     }
 
+    /// Takes over an idle upstream connection the fast path (`crate::fast`) opened for this
+    /// client, unless the upstream has closed it or sent something unasked.
+    pub(crate) async fn adopt(&self, authority: Authority, stream: tokio::net::TcpStream) {
+        let mut probe = [0u8; 1];
+        match stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => return,
+        }
+        if let Ok(tx) = handshake(TokioIo::new(stream)).await {
+            self.put(Dedicated {
+                authority,
+                tunnel: false,
+                tx,
+            });
+        }
+    }
+
     /// Sends `req` (origin-form target, Host already set) to `authority` over this client
     /// connection's upstream connection, opening one if there is none, it points elsewhere, or it
     /// has closed. A request the old connection could not take (the upstream closed it while
@@ -130,6 +147,11 @@ impl Slot {
 }
 
 async fn connect(authority: &Authority) -> Result<SendRequest<ReqBody>, UpstreamFail> {
+    handshake(TokioIo::new(dial(authority).await?)).await
+}
+
+/// A TCP connection to `authority` (within [`CONNECT_TIMEOUT`]), with no delay and keep-alive.
+pub(crate) async fn dial(authority: &Authority) -> Result<tokio::net::TcpStream, UpstreamFail> {
     let fail = |source| UpstreamFail::Connect {
         authority: authority.clone(),
         source,
@@ -160,7 +182,7 @@ async fn connect(authority: &Authority) -> Result<SendRequest<ReqBody>, Upstream
             .with_time(Duration::from_secs(60))
             .with_interval(Duration::from_secs(10)),
     );
-    handshake(TokioIo::new(stream)).await
+    Ok(stream)
 }
 
 /// HTTP/1.1 over `io`, its connection driven by a task of its own.

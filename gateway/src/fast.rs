@@ -1,0 +1,1119 @@
+//! The HTTP/1.1 fast path: plain requests are forwarded with their head bytes copied and edited,
+//! not parsed into header maps and serialised again; responses come back the same way.
+//!
+//! An HTTP/1.x connection starts here. Each request head is parsed in place (`httparse`, the
+//! parser hyper itself uses) and checked: a request the fast path takes is HTTP/1.1, has no body,
+//! no `Upgrade`, `Expect` or `Transfer-Encoding`, a `Connection` that says at most `keep-alive` or
+//! `close`, one well-formed `Host`, an origin-form target in plain characters without
+//! dot-segments, and routes to a plain upstream (no forward-auth, not `untrusted`, not h2c, not a
+//! tunnel). Anything else — and any head httparse refuses — goes to hyper with the bytes read so
+//! far put back in front of the connection ([`Rewind`]); hyper serves that request and the rest
+//! of the connection exactly as before, so every answer to an unusual request (400, 413, 431, a
+//! redirect, a 404 page, an upgrade) is hyper's and `proxy.rs`'s. The upstream connection the fast
+//! path had open is handed to hyper's path with the connection.
+//!
+//! What the fast path does to a request is what `proxy.rs` does: client claims (`X-Forwarded-*`,
+//! identity headers in every `_`/`-` spelling) and hop-by-hop headers are dropped, the chat's
+//! cookie is removed outside the chat mount, `Host` and the forwarding headers are written by the
+//! gateway, and the target the upstream gets is the one routing judged. On the way back:
+//! hop-by-hop headers (and those `Connection` names) are dropped, HSTS is the gateway's, the body
+//! is relayed as framed (length, chunked — checked chunk by chunk so the end is known — or to the
+//! upstream's close). Metrics, the access log, the route timeout (for the response head) and the
+//! head-read timeout (slowloris, keep-alive idle) are the same as hyper's path.
+
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use edge_routing::Decision;
+use http::uri::Authority;
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::ResBody;
+use crate::proxy::ConnInfo;
+use crate::runtime::{Runtime, Target};
+use crate::upstream::{UpstreamFail, MAX_BUF};
+use crate::Shared;
+
+/// Request headers the fast path looks at; a head with more goes to hyper (which applies
+/// `limits.max_headers`).
+const REQ_HEADERS: usize = 48;
+/// Response headers an upstream may send (hyper's client allows 100 too).
+const RESP_HEADERS: usize = 100;
+/// The read buffers' starting size and the body chunk read at a time.
+const CHUNK: usize = 16 * 1024;
+
+/// A connection with bytes already read from it put back in front.
+pub(crate) struct Rewind<I> {
+    pre: Vec<u8>,
+    pos: usize,
+    inner: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        if me.pos < me.pre.len() {
+            let n = buf.remaining().min(me.pre.len() - me.pos);
+            buf.put_slice(&me.pre[me.pos..me.pos + n]);
+            me.pos += n;
+            if me.pos == me.pre.len() {
+                me.pre = Vec::new();
+                me.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut me.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The upstream connection of the fast path (one per client connection, as in `upstream.rs`).
+struct Upstream {
+    authority: Authority,
+    stream: TcpStream,
+    /// Bytes read from the upstream; empty between responses.
+    buf: Vec<u8>,
+}
+
+/// What the fast path does with a parsed request head.
+struct Plan {
+    /// The head's length in the client's buffer.
+    head_len: usize,
+    method: Range<usize>,
+    host: Range<usize>,
+    /// The target as judged (no dot-segments), for the access log.
+    target: Range<usize>,
+    head: bool,
+    /// Retrying on a fresh connection is harmless (RFC 9110 §9.2.2 safe methods).
+    safe: bool,
+    /// The client asked to close after this response.
+    close: bool,
+    project: usize,
+    route: usize,
+}
+
+/// How a response body ends.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked(ChunkScan),
+    /// At the upstream's close (an HTTP/1.0-style response without a length).
+    Close,
+}
+
+/// Serves `io` while its requests are plain; returns it (with what was read put back) when one
+/// is not, for hyper to serve from that request on. `None`: the connection is done.
+pub(crate) async fn serve<I>(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    mut io: I,
+    stop: &CancellationToken,
+) -> Option<Rewind<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut inb: Vec<u8> = Vec::with_capacity(4096);
+    // The upstream request head, then the client's response head (and the body's first bytes).
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut up: Option<Upstream> = None;
+    loop {
+        let rt = shared.runtime.load_full();
+        let limits = &rt.config().limits;
+        // hyper's rule: the head-read timer runs from when the connection waits for a head,
+        // so it also bounds keep-alive idle time.
+        let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+        let plan = loop {
+            if !inb.is_empty() {
+                out.clear();
+                match plan_request(shared, &rt, conn, &inb, &mut out) {
+                    Step::Forward(p) => break p,
+                    Step::Hyper => return Some(hand_over(conn, inb, io, up).await),
+                    Step::More if inb.len() >= limits.max_header_bytes => {
+                        return Some(hand_over(conn, inb, io, up).await)
+                    }
+                    Step::More => {}
+                }
+            }
+            if inb.capacity() - inb.len() < 1024 {
+                inb.reserve(4096);
+            }
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, io.read_buf(&mut inb)) => r,
+                // Shutting down: an idle connection closes now (a half-sent head waits).
+                _ = stop.cancelled(), if inb.is_empty() => return None,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                // Timed out (slowloris, or idle past the timeout), closed, or broken.
+                _ => return None,
+            }
+        };
+        let start = Instant::now();
+        shared
+            .metrics
+            .fast_path_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let close = plan.close || stop.is_cancelled();
+        let keep = exchange(
+            &rt, conn, &mut io, &inb, &mut up, &mut out, &plan, start, close,
+        )
+        .await;
+        // The next request's bytes, if the client pipelined, move to the front.
+        inb.drain(..plan.head_len);
+        if !keep || close {
+            let _ = io.shutdown().await;
+            return None;
+        }
+    }
+}
+
+/// Gives the connection to hyper: the bytes read so far go back in front, and the idle upstream
+/// connection (if any) becomes the one `upstream.rs` uses for this client.
+async fn hand_over<I>(conn: &ConnInfo, inb: Vec<u8>, io: I, up: Option<Upstream>) -> Rewind<I> {
+    if let Some(u) = up.filter(|u| u.buf.is_empty()) {
+        conn.upstream.adopt(u.authority, u.stream).await;
+    }
+    Rewind {
+        pre: inb,
+        pos: 0,
+        inner: io,
+    }
+}
+
+enum Step {
+    Forward(Plan),
+    Hyper,
+    More,
+}
+
+/// Whether every byte of a target is one the fast path passes on as it is; anything else goes
+/// to hyper, whose URI parser decides.
+fn plain_target(t: &[u8]) -> bool {
+    t.first() == Some(&b'/')
+        && t.iter().all(|&c| {
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'@'
+                        | b'/'
+                        | b'?'
+                        | b'%'
+                )
+        })
+}
+
+fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Parses the head at the front of `inb` and, if the fast path takes it, writes the upstream's
+/// request head into `out`.
+fn plan_request(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: &ConnInfo,
+    inb: &[u8],
+    out: &mut Vec<u8>,
+) -> Step {
+    let mut headers = [httparse::EMPTY_HEADER; REQ_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(inb) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Step::More,
+        Err(_) => return Step::Hyper,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Step::Hyper;
+    };
+    if method == "CONNECT" || !plain_target(target.as_bytes()) {
+        return Step::Hyper;
+    }
+    let mut host: Option<&[u8]> = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let n = h.name.as_bytes();
+        if n.eq_ignore_ascii_case(b"host") {
+            if host.is_some() {
+                return Step::Hyper;
+            }
+            host = Some(h.value);
+        } else if n.eq_ignore_ascii_case(b"content-length") {
+            if h.value != b"0" {
+                return Step::Hyper;
+            }
+        } else if n.eq_ignore_ascii_case(b"transfer-encoding")
+            || n.eq_ignore_ascii_case(b"upgrade")
+            || n.eq_ignore_ascii_case(b"expect")
+        {
+            return Step::Hyper;
+        } else if n.eq_ignore_ascii_case(b"connection") {
+            for t in h.value.split(|&c| c == b',') {
+                let t = t.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
+                    // It names headers to drop, or asks for an upgrade: hyper's path.
+                    return Step::Hyper;
+                }
+            }
+        }
+    }
+    let Some(host_b) = host else {
+        return Step::Hyper;
+    };
+    let Ok(host_str) = std::str::from_utf8(host_b) else {
+        return Step::Hyper;
+    };
+    if edge_routing::check_host(host_str).is_err() {
+        return Step::Hyper;
+    }
+    if conn.tls {
+        let (name, _) = edge_routing::normalize_host(host_str);
+        if !shared.certs.shares_certificate(conn.sni.as_deref(), &name) {
+            return Step::Hyper;
+        }
+    }
+    // A target with dot-segments (or anything routing would rewrite) takes hyper's path.
+    match edge_routing::normalize_target(target) {
+        Ok(std::borrow::Cow::Borrowed(_)) => {}
+        _ => return Step::Hyper,
+    }
+    let cfg = rt.config();
+    if !conn.tls && (cfg.listen.http_redirect || target.starts_with("/.well-known/acme-challenge/"))
+    {
+        return Step::Hyper;
+    }
+    let scheme = if conn.tls { "https" } else { "http" };
+    let Decision::Route {
+        project,
+        route,
+        path,
+    } = rt.table.resolve(scheme, host_str, target)
+    else {
+        return Step::Hyper;
+    };
+    let rrt = &rt.routes[project][route];
+    let rcfg = &cfg.projects[project].routes[route];
+    let Target::Upstream {
+        h2c: false,
+        tunnel: false,
+        ..
+    } = &rrt.target
+    else {
+        return Step::Hyper;
+    };
+    if rrt.auth.is_some() || rcfg.untrusted {
+        return Step::Hyper;
+    }
+
+    // The upstream's head: request line, the client's headers less what the gateway states or
+    // what describes only the client's hop, then the gateway's own.
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host_b);
+    out.extend_from_slice(b"\r\n");
+    for h in req.headers.iter() {
+        let n = h.name.as_bytes();
+        if n.eq_ignore_ascii_case(b"host") || is_hop_by_hop(n) || crate::hygiene::is_claim_bytes(n)
+        {
+            continue;
+        }
+        let value = if !rrt.chat && n.eq_ignore_ascii_case(b"cookie") {
+            match crate::forward_auth::clean_cookie(h.value, &edge_routing::CHAT_COOKIES) {
+                Some(v) => v,
+                None => continue,
+            }
+        } else {
+            std::borrow::Cow::Borrowed(h.value)
+        };
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let ip = conn.ip_value.as_bytes();
+    for (name, value) in [
+        (&b"x-forwarded-for: "[..], ip),
+        (b"x-real-ip: ", ip),
+        (
+            b"x-forwarded-proto: ",
+            if conn.tls { b"https" } else { b"http" },
+        ),
+        (b"x-forwarded-host: ", host_b),
+        (b"forwarded: ", conn.forwarded.as_bytes()),
+    ] {
+        out.extend_from_slice(name);
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(prefix) = &rrt.prefix {
+        out.extend_from_slice(b"x-forwarded-prefix: ");
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Step::Forward(Plan {
+        head_len,
+        method: offset(inb, method.as_bytes()),
+        host: offset(inb, host_b),
+        target: offset(inb, target.as_bytes()),
+        head: method == "HEAD",
+        safe: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE"),
+        close,
+        project,
+        route,
+    })
+}
+
+/// Request and response headers that describe one hop (`proxy.rs` drops the same; `TE` too,
+/// as no fast-path upstream is h2c).
+fn is_hop_by_hop(n: &[u8]) -> bool {
+    [
+        &b"connection"[..],
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+    ]
+    .iter()
+    .any(|h| n.eq_ignore_ascii_case(h))
+}
+
+/// Why the upstream gave no usable response head.
+enum Fail {
+    Connect(UpstreamFail),
+    Timeout,
+    /// Closed, reset or garbled before a whole head; `empty` when nothing at all came back.
+    Broken {
+        why: String,
+        empty: bool,
+    },
+    SwitchedUnasked,
+}
+
+/// Sends the planned request and relays the response. Returns whether the client connection
+/// can carry another request.
+#[allow(clippy::too_many_arguments)]
+async fn exchange<I>(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    io: &mut I,
+    inb: &[u8],
+    up: &mut Option<Upstream>,
+    out: &mut Vec<u8>,
+    plan: &Plan,
+    start: Instant,
+    close: bool,
+) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let cfg = rt.config();
+    let rrt = &rt.routes[plan.project][plan.route];
+    let rcfg = &cfg.projects[plan.project].routes[plan.route];
+    let Target::Upstream { authority, .. } = &rrt.target else {
+        return false;
+    };
+    let hsts = conn.tls && cfg.listen.hsts;
+    // Two tries at most: the second only on a fresh connection, after a reused one failed
+    // before answering anything, for a safe method (the upstream may have closed it idle).
+    let mut head = None;
+    for attempt in 0..2 {
+        // A request that must not be sent twice first checks the idle connection is open.
+        let reusable = up
+            .take()
+            .filter(|u| &u.authority == authority && (plan.safe || still_open(&u.stream)));
+        let reused = match reusable {
+            Some(u) => {
+                *up = Some(u);
+                true
+            }
+            None => match crate::upstream::dial(authority).await {
+                Ok(stream) => {
+                    *up = Some(Upstream {
+                        authority: authority.clone(),
+                        stream,
+                        buf: Vec::with_capacity(CHUNK),
+                    });
+                    false
+                }
+                Err(e) => {
+                    head = Some(Err(Fail::Connect(e)));
+                    break;
+                }
+            },
+        };
+        let Some(u) = up.as_mut() else { break };
+        let r = match tokio::time::timeout(rcfg.timeout, send_and_read_head(u, out)).await {
+            Ok(r) => r,
+            Err(_) => Err(Fail::Timeout),
+        };
+        match r {
+            Err(Fail::Broken { empty: true, .. }) if reused && plan.safe && attempt == 0 => {
+                *up = None;
+                continue;
+            }
+            r => {
+                head = Some(r);
+                break;
+            }
+        }
+    }
+    out.clear();
+    // The head's length in the upstream's buffer (what follows is the body's first bytes).
+    let mut head_len = 0;
+    let (status, mut framing, upstream_keep) = match head {
+        Some(Ok(n)) => match up.as_mut() {
+            Some(u) => match response_head(&u.buf[..n], plan.head, hsts, close, out) {
+                Ok(r) => {
+                    head_len = n;
+                    r
+                }
+                Err(why) => {
+                    *up = None;
+                    out.clear();
+                    let f = Fail::Broken { why, empty: false };
+                    (
+                        fail(rt, plan, authority, f, hsts, out),
+                        Framing::None,
+                        false,
+                    )
+                }
+            },
+            None => return false,
+        },
+        Some(Err(f)) => {
+            *up = None;
+            (
+                fail(rt, plan, authority, f, hsts, out),
+                Framing::None,
+                false,
+            )
+        }
+        None => return false,
+    };
+    rrt.metrics.observe(status, start.elapsed());
+    if let Some(log) = &rt.access {
+        let s = |r: &Range<usize>| std::str::from_utf8(&inb[r.clone()]).unwrap_or("");
+        // The path only: query strings carry tokens and OAuth codes.
+        log.log(&crate::access_log::Line {
+            client: conn.ip_value.to_str().unwrap_or("?"),
+            method: s(&plan.method),
+            host: s(&plan.host),
+            path: s(&plan.target).split('?').next().unwrap_or(""),
+            status,
+            micros: start.elapsed().as_micros() as u64,
+            project: rrt.metrics.project(),
+            mount: rrt.metrics.mount(),
+        });
+    }
+    // The body's first bytes go out with the head, in one write.
+    let mut client_keep = !matches!(framing, Framing::Close);
+    let done = match (&mut framing, up.as_mut()) {
+        (Framing::None, Some(u)) => {
+            u.buf.drain(..head_len);
+            true
+        }
+        (_, None) => true,
+        (f, Some(u)) => match take_body(f, &u.buf[head_len..]) {
+            Ok((n, done)) => {
+                out.extend_from_slice(&u.buf[head_len..head_len + n]);
+                u.buf.drain(..head_len + n);
+                done
+            }
+            Err(()) => {
+                *up = None;
+                client_keep = false;
+                true
+            }
+        },
+    };
+    // Flushed: over TLS, written bytes may wait in the session until then.
+    if io.write_all(out).await.is_err() || io.flush().await.is_err() {
+        *up = None;
+        return false;
+    }
+    if !done {
+        let Some(u) = up.as_mut() else { return false };
+        if relay(io, u, &mut framing).await.is_err() {
+            *up = None;
+            return false;
+        }
+        if matches!(framing, Framing::Close) {
+            *up = None;
+            return false;
+        }
+    }
+    if !upstream_keep || up.as_ref().is_some_and(|u| !u.buf.is_empty()) {
+        // Said `close`, or sent more than its response: not reused.
+        *up = None;
+    }
+    if out.capacity() > 16 * 1024 {
+        *out = Vec::with_capacity(1024);
+    }
+    client_keep
+}
+
+/// Whether an idle upstream connection is still open and has sent nothing unasked.
+fn still_open(s: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Writes the request and reads until a whole final (non-1xx) response head is in `u.buf`;
+/// returns its length.
+async fn send_and_read_head(u: &mut Upstream, req: &[u8]) -> Result<usize, Fail> {
+    u.stream.write_all(req).await.map_err(|e| Fail::Broken {
+        why: format!("sending the request: {e}"),
+        empty: true,
+    })?;
+    loop {
+        if !u.buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; RESP_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&u.buf) {
+                Ok(httparse::Status::Complete(n)) => match resp.code {
+                    Some(101) => return Err(Fail::SwitchedUnasked),
+                    // Informational (103 Early Hints...): dropped, as hyper's client does.
+                    Some(c) if c < 200 => {
+                        u.buf.drain(..n);
+                        continue;
+                    }
+                    _ => return Ok(n),
+                },
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => {
+                    return Err(Fail::Broken {
+                        why: format!("a malformed response head: {e}"),
+                        empty: false,
+                    })
+                }
+            }
+            if u.buf.len() >= MAX_BUF {
+                return Err(Fail::Broken {
+                    why: format!("a response head over {MAX_BUF} bytes"),
+                    empty: false,
+                });
+            }
+        }
+        if u.buf.capacity() - u.buf.len() < 1024 {
+            u.buf.reserve(CHUNK);
+        }
+        let empty = u.buf.is_empty();
+        match u.stream.read_buf(&mut u.buf).await {
+            Ok(0) => {
+                return Err(Fail::Broken {
+                    why: "the connection closed before a whole response head".into(),
+                    empty,
+                })
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Fail::Broken {
+                    why: format!("reading the response: {e}"),
+                    empty,
+                })
+            }
+        }
+    }
+}
+
+/// Writes the client's response head from the upstream's into `out`. Returns the status, how
+/// the body is framed, and whether the upstream connection may carry another request.
+fn response_head(
+    raw: &[u8],
+    head_req: bool,
+    hsts: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<(u16, Framing, bool), String> {
+    let mut headers = [httparse::EMPTY_HEADER; RESP_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(raw) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err("a malformed response head".into()),
+    }
+    let code = resp.code.unwrap_or(502);
+    let version = resp.version.unwrap_or(1);
+    // What `Connection` says, and the headers it names (nearly always none).
+    let mut named: Vec<&[u8]> = Vec::new();
+    let mut up_close = version == 0;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    for h in resp.headers.iter() {
+        let n = h.name.as_bytes();
+        if n.eq_ignore_ascii_case(b"connection") {
+            for t in h.value.split(|&c| c == b',') {
+                let t = t.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    up_close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    up_close &= version != 0;
+                    if version == 0 {
+                        up_close = false;
+                    }
+                } else if !t.is_empty() {
+                    named.push(t);
+                }
+            }
+        } else if n.eq_ignore_ascii_case(b"content-length") {
+            let v = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| "an unreadable Content-Length".to_string())?;
+            if length.is_some_and(|l| l != v) {
+                return Err("two different Content-Length values".into());
+            }
+            length = Some(v);
+        } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = true;
+            // Chunked only when it is the last coding (RFC 9112 §6.3).
+            chunked = h
+                .value
+                .rsplit(|&c| c == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    let bodiless = head_req || code == 204 || code == 304;
+    let framing = if bodiless {
+        Framing::None
+    } else if te {
+        if chunked {
+            Framing::Chunked(ChunkScan::default())
+        } else {
+            Framing::Close
+        }
+    } else {
+        match length {
+            Some(0) => Framing::None,
+            Some(l) => Framing::Length(l),
+            None => Framing::Close,
+        }
+    };
+    let reason = match resp.reason {
+        Some(r) if !r.is_empty() => r,
+        _ => StatusCode::from_u16(code)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or(""),
+    };
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut date = false;
+    for h in resp.headers.iter() {
+        let n = h.name.as_bytes();
+        if is_hop_by_hop(n)
+            || named.iter().any(|t| n.eq_ignore_ascii_case(t))
+            || (hsts && n.eq_ignore_ascii_case(b"strict-transport-security"))
+            || (te && n.eq_ignore_ascii_case(b"content-length"))
+        {
+            continue;
+        }
+        date |= n.eq_ignore_ascii_case(b"date");
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if matches!(framing, Framing::Chunked(_)) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if hsts {
+        out.extend_from_slice(b"strict-transport-security: max-age=63072000\r\n");
+    }
+    if close || matches!(framing, Framing::Close) {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let keep = !up_close && !matches!(framing, Framing::Close);
+    Ok((code, framing, keep))
+}
+
+/// How much of `buf` belongs to the body, and whether the body ends there.
+fn take_body(f: &mut Framing, buf: &[u8]) -> Result<(usize, bool), ()> {
+    match f {
+        Framing::None => Ok((0, true)),
+        Framing::Length(rest) => {
+            let n = (*rest).min(buf.len() as u64);
+            *rest -= n;
+            Ok((n as usize, *rest == 0))
+        }
+        Framing::Chunked(scan) => match scan.feed(buf)? {
+            Some(end) => Ok((end, true)),
+            None => Ok((buf.len(), false)),
+        },
+        Framing::Close => Ok((buf.len(), false)),
+    }
+}
+
+/// Relays the rest of a body from the upstream to the client, a read at a time (back-pressure:
+/// nothing is read ahead of what the client takes).
+async fn relay<I>(io: &mut I, u: &mut Upstream, f: &mut Framing) -> Result<(), ()>
+where
+    I: AsyncWrite + Unpin,
+{
+    debug_assert!(u.buf.is_empty());
+    loop {
+        u.buf.clear();
+        // Reads of up to `MAX_BUF`, as hyper's path makes. With 16 KiB reads, a client with a
+        // small receive window (the slow-reader test's 16 KiB) got data on loopback only at
+        // the pace of TCP's persist timer, 32 KiB every 200 ms.
+        if u.buf.capacity() < MAX_BUF {
+            u.buf.reserve(MAX_BUF);
+        }
+        let n = u.stream.read_buf(&mut u.buf).await.map_err(|_| ())?;
+        if n == 0 {
+            // The upstream closed: the end of a close-framed body, else a cut-off one.
+            u.buf.clear();
+            return if matches!(f, Framing::Close) {
+                Ok(())
+            } else {
+                Err(())
+            };
+        }
+        let (take, done) = take_body(f, &u.buf)?;
+        io.write_all(&u.buf[..take]).await.map_err(|_| ())?;
+        io.flush().await.map_err(|_| ())?;
+        if done {
+            u.buf.drain(..take);
+            return Ok(());
+        }
+    }
+}
+
+/// Finds the end of a chunked body (RFC 9112 §7.1) as its bytes pass, without changing them.
+#[derive(Debug, Default)]
+struct ChunkScan {
+    state: Ck,
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum Ck {
+    #[default]
+    Size,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    FinalLf,
+}
+
+impl ChunkScan {
+    /// Feeds the next bytes; `Some(n)`: the body ends after `n` of them.
+    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+        let mut i = 0;
+        while i < data.len() {
+            let c = data[i];
+            match self.state {
+                Ck::Size => match c {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        if self.digits == 15 {
+                            return Err(());
+                        }
+                        let d = (c as char).to_digit(16).unwrap_or(0) as u64;
+                        self.size = self.size * 16 + d;
+                        self.digits += 1;
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Ck::Ext,
+                    b'\r' if self.digits > 0 => self.state = Ck::SizeLf,
+                    b'\n' if self.digits > 0 => self.size_line_end(),
+                    _ => return Err(()),
+                },
+                Ck::Ext => match c {
+                    b'\r' => self.state = Ck::SizeLf,
+                    b'\n' => self.size_line_end(),
+                    _ => {}
+                },
+                Ck::SizeLf => match c {
+                    b'\n' => self.size_line_end(),
+                    _ => return Err(()),
+                },
+                Ck::Data => {
+                    let n = self.size.min((data.len() - i) as u64);
+                    self.size -= n;
+                    i += n as usize;
+                    if self.size == 0 {
+                        self.state = Ck::DataCr;
+                    }
+                    continue;
+                }
+                Ck::DataCr => match c {
+                    b'\r' => self.state = Ck::DataLf,
+                    b'\n' => self.state = Ck::Size,
+                    _ => return Err(()),
+                },
+                Ck::DataLf => match c {
+                    b'\n' => self.state = Ck::Size,
+                    _ => return Err(()),
+                },
+                Ck::TrailerStart => match c {
+                    b'\r' => self.state = Ck::FinalLf,
+                    b'\n' => return Ok(Some(i + 1)),
+                    _ => self.state = Ck::TrailerLine,
+                },
+                Ck::TrailerLine => {
+                    if c == b'\n' {
+                        self.state = Ck::TrailerStart;
+                    }
+                }
+                Ck::FinalLf => match c {
+                    b'\n' => return Ok(Some(i + 1)),
+                    _ => return Err(()),
+                },
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+
+    fn size_line_end(&mut self) {
+        self.digits = 0;
+        self.state = if self.size == 0 {
+            Ck::TrailerStart
+        } else {
+            Ck::Data
+        };
+    }
+}
+
+/// Writes `proxy.rs`'s answer for an upstream that failed into `out`; returns its status.
+fn fail(
+    rt: &Runtime,
+    plan: &Plan,
+    authority: &Authority,
+    f: Fail,
+    hsts: bool,
+    out: &mut Vec<u8>,
+) -> u16 {
+    let resp = crate::proxy::upstream_failed(rt, plan.project, plan.route, authority, f.into());
+    let status = resp.status().as_u16();
+    write_full(resp, plan.head, hsts, out);
+    status
+}
+
+impl From<Fail> for crate::proxy::Failed {
+    fn from(f: Fail) -> Self {
+        match f {
+            Fail::Connect(e) => crate::proxy::Failed::Upstream(e),
+            Fail::Timeout => crate::proxy::Failed::Timeout,
+            Fail::Broken { why, .. } => crate::proxy::Failed::Other(why),
+            Fail::SwitchedUnasked => crate::proxy::Failed::SwitchedUnasked,
+        }
+    }
+}
+
+/// Serialises one of the gateway's own answers (a whole body in memory).
+fn write_full(resp: http::Response<ResBody>, head_req: bool, hsts: bool, out: &mut Vec<u8>) {
+    let (parts, body) = resp.into_parts();
+    let body = match body {
+        ResBody::Full(Some(b)) => b,
+        _ => bytes::Bytes::new(),
+    };
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(parts.status.as_u16()).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in &parts.headers {
+        out.extend_from_slice(n.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\ndate: ");
+    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if hsts {
+        out.extend_from_slice(b"strict-transport-security: max-age=63072000\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_req {
+        out.extend_from_slice(&body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_scan_finds_the_end_across_any_split() {
+        let body: &[u8] =
+            b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        for split in 0..body.len() {
+            let mut s = ChunkScan::default();
+            let got = match s.feed(&body[..split]).unwrap() {
+                Some(n) => Some(n),
+                None => s.feed(&body[split..]).unwrap().map(|n| n + split),
+            };
+            assert_eq!(got, Some(end), "split at {split}");
+        }
+        // Without trailers, and byte by byte.
+        let body = b"3\r\nabc\r\n0\r\n\r\n";
+        let mut s = ChunkScan::default();
+        let mut end = None;
+        for (i, b) in body.iter().enumerate() {
+            if let Some(n) = s.feed(std::slice::from_ref(b)).unwrap() {
+                end = Some(i + n);
+                break;
+            }
+        }
+        assert_eq!(end, Some(body.len()));
+    }
+
+    #[test]
+    fn chunk_scan_refuses_garbage() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"3\r\nabcX",
+            b"ffffffffffffffff\r\n",
+            b"0\r\n\rX",
+        ] {
+            assert!(ChunkScan::default().feed(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_plain_targets_take_the_fast_path() {
+        assert!(plain_target(b"/forge/a-b_c.d~e?x=1&y=%20"));
+        for t in [
+            &b"*"[..],
+            b"http://a/b",
+            b"/a b",
+            b"/a#b",
+            b"/a\"b",
+            b"/a{b",
+            b"",
+        ] {
+            assert!(!plain_target(t), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn response_heads_lose_hop_by_hop_headers_and_get_the_gateways_hsts() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+                    Keep-Alive: timeout=5\r\nStrict-Transport-Security: max-age=0\r\n\
+                    Date: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 3\r\n\r\n";
+        let mut out = Vec::new();
+        let (code, f, keep) = response_head(raw, false, true, false, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(code, 200);
+        assert!(matches!(f, Framing::Length(3)));
+        assert!(keep);
+        assert!(!text.to_ascii_lowercase().contains("x-secret"), "{text}");
+        assert!(
+            !text.contains("Keep-Alive") && !text.contains("max-age=0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strict-transport-security: max-age=63072000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Content-Length: 3") && text.ends_with("\r\n\r\n"),
+            "{text}"
+        );
+
+        // Chunked wins over a length; a 1.0 response without keep-alive is not reused.
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n";
+        let mut out = Vec::new();
+        let (_, f, _) = response_head(raw, false, false, false, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(matches!(f, Framing::Chunked(_)));
+        assert!(!text.contains("Content-Length"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked"), "{text}");
+        let raw = b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n";
+        let (_, _, keep) = response_head(raw, false, false, false, &mut Vec::new()).unwrap();
+        assert!(!keep);
+        // No length: read to the close, and the client is told so.
+        let raw = b"HTTP/1.1 200 OK\r\n\r\n";
+        let mut out = Vec::new();
+        let (_, f, keep) = response_head(raw, false, false, false, &mut out).unwrap();
+        assert!(matches!(f, Framing::Close) && !keep);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("connection: close"));
+        // Two lengths that disagree cannot be relayed.
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert!(response_head(raw, false, false, false, &mut Vec::new()).is_err());
+    }
+}
