@@ -220,7 +220,19 @@ pub(crate) async fn serve(
     let conns = TaskTracker::new();
     let builders = Arc::new(builders(&shared));
     tokio::pin!(shutdown);
+    // With several workers (each a runtime accepting from this listener), one that holds more
+    // than its share of the connections lets the others take the next one first.
+    let workers = shared.runtime.load().config().listen.proxy_workers();
     loop {
+        if workers > 1 {
+            let total = shared.metrics.open_connections.load(Relaxed).max(0) as usize;
+            if conns.len() * workers > total + workers {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                }
+            }
+        }
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {

@@ -262,10 +262,24 @@ pub struct Listen {
     /// true: plain HTTP answers 308 to HTTPS. false: the mounts are served over plain HTTP too
     /// (behind a TLS-terminating tunnel).
     pub http_redirect: bool,
-    /// Threads serving traffic; 0 picks one per core.
+    /// Threads serving traffic; 0 picks one per core but one (see [`Listen::proxy_workers`]).
     pub workers: usize,
     /// Send `Strict-Transport-Security` on HTTPS responses.
     pub hsts: bool,
+}
+
+impl Listen {
+    /// How many threads serve the listeners: `workers`, or for `0` one per core but one, which
+    /// is left to the apps edge fronts on the same host (a forge, CI, agents): on 2 cores, one.
+    pub fn proxy_workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .saturating_sub(1)
+                .max(1),
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
