@@ -32,8 +32,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::ConnInfo;
+use crate::proxy::Failed;
 use crate::runtime::{Runtime, Target};
-use crate::upstream::{UpstreamFail, MAX_BUF};
+use crate::upstream::{still_open, MAX_BUF};
 use crate::Shared;
 
 mod chunked;
@@ -332,18 +333,6 @@ fn plan_request(
     })
 }
 
-/// Why the upstream gave no usable response head.
-enum Fail {
-    Connect(UpstreamFail),
-    Timeout,
-    /// Closed, reset or garbled before a whole head; `empty` when nothing at all came back.
-    Broken {
-        why: String,
-        empty: bool,
-    },
-    SwitchedUnasked,
-}
-
 /// Sends the planned request and relays the response. Returns whether the client connection
 /// can carry another request.
 #[allow(clippy::too_many_arguments)]
@@ -370,80 +359,61 @@ where
     let hsts = conn.tls && cfg.listen.hsts;
     // Two tries at most: the second only on a fresh connection, after a reused one failed
     // before answering anything, for a safe method (the upstream may have closed it idle).
-    let mut head = None;
-    for attempt in 0..2 {
+    let mut first = true;
+    let head = loop {
         // A request that must not be sent twice first checks the idle connection is open.
-        let reusable = up
+        let reused = up
             .take()
             .filter(|u| &u.authority == authority && (plan.safe || still_open(&u.stream)));
-        let reused = match reusable {
-            Some(u) => {
-                *up = Some(u);
-                true
-            }
+        let was_open = reused.is_some();
+        let mut u = match reused {
+            Some(u) => u,
             None => match crate::upstream::dial(authority).await {
-                Ok(stream) => {
-                    *up = Some(Upstream {
-                        authority: authority.clone(),
-                        stream,
-                        buf: Vec::with_capacity(CHUNK),
-                    });
-                    false
-                }
-                Err(e) => {
-                    head = Some(Err(Fail::Connect(e)));
-                    break;
-                }
+                Ok(stream) => Upstream {
+                    authority: authority.clone(),
+                    stream,
+                    buf: Vec::with_capacity(CHUNK),
+                },
+                Err(e) => break Err(Failed::Upstream(e)),
             },
         };
-        let Some(u) = up.as_mut() else { break };
-        let r = match tokio::time::timeout(rcfg.timeout, send_and_read_head(u, out)).await {
+        let r = match tokio::time::timeout(rcfg.timeout, send_and_read_head(&mut u, out)).await {
             Ok(r) => r,
-            Err(_) => Err(Fail::Timeout),
+            Err(_) => Err(Failed::Timeout),
         };
-        match r {
-            Err(Fail::Broken { empty: true, .. }) if reused && plan.safe && attempt == 0 => {
-                *up = None;
-                continue;
-            }
-            r => {
-                head = Some(r);
-                break;
-            }
+        let silent = matches!(r, Err(Failed::Other(_))) && u.buf.is_empty();
+        if r.is_ok() {
+            *up = Some(u);
+        } else if silent && was_open && first && plan.safe {
+            // Nothing came back on a connection the upstream had closed: dial once more.
+            first = false;
+            continue;
         }
-    }
+        break r;
+    };
     out.clear();
     // The head's length in the upstream's buffer (what follows is the body's first bytes).
     let mut head_len = 0;
-    let (status, mut framing, upstream_keep) = match head {
-        Some(Ok(n)) => match up.as_mut() {
-            Some(u) => match response_head(&u.buf[..n], plan.head, hsts, close, out) {
-                Ok(r) => {
-                    head_len = n;
-                    r
-                }
-                Err(why) => {
-                    *up = None;
-                    out.clear();
-                    let f = Fail::Broken { why, empty: false };
-                    (
-                        fail(rt, plan, authority, f, hsts, out),
-                        Framing::None,
-                        false,
-                    )
-                }
-            },
-            None => return false,
+    let failed = |f: Failed, out: &mut Vec<u8>| {
+        let resp = crate::proxy::upstream_failed(rt, plan.project, plan.route, authority, f);
+        let status = resp.status().as_u16();
+        write_full(resp, plan.head, hsts, out);
+        (status, Framing::None, false)
+    };
+    let (status, mut framing, upstream_keep) = match (head, up.as_mut()) {
+        (Ok(n), Some(u)) => match response_head(&u.buf[..n], plan.head, hsts, close, out) {
+            Ok(r) => {
+                head_len = n;
+                r
+            }
+            Err(why) => {
+                *up = None;
+                out.clear();
+                failed(Failed::Other(why), out)
+            }
         },
-        Some(Err(f)) => {
-            *up = None;
-            (
-                fail(rt, plan, authority, f, hsts, out),
-                Framing::None,
-                false,
-            )
-        }
-        None => return false,
+        (Ok(_), None) => return false,
+        (Err(f), _) => failed(f, out),
     };
     rrt.metrics.observe(status, start.elapsed());
     if let Some(log) = &rt.access {
@@ -507,26 +477,21 @@ where
     client_keep
 }
 
-/// Whether an idle upstream connection is still open and has sent nothing unasked.
-fn still_open(s: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-}
-
 /// Writes the request and reads until a whole final (non-1xx) response head is in `u.buf`;
 /// returns its length.
-async fn send_and_read_head(u: &mut Upstream, req: &[u8]) -> Result<usize, Fail> {
-    u.stream.write_all(req).await.map_err(|e| Fail::Broken {
-        why: format!("sending the request: {e}"),
-        empty: true,
-    })?;
+/// Failures are `Failed::Other`; with `u.buf` empty, nothing came back at all.
+async fn send_and_read_head(u: &mut Upstream, req: &[u8]) -> Result<usize, Failed> {
+    u.stream
+        .write_all(req)
+        .await
+        .map_err(|e| Failed::Other(format!("sending the request: {e}")))?;
     loop {
         if !u.buf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; RESP_HEADERS];
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(&u.buf) {
                 Ok(httparse::Status::Complete(n)) => match resp.code {
-                    Some(101) => return Err(Fail::SwitchedUnasked),
+                    Some(101) => return Err(Failed::SwitchedUnasked),
                     // Informational (103 Early Hints...): dropped, as hyper's client does.
                     Some(c) if c < 200 => {
                         u.buf.drain(..n);
@@ -535,64 +500,25 @@ async fn send_and_read_head(u: &mut Upstream, req: &[u8]) -> Result<usize, Fail>
                     _ => return Ok(n),
                 },
                 Ok(httparse::Status::Partial) => {}
-                Err(e) => {
-                    return Err(Fail::Broken {
-                        why: format!("a malformed response head: {e}"),
-                        empty: false,
-                    })
-                }
+                Err(e) => return Err(Failed::Other(format!("a malformed response head: {e}"))),
             }
             if u.buf.len() >= MAX_BUF {
-                return Err(Fail::Broken {
-                    why: format!("a response head over {MAX_BUF} bytes"),
-                    empty: false,
-                });
+                return Err(Failed::Other(format!(
+                    "a response head over {MAX_BUF} bytes"
+                )));
             }
         }
         if u.buf.capacity() - u.buf.len() < 1024 {
             u.buf.reserve(CHUNK);
         }
-        let empty = u.buf.is_empty();
         match u.stream.read_buf(&mut u.buf).await {
             Ok(0) => {
-                return Err(Fail::Broken {
-                    why: "the connection closed before a whole response head".into(),
-                    empty,
-                })
+                return Err(Failed::Other(
+                    "the connection closed before a whole response head".into(),
+                ))
             }
             Ok(_) => {}
-            Err(e) => {
-                return Err(Fail::Broken {
-                    why: format!("reading the response: {e}"),
-                    empty,
-                })
-            }
-        }
-    }
-}
-
-/// Writes `proxy.rs`'s answer for an upstream that failed into `out`; returns its status.
-fn fail(
-    rt: &Runtime,
-    plan: &Plan,
-    authority: &Authority,
-    f: Fail,
-    hsts: bool,
-    out: &mut Vec<u8>,
-) -> u16 {
-    let resp = crate::proxy::upstream_failed(rt, plan.project, plan.route, authority, f.into());
-    let status = resp.status().as_u16();
-    write_full(resp, plan.head, hsts, out);
-    status
-}
-
-impl From<Fail> for crate::proxy::Failed {
-    fn from(f: Fail) -> Self {
-        match f {
-            Fail::Connect(e) => crate::proxy::Failed::Upstream(e),
-            Fail::Timeout => crate::proxy::Failed::Timeout,
-            Fail::Broken { why, .. } => crate::proxy::Failed::Other(why),
-            Fail::SwitchedUnasked => crate::proxy::Failed::SwitchedUnasked,
+            Err(e) => return Err(Failed::Other(format!("reading the response: {e}"))),
         }
     }
 }

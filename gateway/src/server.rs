@@ -30,10 +30,26 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Counts connections per client (see [`client_key`]) and in total.
+/// Whether a worker holding `mine` of `total` open connections holds more than its share
+/// among `workers` (with one connection of slack each).
+fn over_share(mine: usize, total: usize, workers: usize) -> bool {
+    mine * workers > total + workers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_over_its_share_lets_the_others_accept() {
+        // Two workers, 64 connections: 33 each is within the slack, 34 is over.
+        assert!(!over_share(33, 64, 2));
+        assert!(over_share(34, 64, 2));
+        // Nothing open yet: every worker accepts.
+        assert!(!over_share(0, 0, 4));
+        // One worker holding everything while the other is idle.
+        assert!(over_share(10, 10, 2));
+    }
 
     #[test]
     fn ipv6_clients_are_counted_by_their_64() {
@@ -47,6 +63,7 @@ mod tests {
     }
 }
 
+/// Counts connections per client (see [`client_key`]) and in total.
 #[derive(Debug, Default)]
 pub(crate) struct ConnLimiter {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -226,7 +243,7 @@ pub(crate) async fn serve(
     loop {
         if workers > 1 {
             let total = shared.metrics.open_connections.load(Relaxed).max(0) as usize;
-            if conns.len() * workers > total + workers {
+            if over_share(conns.len(), total, workers) {
                 tokio::select! {
                     _ = &mut shutdown => break,
                     _ = tokio::time::sleep(Duration::from_millis(1)) => {}

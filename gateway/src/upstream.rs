@@ -79,10 +79,8 @@ impl Slot {
     /// Takes over an idle upstream connection the fast path (`crate::fast`) opened for this
     /// client, unless the upstream has closed it or sent something unasked.
     pub(crate) async fn adopt(&self, authority: Authority, stream: tokio::net::TcpStream) {
-        let mut probe = [0u8; 1];
-        match stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            _ => return,
+        if !still_open(&stream) {
+            return;
         }
         if let Ok(tx) = handshake(TokioIo::new(stream)).await {
             self.put(Dedicated {
@@ -144,6 +142,12 @@ impl Slot {
         });
         Ok(resp)
     }
+}
+
+/// Whether an idle upstream connection is still open and has sent nothing unasked.
+pub(crate) fn still_open(s: &tokio::net::TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 async fn connect(authority: &Authority) -> Result<SendRequest<ReqBody>, UpstreamFail> {

@@ -21,18 +21,10 @@ pub(super) enum Framing {
 /// Request and response headers that describe one hop (`proxy.rs` drops the same; `TE` too,
 /// as no fast-path upstream is h2c).
 pub(super) fn is_hop_by_hop(n: &[u8]) -> bool {
-    [
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authorization",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"te",
-    ]
-    .iter()
-    .any(|h| n.eq_ignore_ascii_case(h))
+    n.eq_ignore_ascii_case(b"te")
+        || crate::hygiene::HOP_BY_HOP
+            .iter()
+            .any(|h| n.eq_ignore_ascii_case(h.as_bytes()))
 }
 
 /// Writes the client's response head from the upstream's into `out`. Returns the status, how
